@@ -1,0 +1,283 @@
+"""The broker loop: ROUTER + PUB sockets, group commit, deadlines, discovery. Thin.
+
+One pass of the loop::
+
+    poll (until a request arrives or the next lease/claim deadline)
+    drain every waiting request from every ROUTER socket (up to MAX_BATCH)
+    one LMDB write txn: expire due leases, decode + apply each request in arrival order
+    commit: ONE sync for the whole batch (group commit)
+    send the replies, then publish the events (never before the commit)
+
+This is the only module that reads the clock; the core gets ``now`` from here. A request
+that crashes the core (a bug) is answered ``internal`` and the rest of its batch is applied
+again without it; the loop never dies of input.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from collections import OrderedDict
+from typing import Any
+
+import lmdb
+import zmq
+
+from . import __version__, protocol
+from .config import BrokerConfig
+from .core import Core, Now, Settings
+from .errors import Internal, RemoteError
+from .protocol import DecodeError, Event
+from .store import LmdbStore
+
+log = logging.getLogger(__name__)
+
+#: most requests applied in one transaction; bounds the latency a batch adds to its first request
+MAX_BATCH = 512
+#: replies to recent write requests kept for idempotent retries (by req_id)
+DEDUP_SIZE = 100_000
+
+
+def ipc_endpoint(data_dir: str, name: str) -> str:
+    return "ipc://" + os.path.join(os.path.abspath(data_dir), name)
+
+
+class Broker:
+    """Owns the sockets and the store; ``serve()`` runs until ``stop()`` (or a signal)."""
+
+    def __init__(self, config: BrokerConfig, *, context: zmq.Context | None = None) -> None:
+        self.config = config
+        self.store = LmdbStore(config.data, durability=config.durability, map_size=config.map_size)
+        self.core = Core(Settings(default_ttl=config.default_ttl, event_log_size=config.event_log_size))
+        self._ctx = context or zmq.Context.instance()
+        self._routers: list[zmq.Socket] = []
+        self._pub: zmq.Socket | None = None
+        self._dedup: OrderedDict[bytes, list[bytes]] = OrderedDict()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._running = False
+        self._advertiser: Any = None
+        self.started = time.time()
+        self.endpoints: list[str] = []
+        self.pub_endpoints: list[str] = []
+        self.batches = 0
+        self.requests = 0
+
+    # ------------------------------------------------------------ setup
+    def bind(self) -> None:
+        binds = list(self.config.bind)
+        pub_binds = list(self.config.pub_bind)
+        if self.config.ipc:
+            binds.append(ipc_endpoint(self.config.data, "zmesh.ipc"))
+            pub_binds.append(ipc_endpoint(self.config.data, "zmesh-pub.ipc"))
+        pub = self._ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.SNDHWM, 100_000)
+        pub.setsockopt(zmq.LINGER, 0)
+        router = self._ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        router.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        router.setsockopt(zmq.RCVHWM, 100_000)
+        router.setsockopt(zmq.SNDHWM, 100_000)
+        router.setsockopt(zmq.LINGER, 500)
+        router.setsockopt(zmq.HEARTBEAT_IVL, 5_000)
+        router.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15_000)
+        try:
+            for ep in pub_binds:
+                pub.bind(ep)
+                self.pub_endpoints.append(pub.last_endpoint.decode())
+            for ep in binds:
+                router.bind(ep)
+                self.endpoints.append(router.last_endpoint.decode())
+        except zmq.ZMQError as exc:
+            pub.close(0)
+            router.close(0)
+            raise OSError(f"cannot bind {ep}: {exc}") from None
+        self._pub = pub
+        self._routers = [router]
+        with self.store.write() as txn:
+            self.core.recover(txn, self._now())
+
+    def _advertise(self) -> None:
+        if not self.config.discovery:
+            return
+        tcp = [ep for ep in self.endpoints if ep.startswith("tcp://")]
+        pub_tcp = [ep for ep in self.pub_endpoints if ep.startswith("tcp://")]
+        if not tcp or not pub_tcp:
+            return
+        try:
+            from .discovery import Advertiser
+
+            self._advertiser = Advertiser(
+                broker_id=self.store.broker_id, port=int(tcp[0].rsplit(":", 1)[1]),
+                pub_port=int(pub_tcp[0].rsplit(":", 1)[1]), version=__version__,
+                interfaces=self.config.interfaces or None)
+            self._advertiser.start()
+        except Exception as exc:  # discovery is a convenience; the broker serves without it
+            log.warning("zeroconf advertisement failed (%s); clients need --broker", exc)
+            self._advertiser = None
+
+    @staticmethod
+    def _now() -> Now:
+        return Now(time.monotonic(), time.time())
+
+    # ------------------------------------------------------------ loop
+    def stop(self) -> None:
+        """Safe from a signal handler or another thread."""
+        self._running = False
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def serve(self, *, install_signals: bool = True) -> None:
+        if self._pub is None:
+            self.bind()
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: self.stop())
+        self._advertise()
+        poller = zmq.Poller()
+        for router in self._routers:
+            poller.register(router, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        self._running = True
+        log.info("zmesh broker ready: id=%s router=%s pub=%s data=%s durability=%s pid=%d",
+                 self.store.broker_id, ",".join(self.endpoints), ",".join(self.pub_endpoints),
+                 self.config.data, self.config.durability, os.getpid())
+        try:
+            while self._running:
+                deadline = self.core.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
+                ready = dict(poller.poll(timeout if timeout is None else min(timeout, 60_000) + 1))
+                if self._wake_r.fileno() in ready:
+                    try:
+                        self._wake_r.recv(4096)
+                    except BlockingIOError:
+                        pass
+                self._pass()
+        finally:
+            self.close()
+
+    def _drain(self) -> list[tuple[zmq.Socket, list[bytes]]]:
+        batch: list[tuple[zmq.Socket, list[bytes]]] = []
+        for router in self._routers:
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append((router, router.recv_multipart(zmq.NOBLOCK)))
+                except zmq.Again:
+                    break
+        return batch
+
+    def _pass(self) -> None:
+        batch = self._drain()
+        deadline = self.core.next_deadline()
+        if not batch and (deadline is None or deadline > time.monotonic()):
+            return
+        poisoned: set[int] = set()
+        while True:
+            try:
+                replies, events = self._apply(batch, poisoned)
+                break
+            except lmdb.MapFullError:
+                log.warning("LMDB map full; growing it to %d bytes", self.store.grow())
+            except _Poison as exc:
+                poisoned.add(exc.index)
+        for router, frames in replies:
+            try:
+                router.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.ZMQError as exc:  # client gone (ROUTER_MANDATORY) or its queue full
+                log.debug("reply dropped: %s", exc)
+        for event in events:
+            self._pub.send_multipart(protocol.encode_event(event))  # type: ignore[union-attr]
+        self.batches += 1
+        self.requests += len(batch)
+
+    def _apply(self, batch: list[tuple[zmq.Socket, list[bytes]]], poisoned: set[int]
+               ) -> tuple[list[tuple[zmq.Socket, list[bytes]]], list[Event]]:
+        """Apply a batch in one write transaction; returns replies and events to send
+        after the commit (the ``with`` block commits and syncs once)."""
+        now = self._now()
+        replies: list[tuple[zmq.Socket, list[bytes]]] = []
+        remember: list[tuple[bytes, list[bytes]]] = []
+        events: list[Event] = []
+        with self.store.write() as txn:
+            events += self.core.expire(txn, now)
+            for index, (router, frames) in enumerate(batch):
+                ident, request = frames[0], frames[1:]
+                try:
+                    req = protocol.decode_request(request)
+                except DecodeError as exc:
+                    replies.append((router, [ident, *protocol.encode_error(exc.req_id, exc.error)]))
+                    continue
+                if index in poisoned:
+                    err = Internal(f"the broker failed on op '{req.op}'; see the broker log")
+                    replies.append((router, [ident, *protocol.encode_error(req.req_id, err)]))
+                    continue
+                write = req.op in protocol.WRITE_OPS
+                cached = self._dedup.get(req.req_id) if write else None
+                if cached is not None:
+                    replies.append((router, [ident, *cached]))
+                    continue
+                try:
+                    if req.op == "hello":
+                        out = protocol.encode_reply(req.req_id, self._hello(txn))
+                    else:
+                        body, evs = self.core.handle(txn, req.op, req.body, now)
+                        if req.op == "status":
+                            body.update(self._info())
+                        events += evs
+                        out = protocol.encode_reply(req.req_id, body)
+                except RemoteError as exc:
+                    out = protocol.encode_error(req.req_id, exc)
+                except Exception as exc:
+                    log.exception("op %s failed (request answered 'internal')", req.op)
+                    raise _Poison(index) from exc
+                if write:
+                    remember.append((req.req_id, out))
+                replies.append((router, [ident, *out]))
+        for req_id, out in remember:
+            self._dedup[req_id] = out
+        while len(self._dedup) > DEDUP_SIZE:
+            self._dedup.popitem(last=False)
+        return replies, events
+
+    def _hello(self, txn: Any) -> dict[str, Any]:
+        return {"broker_id": self.store.broker_id, "protocol": protocol.PROTOCOL_VERSION,
+                "version": __version__, "endpoints": self.endpoints, "pub": self.pub_endpoints,
+                "durability": self.store.durability, "default_ttl": self.config.default_ttl,
+                "seq": self.core._counter(txn, b"seq")}
+
+    def _info(self) -> dict[str, Any]:
+        return {"broker_id": self.store.broker_id, "version": __version__, "pid": os.getpid(),
+                "durability": self.store.durability, "uptime": round(time.time() - self.started, 3),
+                "endpoints": self.endpoints, "pub": self.pub_endpoints, "data": self.config.data,
+                "batches": self.batches, "requests": self.requests}
+
+    def close(self) -> None:
+        if self._advertiser is not None:
+            try:
+                self._advertiser.close()
+            except Exception as exc:  # pragma: no cover
+                log.debug("advertiser close: %s", exc)
+            self._advertiser = None
+        for router in self._routers:
+            router.close()
+        self._routers = []
+        if self._pub is not None:
+            self._pub.close()
+            self._pub = None
+        self._wake_r.close()
+        self._wake_w.close()
+        self.store.close()
+        log.info("zmesh broker stopped")
+
+
+class _Poison(Exception):
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index

@@ -1,0 +1,7 @@
+"""Clients: ``Client`` (blocking) and ``AsyncClient`` (asyncio), thin drivers of one core."""
+
+from ._async import AsyncClient
+from ._protocol import Claim
+from ._sync import Client
+
+__all__ = ["Client", "AsyncClient", "Claim"]

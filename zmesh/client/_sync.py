@@ -1,0 +1,228 @@
+"""``Client``: the blocking driver of ClientCore (one DEALER guarded by a lock, a heartbeat
+thread, SUB sockets owned by the thread that iterates them)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Iterable, Iterator
+
+import zmq
+
+from .. import protocol
+from ..errors import LeaseExpired, Unreachable, ZmeshError
+from ..protocol import Event
+from ._protocol import Api, Call, ClientCore, EventTracker, LeaseState, Recv, Send, default_endpoint, resolve_pub
+
+log = logging.getLogger("zmesh.client")
+
+
+def _discover(endpoint: str | None, timeout: float) -> str:
+    endpoint = default_endpoint(endpoint)
+    if endpoint:
+        return endpoint
+    from ..discovery import discover
+
+    return discover(timeout=min(timeout, 3.0)).endpoint
+
+
+class Client(Api[Any]):
+    """A blocking zmesh client. With ``agent`` it registers on connect and a background
+    thread heartbeats every ttl/3 so the lease (and every claim on it) stays alive.
+
+    ``endpoint`` None means ``$ZMESH_BROKER``, else zeroconf discovery on the LAN.
+    ``timeout`` bounds every call (seconds); a silent broker raises Unreachable.
+    ``on_lease_lost(err)`` is called from the heartbeat thread when the broker says the lease
+    lapsed (its claims are gone); the client then registers again.
+    """
+
+    def __init__(self, endpoint: str | None = None, *, agent: str | None = None,
+                 capabilities: Iterable[str] = (), metadata: dict[str, Any] | None = None,
+                 ttl: float | None = None, timeout: float = 5.0, heartbeat: bool = True,
+                 on_lease_lost: Callable[[ZmeshError], None] | None = None,
+                 on_heartbeat_error: Callable[[ZmeshError], None] | None = None,
+                 context: zmq.Context | None = None) -> None:
+        self.endpoint = _discover(endpoint, timeout)
+        self.agent = agent
+        self._core = ClientCore(timeout=timeout)
+        self._lease = LeaseState(agent, capabilities, metadata, ttl)
+        self._ctx = context or zmq.Context.instance()
+        self._lock = threading.RLock()
+        self._sock: zmq.Socket | None = None
+        self._stop = threading.Event()
+        self._hb_thread: threading.Thread | None = None
+        self._heartbeat = heartbeat
+        self._on_lease_lost = on_lease_lost
+        self._on_hb_error = on_heartbeat_error
+        self._subs: list[threading.Thread] = []
+        self.info: dict[str, Any] = {}
+        self.connected = False
+
+    # ------------------------------------------------------------ lifecycle
+    def connect(self) -> "Client":
+        """hello (+ register and heartbeat thread when an agent is set). Idempotent."""
+        if self.connected:
+            return self
+        self.info = self.hello()
+        if self.agent:
+            self._lease.registered(self._call(self._lease.register_call()))
+            if self._heartbeat:
+                self._hb_thread = threading.Thread(target=self._heartbeat_loop, daemon=True,
+                                                   name=f"zmesh-heartbeat-{self.agent}")
+                self._hb_thread.start()
+        self.connected = True
+        return self
+
+    def __enter__(self) -> "Client":
+        try:
+            return self.connect()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self, *, unregister: bool = True) -> None:
+        """Stop the heartbeat, unregister the agent (its claims are released at once)
+        unless ``unregister=False``, and close the sockets."""
+        self._stop.set()
+        if self._hb_thread is not None:
+            self._hb_thread.join(timeout=self._core.timeout + 1)
+            self._hb_thread = None
+        for t in self._subs:
+            t.join(timeout=2)
+        self._subs = []
+        if unregister and self.connected and self.agent:
+            try:
+                self.unregister()
+            except ZmeshError as exc:
+                log.warning("unregister of %s failed on close: %s", self.agent, exc)
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close(linger=0)
+                self._sock = None
+        self.connected = False
+
+    @property
+    def lease(self) -> int | None:
+        return self._lease.lease
+
+    # ------------------------------------------------------------ the driver
+    def _socket(self) -> zmq.Socket:
+        if self._sock is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 10_000)
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, 5_000)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15_000)
+            sock.connect(self.endpoint)
+            self._sock = sock
+        return self._sock
+
+    def _call(self, call: Call[Any]) -> Any:
+        with self._lock:
+            sock = self._socket()
+            flow = self._core.exchange(call.op, call.body, self.endpoint)
+            try:
+                action = next(flow)
+                while True:
+                    if isinstance(action, Send):
+                        try:
+                            sock.send_multipart(action.frames, zmq.NOBLOCK)
+                        except zmq.Again:
+                            pass  # queue full while disconnected: the flow times out
+                        action = flow.send(None)
+                    else:
+                        assert isinstance(action, Recv)
+                        got = sock.recv_multipart() if sock.poll(action.timeout * 1000) else None
+                        action = flow.send(got)
+            except StopIteration as stop:
+                reply = stop.value
+        return self._core.result(call, reply)
+
+    # ------------------------------------------------------------ heartbeat
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self._lease.interval):
+            try:
+                self._call(self._lease.heartbeat_call())
+            except LeaseExpired as exc:
+                self._lease.lost += 1
+                log.warning("lease of %s lapsed; its claims were released; registering again", self.agent)
+                if self._on_lease_lost:
+                    self._on_lease_lost(exc)
+                try:
+                    self._lease.registered(self._call(self._lease.register_call()))
+                except ZmeshError as again:
+                    log.warning("re-register of %s failed: %s", self.agent, again)
+            except ZmeshError as exc:
+                log.warning("heartbeat of %s failed: %s", self.agent, exc)
+                if self._on_hb_error:
+                    self._on_hb_error(exc)
+
+    # ------------------------------------------------------------ events
+    def events(self, topics: Iterable[str] = (), *, since: int | None = None,
+               timeout: float | None = None, idle_check: float = 1.0) -> Iterator[Event]:
+        """Yield events in sequence order, at least once, with no gaps: missed ones are
+        replayed. ``since`` replays from that seq first; ``timeout`` ends the iteration
+        after that many seconds without an event."""
+        if not self.info:
+            self.info = self.hello()
+        tracker = EventTracker(topics, since)
+        sub = self._ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 100_000)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(resolve_pub(self.endpoint, self.info["pub"]))
+        try:
+            if since is not None:
+                yield from self._replay_into(tracker)
+            idle = 0.0
+            while not self._stop.is_set():
+                wait = idle_check if timeout is None else min(idle_check, timeout - idle)
+                if sub.poll(max(wait, 0) * 1000):
+                    idle = 0.0
+                    event = protocol.decode_event(sub.recv_multipart())
+                    kind = tracker.classify(event)
+                    if kind == "gap":
+                        yield from self._replay_into(tracker)
+                        kind = tracker.classify(event)
+                    if kind == "next":
+                        tracker.delivered(event.seq)
+                        if tracker.wants(event.topic):
+                            yield event
+                    continue
+                idle += wait
+                if tracker.last is not None:  # quiet: make sure nothing slipped past us
+                    yield from self._replay_into(tracker)
+                if timeout is not None and idle >= timeout:
+                    return
+        finally:
+            sub.close(linger=0)
+
+    def _replay_into(self, tracker: EventTracker) -> Iterator[Event]:
+        while True:
+            body = self._call(tracker.replay_call())
+            yield from tracker.replayed(body)
+            if not body["more"]:
+                return
+
+    def subscribe(self, callback: Callable[[Event], None], topics: Iterable[str] = (), *,
+                  since: int | None = None) -> threading.Thread:
+        """Call ``callback(event)`` from a background thread for each event until close()."""
+        def run() -> None:
+            try:
+                for event in self.events(topics, since=since):
+                    try:
+                        callback(event)
+                    except Exception:  # a callback bug must not kill the subscription
+                        log.exception("event callback failed")
+            except Unreachable as exc:
+                log.warning("event subscription ended: %s", exc)
+
+        thread = threading.Thread(target=run, daemon=True, name="zmesh-events")
+        thread.start()
+        self._subs.append(thread)
+        return thread

@@ -1,0 +1,604 @@
+"""The broker's state machine: tasks, claims, leases and agents. No sockets, no clock,
+no LMDB: every entry point takes the transaction to work in and ``now`` from the caller.
+
+Task states and the only transitions between them (the table is :data:`TRANSITIONS`)::
+
+    waiting ──(last dependency completed)──> available
+    available ──claim / claim_next──> claimed
+    claimed ──complete (owner, current token)──> completed
+    claimed ──fail──> available            (attempts < max_attempts)
+    claimed ──fail──> dead                 (attempts == max_attempts)
+    claimed ──release / lease or claim expiry / unregister──> available
+
+Rules the tests hold the machine to:
+
+* A claim is a record ``claims[resource] = {agent, token, ...}``; creating it is a
+  check-and-set inside the single write transaction, so of any number of racers exactly one
+  wins. Every claim gets a fresh fencing token from one store-wide counter (``meta/token``),
+  so tokens only ever increase, also across restarts.
+* Every claim hangs on its agent's lease. A lease lapses when the agent sends nothing for
+  its TTL; then all its claims are released and ``agent.expired`` / ``task.released`` say so.
+  A claim made with its own ``ttl`` also lapses on its own deadline unless renewed.
+* Deadlines are volatile (decided by the broker's monotonic clock, passed in as ``now``):
+  heartbeats and renewals write nothing to disk, and after a restart :meth:`Core.recover`
+  gives every lease and claim its full TTL again (no mass expiry after downtime).
+* complete / fail / release / renew need the owner; when a token is given it must be the
+  claim's current one (``stale_token`` otherwise), so a paused agent that lost its claim
+  cannot clobber the next owner's work.
+* Every change appends an event to the persisted log with a gap-free sequence number in
+  the same transaction; the broker publishes them after the commit.
+* Handlers check everything before they write, so a refused request changes nothing.
+
+Claims are generic over resources (``task:<id>`` today); later resources such as path
+reservations reuse the same claim records, agent index, deadlines, tokens and events.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import orjson
+
+from . import protocol
+from .errors import Conflict, LeaseExpired, NotFound, NotOwner, SnapshotRequired, StaleToken
+from .protocol import Event
+from .store import Txn
+
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+
+TRANSITIONS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("waiting", "dependencies_done"): ("available",),
+    ("available", "claim"): ("claimed",),
+    ("claimed", "complete"): ("completed",),
+    ("claimed", "fail"): ("available", "dead"),
+    ("claimed", "release"): ("available",),
+}
+
+#: entries kept in a task's history (failures, expiries); older ones are dropped
+HISTORY_LIMIT = 50
+
+
+@dataclass(frozen=True)
+class Now:
+    """The caller's clock, read once per batch: ``mono`` for deadlines, ``wall`` for records."""
+
+    mono: float
+    wall: float
+
+
+@dataclass
+class Settings:
+    default_ttl: float = 30.0
+    event_log_size: int = 100_000
+
+
+def _task_key(task_id: str) -> bytes:
+    return b"task:" + task_id.encode()
+
+
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+class Core:
+    """The state machine. One instance per broker; it owns the volatile deadlines."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self._lease_deadline: dict[str, float] = {}
+        self._claim_deadline: dict[bytes, float] = {}
+        self._heap: list[tuple[float, int, str | bytes]] = []  # (deadline, 0 lease | 1 claim, key)
+        self._events: list[Event] = []
+        self._handlers: dict[str, Callable[[Txn, dict[str, Any], Now], Any]] = {
+            "register": self._register,
+            "heartbeat": self._heartbeat,
+            "unregister": self._unregister,
+            "task_create": self._task_create,
+            "claim": self._claim,
+            "claim_next": self._claim_next,
+            "complete": self._complete,
+            "fail": self._fail,
+            "release": self._release,
+            "renew": self._renew,
+            "task_get": self._task_get,
+            "task_list": self._task_list,
+            "agent_list": self._agent_list,
+            "status": self._status,
+            "replay": self._replay,
+        }
+
+    # ------------------------------------------------------------ entry points
+    def handle(self, txn: Txn, op: str, body: dict[str, Any], now: Now) -> tuple[Any, list[Event]]:
+        """Apply one validated request. Returns (reply body, events it appended).
+        Raises a RemoteError when refused; a refused request has written nothing."""
+        self._events = []
+        reply = self._handlers[op](txn, body, now)
+        events, self._events = self._events, []
+        return reply, events
+
+    def expire(self, txn: Txn, now: Now) -> list[Event]:
+        """Release every lease and claim whose deadline has passed."""
+        self._events = []
+        while self._heap and self._heap[0][0] <= now.mono:
+            deadline, kind, key = heapq.heappop(self._heap)
+            if kind == 0:
+                if self._lease_deadline.get(key) == deadline:  # type: ignore[arg-type]
+                    self._end_agent(txn, key, now, "lease_expired")  # type: ignore[arg-type]
+            elif self._claim_deadline.get(key) == deadline:  # type: ignore[arg-type]
+                claim = txn.get("claims", key)  # type: ignore[arg-type]
+                del self._claim_deadline[key]  # type: ignore[arg-type]
+                if claim is not None:
+                    self._drop_claim(txn, key, orjson.loads(claim), now, "claim_expired")  # type: ignore[arg-type]
+        events, self._events = self._events, []
+        return events
+
+    def next_deadline(self) -> float | None:
+        """Monotonic time of the earliest pending deadline (some may be superseded)."""
+        while self._heap:
+            deadline, kind, key = self._heap[0]
+            live = (self._lease_deadline if kind == 0 else self._claim_deadline).get(key)  # type: ignore[call-overload]
+            if live == deadline:
+                return deadline
+            heapq.heappop(self._heap)
+        return None
+
+    def recover(self, txn: Txn, now: Now) -> None:
+        """After a (re)start: every lease and every claim TTL starts afresh."""
+        self._lease_deadline.clear()
+        self._claim_deadline.clear()
+        self._heap.clear()
+        for key, raw in txn.scan("agents"):
+            self._set_lease(key.decode(), orjson.loads(raw)["ttl"], now)
+        for key, raw in txn.scan("claims"):
+            ttl = orjson.loads(raw).get("ttl")
+            if ttl:
+                self._set_claim_deadline(key, ttl, now)
+
+    # ------------------------------------------------------------ counters and events
+    def _next(self, txn: Txn, name: bytes) -> int:
+        raw = txn.get("meta", name)
+        value = (_U64.unpack(raw)[0] if raw else 0) + 1
+        txn.put("meta", name, _U64.pack(value))
+        return value
+
+    @staticmethod
+    def _counter(txn: Txn, name: bytes) -> int:
+        raw = txn.get("meta", name)
+        return _U64.unpack(raw)[0] if raw else 0
+
+    def _emit(self, txn: Txn, topic: str, body: dict[str, Any], now: Now) -> None:
+        body["ts"] = now.wall
+        seq = self._next(txn, b"seq")
+        txn.put("events", _U64.pack(seq), _dumps([topic, body]))
+        excess = txn.count("events") - self.settings.event_log_size
+        if excess > 0:
+            doomed = [k for k, _ in zip(range(excess), (k for k, _ in txn.scan("events")))]
+            for k in doomed:
+                txn.delete("events", k)
+        self._events.append(Event(topic, seq, body))
+
+    def _task_event(self, txn: Txn, topic: str, task: dict[str, Any], old: str | None,
+                    now: Now, **extra: Any) -> None:
+        body = {"task_id": task["id"], "old_status": old, "new_status": task["status"],
+                "claimed_by": extra.pop("claimed_by", None)}
+        body.update(extra)
+        self._emit(txn, topic, body, now)
+
+    # ------------------------------------------------------------ deadlines (volatile)
+    def _set_lease(self, agent: str, ttl: float, now: Now) -> float:
+        deadline = now.mono + ttl
+        self._lease_deadline[agent] = deadline
+        heapq.heappush(self._heap, (deadline, 0, agent))
+        return deadline
+
+    def _set_claim_deadline(self, key: bytes, ttl: float, now: Now) -> float:
+        deadline = now.mono + ttl
+        self._claim_deadline[key] = deadline
+        heapq.heappush(self._heap, (deadline, 1, key))
+        return deadline
+
+    def lease_remaining(self, agent: str, now: Now) -> float | None:
+        deadline = self._lease_deadline.get(agent)
+        return None if deadline is None else max(0.0, deadline - now.mono)
+
+    # ------------------------------------------------------------ records
+    @staticmethod
+    def _get_task(txn: Txn, task_id: str) -> dict[str, Any]:
+        raw = txn.get("tasks", task_id.encode())
+        if raw is None:
+            raise NotFound(f"no task '{task_id}'", {"task": task_id})
+        return orjson.loads(raw)
+
+    @staticmethod
+    def _get_agent(txn: Txn, agent: str) -> dict[str, Any] | None:
+        raw = txn.get("agents", agent.encode())
+        return None if raw is None else orjson.loads(raw)
+
+    @staticmethod
+    def _put_agent(txn: Txn, record: dict[str, Any]) -> None:
+        txn.put("agents", record["id"].encode(), _dumps(record))
+
+    def _ready_key(self, task: dict[str, Any]) -> bytes:
+        return (_U32.pack(protocol.MAX_PRIORITY - task["priority"]) + _U64.pack(task["order"])
+                + task["id"].encode())
+
+    def _save_task(self, txn: Txn, task: dict[str, Any], old: str | None, now: Now) -> None:
+        """Write a task and keep every index and counter in step with its status."""
+        new = task["status"]
+        task["updated"] = now.wall
+        tid = task["id"].encode()
+        if old != new:
+            if old is not None:
+                txn.delete("by_status", old.encode() + b"\0" + tid)
+                self._bump(txn, old, -1)
+                if old == "available":
+                    txn.delete("ready", self._ready_key(task))
+            txn.put("by_status", new.encode() + b"\0" + tid, b"")
+            self._bump(txn, new, +1)
+            if new == "available":
+                txn.put("ready", self._ready_key(task), b"")
+        txn.put("tasks", tid, _dumps(task))
+
+    def _bump(self, txn: Txn, status: str, delta: int) -> None:
+        name = b"count:" + status.encode()
+        txn.put("meta", name, _U64.pack(self._counter(txn, name) + delta))
+
+    def _transition(self, task: dict[str, Any], action: str, new: str) -> str:
+        old = task["status"]
+        allowed = TRANSITIONS.get((old, action), ())
+        if new not in allowed:  # a bug, not a refusal: handlers check the state first
+            raise AssertionError(f"illegal transition {old} -{action}-> {new}")
+        task["status"] = new
+        return old
+
+    @staticmethod
+    def _history(task: dict[str, Any], entry: dict[str, Any]) -> None:
+        task["history"].append(entry)
+        del task["history"][:-HISTORY_LIMIT]
+
+    def _view(self, txn: Txn, task: dict[str, Any], now: Now) -> dict[str, Any]:
+        """A task as clients see it: the record plus its current claim."""
+        view = dict(task)
+        del view["order"]
+        view.update(owner=None, token=None, expires_in=None)
+        if task["status"] == "claimed":
+            key = _task_key(task["id"])
+            raw = txn.get("claims", key)
+            if raw is not None:
+                claim = orjson.loads(raw)
+                view.update(owner=claim["agent"], token=claim["token"],
+                            expires_in=self._claim_expires_in(key, claim["agent"], now))
+        return view
+
+    def _claim_expires_in(self, key: bytes, agent: str, now: Now) -> float | None:
+        deadlines = [d for d in (self._claim_deadline.get(key), self._lease_deadline.get(agent)) if d]
+        return round(max(0.0, min(deadlines) - now.mono), 3) if deadlines else None
+
+    # ------------------------------------------------------------ agents and leases
+    def _ensure_agent(self, txn: Txn, agent: str, ttl: float | None, now: Now) -> dict[str, Any]:
+        """The agent's record; an agent acting without registering gets a lease of its own."""
+        record = self._get_agent(txn, agent)
+        if record is None:
+            record = self._new_agent(agent, [], {}, ttl or self.settings.default_ttl,
+                                     self._next(txn, b"token"), now, implicit=True)
+            self._put_agent(txn, record)
+            self._emit(txn, "agent.registered", {"agent": agent, "lease": record["lease"],
+                                                 "ttl": record["ttl"], "implicit": True}, now)
+            self._set_lease(agent, record["ttl"], now)
+        else:
+            self._touch(record, now, ttl)
+        return record
+
+    def _touch(self, record: dict[str, Any], now: Now, at_least: float | None = None) -> None:
+        """Any request from an agent renews its lease (as a ZooKeeper session is)."""
+        ttl = max(record["ttl"], at_least or 0.0)
+        current = self._lease_deadline.get(record["id"], 0.0)
+        if now.mono + ttl > current:
+            self._set_lease(record["id"], ttl, now)
+
+    @staticmethod
+    def _new_agent(agent: str, caps: list[str], metadata: dict[str, Any], ttl: float, lease: int,
+                   now: Now, implicit: bool = False) -> dict[str, Any]:
+        return {"id": agent, "capabilities": caps, "metadata": metadata, "ttl": ttl,
+                "lease": lease, "registered": now.wall, "implicit": implicit,
+                "claims": 0, "completed": 0, "failed": 0}
+
+    def _register(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
+        agent = body["agent"]
+        ttl = body["ttl"] or self.settings.default_ttl
+        record = self._get_agent(txn, agent)
+        if record is None:
+            record = self._new_agent(agent, body["capabilities"], body["metadata"], ttl,
+                                     self._next(txn, b"token"), now)
+        else:
+            record.update(capabilities=body["capabilities"], metadata=body["metadata"], ttl=ttl,
+                          implicit=False)
+        self._put_agent(txn, record)
+        self._emit(txn, "agent.registered", {"agent": agent, "lease": record["lease"], "ttl": ttl,
+                                             "capabilities": record["capabilities"]}, now)
+        self._set_lease(agent, ttl, now)
+        return {"agent": agent, "lease": record["lease"], "ttl": ttl}
+
+    def _heartbeat(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
+        agent = body["agent"]
+        record = self._get_agent(txn, agent)
+        if record is None or (body["lease"] is not None and body["lease"] != record["lease"]):
+            raise LeaseExpired(f"agent '{agent}' has no live lease; register again",
+                               {"agent": agent})
+        self._set_lease(agent, record["ttl"], now)
+        return {"agent": agent, "lease": record["lease"], "ttl": record["ttl"]}
+
+    def _unregister(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
+        agent = body["agent"]
+        if self._get_agent(txn, agent) is None:
+            raise NotFound(f"no agent '{agent}'", {"agent": agent})
+        released = self._end_agent(txn, agent, now, "unregistered")
+        return {"agent": agent, "released": released}
+
+    def _end_agent(self, txn: Txn, agent: str, now: Now, reason: str) -> list[str]:
+        """The lease is over: release every claim, forget the agent."""
+        prefix = agent.encode() + b"\0"
+        keys = [k[len(prefix):] for k, _ in txn.scan("agent_claims", prefix=prefix)]
+        released: list[str] = []
+        for key in keys:
+            raw = txn.get("claims", key)
+            if raw is not None:
+                self._drop_claim(txn, key, orjson.loads(raw), now, reason)
+                released.append(key.split(b":", 1)[1].decode())
+        txn.delete("agents", agent.encode())
+        self._lease_deadline.pop(agent, None)
+        topic = "agent.expired" if reason == "lease_expired" else "agent.unregistered"
+        self._emit(txn, topic, {"agent": agent, "released": released}, now)
+        return released
+
+    # ------------------------------------------------------------ claims (generic)
+    def _grant(self, txn: Txn, key: bytes, agent: dict[str, Any], ttl: float | None,
+               now: Now) -> dict[str, Any]:
+        token = self._next(txn, b"token")
+        claim = {"agent": agent["id"], "token": token, "lease": agent["lease"], "ttl": ttl,
+                 "since": now.wall}
+        txn.put("claims", key, _dumps(claim))
+        txn.put("agent_claims", agent["id"].encode() + b"\0" + key, b"")
+        if ttl:
+            self._set_claim_deadline(key, ttl, now)
+        return claim
+
+    def _drop_claim(self, txn: Txn, key: bytes, claim: dict[str, Any], now: Now, reason: str) -> None:
+        """End a claim that did not complete: the resource is free again."""
+        txn.delete("claims", key)
+        txn.delete("agent_claims", claim["agent"].encode() + b"\0" + key)
+        self._claim_deadline.pop(key, None)
+        kind, _, name = key.partition(b":")
+        if kind == b"task":
+            task = self._get_task(txn, name.decode())
+            old = self._transition(task, "release", "available")
+            if reason != "released":
+                self._history(task, {"ts": now.wall, "event": reason, "agent": claim["agent"],
+                                     "token": claim["token"]})
+            self._save_task(txn, task, old, now)
+            self._task_event(txn, "task.released", task, old, now, agent=claim["agent"],
+                             token=claim["token"], reason=reason)
+
+    def _held(self, txn: Txn, task_id: str, agent: str, token: int | None) -> tuple[bytes, dict[str, Any]]:
+        """The caller's current claim on a task, or the precise refusal."""
+        key = _task_key(task_id)
+        raw = txn.get("claims", key)
+        claim = orjson.loads(raw) if raw is not None else None
+        if token is not None and (claim is None or claim["token"] != token):
+            raise StaleToken(
+                f"token {token} is not the current claim on '{task_id}'",
+                {"task": task_id, "token": token, "current": claim["token"] if claim else None})
+        if claim is None or claim["agent"] != agent:
+            raise NotOwner(
+                f"agent '{agent}' does not hold '{task_id}'",
+                {"task": task_id, "agent": agent, "owner": claim["agent"] if claim else None})
+        return key, claim
+
+    def _claim_reply(self, task_id: str, claim: dict[str, Any], key: bytes, now: Now) -> dict[str, Any]:
+        return {"task": task_id, "agent": claim["agent"], "token": claim["token"],
+                "lease": claim["lease"], "expires_in": self._claim_expires_in(key, claim["agent"], now)}
+
+    def _take(self, txn: Txn, task: dict[str, Any], agent: dict[str, Any], ttl: float | None,
+              now: Now) -> dict[str, Any]:
+        key = _task_key(task["id"])
+        claim = self._grant(txn, key, agent, ttl, now)
+        old = self._transition(task, "claim", "claimed")
+        task["claims"] += 1
+        self._save_task(txn, task, old, now)
+        agent["claims"] += 1
+        self._put_agent(txn, agent)
+        self._task_event(txn, "task.claimed", task, old, now, claimed_by=agent["id"],
+                         token=claim["token"])
+        return self._claim_reply(task["id"], claim, key, now)
+
+    def _claim(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
+        task_id, agent_id = body["task"], body["agent"]
+        task = self._get_task(txn, task_id)
+        key = _task_key(task_id)
+        if task["status"] == "claimed":
+            claim = orjson.loads(txn.get("claims", key) or b"{}")
+            if claim.get("agent") == agent_id:  # a retry by the holder: the same claim
+                record = self._ensure_agent(txn, agent_id, body["ttl"], now)
+                if body["ttl"]:
+                    self._set_claim_deadline(key, body["ttl"], now)
+                return self._claim_reply(task_id, claim, key, now) | {"lease": record["lease"]}
+            raise Conflict(f"task '{task_id}' is held by '{claim.get('agent')}'",
+                           {"task": task_id, "status": "claimed", "holder": claim.get("agent")})
+        if task["status"] != "available":
+            raise Conflict(f"task '{task_id}' is {task['status']}, not available",
+                           {"task": task_id, "status": task["status"]})
+        agent = self._ensure_agent(txn, agent_id, body["ttl"], now)
+        return self._take(txn, task, agent, body["ttl"], now)
+
+    def _claim_next(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any] | None:
+        agent = self._ensure_agent(txn, body["agent"], body["ttl"], now)
+        caps = set(body["capabilities"] if body["capabilities"] is not None else agent["capabilities"])
+        for key, _ in txn.scan("ready"):
+            task = self._get_task(txn, key[12:].decode())
+            if set(task["requires"]) <= caps:
+                reply = self._take(txn, task, agent, body["ttl"], now)
+                return reply | {"task_record": self._view(txn, task, now)}
+        return None
+
+    def _complete(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
+        task_id, agent_id = body["task"], body["agent"]
+        task = self._get_task(txn, task_id)
+        if task["status"] == "completed" and task.get("completed_by") == agent_id and (
+                body["token"] is None or body["token"] == task.get("completed_token")):
+            return self._view(txn, task, now)  # a retry of a complete that succeeded
+        key, claim = self._held(txn, task_id, agent_id, body["token"])
+        txn.delete("claims", key)
+        txn.delete("agent_claims", agent_id.encode() + b"\0" + key)
+        self._claim_deadline.pop(key, None)
+        old = self._transition(task, "complete", "completed")
+        task.update(result=body["result"], completed_by=agent_id, completed_token=claim["token"])
+        self._save_task(txn, task, old, now)
+        agent = self._ensure_agent(txn, agent_id, None, now)
+        agent["completed"] += 1
+        self._put_agent(txn, agent)
+        self._task_event(txn, "task.completed", task, old, now, claimed_by=agent_id, token=claim["token"])
+        self._wake_dependents(txn, task_id, now)
+        return self._view(txn, task, now)
+
+    def _wake_dependents(self, txn: Txn, done: str, now: Now) -> None:
+        prefix = done.encode() + b"\0"
+        waiting = [k for k, _ in txn.scan("waiting_on", prefix=prefix)]
+        for k in waiting:
+            txn.delete("waiting_on", k)
+            task = self._get_task(txn, k[len(prefix):].decode())
+            if task["status"] == "waiting" and all(self._status_of(txn, d) == "completed"
+                                                   for d in task["depends_on"]):
+                old = self._transition(task, "dependencies_done", "available")
+                self._save_task(txn, task, old, now)
+                self._task_event(txn, "task.available", task, old, now, completed_dependency=done)
+
+    def _status_of(self, txn: Txn, task_id: str) -> str | None:
+        raw = txn.get("tasks", task_id.encode())
+        return None if raw is None else orjson.loads(raw)["status"]
+
+    def _fail(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
+        task_id, agent_id = body["task"], body["agent"]
+        task = self._get_task(txn, task_id)
+        key, claim = self._held(txn, task_id, agent_id, body["token"])
+        txn.delete("claims", key)
+        txn.delete("agent_claims", agent_id.encode() + b"\0" + key)
+        self._claim_deadline.pop(key, None)
+        task["attempts"] += 1
+        new = "dead" if task["attempts"] >= task["max_attempts"] else "available"
+        old = self._transition(task, "fail", new)
+        self._history(task, {"ts": now.wall, "event": "failed", "agent": agent_id,
+                             "token": claim["token"], "error": body["error"]})
+        self._save_task(txn, task, old, now)
+        agent = self._ensure_agent(txn, agent_id, None, now)
+        agent["failed"] += 1
+        self._put_agent(txn, agent)
+        self._task_event(txn, "task.dead" if new == "dead" else "task.failed", task, old, now,
+                         claimed_by=agent_id, token=claim["token"], error=body["error"],
+                         attempts=task["attempts"])
+        return self._view(txn, task, now)
+
+    def _release(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
+        task_id, agent_id = body["task"], body["agent"]
+        task = self._get_task(txn, task_id)
+        key, claim = self._held(txn, task_id, agent_id, body["token"])
+        self._drop_claim(txn, key, claim, now, "released")
+        self._ensure_agent(txn, agent_id, None, now)
+        return self._view(txn, self._get_task(txn, task_id), now)
+
+    def _renew(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
+        task_id, agent_id = body["task"], body["agent"]
+        self._get_task(txn, task_id)
+        key, claim = self._held(txn, task_id, agent_id, body["token"])
+        record = self._get_agent(txn, agent_id)
+        if record is None:  # cannot happen while the claim exists; kept as a guard
+            raise LeaseExpired(f"agent '{agent_id}' has no live lease", {"agent": agent_id})
+        self._touch(record, now)
+        ttl = body["ttl"] or claim.get("ttl")
+        if ttl:
+            self._set_claim_deadline(key, ttl, now)
+        return self._claim_reply(task_id, claim, key, now)
+
+    # ------------------------------------------------------------ tasks
+    def _task_create(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
+        task_id = body["id"]
+        if txn.get("tasks", task_id.encode()) is not None:
+            raise Conflict(f"task '{task_id}' already exists", {"task": task_id, "reason": "exists"})
+        pending = []
+        for dep in body["depends_on"]:
+            status = self._status_of(txn, dep)
+            if status is None:
+                raise NotFound(f"dependency '{dep}' of '{task_id}' does not exist", {"task": dep})
+            if status != "completed":
+                pending.append(dep)
+        task = {
+            "id": task_id, "type": body["type"], "data": body["data"], "priority": body["priority"],
+            "requires": body["requires"], "max_attempts": body["max_attempts"],
+            "depends_on": body["depends_on"], "status": "waiting" if pending else "available",
+            "attempts": 0, "claims": 0, "created": now.wall, "updated": now.wall,
+            "order": self._next(txn, b"order"), "result": None, "history": [],
+        }
+        for dep in pending:
+            txn.put("waiting_on", dep.encode() + b"\0" + task_id.encode(), b"")
+        self._save_task(txn, task, None, now)
+        self._task_event(txn, "task.created", task, None, now, type=task["type"],
+                         priority=task["priority"], requires=task["requires"])
+        return self._view(txn, task, now)
+
+    def _task_get(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
+        return self._view(txn, self._get_task(txn, body["task"]), now)
+
+    def _task_list(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
+        limit, after = body["limit"], body["after"].encode()
+        if body["status"]:
+            prefix = body["status"].encode() + b"\0"
+            ids: Iterator[bytes] = (k[len(prefix):] for k, _ in
+                                    txn.scan("by_status", start=prefix + after + b"\0" if after else b"", prefix=prefix))
+        else:
+            ids = (k for k, _ in txn.scan("tasks", start=after + b"\0" if after else b""))
+        tasks = []
+        more = False
+        for tid in ids:
+            if len(tasks) == limit:
+                more = True
+                break
+            tasks.append(self._view(txn, self._get_task(txn, tid.decode()), now))
+        return {"tasks": tasks, "more": more, "seq": self._counter(txn, b"seq")}
+
+    def _agent_list(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
+        agents = []
+        for _, raw in txn.scan("agents"):
+            record = orjson.loads(raw)
+            remaining = self.lease_remaining(record["id"], now)
+            record["expires_in"] = None if remaining is None else round(remaining, 3)
+            agents.append(record)
+        return {"agents": agents, "seq": self._counter(txn, b"seq")}
+
+    def _status(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
+        counts = {s: self._counter(txn, b"count:" + s.encode()) for s in protocol.STATUSES}
+        return {"tasks": counts, "agents": txn.count("agents"), "claims": txn.count("claims"),
+                "seq": self._counter(txn, b"seq"), "token": self._counter(txn, b"token")}
+
+    def _replay(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
+        since, limit, topics = body["since"], body["limit"], tuple(body["topics"])
+        last = self._counter(txn, b"seq")
+        first = next(txn.scan("events"), None)
+        oldest = _U64.unpack(first[0])[0] if first else last + 1
+        if since + 1 < oldest and since < last:
+            raise SnapshotRequired(
+                f"events after {since} were trimmed; the log starts at {oldest}",
+                {"since": since, "oldest": oldest, "last_seq": last})
+        events = []
+        more = False
+        for key, raw in txn.scan("events", start=_U64.pack(since + 1)):
+            topic, ebody = orjson.loads(raw)
+            if topics and not topic.startswith(topics):
+                continue
+            if len(events) == limit:
+                more = True
+                break
+            events.append({"topic": topic, "seq": _U64.unpack(key)[0], "body": ebody})
+        return {"events": events, "last_seq": last, "more": more}

@@ -1,0 +1,528 @@
+"""The zmesh wire protocol: frames, version, op table, error codes and limits.
+
+This module is the one source of truth for what travels on the wire; ``docs/PROTOCOL.md``
+is generated from it (``python -m zmesh.protocol``) and a test checks it is current.
+No zmq, no clock, no I/O: pure encode/decode/validate, so it is cheap to fuzz.
+
+Request (client DEALER -> broker ROUTER), four frames::
+
+    [0] version   b"ZM1"
+    [1] req_id    1..64 opaque bytes chosen by the client, unique per request; a retry of
+                  the same request reuses it and gets the original reply (idempotent retry)
+    [2] op        ASCII op name, see OPS
+    [3] body      orjson object (an empty frame means {})
+
+Reply (broker -> client), four frames::
+
+    [0] version   b"ZM1"
+    [1] req_id    echoed (empty when the request was too broken to read one)
+    [2] status    b"ok" or b"error"
+    [3] body      orjson object; for errors {"code", "message", "details"?}
+
+Event (broker PUB -> client SUB), three frames::
+
+    [0] topic     ASCII, dotted ("task.claimed", "agent.expired"); SUB filters by prefix
+    [1] seq       8-byte big-endian unsigned, global, gap-free, persisted
+    [2] body      orjson object
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import orjson
+
+from . import errors
+from .errors import BadRequest, TooLarge, UnknownOp, UnsupportedVersion
+
+VERSION = b"ZM1"
+PROTOCOL_VERSION = 1
+
+# ---------------------------------------------------------------- limits (one place)
+#: largest inbound message the broker accepts, all frames together (also set as
+#: ZMQ_MAXMSGSIZE per frame, so a larger frame is dropped by libzmq before it is read)
+MAX_MESSAGE_BYTES = 1 << 20
+MAX_FRAMES = 4
+MAX_REQ_ID_BYTES = 64
+MAX_OP_BYTES = 32
+MAX_ID_CHARS = 256
+MAX_TEXT_CHARS = 64 * 1024
+MAX_LIST_ITEMS = 256
+MAX_TTL_S = 7 * 24 * 3600.0
+MIN_TTL_S = 0.1
+MAX_PRIORITY = 1_000_000
+MAX_ATTEMPTS = 1000
+MAX_LIST_LIMIT = 10_000
+MAX_REPLAY_LIMIT = 10_000
+
+STATUSES = ("waiting", "available", "claimed", "completed", "dead")
+
+OK = b"ok"
+ERROR = b"error"
+
+_SEQ = struct.Struct(">Q")
+
+
+# ---------------------------------------------------------------- op table
+@dataclass(frozen=True)
+class Field:
+    """One body field. ``kind`` names a validator in _KINDS."""
+
+    name: str
+    kind: str
+    required: bool = False
+    default: Any = None
+    doc: str = ""
+    lo: float | None = None
+    hi: float | None = None
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    doc: str
+    fields: tuple[Field, ...] = ()
+    #: True when the op may change durable state (its reply waits for the commit)
+    writes: bool = False
+    returns: str = ""
+    errors: tuple[str, ...] = ()
+    by_name: dict[str, Field] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.by_name.update({f.name: f for f in self.fields})
+
+
+_AGENT = Field("agent", "id", True, doc="agent id")
+_TASK = Field("task", "id", True, doc="task id")
+_TOKEN = Field("token", "int", doc="fencing token of the claim; when given it must be current", lo=1)
+_TTL = Field("ttl", "ttl", doc="seconds", lo=MIN_TTL_S, hi=MAX_TTL_S)
+
+OPS: dict[str, Op] = {
+    op.name: op
+    for op in (
+        Op(
+            "hello",
+            "Handshake: broker id, protocol version, PUB endpoint(s), durability.",
+            returns="{broker_id, protocol, version, pub, endpoints, durability, seq}",
+        ),
+        Op(
+            "register",
+            "Register (or re-register) an agent and start its lease. Re-registering a live "
+            "agent keeps its lease id and claims and updates capabilities and metadata.",
+            (
+                _AGENT,
+                Field("capabilities", "strlist", default=[], doc="capability names"),
+                Field("metadata", "object", default={}, doc="free JSON object"),
+                Field("ttl", "ttl", default=None, doc="lease TTL in seconds (default: broker's)", lo=MIN_TTL_S, hi=MAX_TTL_S),
+            ),
+            writes=True,
+            returns="{agent, lease, ttl}",
+        ),
+        Op(
+            "heartbeat",
+            "Renew the agent's lease. Refused with lease_expired when the lease lapsed or "
+            "(when `lease` is given) was replaced. Costs no disk write.",
+            (_AGENT, Field("lease", "int", doc="lease id from register", lo=1)),
+            returns="{agent, lease, ttl}",
+            errors=("lease_expired",),
+        ),
+        Op(
+            "unregister",
+            "End the agent's lease now: every claim it holds is released at once.",
+            (_AGENT,),
+            writes=True,
+            returns="{agent, released: [task ids]}",
+            errors=("not_found",),
+        ),
+        Op(
+            "task_create",
+            "Create a task. It is `waiting` while any dependency is not completed, else `available`.",
+            (
+                Field("id", "id", True, doc="task id"),
+                Field("type", "str", default="task", doc="free task type"),
+                Field("data", "json", default=None, doc="any JSON value"),
+                Field("priority", "int", default=0, doc="higher is claimed first", lo=-MAX_PRIORITY, hi=MAX_PRIORITY),
+                Field("requires", "strlist", default=[], doc="capabilities an agent needs for claim_next"),
+                Field("max_attempts", "int", default=3, doc="failures before the task is dead", lo=1, hi=MAX_ATTEMPTS),
+                Field("depends_on", "idlist", default=[], doc="task ids that must complete first"),
+            ),
+            writes=True,
+            returns="task",
+            errors=("conflict",),
+        ),
+        Op(
+            "claim",
+            "Claim a task by id. Exactly one of any number of racers wins. An agent with no "
+            "lease gets one (TTL `ttl` or the broker default). Re-claiming a task one already "
+            "holds returns the same claim.",
+            (_TASK, _AGENT, Field("ttl", "ttl", doc="claim TTL in seconds; without it the claim lives as long as the agent's lease", lo=MIN_TTL_S, hi=MAX_TTL_S)),
+            writes=True,
+            returns="{task, agent, token, lease, expires_in}",
+            errors=("not_found", "conflict"),
+        ),
+        Op(
+            "claim_next",
+            "Claim the best available task whose `requires` the agent's capabilities cover "
+            "(highest priority, then oldest). Returns null when there is none.",
+            (
+                _AGENT,
+                Field("capabilities", "strlist", default=None, doc="defaults to the registered capabilities"),
+                _TTL,
+            ),
+            writes=True,
+            returns="{task, agent, token, lease, expires_in} | null",
+        ),
+        Op(
+            "complete",
+            "Complete a claimed task (owner and current token only); the result is stored "
+            "and tasks waiting on it become available.",
+            (_TASK, _AGENT, _TOKEN, Field("result", "json", default=None, doc="any JSON value")),
+            writes=True,
+            returns="task",
+            errors=("not_found", "not_owner", "stale_token"),
+        ),
+        Op(
+            "fail",
+            "Record a failed attempt. The task returns to `available`, or becomes `dead` "
+            "after max_attempts failures.",
+            (_TASK, _AGENT, _TOKEN, Field("error", "text", True, doc="what went wrong")),
+            writes=True,
+            returns="task",
+            errors=("not_found", "not_owner", "stale_token"),
+        ),
+        Op(
+            "release",
+            "Give a claimed task back: it becomes `available` again (no attempt counted).",
+            (_TASK, _AGENT, _TOKEN),
+            writes=True,
+            returns="task",
+            errors=("not_found", "not_owner", "stale_token"),
+        ),
+        Op(
+            "renew",
+            "Extend a claim during long work (progress) and renew the agent's lease.",
+            (_TASK, _AGENT, _TOKEN, _TTL),
+            returns="{task, agent, token, lease, expires_in}",
+            errors=("not_found", "not_owner", "stale_token", "lease_expired"),
+        ),
+        Op("task_get", "One task with its claim.", (_TASK,), returns="task", errors=("not_found",)),
+        Op(
+            "task_list",
+            "Tasks in id order, optionally of one status; `after` pages.",
+            (
+                Field("status", "status", doc="one of " + ", ".join(STATUSES)),
+                Field("after", "str", default="", doc="return ids greater than this"),
+                Field("limit", "int", default=1000, lo=1, hi=MAX_LIST_LIMIT),
+            ),
+            returns="{tasks: [task], seq, more}",
+        ),
+        Op("agent_list", "Registered agents with lease state and stats.", (), returns="{agents: [agent], seq}"),
+        Op("status", "Broker summary: task counts by status, agents, sequence, durability.", (), returns="{...}"),
+        Op(
+            "replay",
+            "Events with seq > since, oldest first (the bounded event log). Refused with "
+            "snapshot_required when some of them were trimmed.",
+            (
+                Field("since", "int", True, doc="last seq the subscriber has", lo=0),
+                Field("limit", "int", default=1000, lo=1, hi=MAX_REPLAY_LIMIT),
+                Field("topics", "strlist", default=[], doc="topic prefixes; empty means all"),
+            ),
+            returns="{events: [{topic, seq, body}], last_seq, more}",
+            errors=("snapshot_required",),
+        ),
+    )
+}
+
+#: ops that change durable state: the broker commits (and syncs) before replying
+WRITE_OPS = frozenset(name for name, op in OPS.items() if op.writes)
+
+
+# ---------------------------------------------------------------- validation
+def _check_id(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise BadRequest(f"field '{name}' must be a string", {"field": name})
+    if not value or len(value) > MAX_ID_CHARS:
+        raise BadRequest(f"field '{name}' must have 1..{MAX_ID_CHARS} characters", {"field": name})
+    if "\x00" in value:
+        raise BadRequest(f"field '{name}' must not contain NUL", {"field": name})
+    return value
+
+
+def _check_str(name: str, value: Any, limit: int = MAX_ID_CHARS) -> str:
+    if not isinstance(value, str):
+        raise BadRequest(f"field '{name}' must be a string", {"field": name})
+    if len(value) > limit:
+        raise TooLarge(f"field '{name}' is longer than {limit} characters", {"field": name})
+    return value
+
+
+def _check_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"field '{name}' must be an integer", {"field": name})
+    return value
+
+
+def _check_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRequest(f"field '{name}' must be a number", {"field": name})
+    return float(value)
+
+
+def _check_list(name: str, value: Any, item) -> list[str]:
+    if not isinstance(value, list):
+        raise BadRequest(f"field '{name}' must be a list of strings", {"field": name})
+    if len(value) > MAX_LIST_ITEMS:
+        raise TooLarge(f"field '{name}' has more than {MAX_LIST_ITEMS} items", {"field": name})
+    out: list[str] = []
+    for v in value:
+        if not isinstance(v, str):
+            raise BadRequest(f"field '{name}' must be a list of strings", {"field": name})
+        item(name, v)
+        if v not in out:
+            out.append(v)
+    return out
+
+
+def _check_status(name: str, value: Any) -> str:
+    if value not in STATUSES:
+        raise BadRequest(f"field '{name}' must be one of {', '.join(STATUSES)}", {"field": name})
+    return value
+
+
+def _check_object(name: str, value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise BadRequest(f"field '{name}' must be a JSON object", {"field": name})
+    return value
+
+
+_KINDS = {
+    "id": _check_id,
+    "str": _check_str,
+    "text": lambda n, v: _check_str(n, v, MAX_TEXT_CHARS),
+    "int": _check_int,
+    "ttl": _check_number,
+    "strlist": lambda n, v: _check_list(n, v, _check_str),
+    "idlist": lambda n, v: _check_list(n, v, _check_id),
+    "status": _check_status,
+    "object": _check_object,
+    "json": lambda n, v: v,
+}
+
+
+def validate(op: Op, body: Any) -> dict[str, Any]:
+    """Check ``body`` against the op's fields; return it with defaults filled in.
+
+    Unknown fields are refused (a typo must not be silently ignored)."""
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    extra = set(body) - op.by_name.keys()
+    if extra:
+        name = sorted(extra)[0]
+        raise BadRequest(f"unknown field '{name}' for op '{op.name}'", {"field": name})
+    out: dict[str, Any] = {}
+    for f in op.fields:
+        if f.name not in body or body[f.name] is None:
+            if f.required:
+                raise BadRequest(f"missing field '{f.name}' for op '{op.name}'", {"field": f.name})
+            out[f.name] = list(f.default) if isinstance(f.default, list) else (
+                dict(f.default) if isinstance(f.default, dict) else f.default)
+            continue
+        value = _KINDS[f.kind](f.name, body[f.name])
+        if f.lo is not None and value < f.lo or f.hi is not None and value > f.hi:
+            raise BadRequest(f"field '{f.name}' must be between {f.lo:g} and {f.hi:g}", {"field": f.name})
+        out[f.name] = value
+    return out
+
+
+# ---------------------------------------------------------------- records and codecs
+@dataclass(frozen=True)
+class Request:
+    req_id: bytes
+    op: str
+    body: dict[str, Any]
+
+
+class DecodeError(Exception):
+    """A request that cannot be served; carries what is needed to answer it."""
+
+    def __init__(self, req_id: bytes, error: errors.RemoteError) -> None:
+        super().__init__(str(error))
+        self.req_id = req_id
+        self.error = error
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+def loads(data: bytes | memoryview) -> Any:
+    return orjson.loads(data)
+
+
+def encode_request(req_id: bytes, op: str, body: dict[str, Any] | None = None) -> list[bytes]:
+    return [VERSION, req_id, op.encode("ascii"), orjson.dumps(body or {})]
+
+
+def decode_request(frames: list[bytes]) -> Request:
+    """Parse and validate one request; raise DecodeError naming the problem."""
+    size = sum(len(f) for f in frames)
+    req_id = frames[1] if len(frames) > 1 and 0 < len(frames[1]) <= MAX_REQ_ID_BYTES else b""
+    if size > MAX_MESSAGE_BYTES:
+        raise DecodeError(req_id, TooLarge(f"message of {size} bytes is above {MAX_MESSAGE_BYTES}"))
+    if len(frames) != MAX_FRAMES:
+        raise DecodeError(req_id, BadRequest(f"expected 4 frames (version, req_id, op, body), got {len(frames)}"))
+    version, rid, op_raw, body_raw = frames
+    if version != VERSION:
+        raise DecodeError(req_id, UnsupportedVersion(f"protocol version {bytes(version[:16])!r} is not supported; this broker speaks {VERSION.decode()}"))
+    if not rid or len(rid) > MAX_REQ_ID_BYTES:
+        raise DecodeError(b"", BadRequest(f"req_id must have 1..{MAX_REQ_ID_BYTES} bytes"))
+    try:
+        op_name = op_raw.decode("ascii") if len(op_raw) <= MAX_OP_BYTES else ""
+    except UnicodeDecodeError:
+        op_name = ""
+    op = OPS.get(op_name)
+    if op is None:
+        shown = op_raw[:MAX_OP_BYTES].decode("ascii", "replace")
+        raise DecodeError(rid, UnknownOp(f"unknown op '{shown}'", {"op": shown}))
+    try:
+        body = orjson.loads(body_raw) if body_raw else {}
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(rid, BadRequest(f"body is not valid JSON: {exc}")) from None
+    try:
+        return Request(rid, op_name, validate(op, body))
+    except errors.RemoteError as exc:
+        raise DecodeError(rid, exc) from None
+
+
+def encode_reply(req_id: bytes, body: Any) -> list[bytes]:
+    return [VERSION, req_id, OK, orjson.dumps(body)]
+
+
+def encode_error(req_id: bytes, error: errors.ZmeshError) -> list[bytes]:
+    return [VERSION, req_id, ERROR, orjson.dumps(error.to_wire())]
+
+
+@dataclass(frozen=True)
+class Reply:
+    req_id: bytes
+    ok: bool
+    body: Any
+
+
+def decode_reply(frames: list[bytes]) -> Reply:
+    if len(frames) != 4 or frames[0] != VERSION or frames[2] not in (OK, ERROR):
+        raise errors.ProtocolError(f"malformed reply of {len(frames)} frames")
+    try:
+        body = orjson.loads(frames[3])
+    except orjson.JSONDecodeError as exc:
+        raise errors.ProtocolError(f"reply body is not JSON: {exc}") from None
+    return Reply(frames[1], frames[2] == OK, body)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One state change as published and stored in the event log."""
+
+    topic: str
+    seq: int
+    body: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"topic": self.topic, "seq": self.seq, "body": self.body}
+
+
+def encode_event(event: Event) -> list[bytes]:
+    return [event.topic.encode("ascii"), _SEQ.pack(event.seq), orjson.dumps(event.body)]
+
+
+def decode_event(frames: list[bytes]) -> Event:
+    if len(frames) != 3 or len(frames[1]) != 8:
+        raise errors.ProtocolError(f"malformed event of {len(frames)} frames")
+    return Event(frames[0].decode("ascii", "replace"), _SEQ.unpack(frames[1])[0], orjson.loads(frames[2]))
+
+
+# ---------------------------------------------------------------- docs
+TOPICS: dict[str, str] = {
+    "task.created": "a task was created (status waiting or available)",
+    "task.available": "a waiting task's dependencies all completed",
+    "task.claimed": "an agent claimed a task (claimed_by, token)",
+    "task.completed": "the owner completed a task",
+    "task.failed": "the owner failed a task; it is available again (or see task.dead)",
+    "task.dead": "a task failed max_attempts times",
+    "task.released": "a claim ended without completion: reason released, lease_expired, claim_expired or unregistered",
+    "agent.registered": "an agent registered (or re-registered)",
+    "agent.unregistered": "an agent unregistered",
+    "agent.expired": "an agent's lease lapsed; its claims were released",
+}
+
+
+def render_markdown() -> str:
+    """docs/PROTOCOL.md, generated from the tables above and errors.WIRE_ERRORS."""
+    lines = [
+        "# zmesh wire protocol",
+        "",
+        "<!-- generated by `python -m zmesh.protocol > docs/PROTOCOL.md`; do not edit -->",
+        "",
+        f"Protocol version {PROTOCOL_VERSION} (frame `{VERSION.decode()}`). Transport: ZeroMQ. A client "
+        "connects a DEALER socket to the broker's ROUTER endpoint (TCP or IPC), sends `hello`, "
+        "and connects a SUB socket to the PUB endpoint the reply names. When the broker binds "
+        "`tcp://*:PORT`, the reply names `tcp://*:PUBPORT` and the client substitutes the host it dialled.",
+        "",
+        "## Frames",
+        "",
+        "```",
+        "Request (client" + (__doc__ or "").split("Request (client", 1)[1].rstrip(),
+        "```",
+        "",
+        "Bodies are JSON objects (UTF-8). Unknown fields are refused. Integers are 64-bit.",
+        "Retrying a request with the same `req_id` returns the original reply while the broker "
+        "remembers it (recent requests, in memory), so a lost reply never becomes a second claim.",
+        "",
+        "## Limits",
+        "",
+        "| limit | value |",
+        "|---|---:|",
+    ]
+    for name in ("MAX_MESSAGE_BYTES", "MAX_FRAMES", "MAX_REQ_ID_BYTES", "MAX_OP_BYTES", "MAX_ID_CHARS",
+                 "MAX_TEXT_CHARS", "MAX_LIST_ITEMS", "MIN_TTL_S", "MAX_TTL_S", "MAX_PRIORITY",
+                 "MAX_ATTEMPTS", "MAX_LIST_LIMIT", "MAX_REPLAY_LIMIT"):
+        lines.append(f"| `{name}` | {globals()[name]:g} |")
+    lines += ["", "A message above `MAX_MESSAGE_BYTES` gets `too_large`; a single frame above it "
+              "is dropped by libzmq (ZMQ_MAXMSGSIZE) and the sender is disconnected.", "",
+              "## Ops", ""]
+    for op in OPS.values():
+        lines.append(f"### `{op.name}`" + ("  (durable write: reply after commit)" if op.writes else ""))
+        lines += ["", op.doc, ""]
+        if op.fields:
+            lines += ["| field | type | required | default | meaning |", "|---|---|---|---|---|"]
+            for f in op.fields:
+                rng = f" ({f.lo:g}..{f.hi:g})" if f.lo is not None and f.hi is not None else (
+                    f" (>= {f.lo:g})" if f.lo is not None else "")
+                default = "" if f.required or f.default is None else f"`{orjson.dumps(f.default).decode()}`"
+                lines.append(f"| `{f.name}` | {f.kind}{rng} | {'yes' if f.required else ''} | {default} | {f.doc} |")
+            lines.append("")
+        lines.append(f"Returns: `{op.returns}`" + (f"; errors: {', '.join(f'`{e}`' for e in op.errors)}" if op.errors else ""))
+        lines.append("")
+    lines += ["## Error codes", "", "Every op may also answer `bad_request`, `too_large`, `unknown_op`, "
+              "`unsupported_version` or `internal`.", "", "| code | meaning |", "|---|---|"]
+    for code, cls in errors.WIRE_ERRORS.items():
+        lines.append(f"| `{code}` | {cls.meaning} |")
+    lines += ["", "## Event topics", "",
+              "Every event body has `ts` (broker wall clock, seconds). Task events carry "
+              "`task_id, old_status, new_status, claimed_by`; one transaction's events have "
+              "consecutive sequence numbers and are published together after the commit.", "",
+              "| topic | when |", "|---|---|"]
+    for topic, doc in TOPICS.items():
+        lines.append(f"| `{topic}` | {doc} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def iter_ops() -> Iterable[Op]:
+    return OPS.values()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(render_markdown(), end="")

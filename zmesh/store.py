@@ -1,0 +1,255 @@
+"""Storage behind a small interface: the LMDB store (the default) and a memory store.
+
+The core sees only :class:`Txn`: ordered byte tables with get/put/delete/scan inside one
+transaction. That is all the state machine needs, and it is what a later store on a
+distributed engine (an etcd cluster: txn for CAS) must provide, so core semantics never
+depend on LMDB.
+
+Durability levels (one name, stated beside every benchmark figure):
+
+``full``  every commit synced, data pages then meta page (LMDB default): survives power loss.
+``fast``  LMDB metasync off: one flush per commit; a system crash may undo the last
+          commit, a broker crash loses nothing.
+``none``  no sync: survives a broker crash (the OS still has the pages), not a system crash.
+
+A write transaction that changed nothing is aborted instead of committed, so read-only
+and heartbeat-only batches never touch the disk.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import uuid
+from contextlib import contextmanager
+from typing import Iterator, Protocol
+
+import lmdb
+
+from .errors import StoreError
+
+SCHEMA_VERSION = 1
+DURABILITY = ("full", "fast", "none")
+
+#: named tables; keys and values are bytes, the layout is owned by core.py
+TABLES = (
+    "meta",        # b"schema", b"broker_id", b"token", b"seq", b"order"
+    "tasks",       # task id -> task record
+    "claims",      # resource key -> claim record (one claim machinery for every resource)
+    "agent_claims",  # agent id \0 resource key -> b""
+    "agents",      # agent id -> agent record
+    "ready",       # claim_next order: inverted priority, order, id -> b""
+    "waiting_on",  # dependency id \0 waiting task id -> b""
+    "by_status",   # status \0 task id -> b""
+    "events",      # seq (8 bytes BE) -> [topic, body]
+)
+
+
+class Txn(Protocol):
+    """What the core may do inside one transaction."""
+
+    def get(self, table: str, key: bytes) -> bytes | None: ...
+
+    def put(self, table: str, key: bytes, value: bytes) -> None: ...
+
+    def delete(self, table: str, key: bytes) -> bool: ...
+
+    def scan(self, table: str, start: bytes = b"", prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """Ascending (key, value) pairs from ``start`` while keys begin with ``prefix``."""
+        ...
+
+    def count(self, table: str) -> int: ...
+
+
+class Store(Protocol):
+    durability: str
+    broker_id: str
+
+    def write(self) -> "contextmanager[Txn]": ...
+
+    def read(self) -> "contextmanager[Txn]": ...
+
+    def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------- LMDB
+class LmdbTxn:
+    __slots__ = ("_txn", "_dbs", "dirty")
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, object]) -> None:
+        self._txn = txn
+        self._dbs = dbs
+        self.dirty = False
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        return self._txn.get(key, db=self._dbs[table])
+
+    def put(self, table: str, key: bytes, value: bytes) -> None:
+        self.dirty = True
+        self._txn.put(key, value, db=self._dbs[table])
+
+    def delete(self, table: str, key: bytes) -> bool:
+        self.dirty = True
+        return self._txn.delete(key, db=self._dbs[table])
+
+    def scan(self, table: str, start: bytes = b"", prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        cur = self._txn.cursor(db=self._dbs[table])
+        first = max(start, prefix)
+        if not (cur.set_range(first) if first else cur.first()):
+            return
+        for key, value in cur:
+            if prefix and not key.startswith(prefix):
+                return
+            yield key, value
+
+    def count(self, table: str) -> int:
+        return self._txn.stat(self._dbs[table])["entries"]
+
+
+class LmdbStore:
+    """The embedded default. One process owns a data directory (an flock says so)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, durability: str = "full",
+                 map_size: int = 1 << 33) -> None:
+        if durability not in DURABILITY:
+            raise StoreError(f"unknown durability '{durability}' (choose {', '.join(DURABILITY)})")
+        self.path = os.fspath(path)
+        self.durability = durability
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            self._lock = open(os.path.join(self.path, "broker.lock"), "a+")
+        except OSError as exc:
+            raise StoreError(f"cannot use data directory {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise StoreError(f"data directory {self.path} is in use by another broker") from None
+        try:
+            self.env = lmdb.open(
+                self.path, map_size=map_size, max_dbs=len(TABLES) + 2, subdir=True,
+                sync=durability != "none", metasync=durability == "full",
+                readahead=False, max_readers=126,
+            )
+            self._dbs = {name: self.env.open_db(name.encode()) for name in TABLES}
+        except lmdb.Error as exc:
+            self._lock.close()
+            raise StoreError(f"cannot open LMDB in {self.path}: {exc}") from None
+        self.broker_id = self._check_schema()
+
+    def _check_schema(self) -> str:
+        with self.write() as txn:
+            raw = txn.get("meta", b"schema")
+            if raw is not None and int(raw) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"data directory {self.path} has schema version {int(raw)}; this zmesh "
+                    f"supports up to {SCHEMA_VERSION}: upgrade zmesh (the data was not touched)")
+            if raw is None:
+                txn.put("meta", b"schema", str(SCHEMA_VERSION).encode())
+            bid = txn.get("meta", b"broker_id")
+            if bid is None:
+                bid = uuid.uuid4().hex.encode()
+                txn.put("meta", b"broker_id", bid)
+            return bid.decode()
+
+    @contextmanager
+    def write(self) -> Iterator[LmdbTxn]:
+        """One write transaction: committed (and synced per durability) if the block
+        returns and something changed, aborted otherwise."""
+        txn = self.env.begin(write=True)
+        wrapped = LmdbTxn(txn, self._dbs)
+        try:
+            yield wrapped
+        except BaseException:
+            txn.abort()
+            raise
+        if wrapped.dirty:
+            try:
+                txn.commit()
+            except lmdb.Error as exc:
+                raise StoreError(f"commit failed: {exc}") from exc
+        else:
+            txn.abort()
+
+    @contextmanager
+    def read(self) -> Iterator[LmdbTxn]:
+        txn = self.env.begin(write=False)
+        try:
+            yield LmdbTxn(txn, self._dbs)
+        finally:
+            txn.abort()
+
+    def grow(self) -> int:
+        """Double the map size (after lmdb.MapFullError); returns the new size."""
+        size = self.env.info()["map_size"] * 2
+        self.env.set_mapsize(size)
+        return size
+
+    def close(self) -> None:
+        self.env.close()
+        self._lock.close()
+
+
+# ---------------------------------------------------------------- memory (tests, core bench)
+class MemoryTxn:
+    def __init__(self, tables: dict[str, dict[bytes, bytes]], write: bool) -> None:
+        self._base = tables
+        self._mine: dict[str, dict[bytes, bytes]] = {}
+        self._write = write
+        self.dirty = False
+
+    def _t(self, table: str, for_write: bool = False) -> dict[bytes, bytes]:
+        if table in self._mine:
+            return self._mine[table]
+        if for_write:
+            if not self._write:
+                raise StoreError("write in a read transaction")
+            self._mine[table] = dict(self._base[table])
+            return self._mine[table]
+        return self._base[table]
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        return self._t(table).get(key)
+
+    def put(self, table: str, key: bytes, value: bytes) -> None:
+        self.dirty = True
+        self._t(table, True)[bytes(key)] = bytes(value)
+
+    def delete(self, table: str, key: bytes) -> bool:
+        self.dirty = True
+        return self._t(table, True).pop(key, None) is not None
+
+    def scan(self, table: str, start: bytes = b"", prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        data = self._t(table)
+        first = max(start, prefix)
+        for key in sorted(k for k in data if k >= first):
+            if prefix and not key.startswith(prefix):
+                return
+            if key in data:
+                yield key, data[key]
+
+    def count(self, table: str) -> int:
+        return len(self._t(table))
+
+
+class MemoryStore:
+    """Same semantics as LmdbStore without a disk: for core tests and the core benchmark."""
+
+    durability = "none"
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[bytes, bytes]] = {name: {} for name in TABLES}
+        self.broker_id = uuid.uuid4().hex
+
+    @contextmanager
+    def write(self) -> Iterator[MemoryTxn]:
+        txn = MemoryTxn(self.tables, True)
+        yield txn
+        self.tables.update(txn._mine)
+
+    @contextmanager
+    def read(self) -> Iterator[MemoryTxn]:
+        yield MemoryTxn(self.tables, False)
+
+    def close(self) -> None:
+        pass
