@@ -4,7 +4,7 @@ One pass of the loop::
 
     poll (until a request arrives or the next lease/claim deadline)
     drain every waiting request from every ROUTER socket (up to MAX_BATCH)
-    one LMDB write txn: expire due leases, decode + apply each request in arrival order
+    one LMDB write txn: decode + apply each request in arrival order, then expire due leases
     commit: ONE sync for the whole batch (group commit)
     send the replies, then publish the events (never before the commit)
 
@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from collections import OrderedDict
 from typing import Any
@@ -61,6 +62,7 @@ class Broker:
         self._wake_w.setblocking(False)
         self._running = False
         self._advertiser: Any = None
+        self._adv_thread: threading.Thread | None = None
         self.started = time.time()
         self.endpoints: list[str] = []
         self.pub_endpoints: list[str] = []
@@ -140,11 +142,16 @@ class Broker:
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: self.stop())
-        self._advertise()
+            # a signal may land on a libzmq thread, so the main thread's poll never sees
+            # EINTR; the wakeup fd makes the C handler wake the poll from any thread
+            signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        # zeroconf takes ~2 s to probe and announce: serve meanwhile
+        self._adv_thread = threading.Thread(target=self._advertise, name="zmesh-advertise", daemon=True)
+        self._adv_thread.start()
         poller = zmq.Poller()
         for router in self._routers:
             poller.register(router, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._wake_r.fileno(), zmq.POLLIN)
         self._running = True
         log.info("zmesh broker ready: id=%s router=%s pub=%s data=%s durability=%s pid=%d",
                  self.store.broker_id, ",".join(self.endpoints), ",".join(self.pub_endpoints),
@@ -161,6 +168,8 @@ class Broker:
                         pass
                 self._pass()
         finally:
+            if install_signals:
+                signal.set_wakeup_fd(-1)
             self.close()
 
     def _drain(self) -> list[tuple[zmq.Socket, list[bytes]]]:
@@ -206,7 +215,6 @@ class Broker:
         remember: list[tuple[bytes, list[bytes]]] = []
         events: list[Event] = []
         with self.store.write() as txn:
-            events += self.core.expire(txn, now)
             for index, (router, frames) in enumerate(batch):
                 ident, request = frames[0], frames[1:]
                 try:
@@ -240,6 +248,9 @@ class Broker:
                 if write:
                     remember.append((req.req_id, out))
                 replies.append((router, [ident, *out]))
+            # after the requests: heartbeats that queued while the broker was busy or
+            # stalled count before any lease is judged lapsed
+            events += self.core.expire(txn, now)
         for req_id, out in remember:
             self._dedup[req_id] = out
         while len(self._dedup) > DEDUP_SIZE:
@@ -259,6 +270,9 @@ class Broker:
                 "batches": self.batches, "requests": self.requests}
 
     def close(self) -> None:
+        self._running = False
+        if self._adv_thread is not None:
+            self._adv_thread.join(10)
         if self._advertiser is not None:
             try:
                 self._advertiser.close()

@@ -1,0 +1,7 @@
+"""Regenerate docs/PROTOCOL.md from zmesh/protocol.py: python docs/gen_protocol.py"""
+
+from pathlib import Path
+
+from zmesh.protocol import render_markdown
+
+Path(__file__).with_name("PROTOCOL.md").write_text(render_markdown())

@@ -1,0 +1,289 @@
+"""The clients against a real broker process. Each behaviour is tested once and run
+against both drivers: the async one through a thin blocking adapter (one fixture differs)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from typing import Any, Iterator
+
+import pytest
+
+import zmesh
+from zmesh import AsyncClient, Client
+from zmesh.client._protocol import EventTracker
+from zmesh.protocol import Event
+from zmesh.testing import free_port
+
+from .conftest import wait_for
+
+
+class Blocking:
+    """Runs an AsyncClient on a private event loop thread behind the Client interface."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._client = self._run(self._make(*args, **kw))
+
+    async def _make(self, *args: Any, **kw: Any) -> AsyncClient:
+        return AsyncClient(*args, **kw)
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        async def invoke(*args: Any, **kw: Any) -> Any:  # on the loop: create_task works
+            result = attr(*args, **kw)
+            return await result if asyncio.iscoroutine(result) else result
+
+        return lambda *args, **kw: self._run(invoke(*args, **kw))
+
+    def events(self, *args: Any, **kw: Any) -> Iterator[Event]:
+        agen = self._client.events(*args, **kw)
+        try:
+            while True:
+                try:
+                    yield self._run(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(agen.aclose())
+
+    def __enter__(self) -> "Blocking":
+        self._run(self._client.connect())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self, **kw: Any) -> None:
+        if self._loop.is_closed():
+            return
+        try:
+            self._run(self._client.aclose(**kw))
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+            self._loop.close()
+
+
+@pytest.fixture(params=["sync", "async"])
+def make_client(request: pytest.FixtureRequest) -> Iterator[Any]:
+    made: list[Any] = []
+
+    def make(*args: Any, **kw: Any) -> Any:
+        c = Client(*args, **kw) if request.param == "sync" else Blocking(*args, **kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        try:
+            c.close()
+        except Exception:
+            pass
+
+
+def test_contract_example(broker, make_client) -> None:
+    with make_client(broker.endpoint, agent="a1", capabilities=["python"], ttl=10.0) as c:
+        c.create_task("t1", type="review", data={"pr": 1}, priority=0, requires=["python"])
+        claim = c.claim("t1")
+        assert isinstance(claim, zmesh.Claim) and claim.task_id == "t1" and claim.token > 0
+        assert claim.expires_at is not None and claim.expires_at > time.time()
+        c.complete("t1", token=claim.token, result={"ok": True})
+        task = c.task("t1")
+        assert task["status"] == "completed" and task["result"] == {"ok": True}
+
+
+def test_lost_race_is_none_and_errors_are_typed(broker, make_client) -> None:
+    with make_client(broker.endpoint, agent="a1") as a, make_client(broker.endpoint, agent="a2") as b:
+        a.create_task("t1")
+        first = a.claim("t1")
+        assert first is not None
+        assert b.claim("t1") is None
+        with pytest.raises(zmesh.Conflict) as info:
+            b.try_claim("t1")
+        assert info.value.details["holder"] == "a1"
+        with pytest.raises(zmesh.NotFound):
+            a.claim("nope")
+        with pytest.raises(zmesh.NotOwner):
+            b.complete("t1")
+        with pytest.raises(zmesh.StaleToken):
+            a.complete("t1", token=first.token + 1000)
+        assert issubclass(zmesh.NotFound, zmesh.ZmeshError)
+        a.release("t1", token=first.token)
+        second = b.claim("t1")
+        assert second is not None and second.token > first.token
+        with pytest.raises(zmesh.StaleToken):  # the paused first owner cannot clobber b
+            a.complete("t1", token=first.token)
+
+
+def test_claim_next_and_dependencies(broker, make_client) -> None:
+    with make_client(broker.endpoint, agent="w", capabilities=["py"]) as c:
+        c.create_task("low", priority=1)
+        c.create_task("high", priority=9)
+        c.create_task("rust", priority=100, requires=["rust"])
+        c.create_task("after", priority=50, depends_on=["low"])
+        got = c.claim_next()
+        assert got.task_id == "high" and got.task["status"] == "claimed"
+        got2 = c.claim_next()
+        assert got2.task_id == "low"
+        assert c.claim_next() is None
+        c.complete("low", token=got2.token)
+        assert c.task("after")["status"] == "available"
+        assert c.claim_next().task_id == "after"
+
+
+def test_events_iterator_replays_and_follows(broker, make_client) -> None:
+    with make_client(broker.endpoint, agent="a1") as c:
+        c.create_task("t1")
+        c.claim("t1")
+        seen = []
+        for ev in c.events(["task."], since=0, timeout=2.0):
+            seen.append(ev)
+            if len(seen) == 2:
+                c.create_task("t2")  # arrives live over PUB
+            if len(seen) == 3:
+                break
+        assert [e.topic for e in seen] == ["task.created", "task.claimed", "task.created"]
+        assert seen[2].body["task_id"] == "t2"
+        seqs = [e.seq for e in seen]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 3
+
+
+def test_subscribe_callback(broker, make_client) -> None:
+    got: list[Event] = []
+    with make_client(broker.endpoint, agent="a1") as c:
+        c.subscribe(got.append, ["task."], since=0)
+        c.create_task("t1")
+        wait_for(lambda: any(e.topic == "task.created" for e in got), what="callback event")
+
+
+def test_heartbeat_keeps_claims_past_ttl(broker, make_client) -> None:
+    with make_client(broker.endpoint, agent="hb", ttl=0.5) as c:
+        c.create_task("t1")
+        claim = c.claim("t1")
+        end = time.monotonic() + 2.0  # four TTLs: only heartbeats can keep it
+        while time.monotonic() < end:
+            assert c.task("t1")["owner"] == "hb"
+            time.sleep(0.1)
+        c.complete("t1", token=claim.token)
+
+
+def test_without_heartbeat_the_lease_lapses(broker, make_client) -> None:
+    with make_client(broker.endpoint, timeout=2.0) as admin:
+        with make_client(broker.endpoint, agent="quiet", ttl=0.3, heartbeat=False) as c:
+            c.create_task("t1")
+            claim = c.claim("t1")
+            wait_for(lambda: admin.task("t1")["status"] == "available", timeout=5, what="lease expiry")
+            with pytest.raises((zmesh.StaleToken, zmesh.NotOwner)):
+                c.complete("t1", token=claim.token)
+            with pytest.raises(zmesh.LeaseExpired):
+                c.heartbeat(lease=c.lease)
+            c.close(unregister=False)
+
+
+def test_unreachable_is_a_clear_error_after_the_timeout(make_client) -> None:
+    c = make_client(f"tcp://127.0.0.1:{free_port()}", timeout=0.5)
+    start = time.monotonic()
+    with pytest.raises(zmesh.Unreachable) as info:
+        c.connect()
+    assert time.monotonic() - start < 3.0
+    assert "within 0.5 s" in str(info.value)
+
+
+def test_close_unregisters_and_releases(broker, make_client) -> None:
+    with make_client(broker.endpoint) as admin:
+        with make_client(broker.endpoint, agent="leaver") as c:
+            c.create_task("t1")
+            c.claim("t1")
+        task = admin.task("t1")
+        assert task["status"] == "available" and task["owner"] is None
+        assert all(a["id"] != "leaver" for a in admin.agents())
+
+
+def test_calls_survive_a_broker_restart(broker, make_client) -> None:
+    with make_client(broker.endpoint, agent="a1", ttl=5, timeout=10) as c:
+        c.create_task("t1")
+        claim = c.claim("t1")
+        broker.stop()
+        broker.start()
+        assert c.task("t1")["owner"] == "a1"  # reconnects by itself
+        c.complete("t1", token=claim.token)
+        c.create_task("t2")
+        assert c.claim("t2").token > claim.token
+
+
+def test_lost_lease_is_surfaced_and_re_registered(broker, procs) -> None:
+    """An agent process frozen (SIGSTOP) past its TTL: on waking its heartbeat is refused,
+    on_lease_lost fires, the client registers again and its old token is refused."""
+    code = r"""
+import sys, time, zmesh
+lost = []
+c = zmesh.Client(sys.argv[1], agent="sleepy", ttl=0.6, on_lease_lost=lost.append).connect()
+c.create_task("t1")
+claim = c.claim("t1")
+print("ready", flush=True)
+sys.stdin.readline()
+deadline = time.monotonic() + 10
+while not lost and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("lost", lost[0].code if lost else None, flush=True)
+try:
+    c.complete("t1", token=claim.token)
+    print("complete ok", flush=True)
+except zmesh.ZmeshError as e:
+    print("complete", e.code, flush=True)
+print("heartbeat", c.heartbeat(lease=c.lease)["agent"], flush=True)
+c.close()
+"""
+    p = procs.python(code, broker.endpoint)
+    assert p.stdout.readline().strip() == "ready"
+    with Client(broker.endpoint) as admin:
+        os.kill(p.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: admin.task("t1")["status"] == "available", timeout=10, what="expiry")
+        finally:
+            os.kill(p.pid, signal.SIGCONT)
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        out, err = p.communicate(timeout=30)
+    lines = out.splitlines()
+    assert lines[0] == "lost lease_expired", err
+    assert lines[1] in ("complete stale_token", "complete not_owner")
+    assert lines[2] == "heartbeat sleepy"
+
+
+def test_event_tracker_rules() -> None:
+    t = EventTracker(["task."], since=3)
+    assert t.classify(Event("task.x", 3, {})) == "dup"
+    assert t.classify(Event("task.x", 4, {})) == "next"
+    assert t.classify(Event("task.x", 6, {})) == "gap"
+    out = t.replayed({"events": [{"topic": "agent.x", "seq": 4, "body": {}},
+                                 {"topic": "task.y", "seq": 5, "body": {}}], "more": False})
+    assert [e.seq for e in out] == [5] and t.last == 5
+    assert t.classify(Event("task.x", 6, {})) == "next"
+
+
+def test_async_client_natively(broker) -> None:
+    async def main() -> None:
+        async with AsyncClient(broker.endpoint, agent="aa", ttl=5) as c:
+            await c.create_task("t1")
+            claim = await c.claim("t1")
+            await c.complete("t1", token=claim.token)
+            topics = []
+            async for ev in c.events(since=0, timeout=1.0):
+                topics.append(ev.topic)
+                if ev.topic == "task.completed":
+                    break
+            assert topics[-1] == "task.completed" and "task.claimed" in topics
+    asyncio.run(main())

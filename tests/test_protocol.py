@@ -1,0 +1,123 @@
+"""Pure protocol tests: frames, validation, round trips, and the generated docs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from zmesh import errors, protocol
+from zmesh.protocol import DecodeError, Event
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# one valid body per op: the round-trip test must cover every op in the table
+VALID = {
+    "hello": {},
+    "register": {"agent": "a1", "capabilities": ["py"], "metadata": {"k": 1}, "ttl": 5},
+    "heartbeat": {"agent": "a1", "lease": 3},
+    "unregister": {"agent": "a1"},
+    "task_create": {"id": "t1", "type": "review", "data": {"pr": 1}, "priority": 3,
+                    "requires": ["py"], "max_attempts": 2, "depends_on": ["t0"]},
+    "claim": {"task": "t1", "agent": "a1", "ttl": 1.5},
+    "claim_next": {"agent": "a1", "capabilities": ["py"], "ttl": 2},
+    "complete": {"task": "t1", "agent": "a1", "token": 7, "result": [1, 2]},
+    "fail": {"task": "t1", "agent": "a1", "token": 7, "error": "boom"},
+    "release": {"task": "t1", "agent": "a1", "token": 7},
+    "renew": {"task": "t1", "agent": "a1", "token": 7, "ttl": 3},
+    "task_get": {"task": "t1"},
+    "task_list": {"status": "claimed", "after": "t0", "limit": 10},
+    "agent_list": {},
+    "status": {},
+    "replay": {"since": 5, "limit": 10, "topics": ["task."]},
+}
+
+
+def test_every_op_has_a_round_trip_case() -> None:
+    assert set(VALID) == set(protocol.OPS)
+
+
+@pytest.mark.parametrize("op", sorted(protocol.OPS))
+def test_request_round_trip(op: str) -> None:
+    frames = protocol.encode_request(b"rid-1", op, VALID[op])
+    req = protocol.decode_request(frames)
+    assert req.req_id == b"rid-1" and req.op == op
+    for key, value in VALID[op].items():
+        assert req.body[key] == value
+    # defaults are filled for every field not sent
+    assert set(req.body) == set(protocol.OPS[op].by_name)
+
+
+def test_reply_and_error_round_trip() -> None:
+    rep = protocol.decode_reply(protocol.encode_reply(b"r", {"x": 1}))
+    assert rep.ok and rep.body == {"x": 1} and rep.req_id == b"r"
+    err = protocol.decode_reply(protocol.encode_error(b"r", errors.StaleToken("old", {"token": 3})))
+    assert not err.ok
+    exc = errors.from_wire(err.body)
+    assert isinstance(exc, errors.StaleToken) and exc.details == {"token": 3} and exc.message == "old"
+
+
+def test_event_round_trip() -> None:
+    ev = Event("task.claimed", 2**40 + 3, {"task_id": "t"})
+    assert protocol.decode_event(protocol.encode_event(ev)) == ev
+
+
+@pytest.mark.parametrize(
+    "frames, code",
+    [
+        ([b"ZM1"], "bad_request"),
+        ([b"ZM1", b"r", b"hello", b"{}", b"extra"], "bad_request"),
+        ([b"ZM9", b"r", b"hello", b"{}"], "unsupported_version"),
+        ([b"ZM1", b"", b"hello", b"{}"], "bad_request"),
+        ([b"ZM1", b"x" * 65, b"hello", b"{}"], "bad_request"),
+        ([b"ZM1", b"r", b"nope", b"{}"], "unknown_op"),
+        ([b"ZM1", b"r", b"\xff\xfe", b"{}"], "unknown_op"),
+        ([b"ZM1", b"r", b"claim", b"{not json"], "bad_request"),
+        ([b"ZM1", b"r", b"claim", b"[1]"], "bad_request"),
+        ([b"ZM1", b"r", b"claim", b'{"task": 1, "agent": "a"}'], "bad_request"),
+        ([b"ZM1", b"r", b"claim", b'{"agent": "a"}'], "bad_request"),
+        ([b"ZM1", b"r", b"claim", b'{"task": "", "agent": "a"}'], "bad_request"),
+        ([b"ZM1", b"r", b"claim", b'{"task": "t", "agent": "a", "ttl": -1}'], "bad_request"),
+        ([b"ZM1", b"r", b"claim", b'{"task": "t", "agent": "a", "bogus": 1}'], "bad_request"),
+        ([b"ZM1", b"r", b"claim", b'{"task": "t", "agent": "a", "ttl": true}'], "bad_request"),
+        ([b"ZM1", b"r", b"task_create", b'{"id": "t", "priority": 1.5}'], "bad_request"),
+        ([b"ZM1", b"r", b"task_create", b'{"id": "t", "requires": ["a", 2]}'], "bad_request"),
+        ([b"ZM1", b"r", b"task_list", b'{"status": "weird"}'], "bad_request"),
+        ([b"ZM1", b"r", b"fail", orjson.dumps({"task": "t", "agent": "a", "error": "e" * 70000})], "too_large"),
+        ([b"ZM1", b"r", b"hello", b"x" * (protocol.MAX_MESSAGE_BYTES + 1)], "too_large"),
+    ],
+)
+def test_bad_requests_name_the_problem(frames: list[bytes], code: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        protocol.decode_request(frames)
+    assert info.value.error.code == code
+    assert info.value.error.message
+
+
+def test_field_errors_name_the_field() -> None:
+    with pytest.raises(DecodeError) as info:
+        protocol.decode_request([b"ZM1", b"r", b"claim", b'{"task": 5, "agent": "a"}'])
+    assert info.value.error.details["field"] == "task"
+    assert info.value.req_id == b"r"
+
+
+def test_unknown_codes_stay_remote_errors() -> None:
+    exc = errors.from_wire({"code": "future_thing", "message": "m"})
+    assert type(exc) is errors.RemoteError and exc.code == "future_thing"
+
+
+def test_exit_codes() -> None:
+    assert errors.exit_code(errors.Unreachable()) == 3
+    assert errors.exit_code(errors.BadRequest()) == 2
+    for cls in (errors.NotFound, errors.Conflict, errors.NotOwner, errors.StaleToken):
+        assert errors.exit_code(cls()) == 1
+
+
+def test_protocol_doc_is_generated_from_the_tables() -> None:
+    doc = (ROOT / "docs" / "PROTOCOL.md").read_text()
+    assert doc == protocol.render_markdown(), "run: python docs/gen_protocol.py"
+    for code in errors.WIRE_ERRORS:
+        assert f"`{code}`" in doc
+    for op in protocol.OPS:
+        assert f"### `{op}`" in doc
