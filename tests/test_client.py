@@ -287,3 +287,17 @@ def test_async_client_natively(broker) -> None:
                     break
             assert topics[-1] == "task.completed" and "task.claimed" in topics
     asyncio.run(main())
+
+
+def test_callback_subscription_survives_a_broker_restart(broker, make_client) -> None:
+    got: list[Event] = []
+    with make_client(broker.endpoint, timeout=1.0) as c:
+        c.subscribe(got.append, ["task."], since=0)
+        c.create_task("before")
+        wait_for(lambda: [e for e in got if e.body["task_id"] == "before"], what="first event")
+        broker.stop()
+        broker.start()
+        c.create_task("after")
+        wait_for(lambda: [e for e in got if e.body["task_id"] == "after"], timeout=15, what="event after restart")
+        seqs = [e.seq for e in got]
+        assert seqs == sorted(set(seqs)), "in order, no duplicates"

@@ -84,6 +84,8 @@ def test_event_round_trip() -> None:
         ([b"ZM1", b"r", b"task_create", b'{"id": "t", "priority": 1.5}'], "bad_request"),
         ([b"ZM1", b"r", b"task_create", b'{"id": "t", "requires": ["a", 2]}'], "bad_request"),
         ([b"ZM1", b"r", b"task_list", b'{"status": "weird"}'], "bad_request"),
+        ([b"ZM1", b"r", b"replay", b'{"since": 18446744073709551615}'], "bad_request"),
+        ([b"ZM1", b"r", b"complete", b'{"task": "t", "agent": "a", "token": 9007199254740993}'], "bad_request"),
         ([b"ZM1", b"r", b"fail", orjson.dumps({"task": "t", "agent": "a", "error": "e" * 70000})], "too_large"),
         ([b"ZM1", b"r", b"hello", b"x" * (protocol.MAX_MESSAGE_BYTES + 1)], "too_large"),
     ],

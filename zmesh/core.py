@@ -176,7 +176,7 @@ class Core:
         txn.put("events", _U64.pack(seq), _dumps([topic, body]))
         excess = txn.count("events") - self.settings.event_log_size
         if excess > 0:
-            doomed = [k for k, _ in zip(range(excess), (k for k, _ in txn.scan("events")))]
+            doomed = [k for _, (k, _) in zip(range(excess), txn.scan("events"))]
             for k in doomed:
                 txn.delete("events", k)
         self._events.append(Event(topic, seq, body))

@@ -56,6 +56,8 @@ MAX_PRIORITY = 1_000_000
 MAX_ATTEMPTS = 1000
 MAX_LIST_LIMIT = 10_000
 MAX_REPLAY_LIMIT = 10_000
+#: largest integer a field takes (tokens, seq, lease ids): exact in every JSON parser
+MAX_INT = 2**53
 
 STATUSES = ("waiting", "available", "claimed", "completed", "dead")
 
@@ -96,7 +98,7 @@ class Op:
 
 _AGENT = Field("agent", "id", True, doc="agent id")
 _TASK = Field("task", "id", True, doc="task id")
-_TOKEN = Field("token", "int", doc="fencing token of the claim; when given it must be current", lo=1)
+_TOKEN = Field("token", "int", doc="fencing token of the claim; when given it must be current", lo=1, hi=MAX_INT)
 _TTL = Field("ttl", "ttl", doc="seconds", lo=MIN_TTL_S, hi=MAX_TTL_S)
 
 OPS: dict[str, Op] = {
@@ -124,7 +126,7 @@ OPS: dict[str, Op] = {
             "heartbeat",
             "Renew the agent's lease. Refused with lease_expired when the lease lapsed or "
             "(when `lease` is given) was replaced. Costs no disk write.",
-            (_AGENT, Field("lease", "int", doc="lease id from register", lo=1)),
+            (_AGENT, Field("lease", "int", doc="lease id from register", lo=1, hi=MAX_INT)),
             returns="{agent, lease, ttl}",
             errors=("lease_expired",),
         ),
@@ -225,7 +227,7 @@ OPS: dict[str, Op] = {
             "Events with seq > since, oldest first (the bounded event log). Refused with "
             "snapshot_required when some of them were trimmed.",
             (
-                Field("since", "int", True, doc="last seq the subscriber has", lo=0),
+                Field("since", "int", True, doc="last seq the subscriber has", lo=0, hi=MAX_INT),
                 Field("limit", "int", default=1000, lo=1, hi=MAX_REPLAY_LIMIT),
                 Field("topics", "strlist", default=[], doc="topic prefixes; empty means all"),
             ),
@@ -487,7 +489,7 @@ def render_markdown() -> str:
     ]
     for name in ("MAX_MESSAGE_BYTES", "MAX_FRAMES", "MAX_REQ_ID_BYTES", "MAX_OP_BYTES", "MAX_ID_CHARS",
                  "MAX_TEXT_CHARS", "MAX_LIST_ITEMS", "MIN_TTL_S", "MAX_TTL_S", "MAX_PRIORITY",
-                 "MAX_ATTEMPTS", "MAX_LIST_LIMIT", "MAX_REPLAY_LIMIT"):
+                 "MAX_ATTEMPTS", "MAX_LIST_LIMIT", "MAX_REPLAY_LIMIT", "MAX_INT"):
         lines.append(f"| `{name}` | {globals()[name]:g} |")
     lines += ["", "A message above `MAX_MESSAGE_BYTES` gets `too_large`; a single frame above it "
               "is dropped by libzmq (ZMQ_MAXMSGSIZE) and the sender is disconnected.", "",

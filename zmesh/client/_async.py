@@ -203,16 +203,20 @@ class AsyncClient(Api[Any]):
 
     def subscribe(self, callback: Callable[[Event], Any], topics: Iterable[str] = (), *,
                   since: int | None = None) -> "asyncio.Task[None]":
-        """Run ``callback(event)`` (sync or async) for each event in a task until aclose()."""
+        """Run ``callback(event)`` (sync or async) for each event in a task until aclose().
+        The subscription outlives broker restarts: it resumes after the last delivered seq."""
         async def run() -> None:
-            try:
-                async for event in self.events(topics, since=since):
-                    try:
-                        await _maybe_await(callback(event))
-                    except Exception:
-                        log.exception("event callback failed")
-            except Unreachable as exc:
-                log.warning("event subscription ended: %s", exc)
+            last = since
+            while not self._closing:
+                try:
+                    async for event in self.events(topics, since=last):
+                        last = event.seq
+                        try:
+                            await _maybe_await(callback(event))
+                        except Exception:
+                            log.exception("event callback failed")
+                except Unreachable as exc:
+                    log.warning("event subscription interrupted (%s); resuming", exc)
 
         task = asyncio.create_task(run())
         self._subs.append(task)

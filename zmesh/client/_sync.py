@@ -211,16 +211,20 @@ class Client(Api[Any]):
 
     def subscribe(self, callback: Callable[[Event], None], topics: Iterable[str] = (), *,
                   since: int | None = None) -> threading.Thread:
-        """Call ``callback(event)`` from a background thread for each event until close()."""
+        """Call ``callback(event)`` from a background thread for each event until close().
+        The subscription outlives broker restarts: it resumes after the last delivered seq."""
         def run() -> None:
-            try:
-                for event in self.events(topics, since=since):
-                    try:
-                        callback(event)
-                    except Exception:  # a callback bug must not kill the subscription
-                        log.exception("event callback failed")
-            except Unreachable as exc:
-                log.warning("event subscription ended: %s", exc)
+            last = since
+            while not self._stop.is_set():
+                try:
+                    for event in self.events(topics, since=last):
+                        last = event.seq
+                        try:
+                            callback(event)
+                        except Exception:  # a callback bug must not kill the subscription
+                            log.exception("event callback failed")
+                except Unreachable as exc:
+                    log.warning("event subscription interrupted (%s); resuming", exc)
 
         thread = threading.Thread(target=run, daemon=True, name="zmesh-events")
         thread.start()
