@@ -81,6 +81,8 @@ class BrokerConfig:
         for name in ("bind", "pub_bind", "interfaces"):
             if name in values:
                 values[name] = list(values[name])
+        if "data" in values:
+            values["data"] = os.path.expanduser(values["data"])
         return cls(**values)
 
 
