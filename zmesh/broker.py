@@ -24,15 +24,14 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-import lmdb
 import zmq
 
 from . import __version__, protocol
 from .config import BrokerConfig
 from .core import Core, Now, Settings
-from .errors import Internal, RemoteError
+from .errors import Internal, RemoteError, StoreError
 from .protocol import DecodeError, Event
-from .store import LmdbStore
+from .store import LmdbStore, StoreFull
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +191,8 @@ class Broker:
             try:
                 replies, events = self._apply(batch, poisoned)
                 break
-            except lmdb.MapFullError:
-                log.warning("LMDB map full; growing it to %d bytes", self.store.grow())
+            except StoreFull as exc:
+                log.warning("%s", exc)
             except _Poison as exc:
                 poisoned.add(exc.index)
         for router, frames in replies:
@@ -242,6 +241,8 @@ class Broker:
                         out = protocol.encode_reply(req.req_id, body)
                 except RemoteError as exc:
                     out = protocol.encode_error(req.req_id, exc)
+                except StoreError:
+                    raise  # the store's trouble, not this request's: StoreFull re-applies
                 except Exception as exc:
                     log.exception("op %s failed (request answered 'internal')", req.op)
                     raise _Poison(index) from exc

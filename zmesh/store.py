@@ -45,6 +45,10 @@ TABLES = (
 )
 
 
+class StoreFull(StoreError):
+    """The transaction did not fit; the store grew and nothing was written: apply again."""
+
+
 class Txn(Protocol):
     """What the core may do inside one transaction."""
 
@@ -86,11 +90,17 @@ class LmdbTxn:
 
     def put(self, table: str, key: bytes, value: bytes) -> None:
         self.dirty = True
-        self._txn.put(key, value, db=self._dbs[table])
+        try:
+            self._txn.put(key, value, db=self._dbs[table])
+        except lmdb.MapFullError:
+            raise StoreFull("LMDB map is full") from None
 
     def delete(self, table: str, key: bytes) -> bool:
         self.dirty = True
-        return self._txn.delete(key, db=self._dbs[table])
+        try:
+            return self._txn.delete(key, db=self._dbs[table])
+        except lmdb.MapFullError:
+            raise StoreFull("LMDB map is full") from None
 
     def scan(self, table: str, start: bytes = b"", prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         cur = self._txn.cursor(db=self._dbs[table])
@@ -160,16 +170,21 @@ class LmdbStore:
         wrapped = LmdbTxn(txn, self._dbs)
         try:
             yield wrapped
+            if wrapped.dirty:
+                txn.commit()
+            else:
+                txn.abort()
+        except (lmdb.MapFullError, StoreFull):
+            txn.abort()
+            size = self.env.info()["map_size"] * 2
+            self.env.set_mapsize(size)
+            raise StoreFull(f"LMDB map was full; grown to {size} bytes: apply again") from None
+        except lmdb.Error as exc:
+            txn.abort()
+            raise StoreError(f"LMDB write failed in {self.path}: {exc}") from exc
         except BaseException:
             txn.abort()
             raise
-        if wrapped.dirty:
-            try:
-                txn.commit()
-            except lmdb.Error as exc:
-                raise StoreError(f"commit failed: {exc}") from exc
-        else:
-            txn.abort()
 
     @contextmanager
     def read(self) -> Iterator[LmdbTxn]:
@@ -178,12 +193,6 @@ class LmdbStore:
             yield LmdbTxn(txn, self._dbs)
         finally:
             txn.abort()
-
-    def grow(self) -> int:
-        """Double the map size (after lmdb.MapFullError); returns the new size."""
-        size = self.env.info()["map_size"] * 2
-        self.env.set_mapsize(size)
-        return size
 
     def close(self) -> None:
         self.env.close()

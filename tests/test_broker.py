@@ -1,0 +1,145 @@
+"""The broker loop in-process (a thread), for what needs fault injection: a request that
+crashes the core, a full LMDB map, the store's schema and lock, group commit, IPC."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import lmdb
+import pytest
+
+from zmesh import Client, Internal, StoreError
+from zmesh.broker import Broker
+from zmesh.config import BrokerConfig
+from zmesh.store import SCHEMA_VERSION, LmdbStore
+from zmesh.testing import free_port
+
+
+@pytest.fixture
+def make_broker(tmp_path: Path) -> Iterator:
+    running: list[tuple[Broker, threading.Thread]] = []
+
+    def make(**kw) -> Broker:
+        cfg = BrokerConfig(data=str(tmp_path / "data"), bind=[f"tcp://127.0.0.1:{free_port()}"],
+                           pub_bind=[f"tcp://127.0.0.1:{free_port()}"], discovery=False, **kw)
+        b = Broker(cfg)
+        b.bind()
+        t = threading.Thread(target=b.serve, kwargs={"install_signals": False}, daemon=True)
+        t.start()
+        running.append((b, t))
+        return b
+
+    yield make
+    for b, t in running:
+        b.stop()
+        t.join(10)
+        assert not t.is_alive()
+
+
+def test_a_request_that_crashes_the_core_gets_internal_and_the_broker_goes_on(make_broker) -> None:
+    b = make_broker()
+    original = b.core._handlers["task_create"]
+
+    def buggy(txn, body, now):
+        if body["id"] == "boom":
+            original(txn, body, now)  # writes, then fails: the write must be rolled back
+            raise ZeroDivisionError("injected")
+        return original(txn, body, now)
+
+    b.core._handlers["task_create"] = buggy
+    with Client(b.endpoints[0]) as c:
+        c.create_task("ok1")
+        with pytest.raises(Internal):
+            c.create_task("boom")
+        c.create_task("ok2")
+        ids = [t["id"] for t in c.tasks()]
+        assert ids == ["ok1", "ok2"], "the failed request left nothing behind"
+        seqs = [e["seq"] for e in c.replay(0)["events"]]
+        assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_a_full_map_grows_instead_of_failing(make_broker) -> None:
+    b = make_broker(map_size=1 << 20)
+    with Client(b.endpoints[0], timeout=30) as c:
+        for i in range(60):  # 60 x 100 KB: single puts overflow the 1 MB map
+            c.create_task(f"t{i}", data={"pad": "x" * 100_000})
+        assert c.status()["tasks"]["available"] == 60
+    assert b.store.env.info()["map_size"] > 1 << 20
+
+
+def test_group_commit_batches_concurrent_requests(make_broker) -> None:
+    b = make_broker()
+    clients = [Client(b.endpoints[0], agent=f"a{i}") .connect() for i in range(8)]
+    try:
+        clients[0].create_task("seed")
+        barrier = threading.Barrier(len(clients))
+
+        def work(c: Client, k: int) -> None:
+            barrier.wait()
+            for j in range(100):
+                c.create_task(f"c{k}-{j}")
+
+        threads = [threading.Thread(target=work, args=(c, k)) for k, c in enumerate(clients)]
+        before_batches, before_requests = b.batches, b.requests
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        batches, requests = b.batches - before_batches, b.requests - before_requests
+        assert requests >= 800
+        assert batches < requests, f"{requests} requests in {batches} batches: no batching"
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_ipc_endpoints_serve_local_clients(make_broker) -> None:
+    b = make_broker()
+    ipc = [ep for ep in b.endpoints if ep.startswith("ipc://")]
+    assert ipc, b.endpoints
+    with Client(ipc[0], agent="local") as c:
+        c.create_task("t1")
+        assert c.claim("t1") is not None
+        events = list(c.events(["task."], since=0, timeout=0.5))
+        assert [e.topic for e in events][:2] == ["task.created", "task.claimed"]
+
+
+def test_newer_schema_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "d", durability="none")
+    with store.write() as txn:
+        txn.put("meta", b"schema", str(SCHEMA_VERSION + 1).encode())
+    store.close()
+    with pytest.raises(StoreError, match="schema version 2.*upgrade zmesh"):
+        LmdbStore(tmp_path / "d")
+
+
+def test_one_broker_per_data_directory(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "d", durability="none")
+    try:
+        with pytest.raises(StoreError, match="in use by another broker"):
+            LmdbStore(tmp_path / "d")
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("level, sync, metasync", [("full", True, True), ("fast", True, False),
+                                                   ("none", False, False)])
+def test_durability_levels_set_lmdb_flags(tmp_path: Path, level: str, sync: bool, metasync: bool) -> None:
+    store = LmdbStore(tmp_path / level, durability=level)
+    try:
+        flags = store.env.flags()
+        assert (flags["sync"], flags["metasync"]) == (sync, metasync)
+    finally:
+        store.close()
+    with pytest.raises(StoreError, match="unknown durability"):
+        LmdbStore(tmp_path / "x", durability="sometimes")
+
+
+def test_unwritable_data_dir_is_a_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreError, match="cannot use data directory"):
+        LmdbStore(blocker / "sub")
+    assert lmdb  # the LMDB error never escapes as lmdb.Error
