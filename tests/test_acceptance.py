@@ -44,6 +44,7 @@ def test_race_eight_processes_one_winner_per_task(broker, procs) -> None:
     with Client(broker.endpoint, timeout=30) as admin:
         for i in range(n):
             admin.create_task(f"t{i}")
+        before = admin.status()
         ps = [procs.python(RACER, broker.endpoint, f"racer{k}", str(n)) for k in range(racers)]
         for p in ps:
             assert p.stdout.readline().strip() == "ready", p.stderr.read()
@@ -64,6 +65,10 @@ def test_race_eight_processes_one_winner_per_task(broker, procs) -> None:
         tokens = [w[0][1] for w in winners.values()]
         assert len(set(tokens)) == n, "every win has its own fencing token"
         assert sum(1 for wins in results if wins) > 1, "the racers really raced"
+        after = admin.status()
+        requests, batches = after["requests"] - before["requests"], after["batches"] - before["batches"]
+        assert requests >= n * racers
+        assert batches < requests, "group commit: concurrent requests share transactions"
         for task, [(owner, token)] in winners.items():
             view = admin.task(task)
             assert (view["status"], view["owner"], view["token"]) == ("claimed", owner, token)

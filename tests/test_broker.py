@@ -1,5 +1,5 @@
 """The broker loop in-process (a thread), for what needs fault injection: a request that
-crashes the core, a full LMDB map, the store's schema and lock, group commit, IPC."""
+crashes the core, a full LMDB map, the store's schema and lock, IPC."""
 
 from __future__ import annotations
 
@@ -67,32 +67,6 @@ def test_a_full_map_grows_instead_of_failing(make_broker) -> None:
             c.create_task(f"t{i}", data={"pad": "x" * 100_000})
         assert c.status()["tasks"]["available"] == 60
     assert b.store.env.info()["map_size"] > 1 << 20
-
-
-def test_group_commit_batches_concurrent_requests(make_broker) -> None:
-    b = make_broker()
-    clients = [Client(b.endpoints[0], agent=f"a{i}") .connect() for i in range(8)]
-    try:
-        clients[0].create_task("seed")
-        barrier = threading.Barrier(len(clients))
-
-        def work(c: Client, k: int) -> None:
-            barrier.wait()
-            for j in range(100):
-                c.create_task(f"c{k}-{j}")
-
-        threads = [threading.Thread(target=work, args=(c, k)) for k, c in enumerate(clients)]
-        before_batches, before_requests = b.batches, b.requests
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        batches, requests = b.batches - before_batches, b.requests - before_requests
-        assert requests >= 800
-        assert batches < requests, f"{requests} requests in {batches} batches: no batching"
-    finally:
-        for c in clients:
-            c.close()
 
 
 def test_ipc_endpoints_serve_local_clients(make_broker) -> None:
