@@ -301,3 +301,23 @@ def test_callback_subscription_survives_a_broker_restart(broker, make_client) ->
         wait_for(lambda: [e for e in got if e.body["task_id"] == "after"], timeout=15, what="event after restart")
         seqs = [e.seq for e in got]
         assert seqs == sorted(set(seqs)), "in order, no duplicates"
+
+
+@pytest.mark.parametrize("dialled, pubs, expected", [
+    ("tcp://10.1.2.3:7700", ["tcp://*:7701", "ipc:///d/zmesh-pub.ipc"], "tcp://10.1.2.3:7701"),
+    ("tcp://broker.lan:7700", ["tcp://0.0.0.0:7701"], "tcp://broker.lan:7701"),
+    ("tcp://[fe80::1%eth0]:7700", ["tcp://[::]:7701"], "tcp://[fe80::1%eth0]:7701"),
+    ("tcp://127.0.0.1:7700", ["tcp://127.0.0.1:7701"], "tcp://127.0.0.1:7701"),
+    ("ipc:///d/zmesh.ipc", ["tcp://*:7701", "ipc:///d/zmesh-pub.ipc"], "ipc:///d/zmesh-pub.ipc"),
+])
+def test_pub_endpoint_uses_the_dialled_host(dialled: str, pubs: list[str], expected: str) -> None:
+    from zmesh.client._protocol import resolve_pub
+
+    assert resolve_pub(dialled, pubs) == expected
+
+
+def test_pub_endpoint_missing_transport_is_a_protocol_error() -> None:
+    from zmesh.client._protocol import resolve_pub
+
+    with pytest.raises(zmesh.ProtocolError, match="no PUB endpoint on ipc"):
+        resolve_pub("ipc:///x", ["tcp://*:1"])

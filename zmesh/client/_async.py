@@ -10,10 +10,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 import zmq
 import zmq.asyncio
 
-from .. import protocol
 from ..errors import LeaseExpired, Unreachable, ZmeshError
 from ..protocol import Event
-from ._protocol import Api, Call, ClientCore, EventTracker, LeaseState, Recv, Send, default_endpoint, resolve_pub
+from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Api, Call, ClientCore, Deliver, EventTracker, LeaseState,
+                        Poll, Recv, Send, configure, default_endpoint, event_flow, resolve_pub)
 
 log = logging.getLogger("zmesh.client")
 
@@ -101,13 +101,7 @@ class AsyncClient(Api[Any]):
 
     def _socket(self) -> zmq.asyncio.Socket:
         if self._sock is None:
-            sock = self._ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, 10_000)
-            sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, 5_000)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15_000)
+            sock = configure(self._ctx.socket(zmq.DEALER), DEALER_OPTIONS)
             sock.connect(self.endpoint)
             self._sock = sock
         return self._sock
@@ -158,48 +152,27 @@ class AsyncClient(Api[Any]):
         """See Client.events."""
         if not self.info:
             self.info = await self.hello()
-        tracker = EventTracker(topics, since)
-        sub = self._ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.RCVHWM, 100_000)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        flow = event_flow(EventTracker(topics, since), replay_first=since is not None,
+                          timeout=timeout, idle_check=idle_check)
+        sub = configure(self._ctx.socket(zmq.SUB), SUB_OPTIONS)
         sub.connect(resolve_pub(self.endpoint, self.info["pub"]))
         try:
-            if since is not None:
-                for ev in await self._replay_all(tracker):
-                    yield ev
-            idle = 0.0
+            answer: Any = None
             while not self._closing:
-                wait = idle_check if timeout is None else min(idle_check, timeout - idle)
-                if await sub.poll(max(wait, 0) * 1000):
-                    idle = 0.0
-                    event = protocol.decode_event(await sub.recv_multipart())
-                    kind = tracker.classify(event)
-                    if kind == "gap":
-                        for ev in await self._replay_all(tracker):
-                            yield ev
-                        kind = tracker.classify(event)
-                    if kind == "next":
-                        tracker.delivered(event.seq)
-                        if tracker.wants(event.topic):
-                            yield event
-                    continue
-                idle += wait
-                if tracker.last is not None:
-                    for ev in await self._replay_all(tracker):
-                        yield ev
-                if timeout is not None and idle >= timeout:
+                try:
+                    action = flow.send(answer)
+                except StopIteration:
                     return
+                if isinstance(action, Poll):
+                    answer = (await sub.recv_multipart()
+                              if await sub.poll(action.timeout * 1000) else None)
+                elif isinstance(action, Deliver):
+                    answer = None
+                    yield action.event
+                else:
+                    answer = await self._call(action)
         finally:
             sub.close(linger=0)
-
-    async def _replay_all(self, tracker: EventTracker) -> list[Event]:
-        out: list[Event] = []
-        while True:
-            body = await self._call(tracker.replay_call())
-            out += tracker.replayed(body)
-            if not body["more"]:
-                return out
 
     def subscribe(self, callback: Callable[[Event], Any], topics: Iterable[str] = (), *,
                   since: int | None = None) -> "asyncio.Task[None]":

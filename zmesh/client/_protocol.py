@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Generator, Generic, Iterable, TypeVar
 from urllib.parse import urlsplit
 
+import zmq
+
 from .. import protocol
 from ..errors import Conflict, ProtocolError, RemoteError, Unreachable, from_wire
 from ..protocol import Event, Reply
@@ -178,6 +180,74 @@ class EventTracker:
             if self.wants(ev.topic):
                 out.append(ev)
         return out
+
+
+@dataclass(frozen=True)
+class Poll:
+    """Wait up to ``timeout`` seconds for a message on the SUB socket (answer: frames or None)."""
+
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Deliver:
+    """Hand this event to the application."""
+
+    event: Event
+
+
+def event_flow(tracker: EventTracker, *, replay_first: bool, timeout: float | None,
+               idle_check: float) -> Generator[Poll | Call[Any] | Deliver, Any, None]:
+    """Events in sequence order, at least once: the PUB stream, with gaps and quiet
+    periods filled by replay. Yields Poll (answer frames|None), Call (answer the reply
+    body) and Deliver; returns after ``timeout`` quiet seconds (None: never)."""
+    if replay_first:
+        yield from _replay_flow(tracker)
+    idle = 0.0
+    while True:
+        wait = idle_check if timeout is None else max(0.0, min(idle_check, timeout - idle))
+        frames = yield Poll(wait)
+        if frames is not None:
+            idle = 0.0
+            event = protocol.decode_event(frames)
+            kind = tracker.classify(event)
+            if kind == "gap":
+                yield from _replay_flow(tracker)
+                kind = tracker.classify(event)
+            if kind == "next":
+                tracker.delivered(event.seq)
+                if tracker.wants(event.topic):
+                    yield Deliver(event)
+            continue
+        idle += wait
+        if tracker.last is not None:  # quiet: make sure nothing slipped past the SUB socket
+            yield from _replay_flow(tracker)
+        if timeout is not None and idle >= timeout:
+            return
+
+
+def _replay_flow(tracker: EventTracker) -> Generator[Call[Any] | Deliver, Any, None]:
+    while True:
+        body = yield tracker.replay_call()
+        for event in tracker.replayed(body):
+            yield Deliver(event)
+        if not body["more"]:
+            return
+
+
+#: socket options both drivers set: bounded queues, fast reconnect, ZMTP heartbeats to
+#: notice a dead TCP peer
+DEALER_OPTIONS = ((zmq.LINGER, 0), (zmq.SNDHWM, 10_000), (zmq.RECONNECT_IVL, 100),
+                  (zmq.RECONNECT_IVL_MAX, 1000), (zmq.HEARTBEAT_IVL, 5_000),
+                  (zmq.HEARTBEAT_TIMEOUT, 15_000))
+#: a SUB sees every topic (gap detection needs every seq); topics are filtered in EventTracker
+SUB_OPTIONS = ((zmq.LINGER, 0), (zmq.RCVHWM, 100_000), (zmq.SUBSCRIBE, b""))
+
+
+def configure(sock: Any, options: Iterable[tuple[int, Any]]) -> Any:
+    for opt, value in options:
+        sock.setsockopt(opt, value)
+    return sock
 
 
 class Api(Generic[T]):

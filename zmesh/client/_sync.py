@@ -9,10 +9,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import zmq
 
-from .. import protocol
 from ..errors import LeaseExpired, Unreachable, ZmeshError
 from ..protocol import Event
-from ._protocol import Api, Call, ClientCore, EventTracker, LeaseState, Recv, Send, default_endpoint, resolve_pub
+from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Api, Call, ClientCore, Deliver, EventTracker, LeaseState,
+                        Poll, Recv, Send, configure, default_endpoint, event_flow, resolve_pub)
 
 log = logging.getLogger("zmesh.client")
 
@@ -111,13 +111,7 @@ class Client(Api[Any]):
     # ------------------------------------------------------------ the driver
     def _socket(self) -> zmq.Socket:
         if self._sock is None:
-            sock = self._ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, 10_000)
-            sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, 5_000)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15_000)
+            sock = configure(self._ctx.socket(zmq.DEALER), DEALER_OPTIONS)
             sock.connect(self.endpoint)
             self._sock = sock
         return self._sock
@@ -170,44 +164,26 @@ class Client(Api[Any]):
         after that many seconds without an event."""
         if not self.info:
             self.info = self.hello()
-        tracker = EventTracker(topics, since)
-        sub = self._ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.RCVHWM, 100_000)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        flow = event_flow(EventTracker(topics, since), replay_first=since is not None,
+                          timeout=timeout, idle_check=idle_check)
+        sub = configure(self._ctx.socket(zmq.SUB), SUB_OPTIONS)
         sub.connect(resolve_pub(self.endpoint, self.info["pub"]))
         try:
-            if since is not None:
-                yield from self._replay_into(tracker)
-            idle = 0.0
+            answer: Any = None
             while not self._stop.is_set():
-                wait = idle_check if timeout is None else min(idle_check, timeout - idle)
-                if sub.poll(max(wait, 0) * 1000):
-                    idle = 0.0
-                    event = protocol.decode_event(sub.recv_multipart())
-                    kind = tracker.classify(event)
-                    if kind == "gap":
-                        yield from self._replay_into(tracker)
-                        kind = tracker.classify(event)
-                    if kind == "next":
-                        tracker.delivered(event.seq)
-                        if tracker.wants(event.topic):
-                            yield event
-                    continue
-                idle += wait
-                if tracker.last is not None:  # quiet: make sure nothing slipped past us
-                    yield from self._replay_into(tracker)
-                if timeout is not None and idle >= timeout:
+                try:
+                    action = flow.send(answer)
+                except StopIteration:
                     return
+                if isinstance(action, Poll):
+                    answer = sub.recv_multipart() if sub.poll(action.timeout * 1000) else None
+                elif isinstance(action, Deliver):
+                    answer = None
+                    yield action.event
+                else:
+                    answer = self._call(action)
         finally:
             sub.close(linger=0)
-
-    def _replay_into(self, tracker: EventTracker) -> Iterator[Event]:
-        while True:
-            body = self._call(tracker.replay_call())
-            yield from tracker.replayed(body)
-            if not body["more"]:
-                return
 
     def subscribe(self, callback: Callable[[Event], None], topics: Iterable[str] = (), *,
                   since: int | None = None) -> threading.Thread:
