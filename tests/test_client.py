@@ -321,3 +321,40 @@ def test_pub_endpoint_missing_transport_is_a_protocol_error() -> None:
 
     with pytest.raises(zmesh.ProtocolError, match="no PUB endpoint on ipc"):
         resolve_pub("ipc:///x", ["tcp://*:1"])
+
+
+def test_event_flow_replays_a_lost_tail_when_the_heartbeat_is_ahead() -> None:
+    """Pure flow test: the last event never arrived over PUB; the PUB heartbeat says the
+    broker is at seq 5 while we are at 3, so the flow asks for a replay and delivers 4, 5."""
+    from zmesh import protocol
+    from zmesh.client._protocol import Call, Deliver, Poll, event_flow
+
+    clock = [0.0]
+    flow = event_flow(EventTracker([], since=3), replay_first=False, timeout=None,
+                      idle_check=1.0, clock=lambda: clock[0])
+    assert isinstance(next(flow), Poll)
+    action = flow.send(protocol.encode_event(Event(protocol.HEARTBEAT_TOPIC, 5, {})))
+    assert isinstance(action, Call) and action.op == "replay" and action.body["since"] == 3
+    body = {"events": [{"topic": "task.a", "seq": 4, "body": {}}, {"topic": "task.b", "seq": 5, "body": {}}],
+            "more": False, "last_seq": 5}
+    first = flow.send(body)
+    second = flow.send(None)
+    assert [first.event.seq, second.event.seq] == [4, 5] and isinstance(first, Deliver)
+    assert isinstance(flow.send(None), Poll)
+    # a heartbeat that is not ahead asks for nothing
+    assert isinstance(flow.send(protocol.encode_event(Event(protocol.HEARTBEAT_TOPIC, 5, {}))), Poll)
+
+
+def test_event_flow_ends_after_timeout_without_deliveries() -> None:
+    from zmesh import protocol
+    from zmesh.client._protocol import Poll, event_flow
+
+    clock = [0.0]
+    flow = event_flow(EventTracker([], since=None), replay_first=False, timeout=2.0,
+                      idle_check=1.0, clock=lambda: clock[0])
+    assert isinstance(next(flow), Poll)
+    clock[0] = 1.0
+    assert isinstance(flow.send(protocol.encode_event(Event(protocol.HEARTBEAT_TOPIC, 0, {}))), Poll)
+    clock[0] = 2.5  # heartbeats keep arriving but nothing is delivered: the timeout holds
+    with pytest.raises(StopIteration):
+        flow.send(protocol.encode_event(Event(protocol.HEARTBEAT_TOPIC, 0, {})))

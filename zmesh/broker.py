@@ -66,6 +66,8 @@ class Broker:
         self.endpoints: list[str] = []
         self.pub_endpoints: list[str] = []
         self.batches = 0
+        self._seq = 0  # latest event published, for the PUB heartbeat
+        self._next_hb = 0.0
         self.requests = 0
 
     # ------------------------------------------------------------ setup
@@ -102,6 +104,7 @@ class Broker:
         self._routers = [router]
         with self.store.write() as txn:
             self.core.recover(txn, self._now())
+            self._seq = self.core.last_seq(txn)
 
     def _advertise(self) -> None:
         if not self.config.discovery:
@@ -157,15 +160,17 @@ class Broker:
                  self.config.data, self.config.durability, os.getpid())
         try:
             while self._running:
-                deadline = self.core.next_deadline()
-                timeout = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
-                ready = dict(poller.poll(timeout if timeout is None else min(timeout, 60_000) + 1))
+                deadline = min(self.core.next_deadline() or self._next_hb, self._next_hb)
+                timeout = max(0.0, deadline - time.monotonic()) * 1000
+                ready = dict(poller.poll(min(timeout, 60_000) + 1))
                 if self._wake_r.fileno() in ready:
                     try:
                         self._wake_r.recv(4096)
                     except BlockingIOError:
                         pass
                 self._pass()
+                if time.monotonic() >= self._next_hb:
+                    self._publish(Event(protocol.HEARTBEAT_TOPIC, self._seq, {}))
         finally:
             if install_signals:
                 signal.set_wakeup_fd(-1)
@@ -201,9 +206,15 @@ class Broker:
             except zmq.ZMQError as exc:  # client gone (ROUTER_MANDATORY) or its queue full
                 log.debug("reply dropped: %s", exc)
         for event in events:
-            self._pub.send_multipart(protocol.encode_event(event))  # type: ignore[union-attr]
+            self._publish(event)
         self.batches += 1
         self.requests += len(batch)
+
+    def _publish(self, event: Event) -> None:
+        self._pub.send_multipart(protocol.encode_event(event))  # type: ignore[union-attr]
+        if event.topic != protocol.HEARTBEAT_TOPIC:
+            self._seq = event.seq
+        self._next_hb = time.monotonic() + protocol.PUB_HEARTBEAT_S
 
     def _apply(self, batch: list[tuple[zmq.Socket, list[bytes]]], poisoned: set[int]
                ) -> tuple[list[tuple[zmq.Socket, list[bytes]]], list[Event]]:
@@ -262,7 +273,7 @@ class Broker:
         return {"broker_id": self.store.broker_id, "protocol": protocol.PROTOCOL_VERSION,
                 "version": __version__, "endpoints": self.endpoints, "pub": self.pub_endpoints,
                 "durability": self.store.durability, "default_ttl": self.config.default_ttl,
-                "seq": self.core._counter(txn, b"seq")}
+                "seq": self.core.last_seq(txn)}
 
     def _info(self) -> dict[str, Any]:
         return {"broker_id": self.store.broker_id, "version": __version__, "pid": os.getpid(),

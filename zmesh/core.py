@@ -136,6 +136,9 @@ class Core:
         events, self._events = self._events, []
         return events
 
+    def last_seq(self, txn: Txn) -> int:
+        return self._counter(txn, b"seq")
+
     def next_deadline(self) -> float | None:
         """Monotonic time of the earliest pending deadline (some may be superseded)."""
         while self._heap:

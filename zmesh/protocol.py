@@ -446,6 +446,11 @@ def decode_event(frames: list[bytes]) -> Event:
 
 
 # ---------------------------------------------------------------- docs
+#: published every PUB_HEARTBEAT_S with the latest seq (not logged, not a state change):
+#: a subscriber that is behind it replays, so a lost last event is noticed within a second
+HEARTBEAT_TOPIC = "$hb"
+PUB_HEARTBEAT_S = 1.0
+
 TOPICS: dict[str, str] = {
     "task.created": "a task was created (status waiting or available)",
     "task.available": "a waiting task's dependencies all completed",
@@ -518,6 +523,9 @@ def render_markdown() -> str:
               "| topic | when |", "|---|---|"]
     for topic, doc in TOPICS.items():
         lines.append(f"| `{topic}` | {doc} |")
-    lines.append("")
+    lines += ["", f"Besides events, the PUB socket sends `[{HEARTBEAT_TOPIC}, seq, {{}}]` every "
+              f"{PUB_HEARTBEAT_S:g} s, where seq is the latest event's: a subscriber whose last "
+              "seen seq is lower asks `replay` for the rest. Clients subscribe to every topic "
+              "(so every seq is seen and any gap noticed) and filter topics themselves.", ""]
     return "\n".join(lines)
 

@@ -197,42 +197,59 @@ class Deliver:
 
 
 def event_flow(tracker: EventTracker, *, replay_first: bool, timeout: float | None,
-               idle_check: float) -> Generator[Poll | Call[Any] | Deliver, Any, None]:
-    """Events in sequence order, at least once: the PUB stream, with gaps and quiet
-    periods filled by replay. Yields Poll (answer frames|None), Call (answer the reply
-    body) and Deliver; returns after ``timeout`` quiet seconds (None: never)."""
+               idle_check: float, clock: Callable[[], float] = time.monotonic
+               ) -> Generator[Poll | Call[Any] | Deliver, Any, None]:
+    """Events in sequence order, at least once: the PUB stream, with gaps filled by replay.
+
+    The broker's PUB heartbeat carries its latest seq, so a lost *last* event is noticed
+    too; if the SUB socket hears nothing at all for 3 heartbeats (a broker restart in
+    progress) the flow replays anyway. Yields Poll (answer: frames or None), Call (answer:
+    the reply body) and Deliver; returns after ``timeout`` seconds with no event delivered."""
     if replay_first:
         yield from _replay_flow(tracker)
-    idle = 0.0
+    delivered_at = heard_at = clock()
     while True:
-        wait = idle_check if timeout is None else max(0.0, min(idle_check, timeout - idle))
-        frames = yield Poll(wait)
-        if frames is not None:
-            idle = 0.0
-            event = protocol.decode_event(frames)
-            kind = tracker.classify(event)
-            if kind == "gap":
-                yield from _replay_flow(tracker)
-                kind = tracker.classify(event)
-            if kind == "next":
-                tracker.delivered(event.seq)
-                if tracker.wants(event.topic):
-                    yield Deliver(event)
-            continue
-        idle += wait
-        if tracker.last is not None:  # quiet: make sure nothing slipped past the SUB socket
-            yield from _replay_flow(tracker)
-        if timeout is not None and idle >= timeout:
+        now = clock()
+        if timeout is not None and now - delivered_at >= timeout:
             return
+        wait = idle_check if timeout is None else min(idle_check, delivered_at + timeout - now)
+        frames = yield Poll(max(0.0, wait))
+        if frames is None:
+            if clock() - heard_at >= 3 * protocol.PUB_HEARTBEAT_S and tracker.last is not None:
+                heard_at = clock()
+                if (yield from _replay_flow(tracker)):
+                    delivered_at = clock()
+            continue
+        heard_at = clock()
+        event = protocol.decode_event(frames)
+        if event.topic == protocol.HEARTBEAT_TOPIC:
+            if tracker.last is None:
+                tracker.delivered(event.seq)  # following from now: this is where now is
+            elif event.seq > tracker.last and (yield from _replay_flow(tracker)):
+                delivered_at = clock()
+            continue
+        kind = tracker.classify(event)
+        if kind == "gap":
+            if (yield from _replay_flow(tracker)):
+                delivered_at = clock()
+            kind = tracker.classify(event)
+        if kind == "next":
+            tracker.delivered(event.seq)
+            if tracker.wants(event.topic):
+                delivered_at = clock()
+                yield Deliver(event)
 
 
-def _replay_flow(tracker: EventTracker) -> Generator[Call[Any] | Deliver, Any, None]:
+def _replay_flow(tracker: EventTracker) -> Generator[Call[Any] | Deliver, Any, int]:
+    """Replay everything after tracker.last; returns how many events it delivered."""
+    count = 0
     while True:
         body = yield tracker.replay_call()
         for event in tracker.replayed(body):
+            count += 1
             yield Deliver(event)
         if not body["more"]:
-            return
+            return count
 
 
 #: socket options both drivers set: bounded queues, fast reconnect, ZMTP heartbeats to
