@@ -1,0 +1,561 @@
+"""Stateful property test of the state machine (zmesh/core.py) against a small model.
+
+Hypothesis drives random sequences of requests over six tasks and four agents, moves a
+clock, expires, and restarts (a new Core on the same store + recover). The model is
+written from the rules in core.py's docstring and the op docs in protocol.py: it predicts
+the outcome of every request (reply or which refusal), who holds what, and every lease and
+claim deadline; after every step the invariants compare the core's views with it.
+
+Refusals are run the way the broker runs them: caught inside the write transaction, which
+then commits, so a handler that wrote before refusing would be caught (and the whole
+store, the views and the volatile deadlines are compared before and after).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from zmesh import protocol
+from zmesh.core import Core, Now, Settings
+from zmesh.errors import (
+    Conflict,
+    LeaseExpired,
+    NotFound,
+    NotOwner,
+    RemoteError,
+    SnapshotRequired,
+    StaleToken,
+)
+from zmesh.protocol import Event
+from zmesh.store import MemoryStore
+
+N_TASKS = 6
+AGENTS = ("a0", "a1", "a2", "a3")
+CAPS = ("x", "y", "z")
+DEFAULT_TTL = 5.0
+TTLS = st.sampled_from([None, 1.0, 2.0, 4.0, 12.0])
+MAX_TTL = 12.0  # the largest TTL any lease or claim can get here
+WALL0 = 1_700_000_000.0
+
+task_index = st.integers(0, N_TASKS - 1)
+#: most requests name a task that exists (index into the created ones), some any id
+known = st.sampled_from([True, True, True, False])
+agents = st.sampled_from(AGENTS)
+who = st.sampled_from(("owner",) * 6 + AGENTS)
+token_mode = st.sampled_from(["current"] * 3 + ["none"] * 2 + ["stale", "future"])
+caps = st.lists(st.sampled_from(CAPS), unique=True, max_size=3)
+requires = st.lists(st.sampled_from(CAPS), unique=True, max_size=2)
+deps = st.lists(st.integers(0, N_TASKS - 2), unique=True, max_size=3)
+
+
+@dataclass
+class MTask:
+    id: str
+    priority: int
+    requires: list[str]
+    max_attempts: int
+    depends_on: list[str]
+    order: int
+    status: str
+    attempts: int = 0
+    owner: str | None = None
+    token: int | None = None
+    tokens: list[int] = field(default_factory=list)  # every token granted on this task
+    completed_by: str | None = None
+    completed_token: int | None = None
+    frozen: dict[str, Any] | None = None  # the view at completion; never changes again
+
+
+@dataclass
+class MAgent:
+    caps: list[str]
+    ttl: float
+    implicit: bool
+    lease: int | None = None
+    claims: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class CoreMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = MemoryStore()
+        self.settings = Settings(default_ttl=DEFAULT_TTL, event_log_size=100_000)
+        self.core = Core(self.settings)
+        self.mono = 50.0
+        self.events: list[dict[str, Any]] = []
+        self.max_granted = 0  # largest token / lease id handed out so far
+        self.live_leases: dict[str, int] = {}  # from events only
+        self.tasks: dict[str, MTask] = {}
+        self.agents: dict[str, MAgent] = {}
+        self.lease_dl: dict[str, float] = {}
+        self.claim_dl: dict[str, float] = {}
+        self.claim_ttl: dict[str, float | None] = {}  # the ttl stored in the claim record
+        self.orders = 0
+
+    @initialize(log_size=st.sampled_from([4, 25, 100_000]), data=st.data())
+    def start(self, log_size: int, data: st.DataObject) -> None:
+        self.settings.event_log_size = log_size
+        for i in range(data.draw(st.integers(0, N_TASKS), label="seeded tasks")):
+            self.create(i, data.draw(st.integers(-2, 2)), data.draw(requires),
+                        data.draw(st.integers(1, 3)), data.draw(deps))
+
+    # ================================================================ plumbing
+    def now(self) -> Now:
+        return Now(self.mono, WALL0 + self.mono)
+
+    def views(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        with self.store.read() as txn:
+            tasks = self.core.handle(txn, "task_list", protocol.validate(
+                protocol.OPS["task_list"], {"limit": 10_000}), self.now())[0]["tasks"]
+            agents = self.core.handle(txn, "agent_list", {}, self.now())[0]["agents"]
+        return tasks, agents
+
+    def query(self, op: str, **body: Any) -> Any:
+        with self.store.read() as txn:
+            return self.core.handle(txn, op, protocol.validate(protocol.OPS[op], body), self.now())[0]
+
+    def everything(self) -> tuple[Any, ...]:
+        return ({name: dict(t) for name, t in self.store.tables.items()}, self.views(),
+                dict(self.core._lease_deadline), dict(self.core._claim_deadline))
+
+    def run(self, expect: type[RemoteError] | None, op: str, **body: Any) -> Any:
+        """One request in its own write transaction; the outcome must be the model's."""
+        validated = protocol.validate(protocol.OPS[op], body)
+        before = self.everything()
+        error: RemoteError | None = None
+        with self.store.write() as txn:
+            try:
+                reply, events = self.core.handle(txn, op, validated, self.now())
+            except RemoteError as exc:
+                error = exc
+                assert not txn.dirty, f"refused {op} {body} wrote before refusing"
+        if error is not None:
+            assert expect is not None and type(error) is expect, \
+                f"{op} {body}: got {error!r}, model expected {expect}"
+            assert self.everything() == before, f"refused {op} {body} changed the state"
+            return error
+        assert expect is None, f"{op} {body} succeeded, model expected {expect.__name__}"
+        self.record(events)
+        return reply, events
+
+    def record(self, events: list[Event]) -> None:
+        for ev in events:
+            assert ev.seq == len(self.events) + 1, f"seq {ev.seq} after {len(self.events)}"
+            self.events.append(ev.to_json())
+            if ev.topic == "task.claimed":
+                assert ev.body["token"] > self.max_granted, "token not above every earlier one"
+                self.max_granted = ev.body["token"]
+            elif ev.topic == "agent.registered":
+                agent, lease = ev.body["agent"], ev.body["lease"]
+                if agent in self.live_leases:  # re-register keeps the lease id
+                    assert lease == self.live_leases[agent]
+                else:
+                    assert lease > self.max_granted, "lease id not above every earlier token"
+                    self.max_granted = lease
+                    self.live_leases[agent] = lease
+            elif ev.topic in ("agent.expired", "agent.unregistered"):
+                del self.live_leases[ev.body["agent"]]
+
+    def expire(self) -> list[Event]:
+        with self.store.write() as txn:
+            events = self.core.expire(txn, self.now())
+        self.record(events)
+        return events
+
+    # ================================================================ model helpers
+    def touch(self, agent: str, at_least: float | None = None) -> None:
+        """Any request from an agent renews its lease (core docstring)."""
+        ttl = max(self.agents[agent].ttl, at_least or 0.0)
+        if self.mono + ttl > self.lease_dl.get(agent, 0.0):
+            self.lease_dl[agent] = self.mono + ttl
+
+    def ensure(self, agent: str, ttl: float | None) -> bool:
+        """The agent acts: an unknown agent gets an implicit lease. True when new."""
+        if agent in self.agents:
+            self.touch(agent, ttl)
+            return False
+        self.agents[agent] = MAgent(caps=[], ttl=ttl or DEFAULT_TTL, implicit=True)
+        self.lease_dl[agent] = self.mono + (ttl or DEFAULT_TTL)
+        return True
+
+    def grant(self, t: MTask, agent: str, ttl: float | None, token: int) -> None:
+        assert t.status == "available"
+        t.status, t.owner, t.token = "claimed", agent, token
+        t.tokens.append(token)
+        self.claim_ttl[t.id] = ttl
+        if ttl:
+            self.claim_dl[t.id] = self.mono + ttl
+        self.agents[agent].claims += 1
+
+    def end_claim(self, t: MTask, new_status: str) -> None:
+        t.status, t.owner, t.token = new_status, None, None
+        self.claim_dl.pop(t.id, None)
+        self.claim_ttl.pop(t.id, None)
+
+    def held_error(self, t: MTask | None, agent: str, token: int | None) -> type[RemoteError] | None:
+        """The refusal complete/fail/release/renew get (core docstring: owner + current token)."""
+        if t is None:
+            return NotFound
+        if token is not None and (t.status != "claimed" or t.token != token):
+            return StaleToken
+        if t.status != "claimed" or t.owner != agent:
+            return NotOwner
+        return None
+
+    def tid(self, i: int, known_: bool) -> str:
+        if known_ and self.tasks:
+            return sorted(self.tasks)[i % len(self.tasks)]
+        return f"t{i}"
+
+    def pick(self, i: int, known_: bool, who_: str, mode: str) -> tuple[str, MTask | None, str, int | None]:
+        """Task, agent and token of a complete/fail/release/renew; "owner" prefers a held task."""
+        held = sorted(t.id for t in self.tasks.values() if t.status == "claimed")
+        tid = held[i % len(held)] if who_ == "owner" and known_ and held else self.tid(i, known_)
+        t = self.tasks.get(tid)
+        agent = t.owner if who_ == "owner" and t is not None and t.owner else (
+            "a0" if who_ == "owner" else who_)
+        if mode == "none":
+            token = None
+        elif mode == "future":
+            token = self.max_granted + 7
+        elif t is None or not t.tokens:
+            token = max(1, self.max_granted)
+        elif mode == "current":
+            token = t.tokens[-1]
+        else:  # stale: an earlier token of this task, or one of another task
+            token = t.tokens[-2] if len(t.tokens) > 1 else max(1, t.tokens[-1] - 1)
+        return tid, t, agent, token
+
+    def set_lease_from_events(self, agent: str) -> None:
+        if agent in self.agents:
+            self.agents[agent].lease = self.live_leases[agent]
+
+    def wake(self, done: str) -> set[str]:
+        woken = set()
+        for t in self.tasks.values():
+            if t.status == "waiting" and done in t.depends_on and all(
+                    self.tasks[d].status == "completed" for d in t.depends_on):
+                t.status = "available"
+                woken.add(t.id)
+        return woken
+
+    # ================================================================ rules
+    @rule(i=task_index, priority=st.integers(-2, 2), requires=requires, max_attempts=st.integers(1, 3), deps=deps)
+    def create(self, i: int, priority: int, requires: list[str], max_attempts: int, deps: list[int]) -> None:
+        tid = f"t{i}"
+        depends_on = [f"t{d}" for d in deps if d < i]
+        if tid in self.tasks:
+            expect: type[RemoteError] | None = Conflict
+        elif any(d not in self.tasks for d in depends_on):
+            expect = NotFound
+        else:
+            expect = None
+        out = self.run(expect, "task_create", id=tid, priority=priority, requires=requires,
+                       max_attempts=max_attempts, depends_on=depends_on)
+        if expect is not None:
+            return
+        self.orders += 1
+        waiting = any(self.tasks[d].status != "completed" for d in depends_on)
+        self.tasks[tid] = MTask(tid, priority, requires, max_attempts, depends_on, self.orders,
+                                "waiting" if waiting else "available")
+        assert out[0]["status"] == self.tasks[tid].status
+
+    @rule(i=task_index, known_=known, agent=agents, ttl=TTLS)
+    def claim(self, i: int, known_: bool, agent: str, ttl: float | None) -> None:
+        tid = self.tid(i, known_)
+        t = self.tasks.get(tid)
+        if t is None:
+            self.run(NotFound, "claim", task=tid, agent=agent, ttl=ttl)
+        elif t.status == "claimed" and t.owner != agent:
+            err = self.run(Conflict, "claim", task=tid, agent=agent, ttl=ttl)
+            assert err.details == {"task": tid, "status": "claimed", "holder": t.owner}
+        elif t.status == "claimed":  # the holder again: the same claim
+            reply, events = self.run(None, "claim", task=tid, agent=agent, ttl=ttl)
+            assert events == [] and reply["token"] == t.token
+            self.touch(agent, ttl)
+            if ttl:
+                self.claim_dl[tid] = self.mono + ttl
+        elif t.status != "available":
+            err = self.run(Conflict, "claim", task=tid, agent=agent, ttl=ttl)
+            assert err.details == {"task": tid, "status": t.status}
+        else:
+            reply, _ = self.run(None, "claim", task=tid, agent=agent, ttl=ttl)
+            self.ensure(agent, ttl)
+            self.set_lease_from_events(agent)
+            assert reply["task"] == tid and reply["agent"] == agent
+            assert reply["lease"] == self.agents[agent].lease
+            self.grant(t, agent, ttl, reply["token"])
+
+    @rule(agent=agents, use_caps=st.none() | caps, ttl=TTLS)
+    def claim_next(self, agent: str, use_caps: list[str] | None, ttl: float | None) -> None:
+        reply, _ = self.run(None, "claim_next", agent=agent, capabilities=use_caps, ttl=ttl)
+        self.ensure(agent, ttl)
+        self.set_lease_from_events(agent)
+        have = set(use_caps if use_caps is not None else self.agents[agent].caps)
+        fits = [t for t in self.tasks.values() if t.status == "available" and set(t.requires) <= have]
+        if not fits:
+            assert reply is None
+            return
+        best = min(fits, key=lambda t: (-t.priority, t.order))
+        assert reply is not None and reply["task"] == best.id, (reply, best)
+        self.grant(best, agent, ttl, reply["token"])
+
+    @rule(i=task_index, known_=known, who_=who, mode=token_mode, result=st.integers(0, 9))
+    def complete(self, i: int, known_: bool, who_: str, mode: str, result: int) -> None:
+        tid, t, agent, token = self.pick(i, known_, who_, mode)
+        if t is not None and t.status == "completed" and t.completed_by == agent and (
+                token is None or token == t.completed_token):
+            reply, events = self.run(None, "complete", task=tid, agent=agent, token=token, result=result)
+            assert events == [] and reply == t.frozen  # a retry: answered again, nothing changes
+            return
+        expect = self.held_error(t, agent, token)
+        out = self.run(expect, "complete", task=tid, agent=agent, token=token, result=result)
+        if expect is not None:
+            return
+        assert t is not None
+        reply, events = out
+        t.completed_by, t.completed_token = agent, t.token
+        self.end_claim(t, "completed")
+        self.touch(agent)
+        self.agents[agent].completed += 1
+        woken = self.wake(tid)
+        assert {e.body["task_id"] for e in events if e.topic == "task.available"} == woken
+        assert (reply["status"], reply["result"], reply["completed_by"]) == ("completed", result, agent)
+        t.frozen = reply
+
+    @rule(i=task_index, known_=known, who_=who, mode=token_mode)
+    def fail(self, i: int, known_: bool, who_: str, mode: str) -> None:
+        tid, t, agent, token = self.pick(i, known_, who_, mode)
+        expect = self.held_error(t, agent, token)
+        out = self.run(expect, "fail", task=tid, agent=agent, token=token, error="boom")
+        if expect is not None:
+            return
+        assert t is not None
+        t.attempts += 1
+        self.end_claim(t, "dead" if t.attempts >= t.max_attempts else "available")
+        self.touch(agent)
+        self.agents[agent].failed += 1
+        assert [e.topic for e in out[1]] == ["task.dead" if t.status == "dead" else "task.failed"]
+
+    @rule(i=task_index, known_=known, who_=who, mode=token_mode)
+    def release(self, i: int, known_: bool, who_: str, mode: str) -> None:
+        tid, t, agent, token = self.pick(i, known_, who_, mode)
+        expect = self.held_error(t, agent, token)
+        out = self.run(expect, "release", task=tid, agent=agent, token=token)
+        if expect is not None:
+            return
+        assert t is not None
+        self.end_claim(t, "available")
+        self.touch(agent)
+        assert [(e.topic, e.body["reason"]) for e in out[1]] == [("task.released", "released")]
+
+    @rule(i=task_index, known_=known, who_=who, mode=token_mode, ttl=TTLS)
+    def renew(self, i: int, known_: bool, who_: str, mode: str, ttl: float | None) -> None:
+        tid, t, agent, token = self.pick(i, known_, who_, mode)
+        expect = self.held_error(t, agent, token)
+        out = self.run(expect, "renew", task=tid, agent=agent, token=token, ttl=ttl)
+        if expect is not None:
+            return
+        assert t is not None
+        reply, events = out
+        assert events == [] and reply["token"] == t.token
+        self.touch(agent)
+        effective = ttl or self.claim_ttl.get(tid)
+        if effective:
+            self.claim_dl[tid] = self.mono + effective
+
+    @rule(agent=agents, mode=st.sampled_from(["none", "right", "wrong"]))
+    def heartbeat(self, agent: str, mode: str) -> None:
+        a = self.agents.get(agent)
+        lease = None if mode == "none" or a is None else (a.lease if mode == "right" else a.lease + 1)
+        if a is None or (lease is not None and lease != a.lease):
+            self.run(LeaseExpired, "heartbeat", agent=agent, lease=lease)
+            return
+        reply, _ = self.run(None, "heartbeat", agent=agent, lease=lease)
+        assert reply == {"agent": agent, "lease": a.lease, "ttl": a.ttl}
+        self.lease_dl[agent] = self.mono + a.ttl
+
+    @rule(agent=agents, use_caps=caps, ttl=TTLS)
+    def register(self, agent: str, use_caps: list[str], ttl: float | None) -> None:
+        reply, _ = self.run(None, "register", agent=agent, capabilities=use_caps, ttl=ttl)
+        a = self.agents.get(agent)
+        if a is None:
+            self.agents[agent] = a = MAgent(caps=use_caps, ttl=ttl or DEFAULT_TTL, implicit=False)
+        else:
+            a.caps, a.ttl, a.implicit = use_caps, ttl or DEFAULT_TTL, False
+        self.set_lease_from_events(agent)
+        self.lease_dl[agent] = self.mono + a.ttl
+        assert reply == {"agent": agent, "lease": a.lease, "ttl": a.ttl}
+
+    @rule(agent=agents)
+    def unregister(self, agent: str) -> None:
+        if agent not in self.agents:
+            self.run(NotFound, "unregister", agent=agent)
+            return
+        reply, events = self.run(None, "unregister", agent=agent)
+        held = sorted(t.id for t in self.tasks.values() if t.owner == agent)
+        assert sorted(reply["released"]) == held
+        assert sorted(e.body["task_id"] for e in events if e.topic == "task.released") == held
+        for tid in held:
+            self.end_claim(self.tasks[tid], "available")
+        del self.agents[agent]
+        del self.lease_dl[agent]
+
+    def apply_expiry(self, events: list[Event]) -> None:
+        """Model of expire at self.mono: every deadline <= now fires, earliest first
+        (a lease before a claim on the same instant)."""
+        now = self.mono
+        lapsed = {a for a, d in self.lease_dl.items() if d <= now}
+        expected: set[tuple[str, str, str]] = set()
+        for t in self.tasks.values():
+            if t.status != "claimed":
+                continue
+            assert t.owner is not None
+            lease_at = self.lease_dl[t.owner] if t.owner in lapsed else None
+            claim_at = self.claim_dl.get(t.id)
+            claim_at = claim_at if claim_at is not None and claim_at <= now else None
+            if lease_at is not None and (claim_at is None or lease_at <= claim_at):
+                expected.add((t.id, t.owner, "lease_expired"))
+            elif claim_at is not None:
+                expected.add((t.id, t.owner, "claim_expired"))
+        got = {(e.body["task_id"], e.body["agent"], e.body["reason"]) for e in events
+               if e.topic == "task.released"}
+        assert got == expected, (got, expected)
+        expired = {e.body["agent"]: sorted(e.body["released"]) for e in events if e.topic == "agent.expired"}
+        assert expired == {a: sorted(tid for tid, ag, why in expected if ag == a and why == "lease_expired")
+                           for a in lapsed}
+        assert {e.topic for e in events} <= {"task.released", "agent.expired"}
+        for tid, _, _ in expected:
+            self.end_claim(self.tasks[tid], "available")
+        for a in lapsed:
+            del self.agents[a]
+            del self.lease_dl[a]
+
+    @rule(dt=st.sampled_from([0.0, 0.5, 1.0, 1.0, 2.0, 3.0, 4.0, 6.0, "drain"]))
+    def advance(self, dt: float | str) -> None:
+        if dt == "drain":
+            self.drain()
+            return
+        self.mono += dt  # type: ignore[operator]
+        self.apply_expiry(self.expire())
+
+    def drain(self) -> None:
+        """Nobody speaks for longer than any TTL: expire leaves no claim and no agent."""
+        self.mono += MAX_TTL + 0.5
+        self.apply_expiry(self.expire())
+        status = self.query("status")
+        assert status["claims"] == 0 and status["agents"] == 0
+        assert status["tasks"]["claimed"] == 0
+
+    @rule(downtime=st.sampled_from([0.0, 3.0, 1000.0]))
+    def restart(self, downtime: float) -> None:
+        """A new broker on the same data after some downtime: every lease and claim TTL
+        starts afresh, nothing expires because of the downtime."""
+        self.mono += downtime
+        self.core = Core(self.settings)
+        with self.store.write() as txn:
+            self.core.recover(txn, self.now())
+        self.lease_dl = {a: self.mono + m.ttl for a, m in self.agents.items()}
+        self.claim_dl = {tid: self.mono + ttl for tid, ttl in self.claim_ttl.items() if ttl}
+        assert self.expire() == []
+
+    # ================================================================ invariants
+    @invariant()
+    def tasks_match_model(self) -> None:
+        tasks, _ = self.views()
+        assert [t["id"] for t in tasks] == sorted(self.tasks)
+        status_of = {t["id"]: t["status"] for t in tasks}
+        for view in tasks:
+            m = self.tasks[view["id"]]
+            assert view["status"] == m.status, (view, m)
+            assert (view["owner"], view["token"]) == (m.owner, m.token)
+            # owner and token present iff claimed (one owner at most, by construction)
+            assert (view["owner"] is not None) == (view["token"] is not None) == (m.status == "claimed")
+            assert view["attempts"] == m.attempts
+            assert (view["priority"], view["requires"], view["max_attempts"], view["depends_on"]) == \
+                (m.priority, m.requires, m.max_attempts, m.depends_on)
+            if m.status == "claimed":
+                deadlines = [d for d in (self.claim_dl.get(m.id), self.lease_dl[m.owner]) if d is not None]
+                assert view["expires_in"] == round(min(deadlines) - self.mono, 3)
+                assert view["expires_in"] > 0, "a claim outlived its deadline"
+            else:
+                assert view["expires_in"] is None
+            if m.status == "completed":
+                assert view == m.frozen, "a completed task changed"
+            if m.status == "dead":
+                assert view["attempts"] == view["max_attempts"]
+            else:
+                assert view["attempts"] < view["max_attempts"]
+            if m.status == "waiting":
+                assert any(status_of[d] != "completed" for d in view["depends_on"])
+            else:
+                assert all(status_of[d] == "completed" for d in view["depends_on"])
+
+    @invariant()
+    def agents_match_model(self) -> None:
+        _, agent_views = self.views()
+        assert {a["id"] for a in agent_views} == set(self.agents)
+        for view in agent_views:
+            m = self.agents[view["id"]]
+            assert (view["lease"], view["ttl"], view["capabilities"], view["implicit"]) == \
+                (m.lease, m.ttl, m.caps, m.implicit)
+            assert (view["claims"], view["completed"], view["failed"]) == (m.claims, m.completed, m.failed)
+            assert view["expires_in"] == round(self.lease_dl[view["id"]] - self.mono, 3)
+            assert view["expires_in"] > 0, "a lease outlived its TTL"
+        assert set(self.live_leases) == set(self.agents)
+
+    @invariant()
+    def status_counts(self) -> None:
+        tasks, _ = self.views()
+        status = self.query("status")
+        census = dict.fromkeys(protocol.STATUSES, 0)
+        for t in tasks:
+            census[t["status"]] += 1
+        assert status["tasks"] == census
+        assert status["claims"] == census["claimed"]
+        assert status["agents"] == len(self.agents)
+        assert status["seq"] == len(self.events)
+        assert status["token"] == self.max_granted
+
+    @invariant()
+    def event_log(self) -> None:
+        n, size = len(self.events), self.settings.event_log_size
+        assert [e["seq"] for e in self.events] == list(range(1, n + 1))
+        if n <= size:
+            rep = self.query("replay", since=0, limit=protocol.MAX_REPLAY_LIMIT)
+            assert rep["events"] == self.events and rep["last_seq"] == n
+            return
+        with self.store.read() as txn:
+            try:
+                self.core.handle(txn, "replay", protocol.validate(protocol.OPS["replay"], {"since": 0}),
+                                 self.now())
+            except SnapshotRequired as exc:
+                assert exc.details["oldest"] == n - size + 1
+            else:
+                raise AssertionError("replay of a trimmed range answered")
+        kept = self.query("replay", since=n - size, limit=protocol.MAX_REPLAY_LIMIT)
+        assert kept["events"] == self.events[n - size:]
+
+    @invariant()
+    def one_owner_per_claim_record(self) -> None:
+        claims = self.store.tables["claims"]
+        assert {k.decode().split(":", 1)[1] for k in claims} == \
+            {t.id for t in self.tasks.values() if t.status == "claimed"}
+        index = self.store.tables["agent_claims"]
+        owners = {k.split(b"\0", 1)[1].decode().split(":", 1)[1]: k.split(b"\0", 1)[0].decode() for k in index}
+        assert len(owners) == len(index)  # no resource is in two agents' index
+        assert owners == {t.id: t.owner for t in self.tasks.values() if t.status == "claimed"}
+
+
+CoreMachine.TestCase.settings = settings(
+    max_examples=300, stateful_step_count=50, deadline=None, database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestCoreMachine = CoreMachine.TestCase
