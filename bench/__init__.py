@@ -1,0 +1,1 @@
+"""zmesh benchmark harness: ``python -m bench --help``. See bench/README.md."""

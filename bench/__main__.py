@@ -1,0 +1,252 @@
+"""python -m bench [--quick] [--out DIR] [--results FILE] [--no-peers]
+
+Runs every workload against zmesh, the raw pyzmq (+LMDB) probes and the peers that are
+installed (bench/setup_peers.sh), side by side in one run, and writes RESULTS.md, a JSON
+file of raw HDR histograms and a percentile plot."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import orjson
+
+from . import report, workloads
+from .systems import ProbeSystem, RawPubSub, System, ZmeshSystem
+
+HERE = Path(__file__).resolve().parent
+
+
+def claim_systems(quick: bool, peers: bool) -> list[System]:
+    out: list[System] = [ZmeshSystem("zmesh(full)", "fsync per commit: data + meta page", level="full")]
+    if not quick:
+        out += [ZmeshSystem("zmesh(fast)", "one flush per commit (metasync off)", level="fast"),
+                ZmeshSystem("zmesh(none)", "no fsync", level="none")]
+    out += [ProbeSystem("raw-zmq", "none (echo, no store)", mode="echo")]
+    if not quick:
+        out += [ProbeSystem("raw-zmq+lmdb(none)", "no fsync", mode="lmdb", level="none"),
+                ProbeSystem("raw-zmq+lmdb(fast)", "one flush per commit", mode="lmdb", level="fast")]
+    out += [ProbeSystem("raw-zmq+lmdb(full)", "fsync per commit: data + meta page", mode="lmdb", level="full"),
+            ProbeSystem("raw-zmq+lmdb-group(full)", "group commit, fsync per batch", mode="group", level="full")]
+    if peers:
+        from . import peers as peer_mod
+
+        out += peer_mod.available_peers()
+    return out
+
+
+def broadcast_systems(quick: bool, peers: bool) -> list[System]:
+    out: list[System] = [RawPubSub("raw-zmq-pubsub", "in memory", kinds=frozenset({"broadcast"})),
+                         ZmeshSystem("zmesh(none)", "no fsync (event = committed task create)", level="none")]
+    if not quick:
+        out.append(ZmeshSystem("zmesh(full)", "fsync per commit (event = committed task create)", level="full"))
+    if peers:
+        from . import peers as peer_mod
+
+        out += [p for p in peer_mod.available_peers() if "broadcast" in p.kinds and p.name != "redis-aof-always"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="small counts: finishes in about a minute")
+    ap.add_argument("--out", default=str(HERE / "out"), help="directory for results.json and latency.png")
+    ap.add_argument("--results", default=None, help="markdown file (default: bench/RESULTS.md, "
+                    "or OUT/RESULTS.md with --quick)")
+    ap.add_argument("--no-peers", action="store_true", help="only zmesh and the raw probes")
+    ap.add_argument("--store-tasks", type=int, default=None, help="tasks for the store-scale run")
+    ap.add_argument("--agents", type=int, default=None, help="agents for the agent-scale run")
+    args = ap.parse_args(argv)
+    quick = args.quick
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_md = Path(args.results) if args.results else (out_dir / "RESULTS.md" if quick else HERE / "RESULTS.md")
+    n_lat = 300 if quick else 5000
+    n_cont = 200 if quick else 1000
+    n_thr = 1000 if quick else 20000
+    clients = [1, 16] if quick else [1, 4, 16, 64]
+    n_bcast = 200 if quick else 5000
+    n_agents = args.agents or (100 if quick else 1000)
+    n_store = args.store_tasks or (10_000 if quick else 1_000_000)
+
+    results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": quick, "git": report.git_rev(),
+        "command": "python -m bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "machine": report.machine(), "versions": {}, "skipped": {}, "claim": {}, "contended": {},
+        "throughput": {}, "broadcast": {}, "scale": {}, "targets": [], "notes": [],
+    }
+    csys = claim_systems(quick, not args.no_peers)
+    bsys = broadcast_systems(quick, not args.no_peers)
+    steps = len(csys) * (2 + len(clients)) + len(bsys) + 4
+    from tqdm import tqdm
+
+    bar = tqdm(total=steps, desc="bench", unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def step(label: str) -> None:
+        bar.set_postfix_str(label[:40])
+
+    step("starting worker processes")
+    pool = workloads.Pool(max(max(clients), 10) if not quick else 10)
+    with tempfile.TemporaryDirectory(prefix="zmesh-bench-") as tmp, _closing(pool):
+        work = Path(tmp)
+        for system in csys:
+            _with_system(system, work, results, bar, step, lambda info: _claims(
+                pool, system, info, results, n_lat, n_cont, n_thr, clients, bar, step))
+        for system in bsys:
+            _with_system(system, work, results, bar, step, lambda info: _broadcast(
+                pool, system, info, results, n_bcast, bar, step))
+        _scale(pool, work, results, n_lat, n_agents, n_store, bar, step)
+    bar.close()
+    _targets(results)
+    (out_dir / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    report.plot(results, out_dir / "latency.png")
+    results_md.write_text(report.render(results))
+    print(f"wrote {results_md}, {out_dir / 'results.json'}, {out_dir / 'latency.png'}", file=sys.stderr)
+    return 0
+
+
+def _with_system(system: System, work: Path, results: dict[str, Any], bar: Any, step: Callable[[str], None],
+                 body: Callable[[dict[str, Any]], None]) -> None:
+    step(f"start {system.name}")
+    try:
+        info = system.start(work)
+    except Exception as exc:  # a missing peer is reported, never faked
+        results["skipped"][system.name] = str(exc).splitlines()[0][:200]
+        system.stop()
+        return
+    if system.version:
+        results["versions"].setdefault(system.name.split("(")[0].split("+")[0], system.version)
+    try:
+        body(info)
+    except Exception as exc:
+        results["skipped"][system.name] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+    finally:
+        system.stop()
+
+
+def _claims(pool: workloads.Pool, system: System, info: dict[str, Any], results: dict[str, Any], n_lat: int, n_cont: int,
+            n_thr: int, clients: list[int], bar: Any, step: Callable[[str], None]) -> None:
+    info = dict(info, ttl=workloads.TTL_S)
+    step(f"{system.name} latency")
+    r = workloads.claim_latency(pool, system, info, n_lat, "lat")
+    results["claim"][system.name] = dict(r, durability=system.durability)
+    bar.update()
+    step(f"{system.name} contended")
+    r = workloads.contended(pool, system, info, 8, n_cont, "cont")
+    results["contended"][system.name] = dict(r, durability=system.durability, keys=n_cont)
+    bar.update()
+    rows = []
+    for c in clients:
+        step(f"{system.name} x{c}")
+        rows.append(dict(workloads.throughput(pool, system, info, c, n_thr, f"thr{c}"), durability=system.durability))
+        bar.update()
+    results["throughput"][system.name] = rows
+
+
+def _broadcast(pool: workloads.Pool, system: System, info: dict[str, Any], results: dict[str, Any], n: int, bar: Any,
+               step: Callable[[str], None]) -> None:
+    step(f"{system.name} broadcast")
+    r = workloads.broadcast(pool, system, info, 10, n, 1000.0)
+    results["broadcast"][system.name] = dict(r, durability=getattr(system, "broadcast_durability", system.durability))
+    bar.update()
+
+
+def _scale(pool: workloads.Pool, work: Path, results: dict[str, Any], n_lat: int, agents: int, tasks: int, bar: Any,
+           step: Callable[[str], None]) -> None:
+    base = ZmeshSystem("zmesh(full)", "full", level="full")
+    (work / "scale-agents").mkdir()
+    info = base.start(work / "scale-agents")
+    try:
+        step("scale: empty broker")
+        r = workloads.claim_latency(pool, base, info, n_lat, "empty")
+        results["scale"]["empty broker"] = dict(r, rss=workloads.broker_rss(base))
+        bar.update()
+        step(f"scale: {agents} agents")
+        with workloads.with_agents(pool, info, agents, ttl=10.0) as registered:
+            r = workloads.claim_latency(pool, base, info, n_lat, "agents")
+            results["scale"][f"{registered:,} agents heartbeating (TTL 10 s)"] = dict(r, rss=workloads.broker_rss(base))
+        bar.update()
+    finally:
+        base.stop()
+    step(f"scale: load {tasks:,} tasks")
+    store = ZmeshSystem("zmesh(full)", "full", level="full")
+    data = work / "scale-store"
+    data.mkdir()
+    secs = workloads.bulk_load(str(data / "zmesh-full"), tasks)
+    results["notes"].append(f"store scale: {tasks:,} tasks bulk-loaded through the core in {secs:.0f} s "
+                            "(untimed setup), then the broker was started on that data directory")
+    bar.update()
+    info = store.start(data)
+    try:
+        step("scale: claims on the big store")
+        r = workloads.claim_latency(pool, store, info, n_lat, "big")
+        results["scale"][f"{tasks:,} stored tasks"] = dict(r, rss=workloads.broker_rss(store))
+        bar.update()
+    finally:
+        store.stop()
+
+
+@contextlib.contextmanager
+def _closing(pool: workloads.Pool) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        pool.close()
+
+
+def _p95(section: dict[str, Any], name: str) -> float | None:
+    r = section.get(name)
+    return r["latency_us"].get("p95") if r else None
+
+
+def _targets(results: dict[str, Any]) -> None:
+    t = results["targets"]
+    claim = results["claim"]
+    z, raw = _p95(claim, "zmesh(full)"), _p95(claim, "raw-zmq+lmdb(full)")
+    t.append(_target("durable claim p95: zmesh(full) / raw-zmq+lmdb(full)", z, raw, 1.5))
+    for peer in ("etcd", "redis-aof-always"):
+        p = _p95(claim, peer)
+        t.append({"name": f"durable claim p95: zmesh(full) below {peer}",
+                  "measured": f"{z:,} µs vs {p:,} µs" if z and p else "peer skipped",
+                  "goal": "lower", "met": (z < p) if z and p else None})
+    thr = {name: {r["clients"]: r for r in rows} for name, rows in results["throughput"].items()}
+    z16 = thr.get("zmesh(full)", {}).get(16, {}).get("rate")
+    g16 = thr.get("raw-zmq+lmdb-group(full)", {}).get(16, {}).get("rate")
+    t.append({"name": "16-client durable throughput: zmesh(full) / raw group-commit probe",
+              "measured": f"{z16 / g16:.2f} ({z16:,.0f} vs {g16:,.0f} claims/s)" if z16 and g16 else "not run",
+              "goal": ">= 0.5", "met": (z16 / g16 >= 0.5) if z16 and g16 else None})
+    for peer in ("redis-aof-always", "etcd", "nats-kv"):
+        p16 = thr.get(peer, {}).get(16, {}).get("rate")
+        t.append({"name": f"16-client throughput: zmesh(full) above {peer}",
+                  "measured": f"{z16:,.0f} vs {p16:,.0f} claims/s" if z16 and p16 else "peer skipped",
+                  "goal": "higher", "met": (z16 > p16) if z16 and p16 else None})
+    b = results["broadcast"]
+    zb, rb = _p95(b, "zmesh(none)"), _p95(b, "raw-zmq-pubsub")
+    lost = b.get("zmesh(none)", {}).get("lost")
+    item = _target("broadcast p95 (10 subs): zmesh(none) / raw PUB/SUB", zb, rb, 2.0)
+    item["measured"] += f", lost {lost}"
+    item["met"] = item["met"] and lost == 0 if item["met"] is not None else None
+    t.append(item)
+    sc = results["scale"]
+    empty = sc.get("empty broker", {}).get("latency_us", {}).get("p95")
+    for name, r in sc.items():
+        if name != "empty broker":
+            t.append(_target(f"claim p95 with {name} / empty broker", r["latency_us"].get("p95"), empty, 1.5))
+
+
+def _target(name: str, value: float | None, base: float | None, limit: float) -> dict[str, Any]:
+    if not value or not base:
+        return {"name": name, "measured": "not run", "goal": f"<= {limit}x", "met": None}
+    ratio = value / base
+    return {"name": name, "measured": f"{ratio:.2f}x ({value:,} vs {base:,} µs)", "goal": f"<= {limit}x",
+            "met": ratio <= limit}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Output: RESULTS.md (markdown tables with durability beside every figure, targets as
+ratios measured in the same run), a JSON file with the raw HDR histograms, and a
+latency-percentile plot (PNG)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import hist
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        mem = f"{int(open('/proc/meminfo').readline().split()[1]) / 1024 / 1024:.1f} GiB"
+    except (OSError, ValueError):
+        pass
+    import lmdb
+    import zmq
+
+    import zmesh
+
+    return {"host": platform.node(), "os": f"{platform.system()} {platform.release()}",
+            "distro": _distro(), "cpu": cpu, "cores": os.cpu_count(), "memory": mem,
+            "python": sys.version.split()[0], "zmesh": zmesh.__version__,
+            "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "lmdb": lmdb.__version__,
+            "liblmdb": ".".join(map(str, lmdb.version()))}
+
+
+def _distro() -> str:
+    try:
+        for line in open("/etc/os-release"):
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return ""
+
+
+def _lat(s: dict[str, Any]) -> list[str]:
+    if not s or not s.get("count"):
+        return ["-"] * 4
+    return [f"{s[k]:,}" for k in ("p50", "p95", "p99", "max")]
+
+
+def _row(*cells: Any) -> str:
+    flat: list[str] = []
+    for c in cells:
+        flat += c if isinstance(c, list) else [str(c)]
+    return "| " + " | ".join(flat) + " |"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def render(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        "# zmesh benchmark results", "",
+        "<!-- written by `python -m bench`; do not edit by hand -->", "",
+        f"- Date: {results['date']}",
+        f"- Command: `{results['command']}`" + (" (quick mode: small counts, for structure only)" if results["quick"] else ""),
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, {m['distro']} ({m['os']})",
+        f"- Versions: Python {m['python']}, zmesh {m['zmesh']}, pyzmq {m['pyzmq']} (libzmq {m['libzmq']}), "
+        f"py-lmdb {m['lmdb']} (liblmdb {m['liblmdb']})",
+        "- Systems measured: " + ("; ".join(f"{k}: {v}" for k, v in results["versions"].items()) or "none"),
+        "- All servers on 127.0.0.1, each started by the harness with its own temp data dir and "
+        "stopped by PID. Latencies in µs, measured in the client around one call. "
+        "Clients and servers share the 2 cores: throughput rows include client CPU.",
+        "",
+    ]
+    if results.get("skipped"):
+        lines += ["Skipped: " + "; ".join(f"{k} ({v})" for k, v in results["skipped"].items()), ""]
+    lines += ["## Targets (ratios from this run)", "", "| target | measured | goal | met |", "|---|---|---|---|"]
+    for t in results["targets"]:
+        lines.append(f"| {t['name']} | {t['measured']} | {t['goal']} | {'yes' if t['met'] else '**no**' if t['met'] is False else 'n/a'} |")
+    lines += ["", "## Claim latency (1 client, sequential create-if-absent claims with a TTL)", "",
+              "| system | durability | p50 | p95 | p99 | max | claims | p95 vs raw+LMDB(full) |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    base = results["claim"].get("raw-zmq+lmdb(full)", {}).get("latency_us", {}).get("p95")
+    for name, r in results["claim"].items():
+        s = r["latency_us"]
+        lines.append(_row(name, r["durability"], _lat(s), f"{r['ops']:,}", _ratio(s.get("p95"), base)))
+    lines += ["", "## Contended claims (8 processes race for the same keys)", "",
+              "| system | durability | keys | attempts/s | violations | p95 |", "|---|---|---:|---:|---:|---:|"]
+    for name, r in results["contended"].items():
+        lines.append(f"| {name} | {r['durability']} | {r['keys']:,} | {r['rate']:,.0f} | {r['violations']} | "
+                     f"{r['latency_us'].get('p95', '-'):,} |")
+    lines += ["", "## Throughput (concurrent clients claiming distinct keys)", "",
+              "| system | durability | clients | claims/s | p95 | p99 |", "|---|---|---:|---:|---:|---:|"]
+    for name, rows in results["throughput"].items():
+        for r in rows:
+            s = r["latency_us"]
+            lines.append(f"| {name} | {r['durability']} | {r['clients']} | {r['rate']:,.0f} | "
+                         f"{s.get('p95', 0):,} | {s.get('p99', 0):,} |")
+    lines += ["", "## Broadcast (1 publisher, subscribers in separate processes, 200 B)", "",
+              "| system | durability | subs | sent | achieved msg/s | p50 | p95 | p99 | max | lost |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results["broadcast"].items():
+        lines.append(_row(name, r["durability"], r["subs"], f"{r['sent']:,}", f"{r['rate']:,.0f}",
+                          _lat(r["latency_us"]), r["lost"]))
+    sc = results.get("scale", {})
+    if sc:
+        lines += ["", "## Scale (zmesh, durability full, 1 client claim latency)", "",
+                  "| setting | p50 | p95 | p99 | max | broker RSS |", "|---|---:|---:|---:|---:|---:|"]
+        for name, r in sc.items():
+            rss = f"{r['rss'] / 2**20:,.0f} MiB" if r.get("rss") else "-"
+            lines.append(_row(name, _lat(r["latency_us"]), rss))
+    if results.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, section, title in ((axes[0], "claim", "Claim latency, 1 client"),
+                               (axes[1], "broadcast", "Broadcast delivery latency")):
+        for name, r in results[section].items():
+            h = hist.merge([r["hist"]])
+            if h.get_total_count() == 0:
+                continue
+            pts = [(p, v) for p, v in hist.curve(h) if p < 100]
+            xs = [1 / (1 - p / 100) for p, _ in pts]
+            ax.plot(xs, [v for _, v in pts], marker="o", markersize=3, label=f"{name} ({r['durability']})")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ticks = [1, 2, 10, 20, 100, 1000, 10000]
+        ax.set_xticks(ticks)
+        ax.set_xticklabels(["p0", "p50", "p90", "p95", "p99", "p99.9", "p99.99"])
+        ax.set_ylabel("µs")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def git_rev() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""

@@ -1,0 +1,339 @@
+"""What the harness measures: a *system* is a server it starts and stops by PID, plus the
+client objects worker processes build from the system's JSON-able ``info``.
+
+Every system states its durability in words next to every figure, so no comparison hides
+a missing fsync. Peers (etcd, Redis, NATS) live in bench/peers.py and follow the same shape.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import zmq
+
+from zmesh.testing import free_port, ping
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ClaimClient(Protocol):
+    def claim(self, key: str, ttl: float) -> bool:
+        """Create-if-absent with a TTL; True when this client won the key."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Publisher(Protocol):
+    def publish(self, payload: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Subscriber(Protocol):
+    def recv(self, timeout: float) -> bytes | None:
+        """The next payload, or None after ``timeout`` seconds."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# ------------------------------------------------------------------ processes
+@dataclass
+class Server:
+    """A server process started by the harness and stopped by its PID."""
+
+    cmd: list[str]
+    log: Path
+    env: dict[str, str] | None = None
+    proc: subprocess.Popen | None = None
+
+    def start(self, ready: Callable[[], bool], timeout: float = 30.0) -> "Server":
+        out = open(self.log, "ab")
+        self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=self.env, cwd=str(ROOT))
+        out.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.cmd[0]} exited with {self.proc.returncode}: "
+                                   f"{self.log.read_text(errors='replace')[-1500:]}")
+            if ready():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.cmd[0]} not ready within {timeout} s")
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(15)
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# ------------------------------------------------------------------ systems
+@dataclass
+class System:
+    """Base: ``start`` returns the info clients need; ``stop`` stops every process by PID."""
+
+    name: str
+    durability: str
+    kinds: frozenset[str] = frozenset({"claim"})
+    servers: list[Server] = field(default_factory=list)
+    version: str = ""
+
+    def start(self, workdir: Path) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def prepare(self, info: dict[str, Any], keys: list[str]) -> None:
+        """Untimed setup before a claim workload (zmesh creates the tasks to claim)."""
+
+    def stop(self) -> None:
+        for s in reversed(self.servers):
+            s.stop()
+        self.servers = []
+
+    @property
+    def pid(self) -> int | None:
+        return self.servers[0].pid if self.servers else None
+
+
+@dataclass
+class ZmeshSystem(System):
+    level: str = "full"
+    extra: tuple[str, ...] = ()
+
+    def start(self, workdir: Path) -> dict[str, Any]:
+        import zmesh
+
+        self.version = zmesh.__version__
+        port, pub = free_port(), free_port()
+        data = workdir / f"zmesh-{self.level}"
+        ep = f"tcp://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "zmesh", "broker", "--data", str(data), "--bind", ep,
+               "--pub-bind", f"tcp://127.0.0.1:{pub}", "--no-discovery", "--durability", self.level,
+               "--ttl", "60", *self.extra]
+        self.servers.append(Server(cmd, workdir / f"zmesh-{self.level}.log").start(lambda: ping(ep, 0.2) is not None))
+        return {"kind": "zmesh", "endpoint": ep, "pub": f"tcp://127.0.0.1:{pub}", "data": str(data)}
+
+    def prepare(self, info: dict[str, Any], keys: list[str]) -> None:
+        create_tasks(info["endpoint"], keys)
+
+
+def create_tasks(endpoint: str, keys: list[str]) -> None:
+    """Create tasks fast: many requests in flight on one DEALER (group commit batches them)."""
+    from zmesh import protocol
+
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    prefix = uuid.uuid4().bytes  # request ids are unique per request (retries reuse them)
+    try:
+        window, sent, done = 2000, 0, 0
+        while done < len(keys):
+            while sent < len(keys) and sent - done < window:
+                sock.send_multipart(protocol.encode_request(prefix + b"%d" % sent, "task_create",
+                                                            {"id": keys[sent]}))
+                sent += 1
+            if not sock.poll(30_000):
+                raise RuntimeError("broker stopped answering task_create")
+            reply = protocol.decode_reply(sock.recv_multipart())
+            if not reply.ok and reply.body.get("code") != "conflict":
+                raise RuntimeError(f"task_create failed: {reply.body}")
+            done += 1
+    finally:
+        sock.close(0)
+
+
+@dataclass
+class ProbeSystem(System):
+    """The raw pyzmq (+ LMDB) probe: the floor zmesh's figures are divided by."""
+
+    mode: str = "echo"
+    level: str = "none"
+
+    def start(self, workdir: Path) -> dict[str, Any]:
+        import lmdb
+
+        self.version = f"pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}, lmdb {lmdb.__version__}"
+        port = free_port()
+        ep = f"tcp://127.0.0.1:{port}"
+        data = workdir / f"probe-{self.mode}-{self.level}"
+        data.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "bench.probe", "--mode", self.mode, "--bind", ep,
+               "--data", str(data), "--durability", self.level]
+        log = workdir / f"probe-{self.mode}-{self.level}.log"
+        self.servers.append(Server(cmd, log).start(lambda: "ready" in log.read_text()))
+        return {"kind": "probe", "endpoint": ep}
+
+
+@dataclass
+class RawPubSub(System):
+    """Raw pyzmq PUB/SUB: the publisher binds in the harness's publisher process."""
+
+    def start(self, workdir: Path) -> dict[str, Any]:
+        self.version = f"pyzmq {zmq.__version__}"
+        return {"kind": "rawpub", "endpoint": f"tcp://127.0.0.1:{free_port()}"}
+
+
+# ------------------------------------------------------------------ clients (worker side)
+class ZmeshClaim:
+    def __init__(self, info: dict[str, Any], agent: str) -> None:
+        from zmesh import Client
+
+        self.client = Client(info["endpoint"], agent=agent, ttl=60, timeout=30).connect()
+
+    def claim(self, key: str, ttl: float) -> bool:
+        return self.client.claim(key, ttl=ttl) is not None
+
+    def close(self) -> None:
+        self.client.close(unregister=False)
+
+
+class ProbeClaim:
+    def __init__(self, info: dict[str, Any], agent: str) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(info["endpoint"])
+
+    def claim(self, key: str, ttl: float) -> bool:
+        self.sock.send_multipart([key.encode()])
+        if not self.sock.poll(30_000):
+            raise TimeoutError("probe did not answer")
+        return self.sock.recv_multipart()[-1] == b"1"
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+class ZmeshPublisher:
+    """zmesh broadcasts state changes: publishing = creating a task whose id carries the
+    send time; subscribers get the task.created event through the real client."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        from zmesh import Client
+
+        self.client = Client(info["endpoint"], timeout=30).connect()
+        self.n = 0
+
+    def publish(self, payload: bytes) -> None:
+        self.n += 1
+        self.client.create_task(payload[:8].hex() + f"-{self.n}", data=None)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class ZmeshSubscriber:
+    def __init__(self, info: dict[str, Any]) -> None:
+        from zmesh import Client
+
+        self.client = Client(info["endpoint"], timeout=30).connect()
+        self.client.hello()
+        self.events = self.client.events(["task.created"], timeout=5.0)
+
+    def recv(self, timeout: float) -> bytes | None:
+        # the real client iterator: gap detection and replay included; it ends after 5 s quiet
+        ev = next(self.events, None)
+        return None if ev is None else bytes.fromhex(ev.body["task_id"].split("-", 1)[0])
+
+    def close(self) -> None:
+        self.events.close()
+        self.client.close()
+
+
+class RawPublisher:
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.PUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 100_000)
+        self.sock.bind(info["endpoint"])
+
+    def publish(self, payload: bytes) -> None:
+        self.sock.send_multipart([b"bench", payload])
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+class RawSubscriber:
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 100_000)
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.connect(info["endpoint"])
+
+    def recv(self, timeout: float) -> bytes | None:
+        if not self.sock.poll(timeout * 1000):
+            return None
+        return self.sock.recv_multipart()[-1]
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+def claim_client(info: dict[str, Any], agent: str) -> ClaimClient:
+    kind = info["kind"]
+    if kind == "zmesh":
+        return ZmeshClaim(info, agent)
+    if kind == "probe":
+        return ProbeClaim(info, agent)
+    from . import peers
+
+    return peers.claim_client(info, agent)
+
+
+def publisher(info: dict[str, Any]) -> Publisher:
+    kind = info["kind"]
+    if kind == "zmesh":
+        return ZmeshPublisher(info)
+    if kind == "rawpub":
+        return RawPublisher(info)
+    from . import peers
+
+    return peers.publisher(info)
+
+
+def subscriber(info: dict[str, Any]) -> Subscriber:
+    kind = info["kind"]
+    if kind == "zmesh":
+        return ZmeshSubscriber(info)
+    if kind == "rawpub":
+        return RawSubscriber(info)
+    from . import peers
+
+    return peers.subscriber(info)

@@ -1,0 +1,44 @@
+"""The benchmark harness in --quick mode: it runs end to end and its outputs have the
+promised structure (speed is judged by the harness itself, never by a unit test)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_markdown_json_and_plot(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    for key in ("date", "command", "machine", "claim", "contended", "throughput", "broadcast", "scale", "targets"):
+        assert key in data, key
+    for name in ("zmesh(full)", "raw-zmq", "raw-zmq+lmdb(full)", "raw-zmq+lmdb-group(full)"):
+        r = data["claim"][name]
+        assert r["latency_us"]["count"] == r["ops"] > 0 and r["violations"] == 0 and r["durability"]
+        assert r["latency_us"]["p50"] <= r["latency_us"]["p95"] <= r["latency_us"]["p99"] <= r["latency_us"]["max"]
+        assert isinstance(r["hist"], str) and r["hist"]  # the raw HDR histogram
+    assert data["contended"]["zmesh(full)"]["violations"] == 0
+    assert data["contended"]["raw-zmq"]["violations"] > 0  # the echo probe has no store: the check can fail
+    assert [row["clients"] for row in data["throughput"]["zmesh(full)"]] == [1, 16]
+    for name in ("raw-zmq-pubsub", "zmesh(none)"):
+        assert data["broadcast"][name]["subs"] == 10 and data["broadcast"][name]["lost"] == 0
+    assert any("agents" in k for k in data["scale"]) and any("stored tasks" in k for k in data["scale"])
+    assert all({"name", "measured", "goal", "met"} <= set(t) for t in data["targets"])
+    for peer, why in data["skipped"].items():  # a missing peer is reported, with its reason
+        assert why, peer
+    md = (out / "RESULTS.md").read_text()
+    for heading in ("## Targets", "## Claim latency", "## Contended claims", "## Throughput", "## Broadcast", "## Scale"):
+        assert heading in md
+    assert "durability" in md and data["command"] in md
+    png = (out / "latency.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
