@@ -24,7 +24,8 @@ def test_quick_bench_writes_markdown_json_and_plot(tmp_path: Path) -> None:
         assert key in data, key
     for name in ("zmesh(full)", "raw-zmq", "raw-zmq+lmdb(full)", "raw-zmq+lmdb-group(full)"):
         r = data["claim"][name]
-        assert r["latency_us"]["count"] == r["ops"] > 0 and r["violations"] == 0 and r["durability"]
+        assert r["latency_us"]["count"] == r["ops"] > 0 and r["durability"]
+        assert r["violations"] == (r["ops"] if name == "raw-zmq" else 0)  # echo stores nothing
         assert r["latency_us"]["p50"] <= r["latency_us"]["p95"] <= r["latency_us"]["p99"] <= r["latency_us"]["max"]
         assert isinstance(r["hist"], str) and r["hist"]  # the raw HDR histogram
     assert data["contended"]["zmesh(full)"]["violations"] == 0
