@@ -117,3 +117,32 @@ def test_unwritable_data_dir_is_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="cannot use data directory"):
         LmdbStore(blocker / "sub")
     assert lmdb  # the LMDB error never escapes as lmdb.Error
+
+
+def test_a_retry_gets_the_original_reply_but_a_reused_id_is_not_a_retry(make_broker) -> None:
+    import zmq
+
+    from zmesh import protocol
+
+    b = make_broker()
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(b.endpoints[0])
+
+    def ask(req_id: bytes, op: str, body: dict) -> protocol.Reply:
+        sock.send_multipart(protocol.encode_request(req_id, op, body))
+        assert sock.poll(5000)
+        return protocol.decode_reply(sock.recv_multipart())
+
+    try:
+        assert ask(b"id-1", "task_create", {"id": "t1"}).ok
+        first = ask(b"id-2", "claim", {"task": "t1", "agent": "a"})
+        again = ask(b"id-2", "claim", {"task": "t1", "agent": "a"})  # a retry
+        assert first.ok and again.body == first.body
+        # the same id with another request (a client bug or a reused counter) is served anew
+        other = ask(b"id-1", "task_create", {"id": "t2"})
+        assert other.ok and other.body["id"] == "t2"
+        with Client(b.endpoints[0]) as c:
+            assert c.task("t2")["status"] == "available"
+    finally:
+        sock.close(0)

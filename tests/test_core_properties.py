@@ -506,7 +506,7 @@ class CoreMachine(RuleBasedStateMachine):
             m = self.agents[view["id"]]
             assert (view["lease"], view["ttl"], view["capabilities"], view["implicit"]) == \
                 (m.lease, m.ttl, m.caps, m.implicit)
-            assert (view["claims"], view["completed"], view["failed"]) == (m.claims, m.completed, m.failed)
+            assert (view["completed"], view["failed"]) == (m.completed, m.failed)
             assert view["expires_in"] == round(self.lease_dl[view["id"]] - self.mono, 3)
             assert view["expires_in"] > 0, "a lease outlived its TTL"
         assert set(self.live_leases) == set(self.agents)
@@ -548,9 +548,10 @@ class CoreMachine(RuleBasedStateMachine):
         claims = self.store.tables["claims"]
         assert {k.decode().split(":", 1)[1] for k in claims} == \
             {t.id for t in self.tasks.values() if t.status == "claimed"}
-        index = self.store.tables["agent_claims"]
-        owners = {k.split(b"\0", 1)[1].decode().split(":", 1)[1]: k.split(b"\0", 1)[0].decode() for k in index}
+        index = [(agent, key) for agent, keys in self.core._held.items() for key in keys]
+        owners = {key.decode().split(":", 1)[1]: agent for agent, key in index}
         assert len(owners) == len(index)  # no resource is in two agents' index
+        assert all(self.core._held.values()), "no empty entries"
         assert owners == {t.id: t.owner for t in self.tasks.values() if t.status == "claimed"}
 
 

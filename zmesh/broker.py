@@ -55,7 +55,9 @@ class Broker:
         self._ctx = context or zmq.Context.instance()
         self._routers: list[zmq.Socket] = []
         self._pub: zmq.Socket | None = None
-        self._dedup: OrderedDict[bytes, list[bytes]] = OrderedDict()
+        # req_id -> (fingerprint of op + body, reply frames): a retry is the same req_id
+        # with the same request; another request reusing an id is not served a stale reply
+        self._dedup: OrderedDict[bytes, tuple[int, list[bytes]]] = OrderedDict()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -200,6 +202,8 @@ class Broker:
                 log.warning("%s", exc)
             except _Poison as exc:
                 poisoned.add(exc.index)
+                with self.store.read() as txn:  # the rolled-back batch may have touched it
+                    self.core.resync(txn)
         for router, frames in replies:
             try:
                 router.send_multipart(frames, zmq.NOBLOCK)
@@ -222,7 +226,7 @@ class Broker:
         after the commit (the ``with`` block commits and syncs once)."""
         now = self._now()
         replies: list[tuple[zmq.Socket, list[bytes]]] = []
-        remember: list[tuple[bytes, list[bytes]]] = []
+        remember: list[tuple[bytes, tuple[int, list[bytes]]]] = []
         events: list[Event] = []
         with self.store.write() as txn:
             for index, (router, frames) in enumerate(batch):
@@ -237,9 +241,10 @@ class Broker:
                     replies.append((router, [ident, *protocol.encode_error(req.req_id, err)]))
                     continue
                 write = req.op in protocol.WRITE_OPS
+                fingerprint = hash((request[2], request[3])) if write else 0
                 cached = self._dedup.get(req.req_id) if write else None
-                if cached is not None:
-                    replies.append((router, [ident, *cached]))
+                if cached is not None and cached[0] == fingerprint:
+                    replies.append((router, [ident, *cached[1]]))
                     continue
                 try:
                     if req.op == "hello":
@@ -258,7 +263,7 @@ class Broker:
                     log.exception("op %s failed (request answered 'internal')", req.op)
                     raise _Poison(index) from exc
                 if write:
-                    remember.append((req.req_id, out))
+                    remember.append((req.req_id, (fingerprint, out)))
                 replies.append((router, [ident, *out]))
             # after the requests: heartbeats that queued while the broker was busy or
             # stalled count before any lease is judged lapsed

@@ -92,6 +92,9 @@ class Core:
         self._lease_deadline: dict[str, float] = {}
         self._claim_deadline: dict[bytes, float] = {}
         self._heap: list[tuple[float, int, str | bytes]] = []  # (deadline, 0 lease | 1 claim, key)
+        # agent -> resource keys it holds: what a lapsed lease releases. Volatile (rebuilt
+        # from the claims table by recover/resync), so a claim writes one table less.
+        self._held: dict[str, set[bytes]] = {}
         self._events: list[Event] = []
         self._handlers: dict[str, Callable[[Txn, dict[str, Any], Now], Any]] = {
             "register": self._register,
@@ -156,10 +159,18 @@ class Core:
         self._heap.clear()
         for key, raw in txn.scan("agents"):
             self._set_lease(key.decode(), orjson.loads(raw)["ttl"], now)
+        self.resync(txn)
         for key, raw in txn.scan("claims"):
             ttl = orjson.loads(raw).get("ttl")
             if ttl:
                 self._set_claim_deadline(key, ttl, now)
+
+    def resync(self, txn: Txn) -> None:
+        """Rebuild the volatile claim index from the store (after a start, or after a
+        batch was rolled back)."""
+        self._held = {}
+        for key, raw in txn.scan("claims"):
+            self._held.setdefault(orjson.loads(raw)["agent"], set()).add(bytes(key))
 
     # ------------------------------------------------------------ counters and events
     def _next(self, txn: Txn, name: bytes) -> int:
@@ -308,7 +319,7 @@ class Core:
                    now: Now, implicit: bool = False) -> dict[str, Any]:
         return {"id": agent, "capabilities": caps, "metadata": metadata, "ttl": ttl,
                 "lease": lease, "registered": now.wall, "implicit": implicit,
-                "claims": 0, "completed": 0, "failed": 0}
+                "completed": 0, "failed": 0}
 
     def _register(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
         agent = body["agent"]
@@ -344,8 +355,7 @@ class Core:
 
     def _end_agent(self, txn: Txn, agent: str, now: Now, reason: str) -> list[str]:
         """The lease is over: release every claim, forget the agent."""
-        prefix = agent.encode() + b"\0"
-        keys = [k[len(prefix):] for k, _ in txn.scan("agent_claims", prefix=prefix)]
+        keys = sorted(self._held.get(agent, ()))
         released: list[str] = []
         for key in keys:
             raw = txn.get("claims", key)
@@ -365,7 +375,7 @@ class Core:
         claim = {"agent": agent["id"], "token": token, "lease": agent["lease"], "ttl": ttl,
                  "since": now.wall}
         txn.put("claims", key, _dumps(claim))
-        txn.put("agent_claims", agent["id"].encode() + b"\0" + key, b"")
+        self._held.setdefault(agent["id"], set()).add(key)
         if ttl:
             self._set_claim_deadline(key, ttl, now)
         return claim
@@ -373,7 +383,7 @@ class Core:
     def _drop_claim(self, txn: Txn, key: bytes, claim: dict[str, Any], now: Now, reason: str) -> None:
         """End a claim that did not complete: the resource is free again."""
         txn.delete("claims", key)
-        txn.delete("agent_claims", claim["agent"].encode() + b"\0" + key)
+        self._unhold(claim["agent"], key)
         self._claim_deadline.pop(key, None)
         kind, _, name = key.partition(b":")
         if kind == b"task":
@@ -386,7 +396,14 @@ class Core:
             self._task_event(txn, "task.released", task, old, now, agent=claim["agent"],
                              token=claim["token"], reason=reason)
 
-    def _held(self, txn: Txn, task_id: str, agent: str, token: int | None) -> tuple[bytes, dict[str, Any]]:
+    def _unhold(self, agent: str, key: bytes) -> None:
+        keys = self._held.get(agent)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._held[agent]
+
+    def _holding(self, txn: Txn, task_id: str, agent: str, token: int | None) -> tuple[bytes, dict[str, Any]]:
         """The caller's current claim on a task, or the precise refusal."""
         key = _task_key(task_id)
         raw = txn.get("claims", key)
@@ -412,8 +429,6 @@ class Core:
         old = self._transition(task, "claim", "claimed")
         task["claims"] += 1
         self._save_task(txn, task, old, now)
-        agent["claims"] += 1
-        self._put_agent(txn, agent)
         self._task_event(txn, "task.claimed", task, old, now, claimed_by=agent["id"],
                          token=claim["token"])
         return self._claim_reply(task["id"], claim, key, now)
@@ -453,9 +468,9 @@ class Core:
         if task["status"] == "completed" and task.get("completed_by") == agent_id and (
                 body["token"] is None or body["token"] == task.get("completed_token")):
             return self._view(txn, task, now)  # a retry of a complete that succeeded
-        key, claim = self._held(txn, task_id, agent_id, body["token"])
+        key, claim = self._holding(txn, task_id, agent_id, body["token"])
         txn.delete("claims", key)
-        txn.delete("agent_claims", agent_id.encode() + b"\0" + key)
+        self._unhold(agent_id, key)
         self._claim_deadline.pop(key, None)
         old = self._transition(task, "complete", "completed")
         task.update(result=body["result"], completed_by=agent_id, completed_token=claim["token"])
@@ -486,9 +501,9 @@ class Core:
     def _fail(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
         task_id, agent_id = body["task"], body["agent"]
         task = self._get_task(txn, task_id)
-        key, claim = self._held(txn, task_id, agent_id, body["token"])
+        key, claim = self._holding(txn, task_id, agent_id, body["token"])
         txn.delete("claims", key)
-        txn.delete("agent_claims", agent_id.encode() + b"\0" + key)
+        self._unhold(agent_id, key)
         self._claim_deadline.pop(key, None)
         task["attempts"] += 1
         new = "dead" if task["attempts"] >= task["max_attempts"] else "available"
@@ -507,7 +522,7 @@ class Core:
     def _release(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
         task_id, agent_id = body["task"], body["agent"]
         task = self._get_task(txn, task_id)
-        key, claim = self._held(txn, task_id, agent_id, body["token"])
+        key, claim = self._holding(txn, task_id, agent_id, body["token"])
         self._drop_claim(txn, key, claim, now, "released")
         self._ensure_agent(txn, agent_id, None, now)
         return self._view(txn, self._get_task(txn, task_id), now)
@@ -515,7 +530,7 @@ class Core:
     def _renew(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
         task_id, agent_id = body["task"], body["agent"]
         self._get_task(txn, task_id)
-        key, claim = self._held(txn, task_id, agent_id, body["token"])
+        key, claim = self._holding(txn, task_id, agent_id, body["token"])
         record = self._get_agent(txn, agent_id)
         if record is None:  # cannot happen while the claim exists; kept as a guard
             raise LeaseExpired(f"agent '{agent_id}' has no live lease", {"agent": agent_id})

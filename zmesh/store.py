@@ -36,7 +36,6 @@ TABLES = (
     "meta",        # b"schema", b"broker_id", b"token", b"seq", b"order"
     "tasks",       # task id -> task record
     "claims",      # resource key -> claim record (one claim machinery for every resource)
-    "agent_claims",  # agent id \0 resource key -> b""
     "agents",      # agent id -> agent record
     "ready",       # claim_next order: inverted priority, order, id -> b""
     "waiting_on",  # dependency id \0 waiting task id -> b""
