@@ -56,7 +56,8 @@ def broadcast_systems(quick: bool, peers: bool) -> list[System]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="small counts: finishes in about a minute")
-    ap.add_argument("--out", default=str(HERE / "out"), help="directory for results.json and latency.png")
+    ap.add_argument("--out", default=None, help="directory for results.json and latency.png "
+                    "(default: bench/results, or bench/out with --quick)")
     ap.add_argument("--results", default=None, help="markdown file (default: bench/RESULTS.md, "
                     "or OUT/RESULTS.md with --quick)")
     ap.add_argument("--no-peers", action="store_true", help="only zmesh and the raw probes")
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--agents", type=int, default=None, help="agents for the agent-scale run")
     args = ap.parse_args(argv)
     quick = args.quick
-    out_dir = Path(args.out)
+    out_dir = Path(args.out) if args.out else HERE / ("out" if quick else "results")
     out_dir.mkdir(parents=True, exist_ok=True)
     results_md = Path(args.results) if args.results else (out_dir / "RESULTS.md" if quick else HERE / "RESULTS.md")
     n_lat = 300 if quick else 5000
