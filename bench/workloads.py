@@ -305,13 +305,14 @@ def _agents_job(inbox: Any, endpoint: str, names: list[str], ttl: float) -> Iter
         socks[i].send_multipart(protocol.encode_request(prefix + b"h%d" % n, "heartbeat", {"agent": names[i]}))
         n += 1
         next_at += interval
-        for s, _ in poller.poll(max(0.0, next_at - time.monotonic()) * 1000):
-            while True:
-                try:
-                    s.recv_multipart(zmq.NOBLOCK)
-                    beats += 1
-                except zmq.Again:
-                    break
+        while (wait := next_at - time.monotonic()) > 0:  # pace: drain replies until due
+            for s, _ in poller.poll(wait * 1000):
+                while True:
+                    try:
+                        s.recv_multipart(zmq.NOBLOCK)
+                        beats += 1
+                    except zmq.Again:
+                        break
     for s in socks:
         s.close(0)
     ctx.term()

@@ -785,3 +785,29 @@ def test_store_write_aborts_on_exception(h: Harness) -> None:
             txn.delete("meta", b"schema")
             raise RuntimeError("boom")
     assert h.raw() == before
+
+
+def test_heartbeats_do_not_grow_the_deadline_heap(tmp_path) -> None:
+    """A heartbeat that only extends a lease pushes nothing: the heap holds one entry per
+    lease, so memory and expiry work do not grow with the heartbeat rate."""
+    core = Core(Settings(default_ttl=10.0))
+    store = MemoryStore()
+    t = 0.0
+
+    def call(op: str, **body):
+        with store.write() as txn:
+            return core.handle(txn, op, protocol.validate(protocol.OPS[op], body), Now(t, 1000.0 + t))
+
+    for i in range(10):
+        call("register", agent=f"a{i}")
+    for step in range(200):
+        t += 1.0
+        for i in range(10):
+            call("heartbeat", agent=f"a{i}")
+        with store.write() as txn:
+            assert core.expire(txn, Now(t, 1000.0 + t)) == []
+    assert len(core._heap) <= 20, len(core._heap)
+    t += 10.0  # silence past the TTL: every lease lapses
+    with store.write() as txn:
+        events = core.expire(txn, Now(t, 1000.0 + t))
+    assert sorted(e.body["agent"] for e in events if e.topic == "agent.expired") == [f"a{i}" for i in range(10)]

@@ -92,6 +92,7 @@ class Core:
         self._lease_deadline: dict[str, float] = {}
         self._claim_deadline: dict[bytes, float] = {}
         self._heap: list[tuple[float, int, str | bytes]] = []  # (deadline, 0 lease | 1 claim, key)
+        self._queued: dict[tuple[int, str | bytes], float] = {}  # the live heap entry per key
         # agent -> resource keys it holds: what a lapsed lease releases. Volatile (rebuilt
         # from the claims table by recover/resync), so a claim writes one table less.
         self._held: dict[str, set[bytes]] = {}
@@ -127,11 +128,18 @@ class Core:
         """Release every lease and claim whose deadline has passed."""
         self._events = []
         while self._heap and self._heap[0][0] <= now.mono:
-            deadline, kind, key = heapq.heappop(self._heap)
-            if kind == 0:
-                if self._lease_deadline.get(key) == deadline:  # type: ignore[arg-type]
-                    self._end_agent(txn, key, now, "lease_expired")  # type: ignore[arg-type]
-            elif self._claim_deadline.get(key) == deadline:  # type: ignore[arg-type]
+            queued, kind, key = heapq.heappop(self._heap)
+            if self._queued.get((kind, key)) != queued:
+                continue  # superseded by an earlier entry for the same key
+            del self._queued[(kind, key)]
+            live = (self._lease_deadline if kind == 0 else self._claim_deadline).get(key)  # type: ignore[call-overload]
+            if live is None:
+                continue
+            if live > now.mono:  # renewed since it was queued: queue it again, once
+                self._queue(kind, key, live)
+            elif kind == 0:
+                self._end_agent(txn, key, now, "lease_expired")  # type: ignore[arg-type]
+            else:
                 claim = txn.get("claims", key)  # type: ignore[arg-type]
                 del self._claim_deadline[key]  # type: ignore[arg-type]
                 if claim is not None:
@@ -143,12 +151,12 @@ class Core:
         return self._counter(txn, b"seq")
 
     def next_deadline(self) -> float | None:
-        """Monotonic time of the earliest pending deadline (some may be superseded)."""
+        """When expire() next has work: the earliest queued deadline (a renewed one is
+        queued again then, so this may be early, never late)."""
         while self._heap:
-            deadline, kind, key = self._heap[0]
-            live = (self._lease_deadline if kind == 0 else self._claim_deadline).get(key)  # type: ignore[call-overload]
-            if live == deadline:
-                return deadline
+            queued, kind, key = self._heap[0]
+            if self._queued.get((kind, key)) == queued:
+                return queued
             heapq.heappop(self._heap)
         return None
 
@@ -157,6 +165,7 @@ class Core:
         self._lease_deadline.clear()
         self._claim_deadline.clear()
         self._heap.clear()
+        self._queued.clear()
         for key, raw in txn.scan("agents"):
             self._set_lease(key.decode(), orjson.loads(raw)["ttl"], now)
         self.resync(txn)
@@ -206,14 +215,23 @@ class Core:
     def _set_lease(self, agent: str, ttl: float, now: Now) -> float:
         deadline = now.mono + ttl
         self._lease_deadline[agent] = deadline
-        heapq.heappush(self._heap, (deadline, 0, agent))
+        self._queue(0, agent, deadline)
         return deadline
 
     def _set_claim_deadline(self, key: bytes, ttl: float, now: Now) -> float:
         deadline = now.mono + ttl
         self._claim_deadline[key] = deadline
-        heapq.heappush(self._heap, (deadline, 1, key))
+        self._queue(1, key, deadline)
         return deadline
+
+    def _queue(self, kind: int, key: str | bytes, deadline: float) -> None:
+        """At most one heap entry per key: a heartbeat that only extends a deadline pushes
+        nothing (expire re-queues it when the old entry comes due), so the heap stays as
+        small as the number of leases and claims however often agents heartbeat."""
+        queued = self._queued.get((kind, key))
+        if queued is None or deadline < queued:
+            self._queued[(kind, key)] = deadline
+            heapq.heappush(self._heap, (deadline, kind, key))
 
     def lease_remaining(self, agent: str, now: Now) -> float | None:
         deadline = self._lease_deadline.get(agent)
