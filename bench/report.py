@@ -122,6 +122,9 @@ def render(results: dict[str, Any]) -> str:
             lines.append(_row(name, _lat(r["latency_us"]), rss))
     if results.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
+    analysis = Path(__file__).with_name("ANALYSIS.md")
+    if analysis.exists() and not results["quick"]:
+        lines += ["", analysis.read_text().strip()]
     lines.append("")
     return "\n".join(lines)
 
