@@ -85,7 +85,16 @@ def test_newer_schema_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     with store.write() as txn:
         txn.put("meta", b"schema", str(SCHEMA_VERSION + 1).encode())
     store.close()
-    with pytest.raises(StoreError, match="schema version 2.*upgrade zmesh"):
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}.*upgrade zmesh"):
+        LmdbStore(tmp_path / "d")
+
+
+def test_older_schema_is_refused_not_misread(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "d", durability="none")
+    with store.write() as txn:
+        txn.put("meta", b"schema", str(SCHEMA_VERSION - 1).encode())
+    store.close()
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION - 1}.*no\nmigration|no migration"):
         LmdbStore(tmp_path / "d")
 
 

@@ -756,8 +756,17 @@ def test_task_list_paging(h: Harness) -> None:
     assert [t["id"] for t in page["tasks"]] == claimed[:2] and page["more"] is True
     page = h.do("task_list", status="claimed", limit=2, after=claimed[1])
     assert [t["id"] for t in page["tasks"]] == claimed[2:] and page["more"] is False
-    # `after` need not be an existing id
-    assert [t["id"] for t in h.do("task_list", status="available", after="t03")["tasks"]] == ["t04", "t06"]
+    # available tasks come in claim order (same priority: oldest first; created in reverse)
+    assert [t["id"] for t in h.do("task_list", status="available")["tasks"]] == ["t06", "t04", "t02", "t00"]
+    page = h.do("task_list", status="available", limit=2)
+    assert [t["id"] for t in page["tasks"]] == ["t06", "t04"] and page["more"] is True
+    page = h.do("task_list", status="available", limit=2, after="t04")
+    assert [t["id"] for t in page["tasks"]] == ["t02", "t00"] and page["more"] is False
+    # paging after a task that has been claimed since keeps its place in the order
+    assert [t["id"] for t in h.do("task_list", status="available", after="t03")["tasks"]] == ["t02", "t00"]
+    with pytest.raises(NotFound):
+        h.do("task_list", status="available", after="t055")
+    # in id order, `after` need not be an existing id
     assert [t["id"] for t in h.do("task_list", after="t055")["tasks"]] == ["t06", "t07"]
     assert h.do("task_list", status="completed")["tasks"] == []
     assert all(t["owner"] == "a" for t in h.do("task_list", status="claimed")["tasks"])

@@ -61,6 +61,11 @@ TRANSITIONS: dict[tuple[str, str], tuple[str, ...]] = {
 #: entries kept in a task's history (failures, expiries); older ones are dropped
 HISTORY_LIMIT = 50
 
+#: statuses with an index of their own; available tasks are listed from the ready index
+#: and claimed ones from the claim records, so a claim updates two trees less
+_BY_STATUS = ("waiting", "completed", "dead")
+_COUNTER = b"\xff"
+
 
 @dataclass(frozen=True)
 class Now:
@@ -135,8 +140,8 @@ class Core:
             live = (self._lease_deadline if kind == 0 else self._claim_deadline).get(key)  # type: ignore[call-overload]
             if live is None:
                 continue
-            if live > now.mono:  # renewed since it was queued: queue it again, once
-                self._queue(kind, key, live)
+            if live != queued:  # renewed since it was queued: queue it again at its real
+                self._queue(kind, key, live)  # deadline, so expiries fire in deadline order
             elif kind == 0:
                 self._end_agent(txn, key, now, "lease_expired")  # type: ignore[arg-type]
             else:
@@ -182,26 +187,33 @@ class Core:
             self._held.setdefault(orjson.loads(raw)["agent"], set()).add(bytes(key))
 
     # ------------------------------------------------------------ counters and events
-    def _next(self, txn: Txn, name: bytes) -> int:
-        raw = txn.get("meta", name)
+    # Counters live at the end of the event log's key space (b"\xff" sorts after every
+    # 8-byte seq), so the newest events and the counters share a leaf page: a write
+    # dirties one page less than with a table of their own.
+    @staticmethod
+    def _next(txn: Txn, name: bytes) -> int:
+        raw = txn.get("events", _COUNTER + name)
         value = (_U64.unpack(raw)[0] if raw else 0) + 1
-        txn.put("meta", name, _U64.pack(value))
+        txn.put("events", _COUNTER + name, _U64.pack(value))
         return value
 
     @staticmethod
     def _counter(txn: Txn, name: bytes) -> int:
-        raw = txn.get("meta", name)
+        raw = txn.get("events", _COUNTER + name)
         return _U64.unpack(raw)[0] if raw else 0
 
     def _emit(self, txn: Txn, topic: str, body: dict[str, Any], now: Now) -> None:
         body["ts"] = now.wall
         seq = self._next(txn, b"seq")
         txn.put("events", _U64.pack(seq), _dumps([topic, body]))
-        excess = txn.count("events") - self.settings.event_log_size
-        if excess > 0:
-            doomed = [k for _, (k, _) in zip(range(excess), txn.scan("events"))]
-            for k in doomed:
-                txn.delete("events", k)
+        floor = _U64.pack(max(0, seq - self.settings.event_log_size))  # keep seqs above it
+        doomed = []
+        for key, _ in txn.scan("events"):  # the log is gap-free: usually one key goes
+            if key > floor or key[:1] == _COUNTER:
+                break
+            doomed.append(key)
+        for key in doomed:
+            txn.delete("events", key)
         self._events.append(Event(topic, seq, body))
 
     def _task_event(self, txn: Txn, topic: str, task: dict[str, Any], old: str | None,
@@ -265,11 +277,13 @@ class Core:
         tid = task["id"].encode()
         if old != new:
             if old is not None:
-                txn.delete("by_status", old.encode() + b"\0" + tid)
+                if old in _BY_STATUS:
+                    txn.delete("by_status", old.encode() + b"\0" + tid)
                 self._bump(txn, old, -1)
                 if old == "available":
                     txn.delete("ready", self._ready_key(task))
-            txn.put("by_status", new.encode() + b"\0" + tid, b"")
+            if new in _BY_STATUS:
+                txn.put("by_status", new.encode() + b"\0" + tid, b"")
             self._bump(txn, new, +1)
             if new == "available":
                 txn.put("ready", self._ready_key(task), b"")
@@ -277,7 +291,7 @@ class Core:
 
     def _bump(self, txn: Txn, status: str, delta: int) -> None:
         name = b"count:" + status.encode()
-        txn.put("meta", name, _U64.pack(self._counter(txn, name) + delta))
+        txn.put("events", _COUNTER + name, _U64.pack(self._counter(txn, name) + delta))
 
     def _transition(self, task: dict[str, Any], action: str, new: str) -> str:
         old = task["status"]
@@ -589,10 +603,23 @@ class Core:
 
     def _task_list(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
         limit, after = body["limit"], body["after"].encode()
-        if body["status"]:
-            prefix = body["status"].encode() + b"\0"
-            ids: Iterator[bytes] = (k[len(prefix):] for k, _ in
-                                    txn.scan("by_status", start=prefix + after + b"\0" if after else b"", prefix=prefix))
+        status = body["status"]
+        ids: Iterator[bytes]
+        if status == "available":  # the ready index: claim order (priority, then age)
+            start = b""
+            if after:
+                raw = txn.get("tasks", after)
+                if raw is None:
+                    raise NotFound(f"no task '{body['after']}' to page after", {"task": body["after"]})
+                start = self._ready_key(orjson.loads(raw)) + b"\0"
+            ids = (k[12:] for k, _ in txn.scan("ready", start=start))
+        elif status == "claimed":  # the claim records, in id order
+            ids = (k[5:] for k, _ in txn.scan("claims", start=b"task:" + after + b"\0" if after else b"",
+                                              prefix=b"task:"))
+        elif status:
+            prefix = status.encode() + b"\0"
+            ids = (k[len(prefix):] for k, _ in
+                   txn.scan("by_status", start=prefix + after + b"\0" if after else b"", prefix=prefix))
         else:
             ids = (k for k, _ in txn.scan("tasks", start=after + b"\0" if after else b""))
         tasks = []
@@ -622,7 +649,7 @@ class Core:
         since, limit, topics = body["since"], body["limit"], tuple(body["topics"])
         last = self._counter(txn, b"seq")
         first = next(txn.scan("events"), None)
-        oldest = _U64.unpack(first[0])[0] if first else last + 1
+        oldest = _U64.unpack(first[0])[0] if first and first[0][:1] != _COUNTER else last + 1
         if since + 1 < oldest and since < last:
             raise SnapshotRequired(
                 f"events after {since} were trimmed; the log starts at {oldest}",
@@ -630,6 +657,8 @@ class Core:
         events = []
         more = False
         for key, raw in txn.scan("events", start=_U64.pack(since + 1)):
+            if key[:1] == _COUNTER:
+                break
             topic, ebody = orjson.loads(raw)
             if topics and not topic.startswith(topics):
                 continue

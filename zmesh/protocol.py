@@ -212,7 +212,8 @@ OPS: dict[str, Op] = {
         Op("task_get", "One task with its claim.", (_TASK,), returns="task", errors=("not_found",)),
         Op(
             "task_list",
-            "Tasks in id order, optionally of one status; `after` pages.",
+            "Tasks in id order, optionally of one status; `after` (the last id of the previous "
+            "page) pages. Available tasks are listed in claim order (priority, then age).",
             (
                 Field("status", "status", doc="one of " + ", ".join(STATUSES)),
                 Field("after", "str", default="", doc="return ids greater than this"),

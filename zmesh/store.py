@@ -28,19 +28,19 @@ import lmdb
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DURABILITY = ("full", "fast", "none")
 
 #: named tables; keys and values are bytes, the layout is owned by core.py
 TABLES = (
-    "meta",        # b"schema", b"broker_id", b"token", b"seq", b"order"
+    "meta",        # b"schema", b"broker_id"
     "tasks",       # task id -> task record
     "claims",      # resource key -> claim record (one claim machinery for every resource)
     "agents",      # agent id -> agent record
     "ready",       # claim_next order: inverted priority, order, id -> b""
     "waiting_on",  # dependency id \0 waiting task id -> b""
-    "by_status",   # status \0 task id -> b""
-    "events",      # seq (8 bytes BE) -> [topic, body]
+    "by_status",   # status \0 task id -> b"" (waiting, completed, dead)
+    "events",      # seq (8 bytes BE) -> [topic, body]; b"\xff" + name -> counter
 )
 
 
@@ -153,6 +153,11 @@ class LmdbStore:
                 raise StoreError(
                     f"data directory {self.path} has schema version {int(raw)}; this zmesh "
                     f"supports up to {SCHEMA_VERSION}: upgrade zmesh (the data was not touched)")
+            if raw is not None and int(raw) < SCHEMA_VERSION:
+                raise StoreError(
+                    f"data directory {self.path} has schema version {int(raw)} from a "
+                    f"pre-release zmesh; this zmesh needs {SCHEMA_VERSION} and has no "
+                    "migration for it: start with an empty data directory")
             if raw is None:
                 txn.put("meta", b"schema", str(SCHEMA_VERSION).encode())
             bid = txn.get("meta", b"broker_id")
