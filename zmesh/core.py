@@ -14,7 +14,7 @@ Rules the tests hold the machine to:
 
 * A claim is a record ``claims[resource] = {agent, token, ...}``; creating it is a
   check-and-set inside the single write transaction, so of any number of racers exactly one
-  wins. Every claim gets a fresh fencing token from one store-wide counter (``meta/token``),
+  wins. Every claim gets a fresh fencing token from one store-wide counter (``token``),
   so tokens only ever increase, also across restarts.
 * Every claim hangs on its agent's lease. A lease lapses when the agent sends nothing for
   its TTL; then all its claims are released and ``agent.expired`` / ``task.released`` say so.
