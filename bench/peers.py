@@ -17,8 +17,8 @@ Why each adapter looks the way it does (facts in /work/shared/PEERS.md):
   etcd a put watched by prefix (etcd has no pub/sub; a watch is how one is built on it).
 
 Server side (harness process): ``RedisSystem``, ``EtcdSystem``, ``NatsSystem``,
-``available_peers()``. Worker side (called with the JSON-able info dict in each worker
-process): ``claim_client``, ``publisher``, ``subscriber``.
+``available_peers()``. Worker side: the classes in ``CLIENTS``, built from the JSON-able
+info dict in each worker process by ``bench.systems.claim_client/publisher/subscriber``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Any, Coroutine, TypeVar
 
 from zmesh.testing import free_port
 
-from .systems import ClaimClient, Publisher, Server, Subscriber, System, port_open
+from .systems import Server, System, port_open
 
 T = TypeVar("T")
 
@@ -596,37 +596,12 @@ def available_peers() -> list[System]:
     return [RedisSystem(aof_always=False), RedisSystem(aof_always=True), EtcdSystem(), NatsSystem()]
 
 
-def claim_client(info: dict[str, Any], agent: str) -> ClaimClient:
-    kind = info["kind"]
-    if kind == "redis":
-        return RedisClaim(info, agent)
-    if kind == "etcd":
-        return EtcdClaim(info, agent)
-    if kind == "nats":
-        return NatsClaim(info, agent)
-    raise ValueError(f"unknown system kind {kind!r}")
-
-
-def publisher(info: dict[str, Any]) -> Publisher:
-    kind = info["kind"]
-    if kind == "redis":
-        return RedisPublisher(info)
-    if kind == "etcd":
-        return EtcdPublisher(info)
-    if kind == "nats":
-        return NatsPublisher(info)
-    raise ValueError(f"unknown system kind {kind!r}")
-
-
-def subscriber(info: dict[str, Any]) -> Subscriber:
-    kind = info["kind"]
-    if kind == "redis":
-        return RedisSubscriber(info)
-    if kind == "etcd":
-        return EtcdSubscriber(info)
-    if kind == "nats":
-        return NatsSubscriber(info)
-    raise ValueError(f"unknown system kind {kind!r}")
+#: system kind -> (claim client, publisher, subscriber), looked up by bench.systems
+CLIENTS: dict[str, tuple[Any, Any, Any]] = {
+    "redis": (RedisClaim, RedisPublisher, RedisSubscriber),
+    "etcd": (EtcdClaim, EtcdPublisher, EtcdSubscriber),
+    "nats": (NatsClaim, NatsPublisher, NatsSubscriber),
+}
 
 
 # ------------------------------------------------------------------ sanity check (not the harness)

@@ -306,34 +306,33 @@ class RawSubscriber:
         self.sock.close(0)
 
 
-def claim_client(info: dict[str, Any], agent: str) -> ClaimClient:
-    kind = info["kind"]
-    if kind == "zmesh":
-        return ZmeshClaim(info, agent)
-    if kind == "probe":
-        return ProbeClaim(info, agent)
-    from . import peers
+#: system kind -> (claim client, publisher, subscriber) classes; peers.CLIENTS adds theirs
+CLIENTS: dict[str, tuple[Any, Any, Any]] = {
+    "zmesh": (ZmeshClaim, ZmeshPublisher, ZmeshSubscriber),
+    "probe": (ProbeClaim, None, None),
+    "rawpub": (None, RawPublisher, RawSubscriber),
+}
 
-    return peers.claim_client(info, agent)
+
+def _client_class(info: dict[str, Any], slot: int) -> Any:
+    table = CLIENTS
+    if info["kind"] not in table:
+        from . import peers
+
+        table = peers.CLIENTS
+    cls = table.get(info["kind"], (None, None, None))[slot]
+    if cls is None:
+        raise ValueError(f"system kind {info['kind']!r} has no {('claim', 'publisher', 'subscriber')[slot]} client")
+    return cls
+
+
+def claim_client(info: dict[str, Any], agent: str) -> ClaimClient:
+    return _client_class(info, 0)(info, agent)
 
 
 def publisher(info: dict[str, Any]) -> Publisher:
-    kind = info["kind"]
-    if kind == "zmesh":
-        return ZmeshPublisher(info)
-    if kind == "rawpub":
-        return RawPublisher(info)
-    from . import peers
-
-    return peers.publisher(info)
+    return _client_class(info, 1)(info)
 
 
 def subscriber(info: dict[str, Any]) -> Subscriber:
-    kind = info["kind"]
-    if kind == "zmesh":
-        return ZmeshSubscriber(info)
-    if kind == "rawpub":
-        return RawSubscriber(info)
-    from . import peers
-
-    return peers.subscriber(info)
+    return _client_class(info, 2)(info)

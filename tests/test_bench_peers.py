@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from bench import peers
+from bench import peers, systems
 from bench.systems import System
 
 pytestmark = pytest.mark.timeout(20)
@@ -62,7 +62,7 @@ def test_claim_won_once_then_lost(started: tuple[System, dict[str, Any]]) -> Non
     system, info = started
     assert info["kind"] in {"redis", "etcd", "nats"} and system.version
     ttl = float(info.get("ttl", 60.0))
-    a, b = peers.claim_client(info, "agent-a"), peers.claim_client(info, "agent-b")
+    a, b = systems.claim_client(info, "agent-a"), systems.claim_client(info, "agent-b")
     try:
         assert a.claim("task-1", ttl) is True
         assert b.claim("task-1", ttl) is False  # another agent loses
@@ -77,8 +77,8 @@ def test_claim_won_once_then_lost(started: tuple[System, dict[str, Any]]) -> Non
 
 def test_pubsub_returns_payload_bytes(started: tuple[System, dict[str, Any]]) -> None:
     _, info = started
-    subs = [peers.subscriber(info), peers.subscriber(info)]  # subscribed when constructed
-    pub = peers.publisher(info)
+    subs = [systems.subscriber(info), systems.subscriber(info)]  # subscribed when constructed
+    pub = systems.publisher(info)
     try:
         payloads = [time.monotonic_ns().to_bytes(8, "big") + bytes(range(256)) + b"\x00\r\n" + bytes([i])
                     for i in range(3)]
@@ -140,14 +140,14 @@ def test_nats_refuses_a_ttl_its_bucket_cannot_express(tmp_path: Path) -> None:
     except peers.PeerUnavailable as exc:
         pytest.skip(str(exc))
     try:
-        c = peers.claim_client(info, "a")
+        c = systems.claim_client(info, "a")
         try:
             with pytest.raises(ValueError, match="one TTL per bucket"):
                 c.claim("k", 60.0)
         finally:
             c.close()
         system.prepare(dict(info, ttl=60.0), [])  # the harness's TTL: the bucket follows it
-        c = peers.claim_client(dict(info, ttl=60.0), "a")
+        c = systems.claim_client(dict(info, ttl=60.0), "a")
         try:
             assert c.claim("k", 60.0) is True
         finally:
