@@ -485,8 +485,11 @@ def render_markdown() -> str:
         "```",
         "",
         "Bodies are JSON objects (UTF-8). Unknown fields are refused. Integers are 64-bit.",
-        "Retrying a request with the same `req_id` returns the original reply while the broker "
-        "remembers it (recent requests, in memory), so a lost reply never becomes a second claim.",
+        "Retrying a request with the same `req_id` (and the same op and body) returns the "
+        "original reply while the broker remembers it (recent write requests, in memory), so a "
+        "lost reply never becomes a second claim; a different request that reuses an id is "
+        "served anew. Clients make ids unique per request (the Python client: a random 16-byte "
+        "prefix per client and a counter).",
         "",
         "## Limits",
         "",
