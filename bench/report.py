@@ -138,13 +138,17 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for ax, section, title in ((axes[0], "claim", "Claim latency, 1 client"),
                                (axes[1], "broadcast", "Broadcast delivery latency")):
-        for name, r in results[section].items():
+        colors = plt.get_cmap("tab20").colors
+        for i, (name, r) in enumerate(results[section].items()):
             h = hist.merge([r["hist"]])
             if h.get_total_count() == 0:
                 continue
             pts = [(p, v) for p, v in hist.curve(h) if p < 100]
             xs = [1 / (1 - p / 100) for p, _ in pts]
-            ax.plot(xs, [v for _, v in pts], marker="o", markersize=3, label=f"{name} ({r['durability']})")
+            # zmesh solid and thick, the raw probes dashed, the peers dotted
+            style = ("-", 2.2) if name.startswith("zmesh") else (("--", 1.2) if name.startswith("raw") else (":", 1.6))
+            ax.plot(xs, [v for _, v in pts], marker="o", markersize=3, color=colors[(2 * i) % 20 + (i >= 10)],
+                    linestyle=style[0], linewidth=style[1], label=f"{name} ({r['durability']})")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ticks = [1, 2, 10, 20, 100, 1000, 10000]
