@@ -73,7 +73,8 @@ def render(results: dict[str, Any]) -> str:
         "# zmesh benchmark results", "",
         "<!-- written by `python -m bench`; do not edit by hand -->", "",
         f"- Date: {results['date']}",
-        f"- Command: `{results['command']}`" + (" (quick mode: small counts, for structure only)" if results["quick"] else ""),
+        f"- Command: `{results['command']}`" + (" (quick mode: small counts, for structure only)" if results["quick"] else "")
+        + (f" at commit {results['git']}" if results.get("git") else ""),
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, {m['distro']} ({m['os']})",
         f"- Versions: Python {m['python']}, zmesh {m['zmesh']}, pyzmq {m['pyzmq']} (libzmq {m['libzmq']}), "
         f"py-lmdb {m['lmdb']} (liblmdb {m['liblmdb']})",
