@@ -22,7 +22,7 @@ import fcntl
 import os
 import uuid
 from contextlib import contextmanager
-from typing import Iterator, Protocol
+from typing import ContextManager, Iterator, Protocol
 
 import lmdb
 
@@ -68,9 +68,9 @@ class Store(Protocol):
     durability: str
     broker_id: str
 
-    def write(self) -> "contextmanager[Txn]": ...
+    def write(self) -> ContextManager[Txn]: ...
 
-    def read(self) -> "contextmanager[Txn]": ...
+    def read(self) -> ContextManager[Txn]: ...
 
     def close(self) -> None: ...
 

@@ -18,7 +18,7 @@ from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Api, Call, ClientCore, Deli
 log = logging.getLogger("zmesh.client")
 
 
-class AsyncClient(Api[Any]):
+class AsyncClient(Api):
     """The asyncio twin of :class:`zmesh.Client` (see it for the arguments)."""
 
     def __init__(self, endpoint: str | None = None, *, agent: str | None = None,

@@ -267,7 +267,7 @@ def configure(sock: Any, options: Iterable[tuple[int, Any]]) -> Any:
     return sock
 
 
-class Api(Generic[T]):
+class Api:
     """Every op, defined once. ``_call`` is the driver's: it returns the result (Client)
     or an awaitable of it (AsyncClient)."""
 

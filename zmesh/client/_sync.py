@@ -26,7 +26,7 @@ def _discover(endpoint: str | None, timeout: float) -> str:
     return discover(timeout=min(timeout, 3.0)).endpoint
 
 
-class Client(Api[Any]):
+class Client(Api):
     """A blocking zmesh client. With ``agent`` it registers on connect and a background
     thread heartbeats every ttl/3 so the lease (and every claim on it) stays alive.
 
