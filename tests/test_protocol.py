@@ -63,31 +63,39 @@ def test_event_round_trip() -> None:
     assert protocol.decode_event(protocol.encode_event(ev)) == ev
 
 
+def H(op: bytes, rid: bytes = b"r", v: bytes = b"ZM1") -> bytes:
+    """A request header: version, op length, op, req_id."""
+    return v + bytes((len(op),)) + op + rid
+
+
 @pytest.mark.parametrize(
     "frames, code",
     [
         ([b"ZM1"], "bad_request"),
-        ([b"ZM1", b"r", b"hello", b"{}", b"extra"], "bad_request"),
-        ([b"ZM9", b"r", b"hello", b"{}"], "unsupported_version"),
-        ([b"ZM1", b"", b"hello", b"{}"], "bad_request"),
-        ([b"ZM1", b"x" * 65, b"hello", b"{}"], "bad_request"),
-        ([b"ZM1", b"r", b"nope", b"{}"], "unknown_op"),
-        ([b"ZM1", b"r", b"\xff\xfe", b"{}"], "unknown_op"),
-        ([b"ZM1", b"r", b"claim", b"{not json"], "bad_request"),
-        ([b"ZM1", b"r", b"claim", b"[1]"], "bad_request"),
-        ([b"ZM1", b"r", b"claim", b'{"task": 1, "agent": "a"}'], "bad_request"),
-        ([b"ZM1", b"r", b"claim", b'{"agent": "a"}'], "bad_request"),
-        ([b"ZM1", b"r", b"claim", b'{"task": "", "agent": "a"}'], "bad_request"),
-        ([b"ZM1", b"r", b"claim", b'{"task": "t", "agent": "a", "ttl": -1}'], "bad_request"),
-        ([b"ZM1", b"r", b"claim", b'{"task": "t", "agent": "a", "bogus": 1}'], "bad_request"),
-        ([b"ZM1", b"r", b"claim", b'{"task": "t", "agent": "a", "ttl": true}'], "bad_request"),
-        ([b"ZM1", b"r", b"task_create", b'{"id": "t", "priority": 1.5}'], "bad_request"),
-        ([b"ZM1", b"r", b"task_create", b'{"id": "t", "requires": ["a", 2]}'], "bad_request"),
-        ([b"ZM1", b"r", b"task_list", b'{"status": "weird"}'], "bad_request"),
-        ([b"ZM1", b"r", b"replay", b'{"since": 18446744073709551615}'], "bad_request"),
-        ([b"ZM1", b"r", b"complete", b'{"task": "t", "agent": "a", "token": 9007199254740993}'], "bad_request"),
-        ([b"ZM1", b"r", b"fail", orjson.dumps({"task": "t", "agent": "a", "error": "e" * 70000})], "too_large"),
-        ([b"ZM1", b"r", b"hello", b"x" * (protocol.MAX_MESSAGE_BYTES + 1)], "too_large"),
+        ([H(b"hello")], "bad_request"),
+        ([b"ZM1", b"{}"], "bad_request"),
+        ([b"ZM1\x09ab", b"{}"], "bad_request"),
+        ([H(b"hello"), b"{}", b"extra"], "bad_request"),
+        ([H(b"hello", v=b"ZM9"), b"{}"], "unsupported_version"),
+        ([H(b"hello", rid=b""), b"{}"], "bad_request"),
+        ([H(b"hello", rid=b"x" * 65), b"{}"], "bad_request"),
+        ([H(b"nope"), b"{}"], "unknown_op"),
+        ([H(b"\xff\xfe"), b"{}"], "unknown_op"),
+        ([H(b"claim"), b"{not json"], "bad_request"),
+        ([H(b"claim"), b"[1]"], "bad_request"),
+        ([H(b"claim"), b'{"task": 1, "agent": "a"}'], "bad_request"),
+        ([H(b"claim"), b'{"agent": "a"}'], "bad_request"),
+        ([H(b"claim"), b'{"task": "", "agent": "a"}'], "bad_request"),
+        ([H(b"claim"), b'{"task": "t", "agent": "a", "ttl": -1}'], "bad_request"),
+        ([H(b"claim"), b'{"task": "t", "agent": "a", "bogus": 1}'], "bad_request"),
+        ([H(b"claim"), b'{"task": "t", "agent": "a", "ttl": true}'], "bad_request"),
+        ([H(b"task_create"), b'{"id": "t", "priority": 1.5}'], "bad_request"),
+        ([H(b"task_create"), b'{"id": "t", "requires": ["a", 2]}'], "bad_request"),
+        ([H(b"task_list"), b'{"status": "weird"}'], "bad_request"),
+        ([H(b"replay"), b'{"since": 18446744073709551615}'], "bad_request"),
+        ([H(b"complete"), b'{"task": "t", "agent": "a", "token": 9007199254740993}'], "bad_request"),
+        ([H(b"fail"), orjson.dumps({"task": "t", "agent": "a", "error": "e" * 70000})], "too_large"),
+        ([H(b"hello"), b"x" * (protocol.MAX_MESSAGE_BYTES + 1)], "too_large"),
     ],
 )
 def test_bad_requests_name_the_problem(frames: list[bytes], code: str) -> None:
@@ -99,7 +107,7 @@ def test_bad_requests_name_the_problem(frames: list[bytes], code: str) -> None:
 
 def test_field_errors_name_the_field() -> None:
     with pytest.raises(DecodeError) as info:
-        protocol.decode_request([b"ZM1", b"r", b"claim", b'{"task": 5, "agent": "a"}'])
+        protocol.decode_request([H(b"claim"), b'{"task": 5, "agent": "a"}'])
     assert info.value.error.details["field"] == "task"
     assert info.value.req_id == b"r"
 

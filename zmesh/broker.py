@@ -241,7 +241,7 @@ class Broker:
                     replies.append((router, [ident, *protocol.encode_error(req.req_id, err)]))
                     continue
                 write = req.op in protocol.WRITE_OPS
-                fingerprint = hash((request[2], request[3])) if write else 0
+                fingerprint = hash((req.op, request[1])) if write else 0
                 cached = self._dedup.get(req.req_id) if write else None
                 if cached is not None and cached[0] == fingerprint:
                     replies.append((router, [ident, *cached[1]]))
