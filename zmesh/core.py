@@ -205,7 +205,8 @@ class Core:
     def _emit(self, txn: Txn, topic: str, body: dict[str, Any], now: Now) -> None:
         body["ts"] = now.wall
         seq = self._next(txn, b"seq")
-        txn.put("events", _U64.pack(seq), _dumps([topic, body]))
+        raw = _dumps(body)  # encoded once: for the log here and for PUB by the broker
+        txn.put("events", _U64.pack(seq), b'["' + topic.encode() + b'",' + raw + b"]")
         floor = _U64.pack(max(0, seq - self.settings.event_log_size))  # keep seqs above it
         doomed = []
         for key, _ in txn.scan("events"):  # the log is gap-free: usually one key goes
@@ -214,7 +215,7 @@ class Core:
             doomed.append(key)
         for key in doomed:
             txn.delete("events", key)
-        self._events.append(Event(topic, seq, body))
+        self._events.append(Event(topic, seq, body, raw))
 
     def _task_event(self, txn: Txn, topic: str, task: dict[str, Any], old: str | None,
                     now: Now, **extra: Any) -> None:

@@ -448,13 +448,16 @@ class Event:
     topic: str
     seq: int
     body: dict[str, Any]
+    #: the body already encoded (by the core, for the log), so PUB does not encode it again
+    raw: bytes | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"topic": self.topic, "seq": self.seq, "body": self.body}
 
 
 def encode_event(event: Event) -> list[bytes]:
-    return [event.topic.encode("ascii"), _SEQ.pack(event.seq), orjson.dumps(event.body)]
+    return [event.topic.encode("ascii"), _SEQ.pack(event.seq),
+            event.raw if event.raw is not None else orjson.dumps(event.body)]
 
 
 def decode_event(frames: list[bytes]) -> Event:

@@ -49,6 +49,7 @@ class Client(Api):
         self._ctx = context or zmq.Context.instance()
         self._lock = threading.RLock()
         self._sock: zmq.Socket | None = None
+        self._poller = zmq.Poller()
         self._stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
         self._heartbeat = heartbeat
@@ -114,6 +115,8 @@ class Client(Api):
             sock = configure(self._ctx.socket(zmq.DEALER), DEALER_OPTIONS)
             sock.connect(self.endpoint)
             self._sock = sock
+            self._poller = zmq.Poller()  # kept: Socket.poll would build one per call
+            self._poller.register(sock, zmq.POLLIN)
         return self._sock
 
     def _call(self, call: Call[Any]) -> Any:
@@ -131,7 +134,7 @@ class Client(Api):
                         action = flow.send(None)
                     else:
                         assert isinstance(action, Recv)
-                        got = sock.recv_multipart() if sock.poll(action.timeout * 1000) else None
+                        got = sock.recv_multipart() if self._poller.poll(action.timeout * 1000) else None
                         action = flow.send(got)
             except StopIteration as stop:
                 reply = stop.value
