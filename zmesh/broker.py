@@ -31,7 +31,7 @@ from .config import BrokerConfig
 from .core import Core, Now, Settings
 from .errors import Internal, RemoteError, StoreError
 from .protocol import DecodeError, Event
-from .store import LmdbStore, StoreFull
+from .store import LmdbStore, Store, StoreFull
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Broker:
 
     def __init__(self, config: BrokerConfig, *, context: zmq.Context | None = None) -> None:
         self.config = config
-        self.store = LmdbStore(config.data, durability=config.durability, map_size=config.map_size)
+        self.store: Store = LmdbStore(config.data, durability=config.durability, map_size=config.map_size)
         self.core = Core(Settings(default_ttl=config.default_ttl, event_log_size=config.event_log_size))
         self._ctx = context or zmq.Context.instance()
         self._routers: list[zmq.Socket] = []

@@ -361,14 +361,6 @@ class DecodeError(Exception):
         self.error = error
 
 
-def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj)
-
-
-def loads(data: bytes | memoryview) -> Any:
-    return orjson.loads(data)
-
-
 def encode_request(req_id: bytes, op: str, body: dict[str, Any] | None = None) -> list[bytes]:
     name = op.encode("ascii")
     return [VERSION + bytes((len(name),)) + name + req_id, orjson.dumps(body or {})]

@@ -65,6 +65,8 @@ class Txn(Protocol):
 
 
 class Store(Protocol):
+    """What the broker needs of a store: the LMDB store today, a distributed one later."""
+
     durability: str
     broker_id: str
 
