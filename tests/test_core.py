@@ -699,6 +699,23 @@ def test_replay_of_trimmed_range_needs_snapshot(kind: str, tmp_path: Path) -> No
         h.close()
 
 
+def test_restart_with_smaller_event_log_trims_it(kind: str, tmp_path: Path) -> None:
+    """Each event trims one key; a restart with a smaller log size trims the backlog."""
+    h = Harness(kind, tmp_path / "d", Settings(default_ttl=10.0, event_log_size=100))
+    try:
+        for i in range(12):
+            h.do("task_create", id=f"t{i}")
+        assert [e["seq"] for e in h.do("replay", since=0)["events"]] == list(range(1, 13))
+        h.settings.event_log_size = 5
+        h.restart(T0 + 1)
+        assert h.refused(SnapshotRequired, "replay", since=0).details["oldest"] == 8
+        h.do("task_create", id="t12")
+        assert [e["seq"] for e in h.do("replay", since=8)["events"]] == [9, 10, 11, 12, 13]
+        assert len([k for k, _ in h.raw()["events"] if not k.startswith(b"\xff")]) == 5
+    finally:
+        h.close()
+
+
 # ==================================================================== status and lists
 def _census(h: Harness) -> dict[str, int]:
     counts = dict.fromkeys(protocol.STATUSES, 0)

@@ -31,6 +31,7 @@ from .config import BrokerConfig
 from .core import Core, Now, Settings
 from .errors import Internal, RemoteError, StoreError
 from .protocol import DecodeError, Event
+from .sockets import NOBLOCK, readable, recv_frames, send_frames
 from .store import LmdbStore, Store, StoreFull
 
 log = logging.getLogger(__name__)
@@ -183,8 +184,8 @@ class Broker:
         for router in self._routers:
             # ask the socket whether a message waits, rather than pay for a zmq.Again
             # exception at the end of every drain
-            while len(batch) < MAX_BATCH and router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                batch.append((router, router.recv_multipart()))
+            while len(batch) < MAX_BATCH and readable(router):
+                batch.append((router, recv_frames(router)))
         return batch
 
     def _pass(self) -> None:
@@ -205,7 +206,7 @@ class Broker:
                     self.core.resync(txn)
         for router, frames in replies:
             try:
-                router.send_multipart(frames, zmq.NOBLOCK)
+                send_frames(router, frames, NOBLOCK)
             except zmq.ZMQError as exc:  # client gone (ROUTER_MANDATORY) or its queue full
                 log.debug("reply dropped: %s", exc)
         for event in events:
@@ -214,7 +215,7 @@ class Broker:
         self.requests += len(batch)
 
     def _publish(self, event: Event) -> None:
-        self._pub.send_multipart(protocol.encode_event(event))  # type: ignore[union-attr]
+        send_frames(self._pub, protocol.encode_event(event))  # type: ignore[arg-type]
         if event.topic != protocol.HEARTBEAT_TOPIC:
             self._seq = event.seq
         self._next_hb = time.monotonic() + protocol.PUB_HEARTBEAT_S

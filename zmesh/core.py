@@ -173,6 +173,7 @@ class Core:
         self._queued.clear()
         for key, raw in txn.scan("agents"):
             self._set_lease(key.decode(), orjson.loads(raw)["ttl"], now)
+        self._trim_log(txn)
         self.resync(txn)
         for key, raw in txn.scan("claims"):
             ttl = orjson.loads(raw).get("ttl")
@@ -207,15 +208,24 @@ class Core:
         seq = self._next(txn, b"seq")
         raw = _dumps(body)  # encoded once: for the log here and for PUB by the broker
         txn.put("events", _U64.pack(seq), b'["' + topic.encode() + b'",' + raw + b"]")
-        floor = _U64.pack(max(0, seq - self.settings.event_log_size))  # keep seqs above it
+        floor = seq - self.settings.event_log_size
+        if floor > 0:
+            # the log holds exactly the seqs above the previous floor (it is gap-free and
+            # recover() trims it to size), so one key drops out: no cursor per event
+            txn.delete("events", _U64.pack(floor))
+        self._events.append(Event(topic, seq, body, raw))
+
+    def _trim_log(self, txn: Txn) -> None:
+        """Drop every event at or below the floor (after a start with a smaller
+        event_log_size, the log may hold more than _emit's one-key trim removes)."""
+        floor = _U64.pack(max(0, self._counter(txn, b"seq") - self.settings.event_log_size))
         doomed = []
-        for key, _ in txn.scan("events"):  # the log is gap-free: usually one key goes
+        for key, _ in txn.scan("events"):
             if key > floor or key[:1] == _COUNTER:
                 break
             doomed.append(key)
         for key in doomed:
             txn.delete("events", key)
-        self._events.append(Event(topic, seq, body, raw))
 
     def _task_event(self, txn: Txn, topic: str, task: dict[str, Any], old: str | None,
                     now: Now, **extra: Any) -> None:

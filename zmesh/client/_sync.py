@@ -11,6 +11,7 @@ import zmq
 
 from ..errors import LeaseExpired, Unreachable, ZmeshError
 from ..protocol import Event
+from ..sockets import NOBLOCK, recv_frames, send_frames
 from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Api, Call, ClientCore, Deliver, EventTracker, LeaseState,
                         Poll, Recv, Send, configure, default_endpoint, event_flow, resolve_pub)
 
@@ -128,13 +129,13 @@ class Client(Api):
                 while True:
                     if isinstance(action, Send):
                         try:
-                            sock.send_multipart(action.frames, zmq.NOBLOCK)
+                            send_frames(sock, action.frames, NOBLOCK)
                         except zmq.Again:
                             pass  # queue full while disconnected: the flow times out
                         action = flow.send(None)
                     else:
                         assert isinstance(action, Recv)
-                        got = sock.recv_multipart() if self._poller.poll(action.timeout * 1000) else None
+                        got = recv_frames(sock) if self._poller.poll(action.timeout * 1000) else None
                         action = flow.send(got)
             except StopIteration as stop:
                 reply = stop.value
