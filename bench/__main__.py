@@ -43,9 +43,9 @@ def claim_systems(quick: bool, peers: bool) -> list[System]:
 
 def broadcast_systems(quick: bool, peers: bool) -> list[System]:
     out: list[System] = [RawPubSub("raw-zmq-pubsub", "in memory", kinds=frozenset({"broadcast"})),
-                         ZmeshSystem("zmesh(none)", "no fsync (event = committed task create)", level="none")]
+                         ZmeshSystem("zmesh(none)", "no fsync (publish: event logged, committed)", level="none")]
     if not quick:
-        out.append(ZmeshSystem("zmesh(full)", "fsync per commit (event = committed task create)", level="full"))
+        out.append(ZmeshSystem("zmesh(full)", "fsync per commit (publish: event logged, committed)", level="full"))
     if peers:
         from . import peers as peer_mod
 

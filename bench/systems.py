@@ -240,18 +240,17 @@ class ProbeClaim:
 
 
 class ZmeshPublisher:
-    """zmesh broadcasts state changes: publishing = creating a task whose id carries the
-    send time; subscribers get the task.created event through the real client."""
+    """``Client.publish``: the message (send time + padding, ~200 B) is sequenced, kept in
+    the event log and published after the commit; subscribers get it through the real
+    client's event iterator (gap detection and replay included)."""
 
     def __init__(self, info: dict[str, Any]) -> None:
         from zmesh import Client
 
         self.client = Client(info["endpoint"], timeout=30).connect()
-        self.n = 0
 
     def publish(self, payload: bytes) -> None:
-        self.n += 1
-        self.client.create_task(payload[:8].hex() + f"-{self.n}", data=None)
+        self.client.publish("bench", payload[:8].hex() + payload[8:].decode("latin-1"))
 
     def close(self) -> None:
         self.client.close()
@@ -263,12 +262,12 @@ class ZmeshSubscriber:
 
         self.client = Client(info["endpoint"], timeout=30).connect()
         self.client.hello()
-        self.events = self.client.events(["task.created"], timeout=5.0)
+        self.events = self.client.events(["msg.bench"], timeout=5.0)
 
     def recv(self, timeout: float) -> bytes | None:
         # the real client iterator: gap detection and replay included; it ends after 5 s quiet
         ev = next(self.events, None)
-        return None if ev is None else bytes.fromhex(ev.body["task_id"].split("-", 1)[0])
+        return None if ev is None else bytes.fromhex(ev.body["data"][:16])
 
     def close(self) -> None:
         self.events.close()

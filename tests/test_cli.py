@@ -509,6 +509,18 @@ def test_events_since_0_count_k_json(z: Cli) -> None:
     assert time.monotonic() - start < 10
 
 
+def test_publish_then_events_shows_the_message(z: Cli) -> None:
+    out = z.ok("publish", "deploy.done", "--data", '{"sha": "abc"}', "--agent", "ci")
+    assert out.strip() == "published msg.deploy.done seq=1"
+    assert z.json("publish", "deploy.done", "--json") == {"topic": "msg.deploy.done", "seq": 2}
+    lines = z.ok("events", "--since", "0", "--topic", "msg.", "--count", "2", "--json").splitlines()
+    got = [json.loads(x) for x in lines]
+    assert [(e["seq"], e["topic"], e["body"]["data"], e["body"]["from"]) for e in got] == \
+        [(1, "msg.deploy.done", {"sha": "abc"}, "ci"), (2, "msg.deploy.done", None, None)]
+    z.fails(2, "publish", "bad topic", match="topic")
+    z.fails(2, "publish", "t", "--data", "{nope", match="not valid JSON")
+
+
 def _readline(p: subprocess.Popen, timeout: float) -> str:
     """One line of ``p``'s stdout, or fail after ``timeout`` s (never block the test)."""
     ready, _, _ = select.select([p.stdout], [], [], timeout)

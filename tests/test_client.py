@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import pytest
 
 import zmesh
-from zmesh import AsyncClient, Client
+from zmesh import AsyncClient, BadRequest, Client
 from zmesh.client._protocol import EventTracker
 from zmesh.protocol import Event
 from zmesh.testing import free_port
@@ -158,6 +158,21 @@ def test_events_iterator_replays_and_follows(broker, make_client) -> None:
         assert seen[2].body["task_id"] == "t2"
         seqs = [e.seq for e in seen]
         assert seqs == sorted(seqs) and len(set(seqs)) == 3
+
+
+def test_publish_reaches_a_live_subscriber_and_a_late_one_replays_it(broker, make_client) -> None:
+    with make_client(broker.endpoint, agent="pub") as p, make_client(broker.endpoint) as s:
+        start = p.status()["seq"]
+        seq = p.publish("deploy.done", {"sha": "abc"})
+        assert seq == start + 1
+        live = next(iter(s.events(["msg.deploy."], since=start, timeout=5.0)))
+        assert (live.topic, live.seq, live.body["data"], live.body["from"]) == \
+            ("msg.deploy.done", seq, {"sha": "abc"}, "pub")
+        seq2 = p.publish("other", [1, 2], agent="someone")
+        got = [e for e in s.events(["msg."], since=seq, timeout=0.5)]
+        assert [(e.seq, e.body["data"], e.body["from"]) for e in got] == [(seq2, [1, 2], "someone")]
+        with pytest.raises(BadRequest):
+            p.publish("not a topic")
 
 
 def test_subscribe_callback(broker, make_client) -> None:

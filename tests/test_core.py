@@ -682,6 +682,25 @@ def test_event_seq_gap_free_and_replay_agrees(h: Harness) -> None:
     assert [e["seq"] for e in tasks_only] == [e.seq for e in h.events if e.topic.startswith("agent.")]
 
 
+def test_publish_is_one_logged_event_and_touches_no_other_state(h: Harness) -> None:
+    h.do("task_create", id="t1")
+    h.do("register", agent="a")
+    before = h.raw()
+    reply, events = h.call("publish", topic="deploy.done", data={"sha": "abc"}, agent="a")
+    assert [(e.topic, e.seq) for e in events] == [("msg.deploy.done", reply["seq"])]
+    assert reply == {"topic": "msg.deploy.done", "seq": 3}
+    assert events[0].body == {"data": {"sha": "abc"}, "from": "a", "ts": WALL0 + T0}
+    after = h.raw()
+    assert {t: rows for t, rows in after.items() if t != "events"} == \
+        {t: rows for t, rows in before.items() if t != "events"}
+    # an unknown sender is only a label: no agent is registered for it
+    h.do("publish", topic="x", agent="stranger")
+    assert [a["id"] for a in h.do("agent_list")["agents"]] == ["a"]
+    replayed = h.do("replay", since=2, topics=["msg."])["events"]
+    assert [(e["topic"], e["body"]["data"], e["body"]["from"]) for e in replayed] == \
+        [("msg.deploy.done", {"sha": "abc"}, "a"), ("msg.x", None, "stranger")]
+
+
 def test_replay_of_trimmed_range_needs_snapshot(kind: str, tmp_path: Path) -> None:
     h = Harness(kind, tmp_path / "d", Settings(default_ttl=10.0, event_log_size=5))
     try:

@@ -31,6 +31,7 @@ VALID = {
     "agent_list": {},
     "status": {},
     "replay": {"since": 5, "limit": 10, "topics": ["task."]},
+    "publish": {"topic": "deploy.done", "data": {"sha": "abc"}, "agent": "a1"},
 }
 
 
@@ -96,6 +97,14 @@ def H(op: bytes, rid: bytes = b"r", v: bytes = b"ZM1") -> bytes:
         ([H(b"complete"), b'{"task": "t", "agent": "a", "token": 9007199254740993}'], "bad_request"),
         ([H(b"fail"), orjson.dumps({"task": "t", "agent": "a", "error": "e" * 70000})], "too_large"),
         ([H(b"hello"), b"x" * (protocol.MAX_MESSAGE_BYTES + 1)], "too_large"),
+        ([H(b"publish"), b'{}'], "bad_request"),
+        ([H(b"publish"), b'{"topic": ""}'], "bad_request"),
+        ([H(b"publish"), b'{"topic": "has space"}'], "bad_request"),
+        ([H(b"publish"), '{"topic": "caf\u00e9"}'.encode()], "bad_request"),
+        ([H(b"publish"), b'{"topic": "nul\\u0000"}'], "bad_request"),
+        ([H(b"publish"), orjson.dumps({"topic": "t" * (protocol.MAX_TOPIC_CHARS + 1)})], "bad_request"),
+        ([H(b"publish"), orjson.dumps({"topic": "t", "data": "d" * protocol.MAX_MESSAGE_DATA_BYTES})],
+         "too_large"),
     ],
 )
 def test_bad_requests_name_the_problem(frames: list[bytes], code: str) -> None:
@@ -110,6 +119,13 @@ def test_field_errors_name_the_field() -> None:
         protocol.decode_request([H(b"claim"), b'{"task": 5, "agent": "a"}'])
     assert info.value.error.details["field"] == "task"
     assert info.value.req_id == b"r"
+
+
+def test_publish_topic_and_data_limits_are_inclusive() -> None:
+    longest = "a." * (protocol.MAX_TOPIC_CHARS // 2)
+    data = "d" * (protocol.MAX_MESSAGE_DATA_BYTES - 2)  # a JSON string: two quote bytes
+    req = protocol.decode_request([H(b"publish"), orjson.dumps({"topic": longest, "data": data})])
+    assert req.body == {"topic": longest, "data": data, "agent": None}
 
 
 def test_unknown_codes_stay_remote_errors() -> None:

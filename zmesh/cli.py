@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 import click
 import orjson
 
-from . import __version__
+from . import __version__, protocol
 from .client import Client
 from .config import DEFAULT_TIMEOUT_S, BrokerConfig, ConfigError, default_broker
 from .errors import ZmeshError, exit_code
@@ -292,7 +292,19 @@ def status(ctx: Ctx) -> None:
 
 
 @main.command()
-@click.option("--topic", multiple=True, help="Topic prefix to follow (task., agent.); repeatable.")
+@click.argument("topic")
+@click.option("--data", callback=_parse_json, help="JSON value to send (default null).")
+@click.option("--agent", help="Sender name shown to subscribers.")
+@_json_flag
+@pass_ctx
+def publish(ctx: Ctx, topic: str, data: Any, agent: str | None) -> None:
+    """Broadcast a message to every subscriber (event msg.TOPIC, kept in the event log)."""
+    seq = ctx.client().publish(topic, data, agent=agent)
+    _emit(ctx, {"topic": protocol.MESSAGE_PREFIX + topic, "seq": seq}, lambda d: f"published {d['topic']} seq={d['seq']}")
+
+
+@main.command()
+@click.option("--topic", multiple=True, help="Topic prefix to follow (task., agent., msg.); repeatable.")
 @click.option("--since", type=click.IntRange(0), help="Replay events after this sequence first.")
 @click.option("--count", type=click.IntRange(1), help="Stop after this many events.")
 @click.option("--idle-timeout", type=click.FloatRange(0.1), help="Stop after this many quiet seconds.")

@@ -113,6 +113,7 @@ class Core:
             "fail": self._fail,
             "release": self._release,
             "renew": self._renew,
+            "publish": self._publish,
             "task_get": self._task_get,
             "task_list": self._task_list,
             "agent_list": self._agent_list,
@@ -582,6 +583,14 @@ class Core:
         if ttl:
             self._set_claim_deadline(key, ttl, now)
         return self._claim_reply(task_id, claim, key, now)
+
+    # ------------------------------------------------------------ messages
+    def _publish(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
+        """A broadcast is an event and nothing else: one log record, no task or agent
+        state (the sender is a label; publishing neither registers nor renews an agent)."""
+        topic = protocol.MESSAGE_PREFIX + body["topic"]
+        self._emit(txn, topic, {"data": body["data"], "from": body["agent"]}, now)
+        return {"topic": topic, "seq": self._events[-1].seq}
 
     # ------------------------------------------------------------ tasks
     def _task_create(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:

@@ -33,6 +33,7 @@ Python, measured at ~22 us of client CPU per round trip for four frames against 
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +64,12 @@ MAX_LIST_LIMIT = 10_000
 MAX_REPLAY_LIMIT = 10_000
 #: largest integer a field takes (tokens, seq, lease ids): exact in every JSON parser
 MAX_INT = 2**53
+#: a published message's topic (after MESSAGE_PREFIX): dotted ASCII, SUB-filterable
+MAX_TOPIC_CHARS = 128
+#: a published message's data, JSON-encoded: every message is kept in the event log
+MAX_MESSAGE_DATA_BYTES = 64 * 1024
+#: published messages are events under this prefix, apart from the broker's own topics
+MESSAGE_PREFIX = "msg."
 
 STATUSES = ("waiting", "available", "claimed", "completed", "dead")
 
@@ -214,6 +221,21 @@ OPS: dict[str, Op] = {
             returns="{task, agent, token, lease, expires_in}",
             errors=("not_found", "not_owner", "stale_token", "lease_expired"),
         ),
+        Op(
+            "publish",
+            "Broadcast a message to every subscriber. It becomes the event `msg.<topic>` "
+            "(body: data, from, ts) with the next seq: kept in the event log, so a subscriber "
+            "that was away replays it, and published after the commit. Subscribers filter by "
+            "topic prefix.",
+            (
+                Field("topic", "topic", True, doc=f"dotted name of [A-Za-z0-9._-], up to {MAX_TOPIC_CHARS} characters"),
+                Field("data", "payload", default=None, doc=f"any JSON value, up to {MAX_MESSAGE_DATA_BYTES} bytes encoded"),
+                Field("agent", "id", doc="sender, shown to subscribers as `from`"),
+            ),
+            writes=True,
+            returns="{topic, seq}",
+            errors=("too_large",),
+        ),
         Op("task_get", "One task with its claim.", (_TASK,), returns="task", errors=("not_found",)),
         Op(
             "task_list",
@@ -248,6 +270,9 @@ WRITE_OPS = frozenset(name for name, op in OPS.items() if op.writes)
 
 
 # ---------------------------------------------------------------- validation
+_TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,%d}" % MAX_TOPIC_CHARS)
+
+
 def _check_id(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise BadRequest(f"field '{name}' must be a string", {"field": name})
@@ -299,6 +324,21 @@ def _check_status(name: str, value: Any) -> str:
     return value
 
 
+def _check_topic(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not _TOPIC_RE.fullmatch(value):
+        raise BadRequest(f"field '{name}' must be 1..{MAX_TOPIC_CHARS} characters of "
+                         "A-Z a-z 0-9 . _ -", {"field": name})
+    return value
+
+
+def _check_payload(name: str, value: Any) -> Any:
+    size = len(orjson.dumps(value))
+    if size > MAX_MESSAGE_DATA_BYTES:
+        raise TooLarge(f"field '{name}' is {size} bytes encoded, above {MAX_MESSAGE_DATA_BYTES}",
+                       {"field": name})
+    return value
+
+
 def _check_object(name: str, value: Any) -> dict:
     if not isinstance(value, dict):
         raise BadRequest(f"field '{name}' must be a JSON object", {"field": name})
@@ -316,6 +356,8 @@ _KINDS = {
     "status": _check_status,
     "object": _check_object,
     "json": lambda n, v: v,
+    "topic": _check_topic,
+    "payload": _check_payload,
 }
 
 
@@ -475,6 +517,7 @@ TOPICS: dict[str, str] = {
     "agent.registered": "an agent registered (or re-registered)",
     "agent.unregistered": "an agent unregistered",
     "agent.expired": "an agent's lease lapsed; its claims were released",
+    MESSAGE_PREFIX + "<topic>": "a message sent with `publish` (data, from)",
 }
 
 
@@ -510,7 +553,8 @@ def render_markdown() -> str:
     ]
     for name in ("MAX_MESSAGE_BYTES", "MAX_FRAMES", "MAX_REQ_ID_BYTES", "MAX_OP_BYTES", "MAX_ID_CHARS",
                  "MAX_TEXT_CHARS", "MAX_LIST_ITEMS", "MIN_TTL_S", "MAX_TTL_S", "MAX_PRIORITY",
-                 "MAX_ATTEMPTS", "MAX_LIST_LIMIT", "MAX_REPLAY_LIMIT", "MAX_INT"):
+                 "MAX_ATTEMPTS", "MAX_LIST_LIMIT", "MAX_REPLAY_LIMIT", "MAX_INT", "MAX_TOPIC_CHARS",
+                 "MAX_MESSAGE_DATA_BYTES"):
         lines.append(f"| `{name}` | {globals()[name]:g} |")
     lines += ["", "A message above `MAX_MESSAGE_BYTES` gets `too_large`; a single frame above it "
               "is dropped by libzmq (ZMQ_MAXMSGSIZE) and the sender is disconnected.", "",

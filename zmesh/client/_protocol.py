@@ -345,6 +345,12 @@ class Api:
 
     progress = renew
 
+    def publish(self, topic: str, data: Any = None, *, agent: str | None = None) -> Any:
+        """Broadcast ``data`` to every subscriber as the event ``msg.<topic>``; returns
+        its seq. The message is in the event log, so subscribers that were away replay it."""
+        return self._call(Call("publish", {"topic": topic, "data": data, "agent": agent or self.agent},
+                               _seq_of))
+
     def task(self, task_id: str) -> Any:
         return self._call(Call("task_get", {"task": task_id}, _identity))
 
@@ -361,6 +367,10 @@ class Api:
     def replay(self, since: int, *, limit: int = 1000, topics: Iterable[str] = ()) -> Any:
         return self._call(Call("replay", {"since": since, "limit": limit, "topics": list(topics)},
                                _identity))
+
+
+def _seq_of(body: Any) -> int:
+    return body["seq"]
 
 
 def _none_if_lost(err: RemoteError) -> None:

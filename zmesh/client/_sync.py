@@ -172,6 +172,8 @@ class Client(Api):
                           timeout=timeout, idle_check=idle_check)
         sub = configure(self._ctx.socket(zmq.SUB), SUB_OPTIONS)
         sub.connect(resolve_pub(self.endpoint, self.info["pub"]))
+        poller = zmq.Poller()  # kept: Socket.poll would build one per event
+        poller.register(sub, zmq.POLLIN)
         try:
             answer: Any = None
             while not self._stop.is_set():
@@ -180,7 +182,7 @@ class Client(Api):
                 except StopIteration:
                     return
                 if isinstance(action, Poll):
-                    answer = sub.recv_multipart() if sub.poll(action.timeout * 1000) else None
+                    answer = recv_frames(sub) if poller.poll(action.timeout * 1000) else None
                 elif isinstance(action, Deliver):
                     answer = None
                     yield action.event
