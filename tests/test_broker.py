@@ -13,7 +13,7 @@ import pytest
 from zmesh import Client, Internal, StoreError
 from zmesh.broker import Broker
 from zmesh.config import BrokerConfig
-from zmesh.store import SCHEMA_VERSION, LmdbStore
+from zmesh.store import SCHEMA_VERSION, UPGRADES_IN_PLACE, LmdbStore
 from zmesh.testing import free_port
 
 
@@ -90,12 +90,26 @@ def test_newer_schema_is_refused_with_a_clear_message(tmp_path: Path) -> None:
 
 
 def test_older_schema_is_refused_not_misread(tmp_path: Path) -> None:
+    old = min(UPGRADES_IN_PLACE) - 1
     store = LmdbStore(tmp_path / "d", durability="none")
     with store.write() as txn:
-        txn.put("meta", b"schema", str(SCHEMA_VERSION - 1).encode())
+        txn.put("meta", b"schema", str(old).encode())
     store.close()
-    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION - 1}.*no\nmigration|no migration"):
+    with pytest.raises(StoreError, match=f"schema version {old}.*no\nmigration|no migration"):
         LmdbStore(tmp_path / "d")
+
+
+def test_schema_2_is_upgraded_in_place_and_then_refused_by_older_code(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "d", durability="none")
+    with store.write() as txn:
+        txn.put("meta", b"schema", b"2")
+        txn.put("tasks", b"kept", b"{}")
+    store.close()
+    store = LmdbStore(tmp_path / "d", durability="none")
+    with store.read() as txn:
+        assert int(txn.get("meta", b"schema")) == SCHEMA_VERSION == 3
+        assert txn.get("tasks", b"kept") == b"{}"
+    store.close()
 
 
 def test_one_broker_per_data_directory(tmp_path: Path) -> None:

@@ -416,6 +416,29 @@ def test_claim_next_capability_filter(h: Harness) -> None:
     assert h.do("claim_next", agent="plain", capabilities=["linux", "gpu"])["task"] == "both"
 
 
+def test_ready_index_is_cleaned_lazily_and_never_serves_a_claimed_task(h: Harness) -> None:
+    def ready_ids() -> list[str]:
+        return [k[12:].decode() for k, _ in h.raw()["ready"]]
+
+    for t in ("a", "b", "c", "d"):
+        h.do("task_create", id=t)
+    h.do("claim", task="a", agent="w")
+    h.do("claim", task="b", agent="w")
+    assert ready_ids() == ["a", "b", "c", "d"]  # a claim leaves its entry
+    listed = h.do("task_list", status="available", limit=1)
+    assert [t["id"] for t in listed["tasks"]] == ["c"] and listed["more"] is True
+    assert h.do("claim_next", agent="x")["task"] == "c"  # skips a, b and drops them
+    assert ready_ids() == ["d"]
+    h.do("release", task="a", agent="w")  # back to available: its entry returns
+    assert ready_ids() == ["a", "d"]
+    h.do("claim", task="d", agent="w")
+    h.do("complete", task="d", agent="w")  # completed: its entry goes
+    h.do("complete", task="b", agent="w")  # (already dropped: nothing to remove)
+    assert ready_ids() == ["a"]
+    assert [t["id"] for t in h.do("task_list", status="available")["tasks"]] == ["a"]
+    assert h.do("status")["tasks"]["available"] == 1
+
+
 def test_claim_next_none_when_nothing_matches(h: Harness) -> None:
     assert h.do("claim_next", agent="w") is None
     h.do("task_create", id="dep")

@@ -292,13 +292,18 @@ class Core:
                 if old in _BY_STATUS:
                     txn.delete("by_status", old.encode() + b"\0" + tid)
                 self._bump(txn, old, -1)
-                if old == "available":
-                    txn.delete("ready", self._ready_key(task))
             if new in _BY_STATUS:
                 txn.put("by_status", new.encode() + b"\0" + tid, b"")
             self._bump(txn, new, +1)
+            # The ready index is cleaned lazily: a claim leaves its entry (a claim then
+            # dirties one B-tree less, the cost that dominates a group commit); the entry
+            # goes when the task completes or dies, or when claim_next passes it, and a
+            # claimed task that returns to available finds its entry in place. So the
+            # index holds the available tasks plus at most the claimed ones.
             if new == "available":
                 txn.put("ready", self._ready_key(task), b"")
+            elif new in ("completed", "dead"):
+                txn.delete("ready", self._ready_key(task))
         txn.put("tasks", tid, _dumps(task))
 
     def _bump(self, txn: Txn, status: str, delta: int) -> None:
@@ -333,8 +338,9 @@ class Core:
         return view
 
     def _claim_expires_in(self, key: bytes, agent: str, now: Now) -> float | None:
-        deadlines = [d for d in (self._claim_deadline.get(key), self._lease_deadline.get(agent)) if d]
-        return round(max(0.0, min(deadlines) - now.mono), 3) if deadlines else None
+        claim, lease = self._claim_deadline.get(key), self._lease_deadline.get(agent)
+        deadline = lease if claim is None else claim if lease is None else min(claim, lease)
+        return None if deadline is None else round(max(0.0, deadline - now.mono), 3)
 
     # ------------------------------------------------------------ agents and leases
     def _ensure_agent(self, txn: Txn, agent: str, ttl: float | None, now: Now) -> dict[str, Any]:
@@ -499,12 +505,22 @@ class Core:
     def _claim_next(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any] | None:
         agent = self._ensure_agent(txn, body["agent"], body["ttl"], now)
         caps = set(body["capabilities"] if body["capabilities"] is not None else agent["capabilities"])
+        stale = []
+        found = None
         for key, _ in txn.scan("ready"):
             task = self._get_task(txn, key[12:].decode())
-            if set(task["requires"]) <= caps:
-                reply = self._take(txn, task, agent, body["ttl"], now)
-                return reply | {"task_record": self._view(txn, task, now)}
-        return None
+            if task["status"] != "available":
+                stale.append(bytes(key))  # claimed (see _save_task): drop it as we pass
+            elif set(task["requires"]) <= caps:
+                found = task
+                break
+        for key in stale:
+            txn.delete("ready", key)
+        if found is None:
+            return None
+        txn.delete("ready", self._ready_key(found))
+        reply = self._take(txn, found, agent, body["ttl"], now)
+        return reply | {"task_record": self._view(txn, found, now)}
 
     def _complete(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
         task_id, agent_id = body["task"], body["agent"]
@@ -645,10 +661,13 @@ class Core:
         tasks = []
         more = False
         for tid in ids:
+            task = self._get_task(txn, tid.decode())
+            if status == "available" and task["status"] != "available":
+                continue  # a claimed task's ready entry, left for lazy cleanup
             if len(tasks) == limit:
                 more = True
                 break
-            tasks.append(self._view(txn, self._get_task(txn, tid.decode()), now))
+            tasks.append(self._view(txn, task, now))
         return {"tasks": tasks, "more": more, "seq": self._counter(txn, b"seq")}
 
     def _agent_list(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:

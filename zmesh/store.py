@@ -28,7 +28,11 @@ import lmdb
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: older versions whose data is valid as it is under SCHEMA_VERSION: opening one just
+#: records the new version (so an older zmesh then refuses it instead of misreading it).
+#: 2 -> 3: the ready index may also hold claimed tasks (cleaned lazily, see core._save_task)
+UPGRADES_IN_PLACE = frozenset({2})
 DURABILITY = ("full", "fast", "none")
 
 #: named tables; keys and values are bytes, the layout is owned by core.py
@@ -155,7 +159,9 @@ class LmdbStore:
                 raise StoreError(
                     f"data directory {self.path} has schema version {int(raw)}; this zmesh "
                     f"supports up to {SCHEMA_VERSION}: upgrade zmesh (the data was not touched)")
-            if raw is not None and int(raw) < SCHEMA_VERSION:
+            if raw is not None and int(raw) in UPGRADES_IN_PLACE:
+                txn.put("meta", b"schema", str(SCHEMA_VERSION).encode())
+            elif raw is not None and int(raw) < SCHEMA_VERSION:
                 raise StoreError(
                     f"data directory {self.path} has schema version {int(raw)} from a "
                     f"pre-release zmesh; this zmesh needs {SCHEMA_VERSION} and has no "
