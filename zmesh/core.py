@@ -175,18 +175,18 @@ class Core:
         for key, raw in txn.scan("agents"):
             self._set_lease(key.decode(), orjson.loads(raw)["ttl"], now)
         self._trim_log(txn)
-        self.resync(txn)
-        for key, raw in txn.scan("claims"):
-            ttl = orjson.loads(raw).get("ttl")
-            if ttl:
-                self._set_claim_deadline(key, ttl, now)
+        self.resync(txn, now)
 
-    def resync(self, txn: Txn) -> None:
+    def resync(self, txn: Txn, now: Now | None = None) -> None:
         """Rebuild the volatile claim index from the store (after a start, or after a
-        batch was rolled back)."""
+        batch was rolled back); with ``now`` (a start), every claim TTL starts afresh too."""
         self._held = {}
         for key, raw in txn.scan("claims"):
-            self._held.setdefault(orjson.loads(raw)["agent"], set()).add(bytes(key))
+            claim = orjson.loads(raw)
+            key = bytes(key)
+            self._held.setdefault(claim["agent"], set()).add(key)
+            if now is not None and claim.get("ttl"):
+                self._set_claim_deadline(key, claim["ttl"], now)
 
     # ------------------------------------------------------------ counters and events
     # Counters live at the end of the event log's key space (b"\xff" sorts after every
@@ -430,11 +430,19 @@ class Core:
             self._set_claim_deadline(key, ttl, now)
         return claim
 
+    def _end_claim(self, txn: Txn, key: bytes, agent: str) -> None:
+        """Remove a claim record with its volatile index entry and deadline."""
+        txn.delete("claims", key)
+        keys = self._held.get(agent)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._held[agent]
+        self._claim_deadline.pop(key, None)
+
     def _drop_claim(self, txn: Txn, key: bytes, claim: dict[str, Any], now: Now, reason: str) -> None:
         """End a claim that did not complete: the resource is free again."""
-        txn.delete("claims", key)
-        self._unhold(claim["agent"], key)
-        self._claim_deadline.pop(key, None)
+        self._end_claim(txn, key, claim["agent"])
         kind, _, name = key.partition(b":")
         if kind == b"task":
             task = self._get_task(txn, name.decode())
@@ -445,13 +453,6 @@ class Core:
             self._save_task(txn, task, old, now)
             self._task_event(txn, "task.released", task, old, now, agent=claim["agent"],
                              token=claim["token"], reason=reason)
-
-    def _unhold(self, agent: str, key: bytes) -> None:
-        keys = self._held.get(agent)
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
-                del self._held[agent]
 
     def _holding(self, txn: Txn, task_id: str, agent: str, token: int | None) -> tuple[bytes, dict[str, Any]]:
         """The caller's current claim on a task, or the precise refusal."""
@@ -529,9 +530,7 @@ class Core:
                 body["token"] is None or body["token"] == task.get("completed_token")):
             return self._view(txn, task, now)  # a retry of a complete that succeeded
         key, claim = self._holding(txn, task_id, agent_id, body["token"])
-        txn.delete("claims", key)
-        self._unhold(agent_id, key)
-        self._claim_deadline.pop(key, None)
+        self._end_claim(txn, key, agent_id)
         old = self._transition(task, "complete", "completed")
         task.update(result=body["result"], completed_by=agent_id, completed_token=claim["token"])
         self._save_task(txn, task, old, now)
@@ -562,9 +561,7 @@ class Core:
         task_id, agent_id = body["task"], body["agent"]
         task = self._get_task(txn, task_id)
         key, claim = self._holding(txn, task_id, agent_id, body["token"])
-        txn.delete("claims", key)
-        self._unhold(agent_id, key)
-        self._claim_deadline.pop(key, None)
+        self._end_claim(txn, key, agent_id)
         task["attempts"] += 1
         new = "dead" if task["attempts"] >= task["max_attempts"] else "available"
         old = self._transition(task, "fail", new)

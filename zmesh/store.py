@@ -155,18 +155,17 @@ class LmdbStore:
     def _check_schema(self) -> str:
         with self.write() as txn:
             raw = txn.get("meta", b"schema")
-            if raw is not None and int(raw) > SCHEMA_VERSION:
+            version = None if raw is None else int(raw)
+            if version is not None and version > SCHEMA_VERSION:
                 raise StoreError(
-                    f"data directory {self.path} has schema version {int(raw)}; this zmesh "
+                    f"data directory {self.path} has schema version {version}; this zmesh "
                     f"supports up to {SCHEMA_VERSION}: upgrade zmesh (the data was not touched)")
-            if raw is not None and int(raw) in UPGRADES_IN_PLACE:
-                txn.put("meta", b"schema", str(SCHEMA_VERSION).encode())
-            elif raw is not None and int(raw) < SCHEMA_VERSION:
+            if version is not None and version < SCHEMA_VERSION and version not in UPGRADES_IN_PLACE:
                 raise StoreError(
-                    f"data directory {self.path} has schema version {int(raw)} from a "
+                    f"data directory {self.path} has schema version {version} from a "
                     f"pre-release zmesh; this zmesh needs {SCHEMA_VERSION} and has no "
                     "migration for it: start with an empty data directory")
-            if raw is None:
+            if version != SCHEMA_VERSION:  # a new store, or one upgraded in place
                 txn.put("meta", b"schema", str(SCHEMA_VERSION).encode())
             bid = txn.get("meta", b"broker_id")
             if bid is None:
