@@ -879,3 +879,25 @@ def test_heartbeats_do_not_grow_the_deadline_heap(tmp_path) -> None:
     with store.write() as txn:
         events = core.expire(txn, Now(t, 1000.0 + t))
     assert sorted(e.body["agent"] for e in events if e.topic == "agent.expired") == [f"a{i}" for i in range(10)]
+
+
+def test_counters_of_a_rolled_back_batch_are_not_reused(h: Harness) -> None:
+    """The core keeps the counters it read in a transaction (a batch of claims reads the
+    same four); a batch rolled back (the broker re-applies it after StoreFull or a
+    poisoned request) must not leave its seq or token behind for the next transaction."""
+    h.do("task_create", id="t1")
+    h.do("task_create", id="t2")
+    seq = h.do("status")["seq"]
+    with pytest.raises(RuntimeError):
+        with h.store.write() as txn:
+            for task in ("t1", "t2"):
+                h.core.handle(txn, "claim", protocol.validate(protocol.OPS["claim"], {"task": task, "agent": "a"}), h.now())
+            raise RuntimeError("rolled back")
+    with h.store.read() as txn:
+        h.core.resync(txn)  # as the broker does after a rollback
+    first, events = h.call("claim", task="t1", agent="a")
+    assert [e.seq for e in events] == [seq + 1, seq + 2]  # agent.registered, task.claimed
+    assert first["token"] == 2  # the lease took token 1 in this batch, as in the rolled-back one
+    status = h.do("status")
+    assert status["tasks"]["claimed"] == 1 and status["tasks"]["available"] == 1
+    assert status["seq"] == seq + 2 and status["token"] == 2

@@ -15,6 +15,7 @@ again without it; the loop never dies of input.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -31,7 +32,7 @@ from .config import BrokerConfig
 from .core import Core, Now, Settings
 from .errors import Internal, RemoteError, StoreError
 from .protocol import DecodeError, Event
-from .sockets import NOBLOCK, readable, recv_frames, send_frames
+from .sockets import NOBLOCK, recv_frames, send_frames
 from .store import LmdbStore, Store, StoreFull
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,21 @@ DEDUP_SIZE = 100_000
 
 def ipc_endpoint(data_dir: str, name: str) -> str:
     return "ipc://" + os.path.join(os.path.abspath(data_dir), name)
+
+
+#: gen-0 threshold for a broker process: a claim allocates a dozen short-lived dicts and
+#: makes no reference cycles, so the default (700) ran a collection every ~60 claims for
+#: nothing; measured at ~5 µs of the ~75 µs of broker CPU per claim (8 clients)
+GC_THRESHOLD = (20_000, 50, 50)
+
+
+def tune_gc() -> None:
+    """For a process that is a broker and nothing else (``zmesh broker``): freeze what
+    start-up allocated (never collectable garbage) and collect young objects less often.
+    Not done by Broker itself, which may be embedded in a process with other needs."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
 
 
 class Broker:
@@ -182,10 +198,13 @@ class Broker:
     def _drain(self) -> list[tuple[zmq.Socket, list[bytes]]]:
         batch: list[tuple[zmq.Socket, list[bytes]]] = []
         for router in self._routers:
-            # ask the socket whether a message waits, rather than pay for a zmq.Again
-            # exception at the end of every drain
-            while len(batch) < MAX_BATCH and readable(router):
-                batch.append((router, recv_frames(router)))
+            # one zmq.Again ends the drain (3.3 µs), cheaper than asking ZMQ_EVENTS before
+            # every message (1.5 µs each)
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append((router, recv_frames(router, NOBLOCK)))
+                except zmq.Again:
+                    break
         return batch
 
     def _pass(self) -> None:

@@ -115,7 +115,7 @@ def broker(data: str | None, bind: tuple[str, ...], pub_bind: tuple[str, ...], n
            no_discovery: bool | None, durability: str | None, ttl: float | None,
            config_path: str | None) -> None:
     """Run the lease broker until SIGINT/SIGTERM."""
-    from .broker import Broker
+    from .broker import Broker, tune_gc
 
     logging.getLogger("zmesh").setLevel(min(logging.getLogger().level, logging.INFO))
     try:
@@ -132,6 +132,7 @@ def broker(data: str | None, bind: tuple[str, ...], pub_bind: tuple[str, ...], n
     except OSError as exc:
         click.echo(f"zmesh: {exc}", err=True)
         sys.exit(1)
+    tune_gc()
     server.serve()
 
 

@@ -102,6 +102,8 @@ class Core:
         # from the claims table by recover/resync), so a claim writes one table less.
         self._held: dict[str, set[bytes]] = {}
         self._events: list[Event] = []
+        self._counter_txn: Txn | None = None  # see _counter
+        self._counter_values: dict[bytes, int] = {}
         self._handlers: dict[str, Callable[[Txn, dict[str, Any], Now], Any]] = {
             "register": self._register,
             "heartbeat": self._heartbeat,
@@ -192,17 +194,30 @@ class Core:
     # Counters live at the end of the event log's key space (b"\xff" sorts after every
     # 8-byte seq), so the newest events and the counters share a leaf page: a write
     # dirties one page less than with a table of their own.
-    @staticmethod
-    def _next(txn: Txn, name: bytes) -> int:
-        raw = txn.get("events", _COUNTER + name)
-        value = (_U64.unpack(raw)[0] if raw else 0) + 1
-        txn.put("events", _COUNTER + name, _U64.pack(value))
+    #
+    # A claim reads four counters (seq, token, two status counts) and a batch of claims
+    # the same four again, so values read or written in the current transaction are kept
+    # here. The cache belongs to one transaction object: a new one (the next batch, or a
+    # batch applied again after a rollback) starts empty, so it never outlives the data.
+    def _counter(self, txn: Txn, name: bytes) -> int:
+        if txn is not self._counter_txn:
+            self._counter_txn, self._counter_values = txn, {}
+        value = self._counter_values.get(name)
+        if value is None:
+            raw = txn.get("events", _COUNTER + name)
+            value = self._counter_values[name] = _U64.unpack(raw)[0] if raw else 0
         return value
 
-    @staticmethod
-    def _counter(txn: Txn, name: bytes) -> int:
-        raw = txn.get("events", _COUNTER + name)
-        return _U64.unpack(raw)[0] if raw else 0
+    def _set_counter(self, txn: Txn, name: bytes, value: int) -> None:
+        if txn is not self._counter_txn:
+            self._counter_txn, self._counter_values = txn, {}
+        self._counter_values[name] = value
+        txn.put("events", _COUNTER + name, _U64.pack(value))
+
+    def _next(self, txn: Txn, name: bytes) -> int:
+        value = self._counter(txn, name) + 1
+        self._set_counter(txn, name, value)
+        return value
 
     def _emit(self, txn: Txn, topic: str, body: dict[str, Any], now: Now) -> None:
         body["ts"] = now.wall
@@ -308,7 +323,7 @@ class Core:
 
     def _bump(self, txn: Txn, status: str, delta: int) -> None:
         name = b"count:" + status.encode()
-        txn.put("events", _COUNTER + name, _U64.pack(self._counter(txn, name) + delta))
+        self._set_counter(txn, name, self._counter(txn, name) + delta)
 
     def _transition(self, task: dict[str, Any], action: str, new: str) -> str:
         old = task["status"]
