@@ -63,6 +63,10 @@ def _row(*cells: Any) -> str:
     return "| " + " | ".join(flat) + " |"
 
 
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.0f}"
+
+
 def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
@@ -89,6 +93,20 @@ def render(results: dict[str, Any]) -> str:
     lines += ["## Targets (ratios from this run)", "", "| target | measured | goal | met |", "|---|---|---|---|"]
     for t in results["targets"]:
         lines.append(f"| {t['name']} | {t['measured']} | {t['goal']} | {'yes' if t['met'] else '**no**' if t['met'] is False else 'n/a'} |")
+    if results.get("paired"):
+        lines += ["", "## Targets measured in alternation", "",
+                  "Both servers up; rounds run A then B, B then A, A then B, so a change in machine "
+                  "load lands on both sides of a round. The verdict above uses the median ratio.", "",
+                  "| target | A | B | metric | rounds: A / B = ratio (first side) | median | goal |",
+                  "|---|---|---|---|---|---:|---|"]
+        for p in results["paired"].values():
+            rounds = "; ".join(
+                f"{_num(r['a'])} / {_num(r['b'])} = {r['ratio']:.2f} ({r['first'].upper()} first)"
+                + (f", lost {r['a_lost']}" if r.get("a_lost") else "")
+                for r in p["rounds"] if r["ratio"] is not None)
+            goal = f"{'<=' if p['below'] else '>='} {p['limit']}"
+            median = "-" if p["median"] is None else f"{p['median']:.2f}"
+            lines.append(f"| {p['title']} | {p['a']} | {p['b']} | {p['metric']} | {rounds} | {median} | {goal} |")
     lines += ["", "## Claim latency (1 client, sequential create-if-absent claims with a TTL)", "",
               "| system | durability | p50 | p95 | p99 | max | claims | p95 vs raw+LMDB(full) |",
               "|---|---|---:|---:|---:|---:|---:|---:|"]

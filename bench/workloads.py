@@ -313,6 +313,13 @@ def _agents_job(inbox: Any, endpoint: str, names: list[str], ttl: float) -> Iter
         wait = next_at - time.monotonic()
         if wait > 0:
             time.sleep(wait)
+    # unregister: agents left to lapse would expire together a TTL later, inside whatever
+    # is measured next on this broker
+    for i, (s, name) in enumerate(zip(socks, names)):
+        s.send_multipart(protocol.encode_request(prefix + b"u%d" % i, "unregister", {"agent": name}))
+    for s in socks:
+        if s.poll(30_000):
+            s.recv_multipart()
     for s in socks:
         s.close(0)
     ctx.term()

@@ -35,10 +35,17 @@ def test_quick_bench_writes_markdown_json_and_plot(tmp_path: Path) -> None:
         assert data["broadcast"][name]["subs"] == 10 and data["broadcast"][name]["lost"] == 0
     assert any("agents" in k for k in data["scale"]) and any("stored tasks" in k for k in data["scale"])
     assert all({"name", "measured", "goal", "met"} <= set(t) for t in data["targets"])
+    for key in ("claim-full", "claim-fast", "thr16-full", "broadcast", "agents", "store"):
+        pair = data["paired"][key]  # measured in alternation: A B, then B A
+        assert [r["first"] for r in pair["rounds"]] == ["a", "b"]
+        assert all(r["a"] > 0 and r["b"] > 0 and r["ratio"] == round(r["a"] / r["b"], 3) for r in pair["rounds"])
+        assert pair["median"] is not None and isinstance(pair["met"], bool)
+        verdict = next(t for t in data["targets"] if t["name"] == pair["title"])
+        assert verdict["met"] == pair["met"] and "alternating rounds" in verdict["measured"]
     for peer, why in data["skipped"].items():  # a missing peer is reported, with its reason
         assert why, peer
     md = (out / "RESULTS.md").read_text()
-    for heading in ("## Targets", "## Claim latency", "## Contended claims", "## Throughput", "## Broadcast", "## Scale"):
+    for heading in ("## Targets", "## Targets measured in alternation", "## Claim latency", "## Contended claims", "## Throughput", "## Broadcast", "## Scale"):
         assert heading in md
     assert "durability" in md and data["command"] in md
     png = (out / "latency.png").read_bytes()
