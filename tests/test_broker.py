@@ -89,27 +89,68 @@ def test_newer_schema_is_refused_with_a_clear_message(tmp_path: Path) -> None:
         LmdbStore(tmp_path / "d")
 
 
+def _named_database_store(path: Path, version: int, tables: dict[str, dict[bytes, bytes]]) -> None:
+    """A data directory as zmesh schema 1-3 wrote it: one named LMDB database per table."""
+    env = lmdb.open(str(path), max_dbs=16, subdir=True)
+    with env.begin(write=True) as txn:
+        for name, records in {"meta": {b"schema": str(version).encode(), b"broker_id": b"b" * 32},
+                              **tables}.items():
+            db = env.open_db(name.encode(), txn=txn)
+            for key, value in records.items():
+                txn.put(key, value, db=db)
+    env.close()
+
+
 def test_older_schema_is_refused_not_misread(tmp_path: Path) -> None:
     old = min(UPGRADES_IN_PLACE) - 1
-    store = LmdbStore(tmp_path / "d", durability="none")
-    with store.write() as txn:
-        txn.put("meta", b"schema", str(old).encode())
-    store.close()
+    _named_database_store(tmp_path / "d", old, {"tasks": {b"t": b"{}"}})
     with pytest.raises(StoreError, match=f"schema version {old}.*no\nmigration|no migration"):
         LmdbStore(tmp_path / "d")
+    env = lmdb.open(str(tmp_path / "d"), max_dbs=16)  # refused: not a byte changed
+    with env.begin() as txn:
+        assert txn.get(b"t", db=env.open_db(b"tasks", txn=txn, create=False)) == b"{}"
+    env.close()
 
 
-def test_schema_2_is_upgraded_in_place_and_then_refused_by_older_code(tmp_path: Path) -> None:
-    store = LmdbStore(tmp_path / "d", durability="none")
-    with store.write() as txn:
-        txn.put("meta", b"schema", b"2")
-        txn.put("tasks", b"kept", b"{}")
-    store.close()
-    store = LmdbStore(tmp_path / "d", durability="none")
+@pytest.mark.parametrize("version", sorted(UPGRADES_IN_PLACE))
+def test_schema_2_and_3_are_upgraded_in_place(tmp_path: Path, make_broker, version: int) -> None:
+    """Records move from one named database per table into the one-tree layout, a task's
+    claim moves next to its task, and the broker serves the claim as before."""
+    import orjson
+
+    task = {"id": "t1", "type": "task", "data": None, "priority": 0, "requires": [], "max_attempts": 3,
+            "depends_on": [], "status": "claimed", "attempts": 0, "claims": 1, "created": 1.0,
+            "updated": 1.0, "result": None, "history": [], "order": 1}
+    claim = {"agent": "a1", "token": 7, "lease": 6, "ttl": None, "since": 1.0}
+    agent = {"id": "a1", "capabilities": [], "metadata": {}, "ttl": 30.0, "lease": 6, "registered": 1.0,
+             "implicit": False, "completed": 0, "failed": 0}
+    _named_database_store(tmp_path / "data", version, {
+        "tasks": {b"t1": orjson.dumps(task), b"t2": orjson.dumps(dict(task, id="t2", status="available", claims=0))},
+        "claims": {b"task:t1": orjson.dumps(claim)},
+        "agents": {b"a1": orjson.dumps(agent)},
+        "ready": {b"\0" * 12 + b"t2": b""},
+        "events": {b"\xffseq": (3).to_bytes(8, "big"), b"\xfftoken": (7).to_bytes(8, "big"),
+                   b"\xffcount:claimed": (1).to_bytes(8, "big"), b"\xffcount:available": (1).to_bytes(8, "big")},
+    })
+    store = LmdbStore(tmp_path / "data", durability="none")
     with store.read() as txn:
-        assert int(txn.get("meta", b"schema")) == SCHEMA_VERSION == 3
-        assert txn.get("tasks", b"kept") == b"{}"
+        assert int(txn.get("meta", b"schema")) == SCHEMA_VERSION == 4
+        assert txn.get("meta", b"broker_id") == b"b" * 32
     store.close()
+    env = lmdb.open(str(tmp_path / "data"), max_dbs=16)
+    with env.begin() as txn:  # every key is a table-prefixed record: the named databases are gone
+        assert all(0x10 <= k[0] < 0x20 for k, _ in txn.cursor())
+    env.close()
+    b = make_broker()
+    with Client(b.endpoints[0]) as c:
+        view = c.task("t1")
+        assert (view["status"], view["owner"], view["token"]) == ("claimed", "a1", 7)
+        assert [t["id"] for t in c.tasks(status="claimed")] == ["t1"]
+        assert [t["id"] for t in c.tasks()] == ["t1", "t2"]
+        assert c.status()["claims"] == 1 and c.status()["seq"] == 3
+        assert c.claim("t1", agent="other") is None  # still held
+        assert c.complete("t1", agent="a1", token=7)["status"] == "completed"
+        assert c.claim("t2", agent="other").token == 9  # counters carried over (8: other's lease)
 
 
 def test_one_broker_per_data_directory(tmp_path: Path) -> None:

@@ -545,9 +545,10 @@ class CoreMachine(RuleBasedStateMachine):
 
     @invariant()
     def one_owner_per_claim_record(self) -> None:
-        claims = self.store.tables["claims"]
-        assert {k.decode().split(":", 1)[1] for k in claims} == \
-            {t.id for t in self.tasks.values() if t.status == "claimed"}
+        # a task's claim record is stored next to the task (key id + NUL), none in "claims"
+        assert not self.store.tables["claims"]
+        claims = {k[:-1].decode() for k in self.store.tables["tasks"] if k.endswith(b"\0")}
+        assert claims == {t.id for t in self.tasks.values() if t.status == "claimed"}
         index = [(agent, key) for agent, keys in self.core._held.items() for key in keys]
         owners = {key.decode().split(":", 1)[1]: agent for agent, key in index}
         assert len(owners) == len(index)  # no resource is in two agents' index

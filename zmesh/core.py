@@ -35,6 +35,7 @@ reservations reuse the same claim records, agent index, deadlines, tokens and ev
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import struct
 from dataclasses import dataclass
@@ -83,6 +84,32 @@ class Settings:
 
 def _task_key(task_id: str) -> bytes:
     return b"task:" + task_id.encode()
+
+
+# A task's claim record sits right after the task record: same table, key id + NUL (ids
+# never hold NUL). A claim then dirties the task's leaf page and no other tree; every page
+# a commit writes is one more to sync (bench/where.py). Other resources keep "claims".
+_CLAIM_SUFFIX = b"\0"
+
+
+def _claim_slot(key: bytes) -> tuple[str, bytes]:
+    """(table, key) where the claim on resource ``key`` is stored."""
+    if key[:5] == b"task:":
+        return "tasks", key[5:] + _CLAIM_SUFFIX
+    return "claims", key
+
+
+def _get_claim(txn: Txn, key: bytes) -> bytes | None:
+    return txn.get(*_claim_slot(key))
+
+
+def _claim_records(txn: Txn) -> Iterator[tuple[bytes, bytes]]:
+    """Every (resource key, claim record) in the store."""
+    for key, raw in txn.scan("claims"):
+        yield bytes(key), raw
+    for key, raw in txn.scan("tasks"):
+        if key[-1:] == _CLAIM_SUFFIX:
+            yield b"task:" + key[:-1], raw
 
 
 def _dumps(obj: Any) -> bytes:
@@ -148,7 +175,7 @@ class Core:
             elif kind == 0:
                 self._end_agent(txn, key, now, "lease_expired")  # type: ignore[arg-type]
             else:
-                claim = txn.get("claims", key)  # type: ignore[arg-type]
+                claim = _get_claim(txn, key)  # type: ignore[arg-type]
                 del self._claim_deadline[key]  # type: ignore[arg-type]
                 if claim is not None:
                     self._drop_claim(txn, key, orjson.loads(claim), now, "claim_expired")  # type: ignore[arg-type]
@@ -177,15 +204,18 @@ class Core:
         for key, raw in txn.scan("agents"):
             self._set_lease(key.decode(), orjson.loads(raw)["ttl"], now)
         self._trim_log(txn)
+        # schema 3 and older kept task claims in the claims table: move them next to their task
+        for key, raw in [(bytes(k), bytes(v)) for k, v in txn.scan("claims", prefix=b"task:")]:
+            txn.delete("claims", key)
+            txn.put(*_claim_slot(key), raw)
         self.resync(txn, now)
 
     def resync(self, txn: Txn, now: Now | None = None) -> None:
         """Rebuild the volatile claim index from the store (after a start, or after a
         batch was rolled back); with ``now`` (a start), every claim TTL starts afresh too."""
         self._held = {}
-        for key, raw in txn.scan("claims"):
+        for key, raw in _claim_records(txn):
             claim = orjson.loads(raw)
-            key = bytes(key)
             self._held.setdefault(claim["agent"], set()).add(key)
             if now is not None and claim.get("ttl"):
                 self._set_claim_deadline(key, claim["ttl"], now)
@@ -345,7 +375,7 @@ class Core:
         view.update(owner=None, token=None, expires_in=None)
         if task["status"] == "claimed":
             key = _task_key(task["id"])
-            raw = txn.get("claims", key)
+            raw = _get_claim(txn, key)
             if raw is not None:
                 claim = orjson.loads(raw)
                 view.update(owner=claim["agent"], token=claim["token"],
@@ -423,7 +453,7 @@ class Core:
         keys = sorted(self._held.get(agent, ()))
         released: list[str] = []
         for key in keys:
-            raw = txn.get("claims", key)
+            raw = _get_claim(txn, key)
             if raw is not None:
                 self._drop_claim(txn, key, orjson.loads(raw), now, reason)
                 released.append(key.split(b":", 1)[1].decode())
@@ -439,7 +469,7 @@ class Core:
         token = self._next(txn, b"token")
         claim = {"agent": agent["id"], "token": token, "lease": agent["lease"], "ttl": ttl,
                  "since": now.wall}
-        txn.put("claims", key, _dumps(claim))
+        txn.put(*_claim_slot(key), _dumps(claim))
         self._held.setdefault(agent["id"], set()).add(key)
         if ttl:
             self._set_claim_deadline(key, ttl, now)
@@ -447,7 +477,7 @@ class Core:
 
     def _end_claim(self, txn: Txn, key: bytes, agent: str) -> None:
         """Remove a claim record with its volatile index entry and deadline."""
-        txn.delete("claims", key)
+        txn.delete(*_claim_slot(key))
         keys = self._held.get(agent)
         if keys is not None:
             keys.discard(key)
@@ -472,7 +502,7 @@ class Core:
     def _holding(self, txn: Txn, task_id: str, agent: str, token: int | None) -> tuple[bytes, dict[str, Any]]:
         """The caller's current claim on a task, or the precise refusal."""
         key = _task_key(task_id)
-        raw = txn.get("claims", key)
+        raw = _get_claim(txn, key)
         claim = orjson.loads(raw) if raw is not None else None
         if token is not None and (claim is None or claim["token"] != token):
             raise StaleToken(
@@ -504,7 +534,7 @@ class Core:
         task = self._get_task(txn, task_id)
         key = _task_key(task_id)
         if task["status"] == "claimed":
-            claim = orjson.loads(txn.get("claims", key) or b"{}")
+            claim = orjson.loads(_get_claim(txn, key) or b"{}")
             if claim.get("agent") == agent_id:  # a retry by the holder: the same claim
                 record = self._ensure_agent(txn, agent_id, body["ttl"], now)
                 if body["ttl"]:
@@ -661,15 +691,16 @@ class Core:
                     raise NotFound(f"no task '{body['after']}' to page after", {"task": body["after"]})
                 start = self._ready_key(orjson.loads(raw)) + b"\0"
             ids = (k[12:] for k, _ in txn.scan("ready", start=start))
-        elif status == "claimed":  # the claim records, in id order
-            ids = (k[5:] for k, _ in txn.scan("claims", start=b"task:" + after + b"\0" if after else b"",
-                                              prefix=b"task:"))
+        elif status == "claimed":  # the volatile claim index mirrors the claim records
+            claimed = sorted(k[5:] for keys in self._held.values() for k in keys if k[:5] == b"task:")
+            ids = iter(claimed[bisect.bisect_right(claimed, after):] if after else claimed)
         elif status:
             prefix = status.encode() + b"\0"
             ids = (k[len(prefix):] for k, _ in
                    txn.scan("by_status", start=prefix + after + b"\0" if after else b"", prefix=prefix))
         else:
-            ids = (k for k, _ in txn.scan("tasks", start=after + b"\0" if after else b""))
+            ids = (k for k, _ in txn.scan("tasks", start=after + b"\0" if after else b"")
+                   if k[-1:] != _CLAIM_SUFFIX)
         tasks = []
         more = False
         for tid in ids:
@@ -693,7 +724,9 @@ class Core:
 
     def _status(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
         counts = {s: self._counter(txn, b"count:" + s.encode()) for s in protocol.STATUSES}
-        return {"tasks": counts, "agents": txn.count("agents"), "claims": txn.count("claims"),
+        # agents and claims are counted from the volatile indexes, which mirror the tables
+        return {"tasks": counts, "agents": len(self._lease_deadline),
+                "claims": sum(len(keys) for keys in self._held.values()),
                 "seq": self._counter(txn, b"seq"), "token": self._counter(txn, b"token")}
 
     def _replay(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:

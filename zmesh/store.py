@@ -14,6 +14,12 @@ Durability levels (one name, stated beside every benchmark figure):
 
 A write transaction that changed nothing is aborted instead of committed, so read-only
 and heartbeat-only batches never touch the disk.
+
+LMDB layout (schema 4): every table lives in LMDB's main database, its keys prefixed with
+one byte per table. LMDB copies every page from the root to each leaf a commit touches,
+and a named database adds its catalog entry's page: one tree with no catalog is the fewest
+pages a commit can write, and a synced commit pays for each page (see bench/where.py).
+Schema 2 and 3 data (a named database per table) is copied into this layout on open.
 """
 
 from __future__ import annotations
@@ -28,11 +34,10 @@ import lmdb
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 3
-#: older versions whose data is valid as it is under SCHEMA_VERSION: opening one just
-#: records the new version (so an older zmesh then refuses it instead of misreading it).
-#: 2 -> 3: the ready index may also hold claimed tasks (cleaned lazily, see core._save_task)
-UPGRADES_IN_PLACE = frozenset({2})
+SCHEMA_VERSION = 4
+#: older versions this zmesh upgrades on open: their data is copied into the current layout
+#: (2 and 3 kept a named LMDB database per table; 2 -> 3 changed no records)
+UPGRADES_IN_PLACE = frozenset({2, 3})
 DURABILITY = ("full", "fast", "none")
 
 #: named tables; keys and values are bytes, the layout is owned by core.py
@@ -46,6 +51,8 @@ TABLES = (
     "by_status",   # status \0 task id -> b"" (waiting, completed, dead)
     "events",      # seq (8 bytes BE) -> [topic, body]; b"\xff" + name -> counter
 )
+#: the key prefix of each table in the LMDB layout
+_PREFIX = {name: bytes((0x10 + i,)) for i, name in enumerate(TABLES)}
 
 
 class StoreFull(StoreError):
@@ -65,8 +72,6 @@ class Txn(Protocol):
         """Ascending (key, value) pairs from ``start`` while keys begin with ``prefix``."""
         ...
 
-    def count(self, table: str) -> int: ...
-
 
 class Store(Protocol):
     """What the broker needs of a store: the LMDB store today, a distributed one later."""
@@ -83,42 +88,38 @@ class Store(Protocol):
 
 # ---------------------------------------------------------------- LMDB
 class LmdbTxn:
-    __slots__ = ("_txn", "_dbs", "dirty")
+    __slots__ = ("_txn", "dirty")
 
-    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, object]) -> None:
+    def __init__(self, txn: lmdb.Transaction) -> None:
         self._txn = txn
-        self._dbs = dbs
         self.dirty = False
 
     def get(self, table: str, key: bytes) -> bytes | None:
-        return self._txn.get(key, db=self._dbs[table])
+        return self._txn.get(_PREFIX[table] + key)
 
     def put(self, table: str, key: bytes, value: bytes) -> None:
         self.dirty = True
         try:
-            self._txn.put(key, value, db=self._dbs[table])
+            self._txn.put(_PREFIX[table] + key, value)
         except lmdb.MapFullError:
             raise StoreFull("LMDB map is full") from None
 
     def delete(self, table: str, key: bytes) -> bool:
         self.dirty = True
         try:
-            return self._txn.delete(key, db=self._dbs[table])
+            return self._txn.delete(_PREFIX[table] + key)
         except lmdb.MapFullError:
             raise StoreFull("LMDB map is full") from None
 
     def scan(self, table: str, start: bytes = b"", prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-        cur = self._txn.cursor(db=self._dbs[table])
-        first = max(start, prefix)
-        if not (cur.set_range(first) if first else cur.first()):
+        cur = self._txn.cursor()
+        within = _PREFIX[table] + prefix
+        if not cur.set_range(_PREFIX[table] + max(start, prefix)):
             return
         for key, value in cur:
-            if prefix and not key.startswith(prefix):
+            if not key.startswith(within):
                 return
-            yield key, value
-
-    def count(self, table: str) -> int:
-        return self._txn.stat(self._dbs[table])["entries"]
+            yield key[1:], value
 
 
 class LmdbStore:
@@ -146,7 +147,6 @@ class LmdbStore:
                 sync=durability != "none", metasync=durability == "full",
                 readahead=False, max_readers=126,
             )
-            self._dbs = {name: self.env.open_db(name.encode()) for name in TABLES}
         except lmdb.Error as exc:
             self._lock.close()
             raise StoreError(f"cannot open LMDB in {self.path}: {exc}") from None
@@ -155,6 +155,8 @@ class LmdbStore:
     def _check_schema(self) -> str:
         with self.write() as txn:
             raw = txn.get("meta", b"schema")
+            if raw is None:
+                raw = self._from_named_databases(txn._txn)
             version = None if raw is None else int(raw)
             if version is not None and version > SCHEMA_VERSION:
                 raise StoreError(
@@ -173,12 +175,33 @@ class LmdbStore:
                 txn.put("meta", b"broker_id", bid)
             return bid.decode()
 
+    def _from_named_databases(self, txn: lmdb.Transaction) -> bytes | None:
+        """Schema 2 and 3 kept one named database per table: read their schema version and,
+        if this zmesh can upgrade it, copy every record into the one-tree layout and drop
+        them, in the caller's transaction (all or nothing). None for an empty store."""
+        try:
+            meta = self.env.open_db(b"meta", txn=txn, create=False)
+        except lmdb.NotFoundError:
+            return None
+        version = txn.get(b"schema", db=meta)
+        if version is None or int(version) not in UPGRADES_IN_PLACE:
+            return version  # refused by the caller; nothing is written
+        for name in TABLES:
+            try:
+                db = self.env.open_db(name.encode(), txn=txn, create=False)
+            except lmdb.NotFoundError:
+                continue
+            for key, value in txn.cursor(db=db):
+                txn.put(_PREFIX[name] + key, value)
+            txn.drop(db, delete=True)
+        return version
+
     @contextmanager
     def write(self) -> Iterator[LmdbTxn]:
         """One write transaction: committed (and synced per durability) if the block
         returns and something changed, aborted otherwise."""
         txn = self.env.begin(write=True)
-        wrapped = LmdbTxn(txn, self._dbs)
+        wrapped = LmdbTxn(txn)
         try:
             yield wrapped
             if wrapped.dirty:
@@ -201,7 +224,7 @@ class LmdbStore:
     def read(self) -> Iterator[LmdbTxn]:
         txn = self.env.begin(write=False)
         try:
-            yield LmdbTxn(txn, self._dbs)
+            yield LmdbTxn(txn)
         finally:
             txn.abort()
 
@@ -247,9 +270,6 @@ class MemoryTxn:
                 return
             if key in data:
                 yield key, data[key]
-
-    def count(self, table: str) -> int:
-        return len(self._t(table))
 
 
 class MemoryStore:
