@@ -187,7 +187,7 @@ class Broker:
                         self._wake_r.recv(4096)
                     except BlockingIOError:
                         pass
-                self._pass()
+                self._pass([r for r in self._routers if r in ready])
                 if time.monotonic() >= self._next_hb:
                     self._publish(Event(protocol.HEARTBEAT_TOPIC, self._seq, {}))
         finally:
@@ -195,9 +195,11 @@ class Broker:
                 signal.set_wakeup_fd(-1)
             self.close()
 
-    def _drain(self) -> list[tuple[zmq.Socket, list[bytes]]]:
+    def _drain(self, routers: list[zmq.Socket]) -> list[tuple[zmq.Socket, list[bytes]]]:
+        """Every waiting request (up to MAX_BATCH) from the routers poll found readable:
+        an idle router (the IPC one, for TCP clients) costs no failed read per pass."""
         batch: list[tuple[zmq.Socket, list[bytes]]] = []
-        for router in self._routers:
+        for router in routers:
             # one zmq.Again ends the drain (3.3 µs), cheaper than asking ZMQ_EVENTS before
             # every message (1.5 µs each)
             while len(batch) < MAX_BATCH:
@@ -207,8 +209,8 @@ class Broker:
                     break
         return batch
 
-    def _pass(self) -> None:
-        batch = self._drain()
+    def _pass(self, readable: list[zmq.Socket]) -> None:
+        batch = self._drain(readable)
         deadline = self.core.next_deadline()
         if not batch and (deadline is None or deadline > time.monotonic()):
             return
