@@ -355,6 +355,8 @@ def bulk_load(data_dir: str, n: int, batch: int = 20_000) -> float:
                 for i in range(base, min(n, base + batch)):
                     core.handle(txn, "task_create", protocol.validate(op, {"id": f"bulk-{i:08d}",
                                 "data": {"n": i}}), now)
+        with store.write() as txn:  # closed as a broker closes (the claim index)
+            core.checkpoint(txn)
     finally:
         store.close()
     return time.monotonic() - start

@@ -210,3 +210,24 @@ def test_a_retry_gets_the_original_reply_but_a_reused_id_is_not_a_retry(make_bro
             assert c.task("t2")["status"] == "available"
     finally:
         sock.close(0)
+
+
+def test_a_clean_shutdown_leaves_a_claim_index_the_next_start_consumes(tmp_path: Path) -> None:
+    from zmesh.testing import run_broker
+
+    with run_broker(tmp_path / "data", durability="none") as b, Client(b.endpoint) as c:
+        for tid in ("t1", "t2"):
+            c.create_task(tid)
+        c.claim("t2", agent="a1", ttl=60)
+    store = LmdbStore(tmp_path / "data", durability="none")  # stopped by SIGTERM: index written
+    with store.read() as txn:
+        assert txn.get("meta", b"claim_index") == b"task:t2"
+    store.close()
+    with run_broker(tmp_path / "data", durability="none") as b, Client(b.endpoint) as c:
+        assert [t["id"] for t in c.tasks(status="claimed")] == ["t2"]
+        assert c.task("t2")["owner"] == "a1" and c.claim("t2", agent="a2") is None
+        c.release("t2", agent="a1")
+    store = LmdbStore(tmp_path / "data", durability="none")
+    with store.read() as txn:  # consumed by the start, rewritten by the stop: now empty
+        assert txn.get("meta", b"claim_index") == b""
+    store.close()

@@ -89,8 +89,12 @@ class Harness:
         self.events += events
         return events
 
-    def restart(self, mono: float) -> None:
-        """A new broker process on the same data: new Core, (reopened store), recover."""
+    def restart(self, mono: float, clean: bool = False) -> None:
+        """A new broker process on the same data: new Core, (reopened store), recover.
+        ``clean``: the old core wrote its claim index, as a broker does on shutdown."""
+        if clean:
+            with self.store.write() as txn:
+                self.core.checkpoint(txn)
         if self.kind == "lmdb":
             self.store.close()
             self.store = self._open()
@@ -632,7 +636,8 @@ def test_unregister_releases_at_once(h: Harness) -> None:
     assert err.details == {"agent": "a"}
 
 
-def test_recover_gives_every_lease_full_ttl(h: Harness) -> None:
+@pytest.mark.parametrize("clean", [False, True], ids=["after-crash", "after-clean-shutdown"])
+def test_recover_gives_every_lease_full_ttl(h: Harness, clean: bool) -> None:
     for tid in ("t1", "t2", "t3"):
         h.do("task_create", id=tid)
     h.do("register", agent="a", ttl=10)
@@ -641,8 +646,10 @@ def test_recover_gives_every_lease_full_ttl(h: Harness) -> None:
     h.at(T0 + 8).do("claim", task="t3", agent="b", ttl=30)  # implicit lease of 30 s
     seq = h.do("status")["seq"]
     later = T0 + 100_000.0  # long downtime: every deadline is far in the past
-    h.restart(later)
+    h.restart(later, clean=clean)
     assert h.do("status")["seq"] == seq  # a restart writes nothing
+    assert h.do("status")["claims"] == 3 and [t["id"] for t in h.do("task_list", status="claimed")["tasks"]] == [
+        "t1", "t2", "t3"]
     assert h.expire(later) == []
     assert h.agents()["a"]["expires_in"] == 10.0
     assert h.task("t2")["expires_in"] == 4.0
@@ -901,3 +908,19 @@ def test_counters_of_a_rolled_back_batch_are_not_reused(h: Harness) -> None:
     status = h.do("status")
     assert status["tasks"]["claimed"] == 1 and status["tasks"]["available"] == 1
     assert status["seq"] == seq + 2 and status["token"] == 2
+
+
+def test_claim_index_of_a_clean_shutdown_is_used_once(h: Harness) -> None:
+    """A clean shutdown's claim index spares the next start a scan of every task; it is
+    consumed by that start, so claims made afterwards are found after a crash."""
+    for tid in ("t1", "t2", "t3"):
+        h.do("task_create", id=tid)
+    h.do("claim", task="t1", agent="a")
+    h.restart(T0 + 1, clean=True)
+    with h.store.read() as txn:
+        assert txn.get("meta", b"claim_index") is None
+    h.do("claim", task="t2", agent="b")
+    h.do("complete", task="t1", agent="a")
+    h.restart(T0 + 2)  # a crash: no index, the tasks are scanned
+    assert {a: sorted(k) for a, k in h.core._held.items()} == {"b": [b"task:t2"]}
+    assert [t["id"] for t in h.do("task_list", status="claimed")["tasks"]] == ["t2"]

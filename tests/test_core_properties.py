@@ -454,14 +454,19 @@ class CoreMachine(RuleBasedStateMachine):
         assert status["claims"] == 0 and status["agents"] == 0
         assert status["tasks"]["claimed"] == 0
 
-    @rule(downtime=st.sampled_from([0.0, 3.0, 1000.0]))
-    def restart(self, downtime: float) -> None:
+    @rule(downtime=st.sampled_from([0.0, 3.0, 1000.0]), clean=st.booleans())
+    def restart(self, downtime: float, clean: bool) -> None:
         """A new broker on the same data after some downtime: every lease and claim TTL
-        starts afresh, nothing expires because of the downtime."""
+        starts afresh, nothing expires because of the downtime. A clean shutdown leaves a
+        claim index (read instead of every task); a crash leaves none."""
+        if clean:
+            with self.store.write() as txn:
+                self.core.checkpoint(txn)
         self.mono += downtime
         self.core = Core(self.settings)
         with self.store.write() as txn:
             self.core.recover(txn, self.now())
+        assert b"claim_index" not in self.store.tables["meta"]  # consumed: never stale later
         self.lease_dl = {a: self.mono + m.ttl for a, m in self.agents.items()}
         self.claim_dl = {tid: self.mono + ttl for tid, ttl in self.claim_ttl.items() if ttl}
         assert self.expire() == []

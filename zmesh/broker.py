@@ -325,6 +325,11 @@ class Broker:
             self._pub = None
         self._wake_r.close()
         self._wake_w.close()
+        try:  # lets the next start skip reading every task (Core.checkpoint)
+            with self.store.write() as txn:
+                self.core.checkpoint(txn)
+        except Exception as exc:
+            log.warning("no claim index written on shutdown (%s): the next start scans the tasks", exc)
         self.store.close()
         log.info("zmesh broker stopped")
 

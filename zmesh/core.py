@@ -39,7 +39,7 @@ import bisect
 import heapq
 import struct
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 
@@ -90,6 +90,10 @@ def _task_key(task_id: str) -> bytes:
 # never hold NUL). A claim then dirties the task's leaf page and no other tree; every page
 # a commit writes is one more to sync (bench/where.py). Other resources keep "claims".
 _CLAIM_SUFFIX = b"\0"
+
+
+#: meta key of the claim index a clean shutdown leaves (resource keys, NUL-separated)
+_CLAIM_INDEX = b"claim_index"
 
 
 def _claim_slot(key: bytes) -> tuple[str, bytes]:
@@ -208,17 +212,37 @@ class Core:
         for key, raw in [(bytes(k), bytes(v)) for k, v in txn.scan("claims", prefix=b"task:")]:
             txn.delete("claims", key)
             txn.put(*_claim_slot(key), raw)
-        self.resync(txn, now)
+        index = txn.get("meta", _CLAIM_INDEX)
+        if index is None:  # not closed cleanly (or never): find the claims by scanning
+            self.resync(txn, now)
+            return
+        # closed cleanly: read just the claims the index names. The index goes now, in this
+        # transaction, so it can never describe a later state of the store.
+        txn.delete("meta", _CLAIM_INDEX)
+        records = [(key, _get_claim(txn, key)) for key in index.split(b"\0") if key]
+        if any(raw is None for _, raw in records):  # cannot happen unless edited by hand: scan
+            self.resync(txn, now)
+        else:
+            self._load_claims(records, now)  # type: ignore[arg-type]
 
     def resync(self, txn: Txn, now: Now | None = None) -> None:
         """Rebuild the volatile claim index from the store (after a start, or after a
-        batch was rolled back); with ``now`` (a start), every claim TTL starts afresh too."""
+        batch was rolled back); with ``now`` (a start), every claim TTL starts afresh too.
+        Reads every task: a task's claim is stored beside it (see _claim_slot)."""
+        self._load_claims(_claim_records(txn), now)
+
+    def _load_claims(self, records: Iterable[tuple[bytes, bytes]], now: Now | None) -> None:
         self._held = {}
-        for key, raw in _claim_records(txn):
+        for key, raw in records:
             claim = orjson.loads(raw)
             self._held.setdefault(claim["agent"], set()).add(key)
             if now is not None and claim.get("ttl"):
                 self._set_claim_deadline(key, claim["ttl"], now)
+
+    def checkpoint(self, txn: Txn) -> None:
+        """On a clean shutdown: record which resources are claimed, so the next start reads
+        those claims instead of every task (recover)."""
+        txn.put("meta", _CLAIM_INDEX, b"\0".join(sorted(k for keys in self._held.values() for k in keys)))
 
     # ------------------------------------------------------------ counters and events
     # Counters live at the end of the event log's key space (b"\xff" sorts after every

@@ -42,7 +42,7 @@ DURABILITY = ("full", "fast", "none")
 
 #: named tables; keys and values are bytes, the layout is owned by core.py
 TABLES = (
-    "meta",        # b"schema", b"broker_id"
+    "meta",        # b"schema", b"broker_id", b"claim_index" (left by a clean shutdown)
     "tasks",       # task id -> task record
     "claims",      # resource key -> claim record (one claim machinery for every resource)
     "agents",      # agent id -> agent record
