@@ -231,3 +231,18 @@ def test_a_clean_shutdown_leaves_a_claim_index_the_next_start_consumes(tmp_path:
     with store.read() as txn:  # consumed by the start, rewritten by the stop: now empty
         assert txn.get("meta", b"claim_index") == b""
     store.close()
+
+
+def test_an_upgrade_that_outgrows_the_map_grows_it_and_completes(tmp_path: Path) -> None:
+    """Schema 3 data is copied into the new layout in one transaction: with a small map the
+    copy fills it, the map grows, and the upgrade is applied again, all or nothing."""
+    tasks = {b"t%04d" % i: b"x" * 2000 for i in range(400)}  # ~0.8 MB, twice that while copying
+    _named_database_store(tmp_path / "d", 3, {"tasks": tasks})
+    store = LmdbStore(tmp_path / "d", durability="none", map_size=1 << 20)
+    try:
+        assert store.env.info()["map_size"] > 1 << 20
+        with store.read() as txn:
+            assert int(txn.get("meta", b"schema")) == SCHEMA_VERSION
+            assert dict((bytes(k), bytes(v)) for k, v in txn.scan("tasks")) == tasks
+    finally:
+        store.close()

@@ -901,7 +901,7 @@ def test_counters_of_a_rolled_back_batch_are_not_reused(h: Harness) -> None:
                 h.core.handle(txn, "claim", protocol.validate(protocol.OPS["claim"], {"task": task, "agent": "a"}), h.now())
             raise RuntimeError("rolled back")
     with h.store.read() as txn:
-        h.core.resync(txn)  # as the broker does after a rollback
+        h.core.resync(txn, h.now())  # as the broker does after a rollback
     first, events = h.call("claim", task="t1", agent="a")
     assert [e.seq for e in events] == [seq + 1, seq + 2]  # agent.registered, task.claimed
     assert first["token"] == 2  # the lease took token 1 in this batch, as in the rolled-back one
@@ -924,3 +924,38 @@ def test_claim_index_of_a_clean_shutdown_is_used_once(h: Harness) -> None:
     h.restart(T0 + 2)  # a crash: no index, the tasks are scanned
     assert {a: sorted(k) for a, k in h.core._held.items()} == {"b": [b"task:t2"]}
     assert [t["id"] for t in h.do("task_list", status="claimed")["tasks"]] == ["t2"]
+
+
+def test_a_rolled_back_expiry_still_expires_later(h: Harness) -> None:
+    """A batch that expired a lease and a claim TTL is rolled back (another request in it
+    crashed the core): the store still has the agent and its claims, so after resync
+    they must still expire; the deadlines the rolled-back batch consumed come back."""
+    for tid in ("t1", "t2"):
+        h.do("task_create", id=tid)
+    h.do("register", agent="a", ttl=10)
+    h.do("register", agent="b", ttl=30)
+    h.do("claim", task="t1", agent="a")
+    h.do("claim", task="t2", agent="b", ttl=5)
+    with pytest.raises(RuntimeError):
+        with h.store.write() as txn:
+            assert h.core.expire(txn, h.at(T0 + 11).now())  # a's lease and b's claim lapse
+            raise RuntimeError("another request in the batch crashed the core")
+    with h.store.read() as txn:
+        h.core.resync(txn, h.now())  # as the broker does after a rollback
+    assert {a["id"] for a in h.do("agent_list")["agents"]} == {"a", "b"}
+    assert h.do("status")["agents"] == 2 and h.do("status")["claims"] == 2
+    events = h.expire(T0 + 11 + 10)  # restarted at the resync: a full TTL from then
+    assert sorted(released(events)) == [("t1", "a", "lease_expired"), ("t2", "b", "claim_expired")]
+
+
+def test_a_rolled_back_registration_leaves_no_phantom_lease(h: Harness) -> None:
+    h.do("task_create", id="t1")
+    with pytest.raises(RuntimeError):
+        with h.store.write() as txn:
+            h.core.handle(txn, "claim", protocol.validate(protocol.OPS["claim"], {"task": "t1", "agent": "ghost"}),
+                          h.now())
+            raise RuntimeError("rolled back")
+    with h.store.read() as txn:
+        h.core.resync(txn, h.now())
+    assert h.do("status")["agents"] == 0 and h.do("status")["claims"] == 0
+    assert h.expire(T0 + 1000) == []  # no agent.expired for an agent that never existed

@@ -224,7 +224,7 @@ class Broker:
             except _Poison as exc:
                 poisoned.add(exc.index)
                 with self.store.read() as txn:  # the rolled-back batch may have touched it
-                    self.core.resync(txn)
+                    self.core.resync(txn, self._now())
         for router, frames in replies:
             try:
                 send_frames(router, frames, NOBLOCK)

@@ -225,19 +225,31 @@ class Core:
         else:
             self._load_claims(records, now)  # type: ignore[arg-type]
 
-    def resync(self, txn: Txn, now: Now | None = None) -> None:
-        """Rebuild the volatile claim index from the store (after a start, or after a
-        batch was rolled back); with ``now`` (a start), every claim TTL starts afresh too.
-        Reads every task: a task's claim is stored beside it (see _claim_slot)."""
+    def resync(self, txn: Txn, now: Now) -> None:
+        """Make the volatile indexes agree with the store again: after a start (recover has
+        emptied them, so every lease and claim TTL starts afresh), or after a batch was
+        rolled back, whose in-memory changes the store no longer has (an agent it added, a
+        lease or claim TTL its expiry used up). A deadline still held is kept; a missing
+        one starts afresh at ``now``. Reads every task: a task's claim is stored beside it."""
         self._load_claims(_claim_records(txn), now)
+        agents = {bytes(key).decode(): raw for key, raw in txn.scan("agents")}
+        for agent in [a for a in self._lease_deadline if a not in agents]:
+            del self._lease_deadline[agent]
+        for agent, raw in agents.items():
+            if agent not in self._lease_deadline:
+                self._set_lease(agent, orjson.loads(raw)["ttl"], now)
 
-    def _load_claims(self, records: Iterable[tuple[bytes, bytes]], now: Now | None) -> None:
+    def _load_claims(self, records: Iterable[tuple[bytes, bytes]], now: Now) -> None:
         self._held = {}
+        live = set()
         for key, raw in records:
             claim = orjson.loads(raw)
             self._held.setdefault(claim["agent"], set()).add(key)
-            if now is not None and claim.get("ttl"):
+            live.add(key)
+            if claim.get("ttl") and key not in self._claim_deadline:
                 self._set_claim_deadline(key, claim["ttl"], now)
+        for key in [k for k in self._claim_deadline if k not in live]:
+            del self._claim_deadline[key]
 
     def checkpoint(self, txn: Txn) -> None:
         """On a clean shutdown: record which resources are claimed, so the next start reads

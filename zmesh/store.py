@@ -40,7 +40,7 @@ SCHEMA_VERSION = 4
 UPGRADES_IN_PLACE = frozenset({2, 3})
 DURABILITY = ("full", "fast", "none")
 
-#: named tables; keys and values are bytes, the layout is owned by core.py
+#: the tables; keys and values are bytes, the layout is owned by core.py
 TABLES = (
     "meta",        # b"schema", b"broker_id", b"claim_index" (left by a clean shutdown)
     "tasks",       # task id -> task record
@@ -150,7 +150,14 @@ class LmdbStore:
         except lmdb.Error as exc:
             self._lock.close()
             raise StoreError(f"cannot open LMDB in {self.path}: {exc}") from None
-        self.broker_id = self._check_schema()
+        for _ in range(20):  # an upgrade copies every record: the map may need to grow first
+            try:
+                self.broker_id = self._check_schema()
+                break
+            except StoreFull:
+                continue
+        else:  # pragma: no cover - 20 doublings of the map
+            raise StoreError(f"cannot upgrade {self.path}: the LMDB map keeps filling up")
 
     def _check_schema(self) -> str:
         with self.write() as txn:
