@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     csys = claim_systems(quick, not args.no_peers)
     bsys = broadcast_systems(quick, not args.no_peers)
-    rounds = 2 if quick else 3
+    rounds = 2 if quick else 5
     pair_sizes = ({"latency": 100, "throughput": 800, "broadcast": 100} if quick
                   else {"latency": 2000, "throughput": 10_000, "broadcast": 2000})
     pair_list = paired.pairs(not args.no_peers, store_dir="scale-store", agents=n_agents, tasks=n_store)

@@ -4,7 +4,7 @@ The main pass measures one system after another over ~8 minutes. On a shared mac
 load changes meanwhile, and a ratio of two figures taken minutes apart moves with it:
 over eight full runs the zmesh(full) / probe(full) claim p95 ratio ranged 1.32x-2.28x
 and the broadcast ratio 1.61x-3.49x, on unchanged code. Here both sides of each target
-run with their servers up, in rounds A B, B A, A B: a load change lands on both sides of
+run with their servers up, in rounds A B, B A, A B, ...: a load change lands on both sides of
 a round. The target verdict uses the median of the per-round ratios; the report shows
 every round, and the single-pass figure beside it.
 """

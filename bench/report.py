@@ -95,7 +95,7 @@ def render(results: dict[str, Any]) -> str:
         lines.append(f"| {t['name']} | {t['measured']} | {t['goal']} | {'yes' if t['met'] else '**no**' if t['met'] is False else 'n/a'} |")
     if results.get("paired"):
         lines += ["", "## Targets measured in alternation", "",
-                  "Both servers up; rounds run A then B, B then A, A then B, so a change in machine "
+                  "Both servers up; rounds alternate A then B and B then A, so a change in machine "
                   "load lands on both sides of a round. The verdict above uses the median ratio.", "",
                   "| target | A | B | metric | rounds: A / B = ratio (first side) | median | goal |",
                   "|---|---|---|---|---|---:|---|"]
