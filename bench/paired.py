@@ -12,7 +12,7 @@ every round, and the single-pass figure beside it.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,10 +38,10 @@ class Pair:
     a_dir: str | None = None
     b_dir: str | None = None
     needs_peers: bool = False
-    metric: str = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.metric = "claims/s" if self.workload == "throughput16" else "p95 µs"
+    @property
+    def metric(self) -> str:
+        return "claims/s" if self.workload == "throughput16" else "p95 µs"
 
 
 def pairs(peers: bool, store_dir: str | None, agents: int, tasks: int) -> list[Pair]:
@@ -138,15 +138,12 @@ def _run_pair(pool: workloads.Pool, work: Path, pair: Pair, rounds: int, sizes: 
 
 def _measure(pool: workloads.Pool, pair: Pair, system: System, info: dict[str, Any], side: str,
              sizes: dict[str, int], agents: int, tag: str) -> tuple[float | None, int | None]:
-    if pair.workload == "latency":
-        return workloads.claim_latency(pool, system, info, sizes["latency"], tag)["latency_us"].get("p95"), None
     if pair.workload == "throughput16":
         return workloads.throughput(pool, system, info, 16, sizes["throughput"], tag)["rate"], None
     if pair.workload == "broadcast":
         r = workloads.broadcast(pool, system, info, 10, sizes["broadcast"], 1000.0)
         return r["latency_us"].get("p95"), r["lost"]
-    assert pair.workload == "agents"
-    if side == "b":
-        return workloads.claim_latency(pool, system, info, sizes["latency"], tag)["latency_us"].get("p95"), None
-    with workloads.with_agents(pool, info, agents, ttl=AGENTS_TTL_S):
-        return workloads.claim_latency(pool, system, info, sizes["latency"], tag)["latency_us"].get("p95"), None
+    if pair.workload == "agents" and side == "a":  # the same broker, with the agents heartbeating
+        with workloads.with_agents(pool, info, agents, ttl=AGENTS_TTL_S):
+            return _measure(pool, pair, system, info, "b", sizes, agents, tag)
+    return workloads.claim_latency(pool, system, info, sizes["latency"], tag)["latency_us"].get("p95"), None

@@ -205,33 +205,34 @@ class Core:
         self._claim_deadline.clear()
         self._heap.clear()
         self._queued.clear()
-        for key, raw in txn.scan("agents"):
-            self._set_lease(key.decode(), orjson.loads(raw)["ttl"], now)
         self._trim_log(txn)
         # schema 3 and older kept task claims in the claims table: move them next to their task
         for key, raw in [(bytes(k), bytes(v)) for k, v in txn.scan("claims", prefix=b"task:")]:
             txn.delete("claims", key)
             txn.put(*_claim_slot(key), raw)
+        self.resync(txn, now, self._indexed_claims(txn))
+
+    @staticmethod
+    def _indexed_claims(txn: Txn) -> list[tuple[bytes, bytes]] | None:
+        """The claims a clean shutdown's index names (None: no usable index, scan). The
+        index goes now, in this transaction, so it never describes a later state."""
         index = txn.get("meta", _CLAIM_INDEX)
-        if index is None:  # not closed cleanly (or never): find the claims by scanning
-            self.resync(txn, now)
-            return
-        # closed cleanly: read just the claims the index names. The index goes now, in this
-        # transaction, so it can never describe a later state of the store.
+        if index is None:  # not closed cleanly, or never
+            return None
         txn.delete("meta", _CLAIM_INDEX)
         records = [(key, _get_claim(txn, key)) for key in index.split(b"\0") if key]
-        if any(raw is None for _, raw in records):  # cannot happen unless edited by hand: scan
-            self.resync(txn, now)
-        else:
-            self._load_claims(records, now)  # type: ignore[arg-type]
+        if any(raw is None for _, raw in records):  # cannot happen unless edited by hand
+            return None
+        return records  # type: ignore[return-value]
 
-    def resync(self, txn: Txn, now: Now) -> None:
+    def resync(self, txn: Txn, now: Now, claims: Iterable[tuple[bytes, bytes]] | None = None) -> None:
         """Make the volatile indexes agree with the store again: after a start (recover has
         emptied them, so every lease and claim TTL starts afresh), or after a batch was
         rolled back, whose in-memory changes the store no longer has (an agent it added, a
         lease or claim TTL its expiry used up). A deadline still held is kept; a missing
-        one starts afresh at ``now``. Reads every task: a task's claim is stored beside it."""
-        self._load_claims(_claim_records(txn), now)
+        one starts afresh at ``now``. Without ``claims`` (every resource key and claim
+        record) it reads every task: a task's claim is stored beside it."""
+        self._load_claims(_claim_records(txn) if claims is None else claims, now)
         agents = {bytes(key).decode(): raw for key, raw in txn.scan("agents")}
         for agent in [a for a in self._lease_deadline if a not in agents]:
             del self._lease_deadline[agent]
@@ -265,19 +266,21 @@ class Core:
     # the same four again, so values read or written in the current transaction are kept
     # here. The cache belongs to one transaction object: a new one (the next batch, or a
     # batch applied again after a rollback) starts empty, so it never outlives the data.
-    def _counter(self, txn: Txn, name: bytes) -> int:
+    def _counters(self, txn: Txn) -> dict[bytes, int]:
         if txn is not self._counter_txn:
             self._counter_txn, self._counter_values = txn, {}
-        value = self._counter_values.get(name)
+        return self._counter_values
+
+    def _counter(self, txn: Txn, name: bytes) -> int:
+        values = self._counters(txn)
+        value = values.get(name)
         if value is None:
             raw = txn.get("events", _COUNTER + name)
-            value = self._counter_values[name] = _U64.unpack(raw)[0] if raw else 0
+            value = values[name] = _U64.unpack(raw)[0] if raw else 0
         return value
 
     def _set_counter(self, txn: Txn, name: bytes, value: int) -> None:
-        if txn is not self._counter_txn:
-            self._counter_txn, self._counter_values = txn, {}
-        self._counter_values[name] = value
+        self._counters(txn)[name] = value
         txn.put("events", _COUNTER + name, _U64.pack(value))
 
     def _next(self, txn: Txn, name: bytes) -> int:
