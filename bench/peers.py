@@ -613,6 +613,8 @@ def _sanity(n: int, ttl: float) -> None:
     import sys
     import tempfile
 
+    from .systems import claim_client  # here: systems imports this module
+
     with tempfile.TemporaryDirectory(prefix="zmesh-peers-") as tmp:
         for system in available_peers():
             try:

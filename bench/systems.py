@@ -7,7 +7,6 @@ a missing fsync. Peers (etcd, Redis, NATS) live in bench/peers.py and follow the
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

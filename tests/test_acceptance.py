@@ -246,7 +246,7 @@ def test_malformed_messages_get_an_error_reply_and_the_broker_survives(broker) -
         if not reply.ok:
             assert reply.body["code"] in {"bad_request", "unknown_op", "unsupported_version", "too_large",
                                           "not_found", "conflict", "not_owner", "stale_token",
-                                          "lease_expired", "snapshot_required"}, reply.body
+                                          "lease_expired", "claim_expired", "snapshot_required"}, reply.body
             assert reply.body["message"]
         counts["ok" if reply.ok else "error"] += 1
 
@@ -257,11 +257,18 @@ def test_malformed_messages_get_an_error_reply_and_the_broker_survives(broker) -
         sock.send_multipart([_header(b"ZM1", b"hello", None, b"r"), half, half])
         assert sock.poll(5000)
         assert protocol.decode_reply(sock.recv_multipart()).body["code"] == "too_large"
-        # one frame above the limit: libzmq drops it and disconnects that peer, no reply
+        # one frame above the message limit (below the frame cut-off): read, answered, logged
         sock.send_multipart([_header(b"ZM1", b"hello", None, b"r"), b"y" * (protocol.MAX_MESSAGE_BYTES + 1)])
+        assert sock.poll(5000)
+        assert protocol.decode_reply(sock.recv_multipart()).body["code"] == "too_large"
+        # a frame above the cut-off: libzmq drops it and disconnects that peer, no reply
+        sock.send_multipart([_header(b"ZM1", b"hello", None, b"r"), b"y" * (protocol.MAX_FRAME_BYTES + 1)])
         assert not sock.poll(500)
     finally:
         sock.close(0)
+    # the broker said what it refused, naming the peer, without a line per bad message
+    refusals = [line for line in broker.log().splitlines() if "refused a request from 127.0.0.1" in line]
+    assert refusals and len(refusals) < 100, broker.log()[-3000:]
     assert counts["error"] > 1000 and sum(counts.values()) >= 3000
     assert broker.proc.poll() is None, "the broker is alive"
     assert ping(broker.endpoint, 2.0) is not None

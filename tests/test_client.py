@@ -14,7 +14,7 @@ import pytest
 
 import zmesh
 from zmesh import AsyncClient, BadRequest, Client
-from zmesh.client._protocol import EventTracker
+from zmesh.client._events import EventTracker
 from zmesh.protocol import Event
 from zmesh.testing import free_port
 
@@ -200,8 +200,9 @@ def test_without_heartbeat_the_lease_lapses(broker, make_client) -> None:
             c.create_task("t1")
             claim = c.claim("t1")
             wait_for(lambda: admin.task("t1")["status"] == "available", timeout=5, what="lease expiry")
-            with pytest.raises((zmesh.StaleToken, zmesh.NotOwner)):
+            with pytest.raises(zmesh.LeaseExpired) as lapsed:  # not a stale token (finding 9)
                 c.complete("t1", token=claim.token)
+            assert lapsed.value.details["reason"] == "lease_expired" and lapsed.value.details["holder"] is None
             with pytest.raises(zmesh.LeaseExpired):
                 c.heartbeat(lease=c.lease)
             c.close(unregister=False)
@@ -274,7 +275,7 @@ c.close()
         out, err = p.communicate(timeout=30)
     lines = out.splitlines()
     assert lines[0] == "lost lease_expired", err
-    assert lines[1] in ("complete stale_token", "complete not_owner")
+    assert lines[1] == "complete lease_expired"  # the lapse, not a stale token (finding 9)
     assert lines[2] == "heartbeat sleepy"
 
 
@@ -342,7 +343,8 @@ def test_event_flow_replays_a_lost_tail_when_the_heartbeat_is_ahead() -> None:
     """Pure flow test: the last event never arrived over PUB; the PUB heartbeat says the
     broker is at seq 5 while we are at 3, so the flow asks for a replay and delivers 4, 5."""
     from zmesh import protocol
-    from zmesh.client._protocol import Call, Deliver, Poll, event_flow
+    from zmesh.client._events import Deliver, Poll, event_flow
+    from zmesh.client._protocol import Call
 
     clock = [0.0]
     flow = event_flow(EventTracker([], since=3), replay_first=False, timeout=None,
@@ -362,7 +364,7 @@ def test_event_flow_replays_a_lost_tail_when_the_heartbeat_is_ahead() -> None:
 
 def test_event_flow_ends_after_timeout_without_deliveries() -> None:
     from zmesh import protocol
-    from zmesh.client._protocol import Poll, event_flow
+    from zmesh.client._events import Poll, event_flow
 
     clock = [0.0]
     flow = event_flow(EventTracker([], since=None), replay_first=False, timeout=2.0,

@@ -16,8 +16,9 @@ from typing import Any, Iterator
 import pytest
 
 from zmesh import protocol
-from zmesh.core import Core, Now, Settings
+from zmesh.core import Core, Now, Recovery, Settings
 from zmesh.errors import (
+    ClaimExpired,
     Conflict,
     LeaseExpired,
     NotFound,
@@ -320,12 +321,13 @@ def test_stale_token_after_release_and_reclaim(h: Harness) -> None:
     h.do("release", task="t", agent="a1", token=old)
     # no claim at all: a token names nothing current
     err = h.refused(StaleToken, "complete", task="t", agent="a1", token=old)
-    assert err.details == {"task": "t", "token": old, "current": None}
+    assert err.details | {"at": None} == {"task": "t", "token": old, "current": None, "holder": None,
+                                          "agent": "a1", "reason": "released", "at": None}
     new = h.do("claim", task="t", agent="a2")["token"]
     assert new > old
     for op, extra in (("complete", {"result": 1}), ("fail", {"error": "e"}), ("release", {}), ("renew", {})):
         err = h.refused(StaleToken, op, task="t", agent="a1", token=old, **extra)
-        assert err.details == {"task": "t", "token": old, "current": new}
+        assert (err.details["token"], err.details["current"], err.details["holder"]) == (old, new, "a2")
         # the owner with a wrong token is refused too
         h.refused(StaleToken, op, task="t", agent="a2", token=new + 100, **extra)
     assert h.do("complete", task="t", agent="a2", token=new)["completed_by"] == "a2"
@@ -336,8 +338,9 @@ def test_stale_token_after_lease_expiry(h: Harness) -> None:
     old = h.do("claim", task="t", agent="slow")["token"]
     h.expire(T0 + 10)
     new = h.do("claim", task="t", agent="fast")["token"]
-    h.refused(StaleToken, "complete", task="t", agent="slow", token=old, result="late")
-    h.refused(NotOwner, "complete", task="t", agent="slow", result="late")
+    # a lapse says so (issue 13): lease_expired, not stale_token / not_owner
+    h.refused(LeaseExpired, "complete", task="t", agent="slow", token=old, result="late")
+    h.refused(LeaseExpired, "complete", task="t", agent="slow", result="late")
     assert h.task("t")["owner"] == "fast"
     assert h.task("t")["token"] == new
 
@@ -377,7 +380,8 @@ def test_release_makes_task_available_without_attempt(h: Harness) -> None:
     h.do("task_create", id="t")
     tok = h.do("claim", task="t", agent="a1")["token"]
     view, events = h.call("release", task="t", agent="a1", token=tok)
-    assert (view["status"], view["attempts"], view["owner"], view["history"]) == ("available", 0, None, [])
+    assert (view["status"], view["attempts"], view["owner"]) == ("available", 0, None)
+    assert [(e["event"], e["agent"], e["token"]) for e in view["history"]] == [("released", "a1", tok)]
     assert released(events) == [("t", "a1", "released")]
     assert set(h.agents()) == {"a1"}  # releasing keeps the lease
     assert h.do("claim", task="t", agent="a2")["agent"] == "a2"
@@ -959,3 +963,209 @@ def test_a_rolled_back_registration_leaves_no_phantom_lease(h: Harness) -> None:
         h.core.resync(txn, h.now())
     assert h.do("status")["agents"] == 0 and h.do("status")["claims"] == 0
     assert h.expire(T0 + 1000) == []  # no agent.expired for an agent that never existed
+
+
+# ==================================================================== why a claim is gone (issue 13)
+# complete / fail / release / renew by an agent whose claim has ended say how it ended
+# (from the task's history), when, and who holds the task now; a refusal writes nothing.
+_HELD_OPS = (("complete", {"result": "late"}), ("fail", {"error": "late"}), ("release", {}),
+             ("renew", {}))
+
+
+def test_lapsed_lease_is_lease_expired_not_stale_token(h: Harness) -> None:
+    h.do("task_create", id="build")
+    old = h.do("claim", task="build", agent="alice")["token"]
+    h.expire(T0 + 10)  # alice's lease (default TTL 10 s) lapses
+    h.at(T0 + 22.5)
+    for op, extra in _HELD_OPS:
+        err = h.refused(LeaseExpired, op, task="build", agent="alice", token=old, **extra)
+        assert err.details == {"task": "build", "token": old, "agent": "alice",
+                               "reason": "lease_expired", "at": WALL0 + T0 + 10,
+                               "holder": None, "current": None}
+        assert err.message == (f"claim on 'build' (token {old}) lapsed 12.5 s ago: agent 'alice''s "
+                               "lease expired; the task went back to the pool")
+    new = h.do("claim", task="build", agent="bob")["token"]
+    for op, extra in _HELD_OPS:
+        err = h.refused(LeaseExpired, op, task="build", agent="alice", token=old, **extra)
+        assert (err.details["holder"], err.details["current"]) == ("bob", new)
+        assert err.details["reason"] == "lease_expired" and err.details["at"] == WALL0 + T0 + 10
+        assert err.message.endswith(f"; 'bob' holds it now (token {new})"), err.message
+    assert h.task("build")["owner"] == "bob"
+
+
+def test_lapsed_claim_ttl_is_claim_expired(h: Harness) -> None:
+    h.do("task_create", id="t")
+    h.do("register", agent="a", ttl=60)
+    tok = h.do("claim", task="t", agent="a", ttl=2)["token"]
+    h.expire(T0 + 2)
+    h.at(T0 + 3)
+    for op, extra in _HELD_OPS:
+        err = h.refused(ClaimExpired, op, task="t", agent="a", token=tok, **extra)
+        assert err.details == {"task": "t", "token": tok, "agent": "a", "reason": "claim_expired",
+                               "at": WALL0 + T0 + 2, "holder": None, "current": None}
+        assert "TTL ran out" in err.message and "1.0 s ago" in err.message
+        # without a token: the agent's latest ending on the task explains it the same way
+        err = h.refused(ClaimExpired, op, task="t", agent="a", **extra)
+        assert err.details["token"] == tok and err.details["reason"] == "claim_expired"
+
+
+def test_unregistered_claim_is_lease_expired(h: Harness) -> None:
+    h.do("task_create", id="t")
+    tok = h.do("claim", task="t", agent="a")["token"]
+    h.at(T0 + 1).do("unregister", agent="a")
+    cur = h.do("claim", task="t", agent="b")["token"]
+    for op, extra in _HELD_OPS:
+        err = h.refused(LeaseExpired, op, task="t", agent="a", token=tok, **extra)
+        assert err.details == {"task": "t", "token": tok, "agent": "a", "reason": "unregistered",
+                               "at": WALL0 + T0 + 1, "holder": "b", "current": cur}
+        assert "unregistered" in err.message
+
+
+def test_no_token_not_owner_after_a_lapse_is_lease_expired(h: Harness) -> None:
+    h.do("task_create", id="t")
+    tok = h.do("claim", task="t", agent="slow")["token"]
+    h.expire(T0 + 10)
+    cur = h.do("claim", task="t", agent="fast")["token"]
+    for op, extra in _HELD_OPS:
+        err = h.refused(LeaseExpired, op, task="t", agent="slow", **extra)
+        assert err.details == {"task": "t", "token": tok, "agent": "slow", "reason": "lease_expired",
+                               "at": WALL0 + T0 + 10, "holder": "fast", "current": cur}
+    # an agent that never held the task is still simply not the owner
+    err = h.refused(NotOwner, "complete", task="t", agent="other")
+    assert err.details == {"task": "t", "agent": "other", "owner": "fast"}
+
+
+def test_the_latest_ending_explains_a_no_token_refusal(h: Harness) -> None:
+    h.do("task_create", id="t")
+    h.do("claim", task="t", agent="a")
+    h.expire(T0 + 10)  # a's first claim lapses
+    h.at(T0 + 11)
+    again = h.do("claim", task="t", agent="a")["token"]
+    h.do("release", task="t", agent="a", token=again)  # its later claim it gave back
+    err = h.refused(NotOwner, "complete", task="t", agent="a")
+    assert "released" in err.message
+    assert (err.details["token"], err.details["reason"]) == (again, "released")
+
+
+def test_release_is_recorded_in_history(h: Harness) -> None:
+    h.do("task_create", id="t")
+    tok = h.do("claim", task="t", agent="a1")["token"]
+    h.at(T0 + 1)
+    view = h.do("release", task="t", agent="a1", token=tok)
+    assert view["history"] == [{"ts": WALL0 + T0 + 1, "event": "released", "agent": "a1", "token": tok}]
+
+
+def test_stale_token_after_own_release_says_released(h: Harness) -> None:
+    h.do("task_create", id="build")
+    old = h.do("claim", task="build", agent="alice")["token"]
+    h.at(T0 + 2).do("release", task="build", agent="alice", token=old)
+    h.at(T0 + 5)
+    err = h.refused(StaleToken, "complete", task="build", agent="alice", token=old, result=1)
+    assert err.message == (f"token {old} on 'build' ended when 'alice' released it 3.0 s ago; "
+                           "'build' is not claimed (status available)")
+    assert err.details == {"task": "build", "token": old, "agent": "alice", "reason": "released",
+                           "at": WALL0 + T0 + 2, "holder": None, "current": None}
+    new = h.do("claim", task="build", agent="bob")["token"]
+    for op, extra in _HELD_OPS:
+        err = h.refused(StaleToken, op, task="build", agent="alice", token=old, **extra)
+        assert "released" in err.message and err.message.endswith(f"'bob' holds it now (token {new})")
+        assert (err.details["holder"], err.details["current"]) == ("bob", new)
+
+
+def test_stale_token_after_own_failure_says_failed(h: Harness) -> None:
+    h.do("task_create", id="t", max_attempts=3)
+    tok = h.do("claim", task="t", agent="a")["token"]
+    h.do("fail", task="t", agent="a", token=tok, error="disk full")
+    err = h.refused(StaleToken, "complete", task="t", agent="a", token=tok)
+    assert err.details["reason"] == "failed" and "failed" in err.message
+
+
+def test_stale_token_after_completion_says_completed(h: Harness) -> None:
+    h.do("task_create", id="t")
+    tok = h.do("claim", task="t", agent="a")["token"]
+    h.do("complete", task="t", agent="a", token=tok, result=1)
+    for op, extra in _HELD_OPS[1:]:  # the completer's own fail / release / renew
+        err = h.refused(StaleToken, op, task="t", agent="a", token=tok, **extra)
+        assert err.details["reason"] == "completed" and "completed" in err.message
+    err = h.refused(StaleToken, "complete", task="t", agent="b", token=tok, result=2)
+    assert "completed" in err.message and "'a'" in err.message
+    assert (err.details["agent"], err.details["reason"]) == ("a", "completed")
+    # the completer's retry is still answered with the task
+    assert h.do("complete", task="t", agent="a", token=tok, result=1)["completed_by"] == "a"
+
+
+def test_unknown_token_is_stale_with_the_holder(h: Harness) -> None:
+    h.do("task_create", id="build")
+    cur = h.do("claim", task="build", agent="bob")["token"]
+    err = h.refused(StaleToken, "complete", task="build", agent="alice", token=cur + 100)
+    assert err.message == (f"token {cur + 100} is not the current claim on 'build': "
+                           f"'bob' holds it with token {cur}")
+    assert err.details == {"task": "build", "token": cur + 100, "holder": "bob", "current": cur}
+    h.do("task_create", id="free")
+    err = h.refused(StaleToken, "release", task="free", agent="alice", token=cur)
+    assert err.message == (f"token {cur} is not the current claim on 'free': "
+                           "'free' is not claimed (status available)")
+    assert err.details == {"task": "free", "token": cur, "holder": None, "current": None}
+
+
+def test_refused_lapse_writes_nothing(h: Harness) -> None:
+    h.do("task_create", id="t")
+    tok = h.do("claim", task="t", agent="a")["token"]
+    h.expire(T0 + 10)
+    h.do("claim", task="t", agent="b")
+    before = h.raw()
+    for op, extra in _HELD_OPS:
+        with h.store.write() as txn:
+            with pytest.raises(LeaseExpired):
+                h.core.handle(txn, op, protocol.validate(protocol.OPS[op], {
+                    "task": "t", "agent": "a", "token": tok, **extra}), h.now())
+            assert not txn.dirty
+    assert h.raw() == before
+    assert set(h.agents()) == {"b"}  # the refused agent got no implicit lease
+
+
+# ==================================================================== recovery report (issue 13)
+def _recover(h: Harness, mono: float, clean: bool = False) -> Recovery:
+    if clean:
+        with h.store.write() as txn:
+            h.core.checkpoint(txn)
+    if h.kind == "lmdb":
+        h.store.close()
+        h.store = h._open()
+    h.core = Core(h.settings)
+    h.mono = mono
+    with h.store.write() as txn:
+        return h.core.recover(txn, h.now())
+
+
+def test_recover_reports_a_fresh_store(h: Harness) -> None:
+    assert _recover(h, T0) == Recovery(agents=0, claims=0, claim_index=False, trimmed_events=0,
+                                       moved_claims=0)
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_recover_reports_leases_claims_and_the_index(h: Harness, clean: bool) -> None:
+    for tid in ("t1", "t2", "t3"):
+        h.do("task_create", id=tid)
+    h.do("register", agent="idle")
+    h.do("claim", task="t1", agent="a")
+    h.do("claim", task="t2", agent="a", ttl=4)
+    h.do("claim", task="t3", agent="b")
+    rec = _recover(h, T0 + 100, clean=clean)
+    assert rec == Recovery(agents=3, claims=3, claim_index=clean, trimmed_events=0, moved_claims=0)
+    # the index is consumed: the next start scans
+    assert _recover(h, T0 + 101).claim_index is False
+
+
+def test_recover_reports_trimmed_events_and_moved_claims(h: Harness) -> None:
+    for i in range(8):
+        h.do("task_create", id=f"t{i}")
+    h.do("claim", task="t0", agent="a")  # events 9 (agent.registered) and 10 (task.claimed)
+    with h.store.write() as txn:  # as schema 3 stored it: in the claims table
+        raw = txn.get("tasks", b"t0\0")
+        txn.delete("tasks", b"t0\0")
+        txn.put("claims", b"task:t0", bytes(raw))
+    h.settings.event_log_size = 4
+    rec = _recover(h, T0 + 1)
+    assert rec == Recovery(agents=1, claims=1, claim_index=False, trimmed_events=6, moved_claims=1)
+    assert h.task("t0")["owner"] == "a"

@@ -21,8 +21,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from zmesh import protocol
-from zmesh.core import Core, Now, Settings
+from zmesh.core import HISTORY_LIMIT, Core, Now, Settings
 from zmesh.errors import (
+    ClaimExpired,
     Conflict,
     LeaseExpired,
     NotFound,
@@ -69,6 +70,7 @@ class MTask:
     completed_by: str | None = None
     completed_token: int | None = None
     frozen: dict[str, Any] | None = None  # the view at completion; never changes again
+    ended: list[tuple[int, str, str]] = field(default_factory=list)  # history: (token, agent, reason)
 
 
 @dataclass
@@ -194,7 +196,11 @@ class CoreMachine(RuleBasedStateMachine):
             self.claim_dl[t.id] = self.mono + ttl
         self.agents[agent].claims += 1
 
-    def end_claim(self, t: MTask, new_status: str) -> None:
+    def end_claim(self, t: MTask, new_status: str, reason: str | None = None) -> None:
+        """``reason``: how the claim ended, as the task's history records it (None: completed)."""
+        if reason is not None:
+            assert t.owner is not None and t.token is not None
+            t.ended = (t.ended + [(t.token, t.owner, reason)])[-HISTORY_LIMIT:]
         t.status, t.owner, t.token = new_status, None, None
         self.claim_dl.pop(t.id, None)
         self.claim_ttl.pop(t.id, None)
@@ -203,11 +209,24 @@ class CoreMachine(RuleBasedStateMachine):
         """The refusal complete/fail/release/renew get (core docstring: owner + current token)."""
         if t is None:
             return NotFound
-        if token is not None and (t.status != "claimed" or t.token != token):
-            return StaleToken
-        if t.status != "claimed" or t.owner != agent:
+        if t.status == "claimed" and t.owner == agent and token in (None, t.token):
+            return None
+        if t.status == "claimed" and token == t.token:  # the right token in the wrong hands
             return NotOwner
-        return None
+        # a refusal says how the claim ended (issue 13): the claim with this token, or without
+        # a token the agent's latest one; its own lapse -> lease_expired / claim_expired
+        endings = list(t.ended)
+        if t.completed_token is not None:
+            assert t.completed_by is not None
+            endings.append((t.completed_token, t.completed_by, "completed"))
+        if token is not None:
+            ending = next((e for e in endings if e[0] == token), None)
+        else:
+            ending = max((e for e in endings if e[1] == agent), default=None)
+        lapsed = {"lease_expired": LeaseExpired, "unregistered": LeaseExpired, "claim_expired": ClaimExpired}
+        if ending is not None and ending[1] == agent and ending[2] in lapsed:
+            return lapsed[ending[2]]
+        return StaleToken if token is not None else NotOwner
 
     def tid(self, i: int, known_: bool) -> str:
         if known_ and self.tasks:
@@ -339,7 +358,7 @@ class CoreMachine(RuleBasedStateMachine):
             return
         assert t is not None
         t.attempts += 1
-        self.end_claim(t, "dead" if t.attempts >= t.max_attempts else "available")
+        self.end_claim(t, "dead" if t.attempts >= t.max_attempts else "available", "failed")
         self.touch(agent)
         self.agents[agent].failed += 1
         assert [e.topic for e in out[1]] == ["task.dead" if t.status == "dead" else "task.failed"]
@@ -352,7 +371,7 @@ class CoreMachine(RuleBasedStateMachine):
         if expect is not None:
             return
         assert t is not None
-        self.end_claim(t, "available")
+        self.end_claim(t, "available", "released")
         self.touch(agent)
         assert [(e.topic, e.body["reason"]) for e in out[1]] == [("task.released", "released")]
 
@@ -404,7 +423,7 @@ class CoreMachine(RuleBasedStateMachine):
         assert sorted(reply["released"]) == held
         assert sorted(e.body["task_id"] for e in events if e.topic == "task.released") == held
         for tid in held:
-            self.end_claim(self.tasks[tid], "available")
+            self.end_claim(self.tasks[tid], "available", "unregistered")
         del self.agents[agent]
         del self.lease_dl[agent]
 
@@ -432,8 +451,8 @@ class CoreMachine(RuleBasedStateMachine):
         assert expired == {a: sorted(tid for tid, ag, why in expected if ag == a and why == "lease_expired")
                            for a in lapsed}
         assert {e.topic for e in events} <= {"task.released", "agent.expired"}
-        for tid, _, _ in expected:
-            self.end_claim(self.tasks[tid], "available")
+        for tid, _, why in expected:
+            self.end_claim(self.tasks[tid], "available", why)
         for a in lapsed:
             del self.agents[a]
             del self.lease_dl[a]

@@ -13,19 +13,19 @@ def test_exported_members() -> None:
     expected = {"__version__", "Client", "AsyncClient", "Claim", "ZmeshError", "RemoteError", "BadRequest",
                 "UnknownOp", "UnsupportedVersion", "TooLarge", "NotFound", "Conflict", "NotOwner",
                 "StaleToken", "LeaseExpired", "SnapshotRequired", "Internal", "Unreachable",
-                "ProtocolError", "StoreError"}
+                "ProtocolError", "StoreError", "InvalidArgument", "ConfigError", "UsageError",
+                "ClaimExpired", "NothingToClaim"}
     assert set(zmesh.__all__) == expected
     for name in expected:
         assert hasattr(zmesh, name)
 
 
 def test_every_error_is_a_zmesh_error_with_a_stable_code() -> None:
-    codes = set()
-    for name in zmesh.__all__:
-        obj = getattr(zmesh, name)
-        if inspect.isclass(obj) and issubclass(obj, Exception):
-            assert issubclass(obj, zmesh.ZmeshError)
-            codes.add(obj.code)
+    classes = [getattr(zmesh, n) for n in zmesh.__all__
+               if inspect.isclass(getattr(zmesh, n)) and issubclass(getattr(zmesh, n), Exception)]
+    assert all(issubclass(cls, zmesh.ZmeshError) for cls in classes)
+    codes = {cls.code for cls in classes}
+    assert len(codes) == len(classes), "two error classes share a code"
     assert set(errors.WIRE_ERRORS) <= codes
 
 

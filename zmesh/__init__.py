@@ -7,10 +7,14 @@ __version__ = "0.1.0"
 from .client import AsyncClient, Claim, Client  # noqa: E402
 from .errors import (  # noqa: E402
     BadRequest,
+    ClaimExpired,
+    ConfigError,
     Conflict,
     Internal,
+    InvalidArgument,
     LeaseExpired,
     NotFound,
+    NothingToClaim,
     NotOwner,
     ProtocolError,
     RemoteError,
@@ -21,6 +25,7 @@ from .errors import (  # noqa: E402
     UnknownOp,
     Unreachable,
     UnsupportedVersion,
+    UsageError,
     ZmeshError,
 )
 
@@ -30,6 +35,9 @@ __all__ = [
     "AsyncClient",
     "Claim",
     "ZmeshError",
+    "InvalidArgument",
+    "ConfigError",
+    "UsageError",
     "RemoteError",
     "BadRequest",
     "UnknownOp",
@@ -40,8 +48,10 @@ __all__ = [
     "NotOwner",
     "StaleToken",
     "LeaseExpired",
+    "ClaimExpired",
     "SnapshotRequired",
     "Internal",
+    "NothingToClaim",
     "Unreachable",
     "ProtocolError",
     "StoreError",

@@ -11,6 +11,11 @@ One pass of the loop::
 This is the only module that reads the clock; the core gets ``now`` from here. A request
 that crashes the core (a bug) is answered ``internal`` and the rest of its batch is applied
 again without it; the loop never dies of input.
+
+What the log tells an operator (logger ``zmesh.broker``): start (endpoints, recovery: what
+was recovered and how long it took), each lease that lapsed and the claims it released,
+each claim whose own TTL lapsed, bad or oversized requests with the peer's address and the
+reason (rate-limited per peer), slow commits (rate-limited), stop.
 """
 
 from __future__ import annotations
@@ -28,19 +33,26 @@ from typing import Any
 import zmq
 
 from . import __version__, protocol
+from ._logging import RateLimited
 from .config import BrokerConfig
 from .core import Core, Now, Settings
 from .errors import Internal, RemoteError, StoreError
 from .protocol import DecodeError, Event
-from .sockets import NOBLOCK, recv_frames, send_frames
+from .sockets import NOBLOCK, peer_address, recv_message, send_frames
 from .store import LmdbStore, Store, StoreFull
 
 log = logging.getLogger(__name__)
+#: warnings about peers and slow commits: at most one line per key per interval
+_limited = RateLimited(log, interval=10.0)
 
 #: most requests applied in one transaction; bounds the latency a batch adds to its first request
 MAX_BATCH = 512
 #: replies to recent write requests kept for idempotent retries (by req_id)
 DEDUP_SIZE = 100_000
+#: a batch (apply + commit + sync) slower than this is logged as a warning
+SLOW_COMMIT_S = 0.5
+#: lease/claim expiries logged one line each per pass; more become one summary line
+EXPIRY_LINES_PER_PASS = 20
 
 
 def ipc_endpoint(data_dir: str, name: str) -> str:
@@ -88,6 +100,8 @@ class Broker:
         self._seq = 0  # latest event published, for the PUB heartbeat
         self._next_hb = 0.0
         self.requests = 0
+        self._ipc_paths: list[str] = []  # ipc socket files we bound: removed on close
+        self._recovered = False  # the core holds the store's state: a checkpoint may be written
 
     # ------------------------------------------------------------ setup
     def bind(self) -> None:
@@ -102,28 +116,37 @@ class Broker:
         router = self._ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        router.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        router.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
         router.setsockopt(zmq.RCVHWM, 100_000)
         router.setsockopt(zmq.SNDHWM, 100_000)
         router.setsockopt(zmq.LINGER, 500)
         router.setsockopt(zmq.HEARTBEAT_IVL, 5_000)
         router.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15_000)
         try:
-            for ep in pub_binds:
-                pub.bind(ep)
-                self.pub_endpoints.append(pub.last_endpoint.decode())
-            for ep in binds:
-                router.bind(ep)
-                self.endpoints.append(router.last_endpoint.decode())
+            for sock, eps, bound in ((pub, pub_binds, self.pub_endpoints), (router, binds, self.endpoints)):
+                for ep in eps:
+                    sock.bind(ep)
+                    bound.append(sock.last_endpoint.decode())
+                    if ep.startswith("ipc://"):
+                        self._ipc_paths.append(ep[len("ipc://"):])
         except zmq.ZMQError as exc:
             pub.close(0)
             router.close(0)
+            self._remove_ipc_files()
             raise OSError(f"cannot bind {ep}: {exc}") from None
         self._pub = pub
         self._routers = [router]
+        started = time.monotonic()
         with self.store.write() as txn:
-            self.core.recover(txn, self._now())
+            recovery = self.core.recover(txn, self._now())
             self._seq = self.core.last_seq(txn)
+        self._recovered = True
+        log.info("recovered in %.3f s: %d agent lease(s) restarted with a full TTL, %d claim(s) held, "
+                 "%s, %d old event(s) trimmed, event seq %d", time.monotonic() - started,
+                 recovery.agents, recovery.claims,
+                 "claims read from the clean-shutdown index" if recovery.claim_index else
+                 "every task scanned for claims (no clean-shutdown index: first start or after a crash)",
+                 recovery.trimmed_events, self._seq)
 
     def _advertise(self) -> None:
         if not self.config.discovery:
@@ -195,18 +218,20 @@ class Broker:
                 signal.set_wakeup_fd(-1)
             self.close()
 
-    def _drain(self, routers: list[zmq.Socket]) -> list[tuple[zmq.Socket, list[bytes]]]:
+    def _drain(self, routers: list[zmq.Socket]) -> list[tuple[zmq.Socket, list[bytes], zmq.Frame]]:
         """Every waiting request (up to MAX_BATCH) from the routers poll found readable:
-        an idle router (the IPC one, for TCP clients) costs no failed read per pass."""
-        batch: list[tuple[zmq.Socket, list[bytes]]] = []
+        an idle router (the IPC one, for TCP clients) costs no failed read per pass. Each
+        comes with its first frame, whose Peer-Address names a misbehaving peer in the log."""
+        batch: list[tuple[zmq.Socket, list[bytes], zmq.Frame]] = []
         for router in routers:
             # one zmq.Again ends the drain (3.3 µs), cheaper than asking ZMQ_EVENTS before
             # every message (1.5 µs each)
             while len(batch) < MAX_BATCH:
                 try:
-                    batch.append((router, recv_frames(router, NOBLOCK)))
+                    frames, first = recv_message(router, NOBLOCK)
                 except zmq.Again:
                     break
+                batch.append((router, frames, first))
         return batch
 
     def _pass(self, readable: list[zmq.Socket]) -> None:
@@ -215,9 +240,10 @@ class Broker:
         if not batch and (deadline is None or deadline > time.monotonic()):
             return
         poisoned: set[int] = set()
+        started = time.monotonic()
         while True:
             try:
-                replies, events = self._apply(batch, poisoned)
+                replies, events, expired = self._apply(batch, poisoned)
                 break
             except StoreFull as exc:
                 log.warning("%s", exc)
@@ -234,6 +260,13 @@ class Broker:
             self._publish(event)
         self.batches += 1
         self.requests += len(batch)
+        elapsed = time.monotonic() - started
+        if elapsed > SLOW_COMMIT_S:
+            _limited.warning("slow", "slow commit: %d request(s) took %.0f ms to apply, commit and sync "
+                             "(durability %s; the disk or the machine is busy)", len(batch),
+                             elapsed * 1000, self.store.durability)
+        if expired:
+            _log_expiries(expired)
 
     def _publish(self, event: Event) -> None:
         send_frames(self._pub, protocol.encode_event(event))  # type: ignore[arg-type]
@@ -241,21 +274,24 @@ class Broker:
             self._seq = event.seq
         self._next_hb = time.monotonic() + protocol.PUB_HEARTBEAT_S
 
-    def _apply(self, batch: list[tuple[zmq.Socket, list[bytes]]], poisoned: set[int]
-               ) -> tuple[list[tuple[zmq.Socket, list[bytes]]], list[Event]]:
+    def _apply(self, batch: list[tuple[zmq.Socket, list[bytes], zmq.Frame]], poisoned: set[int]
+               ) -> tuple[list[tuple[zmq.Socket, list[bytes]]], list[Event], list[Event]]:
         """Apply a batch in one write transaction; returns replies and events to send
-        after the commit (the ``with`` block commits and syncs once)."""
+        after the commit (the ``with`` block commits and syncs once), and the events of
+        lease and claim expiry (for the log)."""
         now = self._now()
         replies: list[tuple[zmq.Socket, list[bytes]]] = []
         remember: list[tuple[bytes, tuple[int, list[bytes]]]] = []
         events: list[Event] = []
         with self.store.write() as txn:
-            for index, (router, frames) in enumerate(batch):
+            for index, (router, frames, first) in enumerate(batch):
                 ident, request = frames[0], frames[1:]
                 try:
                     req = protocol.decode_request(request)
                 except DecodeError as exc:
                     replies.append((router, [ident, *protocol.encode_error(exc.req_id, exc.error)]))
+                    peer = peer_address(first)
+                    _limited.warning("bad:" + peer, "refused a request from %s: %s", peer, exc.error)
                     continue
                 if index in poisoned:
                     err = Internal(f"the broker failed on op '{req.op}'; see the broker log")
@@ -288,12 +324,13 @@ class Broker:
                 replies.append((router, [ident, *out]))
             # after the requests: heartbeats that queued while the broker was busy or
             # stalled count before any lease is judged lapsed
-            events += self.core.expire(txn, now)
+            expired = self.core.expire(txn, now)
+            events += expired
         for req_id, out in remember:
             self._dedup[req_id] = out
         while len(self._dedup) > DEDUP_SIZE:
             self._dedup.popitem(last=False)
-        return replies, events
+        return replies, events, expired
 
     def _hello(self, txn: Any) -> dict[str, Any]:
         return {"broker_id": self.store.broker_id, "protocol": protocol.PROTOCOL_VERSION,
@@ -325,13 +362,55 @@ class Broker:
             self._pub = None
         self._wake_r.close()
         self._wake_w.close()
-        try:  # lets the next start skip reading every task (Core.checkpoint)
-            with self.store.write() as txn:
-                self.core.checkpoint(txn)
-        except Exception as exc:
-            log.warning("no claim index written on shutdown (%s): the next start scans the tasks", exc)
+        self._remove_ipc_files()
+        if self._recovered:  # a broker that never recovered knows no claims: write no index
+            try:  # lets the next start skip reading every task (Core.checkpoint)
+                with self.store.write() as txn:
+                    self.core.checkpoint(txn)
+            except Exception as exc:
+                log.warning("no claim index written on shutdown (%s): the next start scans the tasks", exc)
         self.store.close()
-        log.info("zmesh broker stopped")
+        if self._recovered:
+            log.info("zmesh broker stopped")
+
+
+    def _remove_ipc_files(self) -> None:
+        """libzmq removes an ipc socket file only if its I/O thread gets to it before the
+        process exits; the broker owns these files (its data directory's lock says so)."""
+        for path in self._ipc_paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot remove %s: %s", path, exc)
+        self._ipc_paths = []
+
+
+def _log_expiries(events: list[Event]) -> None:
+    """One line per lapsed lease (with the claims it released) or claim TTL; a storm is
+    summarised after EXPIRY_LINES_PER_PASS lines."""
+    lines = 0
+    leases = claims = 0
+    for event in events:
+        body = event.body
+        if event.topic == "agent.expired":
+            leases += 1
+            if lines < EXPIRY_LINES_PER_PASS:
+                released = body.get("released") or []
+                log.info("lease of agent %r expired (no heartbeat within its TTL); released %d claim(s)%s",
+                         body.get("agent"), len(released), (": " + ", ".join(map(repr, released[:10])) +
+                                                             (", ..." if len(released) > 10 else "")) if released else "")
+                lines += 1
+        elif event.topic == "task.released" and body.get("reason") == "claim_expired":
+            claims += 1
+            if lines < EXPIRY_LINES_PER_PASS:
+                log.info("claim on task %r by agent %r expired (its TTL ran out); the task is available again",
+                         body.get("task_id"), body.get("agent"))
+                lines += 1
+    if leases + claims > lines:
+        log.warning("expiry storm: %d lease(s) and %d claim TTL(s) lapsed at once (%d not logged one by one)",
+                    leases, claims, leases + claims - lines)
 
 
 class _Poison(Exception):

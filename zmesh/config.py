@@ -1,23 +1,46 @@
-"""Settings and their defaults, in one place: defaults < config file < ZMESH_* env < flags.
+"""Broker settings: one table, every value checked for type and range before the broker starts.
 
-The config file is TOML (``conf/zmesh.toml`` is the documented example); it is read only
-when named with ``--config`` or ``ZMESH_CONFIG``, so a broker runs with no file at all.
+Rules this module keeps:
+
+* :data:`SETTINGS` is the single source of truth for every key: name, type, default, range or
+  choices, one-line doc and env var (``ZMESH_`` + NAME). ``BrokerConfig``'s fields,
+  ``conf/zmesh.toml`` and :func:`known_env` follow it (tests/test_config.py checks they agree).
+* Precedence: defaults < config file (``--config`` or ``ZMESH_CONFIG``) < ``ZMESH_*`` env <
+  flags. ``BrokerConfig.sources`` records where each effective value came from.
+* Nothing is ignored or guessed: an unknown section or key, a value of the wrong TOML type
+  (no bool for an int, no string for a list), an env string that does not parse exactly, an
+  empty env value, a number that is out of range or not finite is refused.
+* Flags go through the same checks as the file (the Python API may pass anything).
+* Every refusal is a :class:`~zmesh.errors.ConfigError` of one line naming the key, where it
+  came from and the rule; ``details = {"field": key, "source": source}``.
+
+The file is read only when named, so a broker runs with no file at all.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .errors import ZmeshError
+from .endpoint import MAX_IPC_PATH_BYTES, check_endpoint
+from .errors import ConfigError, InvalidArgument
+from .protocol import MAX_TTL_S, MIN_TTL_S
+from .store import DURABILITY
+
+__all__ = ["BrokerConfig", "ConfigError", "Setting", "SETTINGS", "known_env", "unknown_env",
+           "default_data_dir", "default_broker", "DEFAULT_PORT", "DEFAULT_PUB_PORT",
+           "DEFAULT_TTL_S", "DEFAULT_TIMEOUT_S", "DEFAULT_EVENT_LOG", "DEFAULT_DURABILITY"]
 
 DEFAULT_PORT = 7700
 DEFAULT_PUB_PORT = 7701
@@ -25,10 +48,15 @@ DEFAULT_TTL_S = 30.0
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_EVENT_LOG = 100_000
 DEFAULT_DURABILITY = "full"
+#: ZMESH_* names read besides the settings': the file to load, the clients' broker, and
+#: ZMESH_INTERFACES (a setting, also read by discovery in clients)
+OTHER_ENV = ("ZMESH_CONFIG", "ZMESH_BROKER", "ZMESH_INTERFACES")
+_SECTION = "broker"
+_BOOLS = dict(zip(("1", "0", "true", "false", "yes", "no", "on", "off"), (True, False) * 4))
 
 
 def default_data_dir() -> str:
-    """$ZMESH_DATA, else $XDG_DATA_HOME/zmesh, else ~/.local/share/zmesh."""
+    """$XDG_DATA_HOME/zmesh, else ~/.local/share/zmesh (ZMESH_DATA or --data override it)."""
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
     return os.path.join(base, "zmesh")
 
@@ -37,65 +65,265 @@ def default_broker() -> str:
     return f"tcp://127.0.0.1:{DEFAULT_PORT}"
 
 
-class ConfigError(ZmeshError):
-    code = "config"
-    meaning = "the configuration is invalid"
+def _endpoint(value: str, name: str) -> None:
+    check_endpoint(value, field=name, bind=True)
+
+
+def _interface(value: str, name: str) -> None:
+    if not value or any(c.isspace() or not c.isprintable() for c in value):
+        raise InvalidArgument(f"invalid {name} item {value!r}: must be an address or interface "
+                              "name without whitespace or control characters")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key: ``lo``/``hi`` bound a number's value, or a string's or list's length."""
+
+    name: str
+    kind: type  # bool, int, float, str or list (of str)
+    default: Any  # a value, or a zero-argument callable when it depends on the machine
+    doc: str
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple[str, ...] = ()
+    unit: str = ""  # what the value counts, for messages ("seconds", "endpoints")
+    item: Callable[[str, str], None] | None = None  # checks one list item, raises InvalidArgument
+    example: str = ""  # a good file value, for the message of a wrong type
+
+    @property
+    def env(self) -> str:
+        return "ZMESH_" + self.name.upper()
+
+    def default_value(self) -> Any:
+        value = self.default() if callable(self.default) else self.default
+        return list(value) if isinstance(value, tuple) else value
+
+    def rule(self) -> str:
+        if self.kind is bool:
+            return "must be true or false"
+        if self.kind in (int, float):
+            what = "a whole number" if self.kind is int else "a number"
+            return f"must be {what} of {self.unit} in {_num(self.lo)}..{_num(self.hi)}"
+        if self.choices:
+            return f"must be one of {', '.join(self.choices)}"
+        if self.kind is str:
+            return f"must be a non-empty {self.unit or 'string'} without control characters"
+        count = f"at most {_num(self.hi)}" if not self.lo else f"{_num(self.lo)}..{_num(self.hi)}"
+        return f"must be a list of {count} {self.unit}, e.g. {self.name} = {self.example}"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("data", str, default_data_dir, "data directory (LMDB files, broker.lock, ipc sockets)",
+            lo=1, hi=4096, unit="path"),
+    Setting("bind", list, (f"tcp://*:{DEFAULT_PORT}",), "ROUTER endpoints clients dial",
+            lo=1, hi=16, unit="endpoints", item=_endpoint, example=f'["tcp://*:{DEFAULT_PORT}"]'),
+    Setting("pub_bind", list, (f"tcp://*:{DEFAULT_PUB_PORT}",), "PUB endpoints events are published on",
+            lo=1, hi=16, unit="endpoints", item=_endpoint, example=f'["tcp://*:{DEFAULT_PUB_PORT}"]'),
+    Setting("ipc", bool, True, "also bind ipc:// endpoints in the data directory, for clients on this host"),
+    Setting("durability", str, DEFAULT_DURABILITY, "full: synced; fast: one flush per commit; none: no sync",
+            choices=DURABILITY),
+    Setting("default_ttl", float, DEFAULT_TTL_S, "lease TTL for agents that do not ask for one",
+            lo=MIN_TTL_S, hi=MAX_TTL_S, unit="seconds"),
+    Setting("event_log_size", int, DEFAULT_EVENT_LOG, "events kept for replay (older ones are trimmed)",
+            lo=1, hi=100_000_000, unit="events"),
+    Setting("discovery", bool, True, "advertise the broker on the LAN with zeroconf"),
+    Setting("interfaces", list, (), "addresses or interface names to advertise on (empty: default route's)",
+            lo=0, hi=64, unit="addresses or interface names", item=_interface,
+            example='["192.168.1.10"]'),
+    Setting("map_size", int, 1 << 33, "LMDB map size: the most the data may grow to",
+            lo=1 << 20, hi=1 << 40, unit="bytes"),
+)
+_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+def _default(name: str) -> Any:
+    return field(default_factory=lambda: _BY_NAME[name].default_value())
 
 
 @dataclass
 class BrokerConfig:
-    data: str = field(default_factory=default_data_dir)
-    bind: list[str] = field(default_factory=lambda: [f"tcp://*:{DEFAULT_PORT}"])
-    pub_bind: list[str] = field(default_factory=lambda: [f"tcp://*:{DEFAULT_PUB_PORT}"])
-    #: also bind ipc:// endpoints in the data directory, for clients on this host
-    ipc: bool = True
-    durability: str = DEFAULT_DURABILITY
-    default_ttl: float = DEFAULT_TTL_S
-    event_log_size: int = DEFAULT_EVENT_LOG
-    discovery: bool = True
-    #: IP addresses zeroconf advertises on (empty: the default route's interface)
-    interfaces: list[str] = field(default_factory=list)
-    map_size: int = 1 << 33
+    """The effective broker settings (see :data:`SETTINGS` for each key's rule)."""
+
+    data: str = _default("data")
+    bind: list[str] = _default("bind")
+    pub_bind: list[str] = _default("pub_bind")
+    ipc: bool = _default("ipc")
+    durability: str = _default("durability")
+    default_ttl: float = _default("default_ttl")
+    event_log_size: int = _default("event_log_size")
+    discovery: bool = _default("discovery")
+    interfaces: list[str] = _default("interfaces")
+    map_size: int = _default("map_size")
+    #: key -> where its value came from: "default", "file PATH", "env ZMESH_X" or "flag"
+    sources: dict[str, str] = field(default_factory=lambda: dict.fromkeys(_BY_NAME, "default"),
+                                    compare=False, repr=False)
 
     @classmethod
-    def load(cls, path: str | None = None, env: dict[str, str] | None = None,
+    def load(cls, path: str | None = None, env: Mapping[str, str] | None = None,
              **flags: Any) -> "BrokerConfig":
+        """Defaults < file (``path`` or ZMESH_CONFIG) < ZMESH_* env < ``flags`` (None, () and
+        [] mean "not given"), every value checked; raises ConfigError naming the first bad one."""
         env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        path = path or env.get("ZMESH_CONFIG")
+        values = {s.name: s.default_value() for s in SETTINGS}
+        sources = dict.fromkeys(values, "default")
+        shown = {s.name: f"default {s.name} = {_toml(values[s.name])}" for s in SETTINGS}
+
+        def put(s: Setting, value: Any, where: str, source: str) -> None:
+            values[s.name], shown[s.name], sources[s.name] = _check(s, value, where, source), where, source
+
+        origin = "flag"
+        if not path and "ZMESH_CONFIG" in env:
+            path, origin = env["ZMESH_CONFIG"], "env ZMESH_CONFIG"
+            if not path.strip():
+                raise _fail(f"ZMESH_CONFIG={path!r}: is empty; unset it or name a TOML file", "config", origin)
         if path:
-            try:
-                with open(path, "rb") as fh:
-                    values.update(tomllib.load(fh).get("broker", {}))
-            except (OSError, tomllib.TOMLDecodeError) as exc:
-                raise ConfigError(f"cannot read config {path}: {exc}") from None
-        known = {f.name: f for f in fields(cls)}
-        unknown = set(values) - set(known)
-        if unknown:
-            raise ConfigError(f"unknown setting(s) in {path}: {', '.join(sorted(unknown))}")
-        for name, f in known.items():
-            raw = env.get("ZMESH_" + name.upper())
-            if raw is not None:
-                values[name] = _parse_env(name, raw, getattr(cls(), name))
-        values.update({k: v for k, v in flags.items() if v is not None and v != () and v != []})
-        for name in ("bind", "pub_bind", "interfaces"):
-            if name in values:
-                values[name] = list(values[name])
-        if "data" in values:
-            values["data"] = os.path.expanduser(values["data"])
-        return cls(**values)
+            source = f"file {path}"
+            for key, value in _read(path, origin).items():
+                if key not in _BY_NAME:
+                    raise _fail(f"config {path}: unknown key [{_SECTION}] {key}{_hint(key)}", key, source)
+                put(_BY_NAME[key], value, f"config {path}: [{_SECTION}] {key} = {_toml(value)}", source)
+        for s in SETTINGS:
+            if s.env in env:
+                where = f"{s.env}={_short(repr(env[s.env]))}"
+                put(s, _parse_env(s, env[s.env], where), where, f"env {s.env}")
+        for key, value in flags.items():
+            if key not in _BY_NAME:
+                raise _fail(f"unknown flag {key}{_hint(key)}", key, "flag")
+            if value is not None and not (isinstance(value, (list, tuple)) and not value):
+                put(_BY_NAME[key], value, f"flag {key}={_short(repr(value))}", "flag")
+        _check_data(values, shown["data"], sources["data"])
+        return cls(**values, sources=sources)
 
 
-def _parse_env(name: str, raw: str, default: Any) -> Any:
+def known_env() -> frozenset[str]:
+    """Every ZMESH_* variable zmesh reads."""
+    return frozenset(s.env for s in SETTINGS) | frozenset(OTHER_ENV)
+
+
+def unknown_env(env: Mapping[str, str] | None = None) -> list[str]:
+    """ZMESH_* names set in ``env`` (default os.environ) that zmesh does not read, sorted."""
+    env = os.environ if env is None else env
+    known = known_env()
+    return sorted(k for k in env if k.startswith("ZMESH_") and k not in known)
+
+
+def _read(path: str, origin: str) -> dict[str, Any]:
+    """The [broker] table of the file at ``path``; anything else in it is refused."""
     try:
-        if isinstance(default, bool):
-            return raw.strip().lower() in ("1", "true", "yes", "on")
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-        if isinstance(default, list):
-            return [part.strip() for part in raw.split(",") if part.strip()]
-    except ValueError:
-        raise ConfigError(f"ZMESH_{name.upper()}={raw!r} is not a valid {type(default).__name__}") from None
-    return raw
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except OSError as exc:
+        raise _fail(f"config {path}: cannot read: {exc.strerror or exc}", "config", origin) from None
+    except ValueError as exc:  # TOMLDecodeError, UnicodeDecodeError
+        raise _fail(f"config {path}: not valid TOML: {exc}", "config", origin) from None
+    for key, value in doc.items():
+        if key != _SECTION and isinstance(value, dict):
+            raise _fail(f"unknown section [{key}] in {path} (known: [{_SECTION}])", key, f"file {path}")
+        if key != _SECTION:
+            raise _fail(f"config {path}: unknown top-level key {key} (settings go in a [{_SECTION}] "
+                        "section)", key, f"file {path}")
+    table = doc.get(_SECTION, {})
+    if not isinstance(table, dict):
+        raise _fail(f"config {path}: {_SECTION} = {_toml(table)}: must be the [{_SECTION}] section",
+                    _SECTION, f"file {path}")
+    return table
+
+
+def _parse_env(s: Setting, raw: str, where: str) -> Any:
+    """The typed value of a ZMESH_* string (checked for range later, as any value)."""
+    text = raw.strip()
+    source = f"env {s.env}"
+    if not text:
+        raise _fail(f"{where}: is empty (unset it for the default); {s.rule()}", s.name, source)
+    if s.kind is bool:
+        if text.lower() not in _BOOLS:
+            raise _fail(f"{where}: must be one of {', '.join(_BOOLS)}", s.name, source)
+        return _BOOLS[text.lower()]
+    if s.kind is list:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    if s.kind in (int, float):
+        try:
+            return s.kind(text)
+        except ValueError:
+            raise _fail(f"{where}: {s.rule()}", s.name, source) from None
+    return text
+
+
+def _check(s: Setting, value: Any, where: str, source: str) -> Any:
+    """``value`` of ``s``'s type and within its rule (a list as a new list), else ConfigError."""
+    bad = _fail(f"{where}: {s.rule()}", s.name, source)
+    if s.kind is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if s.kind in (int, float):
+        typed = isinstance(value, (int, float) if s.kind is float else int) and not isinstance(value, bool)
+        # no float() before the range check: a huge TOML int compares exactly, never overflows
+        if not typed or (isinstance(value, float) and not math.isfinite(value)) \
+                or not s.lo <= value <= s.hi:  # type: ignore[operator]
+            raise bad
+        return s.kind(value)
+    if s.kind is str:
+        if not isinstance(value, str) or not value.isprintable() or (s.choices and value not in s.choices) \
+                or (s.lo is not None and not s.lo <= len(value) <= s.hi):  # type: ignore[operator]
+            raise bad
+        return value
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value) \
+            or not s.lo <= len(value) <= s.hi:  # type: ignore[operator]
+        raise bad
+    for v in value:
+        try:
+            s.item(v, s.name)  # type: ignore[misc]
+        except InvalidArgument as exc:
+            raise _fail(f"{where}: {exc.message}", s.name, source) from None
+    if len(set(value)) != len(value):
+        raise _fail(f"{where}: lists an item twice", s.name, source)
+    return list(value)
+
+
+def _check_data(values: dict[str, Any], where: str, source: str) -> None:
+    """``~`` expanded; an existing path must be a directory; the ipc socket path must fit."""
+    data = values["data"] = os.path.expanduser(values["data"])
+    if os.path.exists(data) and not os.path.isdir(data):
+        raise _fail(f"{where}: data: {data} is not a directory", "data", source)
+    sock = os.path.join(os.path.abspath(data), "zmesh-pub.ipc")
+    if values["ipc"] and len(sock.encode()) > MAX_IPC_PATH_BYTES:
+        raise _fail(f"{where}: the ipc socket path ipc://{sock} is {len(sock.encode())} bytes, over "
+                    f"{MAX_IPC_PATH_BYTES}; use a shorter data path or --no-ipc (ipc = false)",
+                    "data", source)
+
+
+def _fail(message: str, key: str, source: str) -> ConfigError:
+    """One line: control characters (a newline in a value or path) shown escaped."""
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    return ConfigError(line, {"field": key, "source": source})
+
+
+def _hint(key: str) -> str:
+    close = difflib.get_close_matches(key, list(_BY_NAME), n=1)
+    return f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(_BY_NAME)})"
+
+
+def _num(x: float | None) -> str:
+    """Integers as integers (604800, never 6.048e+05)."""
+    return str(int(x)) if x is not None and float(x).is_integer() else repr(x)
+
+
+def _toml(value: Any) -> str:
+    """``value`` as it would be written in the file (shortened)."""
+    if isinstance(value, (bool, str)):
+        text = json.dumps(value, ensure_ascii=False)  # true, false and "..." as in TOML
+    elif isinstance(value, (list, tuple)):
+        text = "[" + ", ".join(map(_toml, value)) + "]"
+    elif isinstance(value, dict):
+        text = "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    else:
+        text = str(value)  # numbers (nan, inf, -inf as TOML writes them), dates
+    return _short(text)
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+assert [f.name for f in fields(BrokerConfig)] == [*_BY_NAME, "sources"], "SETTINGS and BrokerConfig differ"

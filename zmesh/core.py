@@ -23,8 +23,13 @@ Rules the tests hold the machine to:
   heartbeats and renewals write nothing to disk, and after a restart :meth:`Core.recover`
   gives every lease and claim its full TTL again (no mass expiry after downtime).
 * complete / fail / release / renew need the owner; when a token is given it must be the
-  claim's current one (``stale_token`` otherwise), so a paused agent that lost its claim
-  cannot clobber the next owner's work.
+  claim's current one, so a paused agent that lost its claim cannot clobber the next
+  owner's work. The refusal says how that claim ended, from the task's history (every
+  ending is recorded: released, failed, lease_expired, claim_expired, unregistered; and
+  the completion): its own lapse is ``lease_expired`` (lease lapsed or unregistered) or
+  ``claim_expired``; a release, failure or completion is ``stale_token`` (``not_owner``
+  without a token); a token the task has no record of is ``stale_token``. Every refusal
+  names who holds the task now.
 * Every change appends an event to the persisted log with a gap-free sequence number in
   the same transaction; the broker publishes them after the commit.
 * Handlers check everything before they write, so a refused request changes nothing.
@@ -44,7 +49,17 @@ from typing import Any, Callable, Iterable, Iterator
 import orjson
 
 from . import protocol
-from .errors import Conflict, LeaseExpired, NotFound, NotOwner, SnapshotRequired, StaleToken
+from .errors import (
+    BadRequest,
+    ClaimExpired,
+    Conflict,
+    LeaseExpired,
+    NotFound,
+    NotOwner,
+    RemoteError,
+    SnapshotRequired,
+    StaleToken,
+)
 from .protocol import Event
 from .store import Txn
 
@@ -59,8 +74,22 @@ TRANSITIONS: dict[tuple[str, str], tuple[str, ...]] = {
     ("claimed", "release"): ("available",),
 }
 
-#: entries kept in a task's history (failures, expiries); older ones are dropped
+#: entries kept in a task's history (how each claim that did not complete ended: released,
+#: failed, lease_expired, claim_expired, unregistered); older ones are dropped
 HISTORY_LIMIT = 50
+
+#: how a claim ended, as a refusal explains it (history ``event``, plus completion)
+_ENDED = {
+    "lease_expired": "agent '{agent}''s lease expired",
+    "unregistered": "agent '{agent}' unregistered",
+    "claim_expired": "the claim's TTL ran out",
+    "released": "'{agent}' released it",
+    "failed": "'{agent}' reported it failed",
+    "completed": "'{agent}' completed the task",
+}
+#: endings that are a lapse (the agent did not end the claim itself) -> the error to raise
+_LAPSED: dict[str, type[RemoteError]] = {
+    "lease_expired": LeaseExpired, "unregistered": LeaseExpired, "claim_expired": ClaimExpired}
 
 #: statuses with an index of their own; available tasks are listed from the ready index
 #: and claimed ones from the claim records, so a claim updates two trees less
@@ -74,6 +103,17 @@ class Now:
 
     mono: float
     wall: float
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What :meth:`Core.recover` found and did, for the broker's start log."""
+
+    agents: int  #: leases restarted with a full TTL
+    claims: int  #: claims held (each keeps its task; claim TTLs restarted too)
+    claim_index: bool  #: True: a clean shutdown's claim index was read; False: every task was scanned
+    trimmed_events: int  #: old events dropped to fit event_log_size
+    moved_claims: int  #: schema-3 task claims moved from the claims table next to their task
 
 
 @dataclass
@@ -199,18 +239,25 @@ class Core:
             heapq.heappop(self._heap)
         return None
 
-    def recover(self, txn: Txn, now: Now) -> None:
-        """After a (re)start: every lease and every claim TTL starts afresh."""
+    def recover(self, txn: Txn, now: Now) -> Recovery:
+        """After a (re)start: every lease and every claim TTL starts afresh. Returns what it
+        found and did, for the broker's start log."""
         self._lease_deadline.clear()
         self._claim_deadline.clear()
         self._heap.clear()
         self._queued.clear()
-        self._trim_log(txn)
+        trimmed = self._trim_log(txn)
         # schema 3 and older kept task claims in the claims table: move them next to their task
-        for key, raw in [(bytes(k), bytes(v)) for k, v in txn.scan("claims", prefix=b"task:")]:
+        moved = [(bytes(k), bytes(v)) for k, v in txn.scan("claims", prefix=b"task:")]
+        for key, raw in moved:
             txn.delete("claims", key)
             txn.put(*_claim_slot(key), raw)
-        self.resync(txn, now, self._indexed_claims(txn))
+        indexed = self._indexed_claims(txn)
+        self.resync(txn, now, indexed)
+        return Recovery(agents=len(self._lease_deadline),
+                        claims=sum(len(keys) for keys in self._held.values()),
+                        claim_index=indexed is not None, trimmed_events=trimmed,
+                        moved_claims=len(moved))
 
     @staticmethod
     def _indexed_claims(txn: Txn) -> list[tuple[bytes, bytes]] | None:
@@ -300,9 +347,10 @@ class Core:
             txn.delete("events", _U64.pack(floor))
         self._events.append(Event(topic, seq, body, raw))
 
-    def _trim_log(self, txn: Txn) -> None:
+    def _trim_log(self, txn: Txn) -> int:
         """Drop every event at or below the floor (after a start with a smaller
-        event_log_size, the log may hold more than _emit's one-key trim removes)."""
+        event_log_size, the log may hold more than _emit's one-key trim removes); returns
+        how many."""
         floor = _U64.pack(max(0, self._counter(txn, b"seq") - self.settings.event_log_size))
         doomed = []
         for key, _ in txn.scan("events"):
@@ -311,6 +359,7 @@ class Core:
             doomed.append(key)
         for key in doomed:
             txn.delete("events", key)
+        return len(doomed)
 
     def _task_event(self, txn: Txn, topic: str, task: dict[str, Any], old: str | None,
                     now: Now, **extra: Any) -> None:
@@ -412,6 +461,8 @@ class Core:
         view = dict(task)
         del view["order"]
         view.update(owner=None, token=None, expires_in=None)
+        view.setdefault("completed_by", None)  # every view has the same keys (docs/CLI.md)
+        view.setdefault("completed_token", None)
         if task["status"] == "claimed":
             key = _task_key(task["id"])
             raw = _get_claim(txn, key)
@@ -531,27 +582,78 @@ class Core:
         if kind == b"task":
             task = self._get_task(txn, name.decode())
             old = self._transition(task, "release", "available")
-            if reason != "released":
-                self._history(task, {"ts": now.wall, "event": reason, "agent": claim["agent"],
-                                     "token": claim["token"]})
+            # every ending is recorded (the owner's own release too), so a refusal of a
+            # later request with this token can say how the claim ended (_refusal)
+            self._history(task, {"ts": now.wall, "event": reason, "agent": claim["agent"],
+                                 "token": claim["token"]})
             self._save_task(txn, task, old, now)
             self._task_event(txn, "task.released", task, old, now, agent=claim["agent"],
                              token=claim["token"], reason=reason)
 
-    def _holding(self, txn: Txn, task_id: str, agent: str, token: int | None) -> tuple[bytes, dict[str, Any]]:
-        """The caller's current claim on a task, or the precise refusal."""
-        key = _task_key(task_id)
+    def _holding(self, txn: Txn, task: dict[str, Any], agent: str, token: int | None,
+                 now: Now) -> tuple[bytes, dict[str, Any]]:
+        """The caller's current claim on a task, or the precise refusal (_refusal)."""
+        key = _task_key(task["id"])
         raw = _get_claim(txn, key)
         claim = orjson.loads(raw) if raw is not None else None
-        if token is not None and (claim is None or claim["token"] != token):
-            raise StaleToken(
-                f"token {token} is not the current claim on '{task_id}'",
-                {"task": task_id, "token": token, "current": claim["token"] if claim else None})
-        if claim is None or claim["agent"] != agent:
-            raise NotOwner(
-                f"agent '{agent}' does not hold '{task_id}'",
-                {"task": task_id, "agent": agent, "owner": claim["agent"] if claim else None})
+        if claim is None or claim["agent"] != agent or (token is not None and claim["token"] != token):
+            raise self._refusal(task, claim, agent, token, now)
         return key, claim
+
+    @staticmethod
+    def _ending(task: dict[str, Any], agent: str, token: int | None) -> dict[str, Any] | None:
+        """How a claim on ``task`` ended, from its history (and its completion): the claim
+        with ``token``, or without a token the agent's latest one (tokens only increase)."""
+        endings = list(task["history"])
+        if task["status"] == "completed" and task.get("completed_token") is not None:
+            endings.append({"ts": task["updated"], "event": "completed", "agent": task["completed_by"],
+                            "token": task["completed_token"]})
+        if token is not None:
+            return next((e for e in endings if e.get("token") == token), None)
+        mine = [e for e in endings if e.get("agent") == agent and e.get("token") is not None]
+        return max(mine, key=lambda e: e["token"], default=None)
+
+    def _refusal(self, task: dict[str, Any], claim: dict[str, Any] | None, agent: str,
+                 token: int | None, now: Now) -> RemoteError:
+        """Why ``agent`` (with ``token``) does not hold ``task``, from what the store knows:
+        its claim lapsed (LeaseExpired / ClaimExpired), ended otherwise (released, failed,
+        completed: StaleToken, or NotOwner without a token), or the token names no claim on
+        this task. Reads only: a refused request writes nothing."""
+        task_id = task["id"]
+        holder, current = (claim["agent"], claim["token"]) if claim else (None, None)
+        if claim is not None and token is not None and claim["token"] == token:
+            # the current token in the wrong hands is still not ownership
+            return NotOwner(f"agent '{agent}' does not hold '{task_id}': '{holder}' holds it with "
+                            f"token {token}", {"task": task_id, "agent": agent, "owner": holder})
+        now_clause = (f"'{holder}' holds it now (token {current})" if claim
+                      else f"'{task_id}' is not claimed (status {task['status']})")
+        ending = self._ending(task, agent, token)
+        if ending is None:
+            if token is not None:
+                held = f"'{holder}' holds it with token {current}" if claim else now_clause
+                return StaleToken(f"token {token} is not the current claim on '{task_id}': {held}",
+                                  {"task": task_id, "token": token, "holder": holder, "current": current})
+            return NotOwner(f"agent '{agent}' does not hold '{task_id}': {now_clause}",
+                            {"task": task_id, "agent": agent, "owner": holder})
+        reason, ended_by, ended_token = ending["event"], ending["agent"], ending["token"]
+        ago = max(0.0, now.wall - ending["ts"])
+        how = (_ENDED[reason].format(agent=ended_by) if reason in _ENDED
+               else f"'{ended_by}''s claim ended ({reason})")
+        details = {"task": task_id, "token": ended_token, "agent": ended_by, "reason": reason,
+                   "at": ending["ts"], "holder": holder, "current": current}
+        lapsed = _LAPSED.get(reason)
+        if lapsed is not None and ended_by == agent:
+            after = f"; '{holder}' holds it now (token {current})" if claim else (
+                f"; it is {task['status']} now" if task["status"] != "available" else "")
+            return lapsed(f"claim on '{task_id}' (token {ended_token}) lapsed {ago:.1f} s ago: {how}; "
+                          f"the task went back to the pool{after}", details)
+        if token is None:  # the agent's own latest claim ended by its own hand (or completion)
+            return NotOwner(f"agent '{agent}' does not hold '{task_id}': its claim (token {ended_token}) "
+                            f"ended when {how} {ago:.1f} s ago; {now_clause}",
+                            {"task": task_id, "agent": agent, "owner": holder} | details)
+        whose = "" if ended_by == agent else f" was '{ended_by}''s claim, not '{agent}''s: it"
+        return StaleToken(f"token {token} on '{task_id}'{whose} ended when {how} {ago:.1f} s ago; "
+                          f"{now_clause}", details)
 
     def _claim_reply(self, task_id: str, claim: dict[str, Any], key: bytes, now: Now) -> dict[str, Any]:
         return {"task": task_id, "agent": claim["agent"], "token": claim["token"],
@@ -613,7 +715,7 @@ class Core:
         if task["status"] == "completed" and task.get("completed_by") == agent_id and (
                 body["token"] is None or body["token"] == task.get("completed_token")):
             return self._view(txn, task, now)  # a retry of a complete that succeeded
-        key, claim = self._holding(txn, task_id, agent_id, body["token"])
+        key, claim = self._holding(txn, task, agent_id, body["token"], now)
         self._end_claim(txn, key, agent_id)
         old = self._transition(task, "complete", "completed")
         task.update(result=body["result"], completed_by=agent_id, completed_token=claim["token"])
@@ -644,7 +746,7 @@ class Core:
     def _fail(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
         task_id, agent_id = body["task"], body["agent"]
         task = self._get_task(txn, task_id)
-        key, claim = self._holding(txn, task_id, agent_id, body["token"])
+        key, claim = self._holding(txn, task, agent_id, body["token"], now)
         self._end_claim(txn, key, agent_id)
         task["attempts"] += 1
         new = "dead" if task["attempts"] >= task["max_attempts"] else "available"
@@ -663,15 +765,15 @@ class Core:
     def _release(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
         task_id, agent_id = body["task"], body["agent"]
         task = self._get_task(txn, task_id)
-        key, claim = self._holding(txn, task_id, agent_id, body["token"])
+        key, claim = self._holding(txn, task, agent_id, body["token"], now)
         self._drop_claim(txn, key, claim, now, "released")
         self._ensure_agent(txn, agent_id, None, now)
         return self._view(txn, self._get_task(txn, task_id), now)
 
     def _renew(self, txn: Txn, body: dict[str, Any], now: Now) -> dict[str, Any]:
         task_id, agent_id = body["task"], body["agent"]
-        self._get_task(txn, task_id)
-        key, claim = self._holding(txn, task_id, agent_id, body["token"])
+        task = self._get_task(txn, task_id)
+        key, claim = self._holding(txn, task, agent_id, body["token"], now)
         record = self._get_agent(txn, agent_id)
         if record is None:  # cannot happen while the claim exists; kept as a guard
             raise LeaseExpired(f"agent '{agent_id}' has no live lease", {"agent": agent_id})
@@ -773,6 +875,9 @@ class Core:
         last = self._counter(txn, b"seq")
         first = next(txn.scan("events"), None)
         oldest = _U64.unpack(first[0])[0] if first and first[0][:1] != _COUNTER else last + 1
+        if since > last:  # a mistake, or a subscriber that followed another (or a restored) broker
+            raise BadRequest(f"since {since} is ahead of the broker's last event {last}",
+                             {"field": "since", "since": since, "last_seq": last})
         if since + 1 < oldest and since < last:
             raise SnapshotRequired(
                 f"events after {since} were trimmed; the log starts at {oldest}",

@@ -52,7 +52,7 @@ from zeroconf import (
     Zeroconf,
 )
 
-from .errors import Unreachable, ZmeshError
+from .errors import InvalidArgument, Unreachable, ZmeshError
 
 __all__ = [
     "SERVICE_TYPE",
@@ -530,7 +530,10 @@ def _collect(
     Resolution happens on the calling thread (ServiceInfo.request must not run on zeroconf's
     loop, and blocking the browser's handler thread would delay other events).
     """
-    chosen, _explicit = _choose_interfaces(interfaces)
+    try:
+        chosen, _explicit = _choose_interfaces(interfaces)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc), {"field": ENV_INTERFACES if interfaces is None else "interfaces"}) from None
     networks = _local_networks(chosen)
     try:
         zc = _open_zeroconf(chosen)

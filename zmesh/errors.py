@@ -3,7 +3,11 @@
 ::
 
     ZmeshError                      every error zmesh raises (``code`` is stable)
-    ├── RemoteError                 the broker refused a request (carries its wire code)
+    ├── InvalidArgument             invalid_argument: a local argument (endpoint, option, value)
+    │   ├── ConfigError             config: a config file key or ZMESH_* variable is invalid
+    │   └── UsageError              usage: the command line is malformed (CLI only)
+    ├── RemoteError                 the broker refused a request (carries its wire code); the
+    │   │                           client refuses the same requests itself before sending
     │   ├── BadRequest              bad_request: malformed frames, bad JSON, wrong field type
     │   ├── UnknownOp               unknown_op: the broker does not know this op
     │   ├── UnsupportedVersion      unsupported_version: protocol version mismatch
@@ -13,11 +17,18 @@
     │   ├── NotOwner                not_owner: the agent does not hold this claim
     │   ├── StaleToken              stale_token: the fencing token is not the current one
     │   ├── LeaseExpired            lease_expired: the agent's lease lapsed (claims released)
+    │   ├── ClaimExpired            claim_expired: the claim's own TTL lapsed (task released)
     │   ├── SnapshotRequired        snapshot_required: replay asked for trimmed events
     │   └── Internal                internal: a broker bug; the broker keeps running
+    ├── NothingToClaim              nothing_to_claim: no available task matches (CLI ``task next``)
     ├── Unreachable                 unreachable: no reply from the broker within the timeout
     ├── ProtocolError               protocol: the broker's reply could not be understood
-    └── StoreError                  store: the data directory cannot be opened or used
+    ├── StoreError                  store: the data directory cannot be opened or used
+    └── BindError                   bind: the broker cannot bind an endpoint (address in use)
+
+Every error has a one-line message, a stable ``code`` and ``details`` (a dict: which field,
+which holder, which limit). ``details["field"]`` names the request field, option or config
+key at fault wherever there is one.
 
 Remote errors are translated at the client boundary from their wire code (``code``) with
 :func:`from_wire`; ``zmq.ZMQError`` and ``lmdb.Error`` never escape the public API.
@@ -30,6 +41,9 @@ from typing import Any
 
 __all__ = [
     "ZmeshError",
+    "InvalidArgument",
+    "ConfigError",
+    "UsageError",
     "RemoteError",
     "BadRequest",
     "UnknownOp",
@@ -40,11 +54,14 @@ __all__ = [
     "NotOwner",
     "StaleToken",
     "LeaseExpired",
+    "ClaimExpired",
     "SnapshotRequired",
     "Internal",
+    "NothingToClaim",
     "Unreachable",
     "ProtocolError",
     "StoreError",
+    "BindError",
     "WIRE_ERRORS",
     "from_wire",
     "exit_code",
@@ -71,6 +88,23 @@ class ZmeshError(Exception):
         if self.details:
             body["details"] = self.details
         return body
+
+
+class InvalidArgument(ZmeshError):
+    """Refused before anything was sent: an endpoint, argument or option is invalid."""
+
+    code = "invalid_argument"
+    meaning = "an argument, endpoint or option given to zmesh is invalid"
+
+
+class ConfigError(InvalidArgument):
+    code = "config"
+    meaning = "a config file key or ZMESH_* environment variable is invalid"
+
+
+class UsageError(InvalidArgument):
+    code = "usage"
+    meaning = "the command line is malformed: unknown option, missing argument, bad value"
 
 
 class RemoteError(ZmeshError):
@@ -125,6 +159,11 @@ class LeaseExpired(RemoteError):
     meaning = "the agent's lease lapsed or was replaced; its claims were released"
 
 
+class ClaimExpired(RemoteError):
+    code = "claim_expired"
+    meaning = "the claim's own TTL lapsed and the task was released; claim it again"
+
+
 class SnapshotRequired(RemoteError):
     code = "snapshot_required"
     meaning = "replay asked for events already trimmed from the log; take a snapshot"
@@ -133,6 +172,11 @@ class SnapshotRequired(RemoteError):
 class Internal(RemoteError):
     code = "internal"
     meaning = "the broker hit a bug handling this request; the broker keeps running"
+
+
+class NothingToClaim(ZmeshError):
+    code = "nothing_to_claim"
+    meaning = "no available task matches the agent's capabilities"
 
 
 class Unreachable(ZmeshError):
@@ -150,6 +194,11 @@ class StoreError(ZmeshError):
     meaning = "the data directory cannot be opened or used"
 
 
+class BindError(ZmeshError):
+    code = "bind"
+    meaning = "the broker cannot bind an endpoint (address in use, no such interface, permission)"
+
+
 #: wire code -> exception class, for every error the broker may answer with
 WIRE_ERRORS: dict[str, type[RemoteError]] = {
     cls.code: cls
@@ -163,6 +212,7 @@ WIRE_ERRORS: dict[str, type[RemoteError]] = {
         NotOwner,
         StaleToken,
         LeaseExpired,
+        ClaimExpired,
         SnapshotRequired,
         Internal,
     )
@@ -184,8 +234,10 @@ def from_wire(body: Any) -> RemoteError:
     return cls(message, details)
 
 
-#: CLI exit codes: 1 refused or lost, 2 usage or invalid input, 3 broker unreachable
+#: CLI exit codes: 1 refused or lost, 2 usage or invalid input (bad configuration too),
+#: 3 broker unreachable
 _EXIT_BY_CLASS: list[tuple[type[ZmeshError], int]] = [
+    (InvalidArgument, 2),
     (Unreachable, 3),
     (BadRequest, 2),
     (UnknownOp, 2),

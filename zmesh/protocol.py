@@ -33,6 +33,7 @@ Python, measured at ~22 us of client CPU per round trip for four frames against 
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 from dataclasses import dataclass, field
@@ -50,10 +51,17 @@ PROTOCOL_VERSION = 1
 #: largest inbound message the broker accepts, all frames together (also set as
 #: ZMQ_MAXMSGSIZE per frame, so a larger frame is dropped by libzmq before it is read)
 MAX_MESSAGE_BYTES = 1 << 20
+#: ZMQ_MAXMSGSIZE on the broker: a frame up to this size is read and answered too_large (and
+#: logged, with the peer); a larger one is cut off by libzmq, which drops the connection
+MAX_FRAME_BYTES = 4 * MAX_MESSAGE_BYTES
 MAX_FRAMES = 2
 MAX_REQ_ID_BYTES = 64
 MAX_OP_BYTES = 32
-MAX_ID_CHARS = 256
+#: ids (tasks, agents) are keys in LMDB, whose keys are at most 511 bytes; the longest key
+#: holds two ids (a dependency and the task waiting on it), so an id is at most 200 bytes
+MAX_ID_BYTES = 200
+#: short strings (a task type, a capability, a topic prefix)
+MAX_NAME_CHARS = 256
 MAX_TEXT_CHARS = 64 * 1024
 MAX_LIST_ITEMS = 256
 MAX_TTL_S = 7 * 24 * 3600.0
@@ -72,6 +80,24 @@ MAX_MESSAGE_DATA_BYTES = 64 * 1024
 MESSAGE_PREFIX = "msg."
 
 STATUSES = ("waiting", "available", "claimed", "completed", "dead")
+
+#: what each field kind accepts (docs/PROTOCOL.md shows this table)
+KIND_RULES = {
+    "id": f"a string of 1..{MAX_ID_BYTES} bytes of UTF-8 without control characters "
+          "(U+0000-U+001F, U+007F-U+009F, U+2028, U+2029)",
+    "name": f"a string of up to {MAX_NAME_CHARS} characters without control characters",
+    "namelist": f"a list of up to {MAX_LIST_ITEMS} names (duplicates dropped)",
+    "idlist": f"a list of up to {MAX_LIST_ITEMS} ids (duplicates dropped)",
+    "after": "empty, or an id (a paging cursor)",
+    "text": f"a string of up to {MAX_TEXT_CHARS} characters (any, newlines included)",
+    "int": "an integer, within the field's range",
+    "ttl": "a finite number of seconds, within the field's range",
+    "status": "one of " + ", ".join(("waiting", "available", "claimed", "completed", "dead")),
+    "object": "a JSON object",
+    "json": "any JSON value",
+    "topic": f"1..{MAX_TOPIC_CHARS} characters of A-Z a-z 0-9 . _ -",
+    "payload": f"any JSON value, at most {MAX_MESSAGE_DATA_BYTES} bytes encoded",
+}
 
 OK = b"+"
 ERROR = b"-"
@@ -127,7 +153,7 @@ OPS: dict[str, Op] = {
             "agent keeps its lease id and claims and updates capabilities and metadata.",
             (
                 _AGENT,
-                Field("capabilities", "strlist", default=[], doc="capability names"),
+                Field("capabilities", "namelist", default=[], doc="capability names"),
                 Field("metadata", "object", default={}, doc="free JSON object"),
                 Field("ttl", "ttl", default=None, doc="lease TTL in seconds (default: broker's)", lo=MIN_TTL_S, hi=MAX_TTL_S),
             ),
@@ -155,10 +181,10 @@ OPS: dict[str, Op] = {
             "Create a task. It is `waiting` while any dependency is not completed, else `available`.",
             (
                 Field("id", "id", True, doc="task id"),
-                Field("type", "str", default="task", doc="free task type"),
+                Field("type", "name", default="task", doc="free task type"),
                 Field("data", "json", default=None, doc="any JSON value"),
                 Field("priority", "int", default=0, doc="higher is claimed first", lo=-MAX_PRIORITY, hi=MAX_PRIORITY),
-                Field("requires", "strlist", default=[], doc="capabilities an agent needs for claim_next"),
+                Field("requires", "namelist", default=[], doc="capabilities an agent needs for claim_next"),
                 Field("max_attempts", "int", default=3, doc="failures before the task is dead", lo=1, hi=MAX_ATTEMPTS),
                 Field("depends_on", "idlist", default=[], doc="task ids that must complete first"),
             ),
@@ -182,7 +208,7 @@ OPS: dict[str, Op] = {
             "(highest priority, then oldest). Returns null when there is none.",
             (
                 _AGENT,
-                Field("capabilities", "strlist", default=None, doc="defaults to the registered capabilities"),
+                Field("capabilities", "namelist", default=None, doc="defaults to the registered capabilities"),
                 _TTL,
             ),
             writes=True,
@@ -195,7 +221,7 @@ OPS: dict[str, Op] = {
             (_TASK, _AGENT, _TOKEN, Field("result", "json", default=None, doc="any JSON value")),
             writes=True,
             returns="task",
-            errors=("not_found", "not_owner", "stale_token"),
+            errors=("not_found", "not_owner", "stale_token", "lease_expired", "claim_expired"),
         ),
         Op(
             "fail",
@@ -204,7 +230,7 @@ OPS: dict[str, Op] = {
             (_TASK, _AGENT, _TOKEN, Field("error", "text", True, doc="what went wrong")),
             writes=True,
             returns="task",
-            errors=("not_found", "not_owner", "stale_token"),
+            errors=("not_found", "not_owner", "stale_token", "lease_expired", "claim_expired"),
         ),
         Op(
             "release",
@@ -212,14 +238,14 @@ OPS: dict[str, Op] = {
             (_TASK, _AGENT, _TOKEN),
             writes=True,
             returns="task",
-            errors=("not_found", "not_owner", "stale_token"),
+            errors=("not_found", "not_owner", "stale_token", "lease_expired", "claim_expired"),
         ),
         Op(
             "renew",
             "Extend a claim during long work (progress) and renew the agent's lease.",
             (_TASK, _AGENT, _TOKEN, _TTL),
             returns="{task, agent, token, lease, expires_in}",
-            errors=("not_found", "not_owner", "stale_token", "lease_expired"),
+            errors=("not_found", "not_owner", "stale_token", "lease_expired", "claim_expired"),
         ),
         Op(
             "publish",
@@ -243,7 +269,7 @@ OPS: dict[str, Op] = {
             "page) pages. Available tasks are listed in claim order (priority, then age).",
             (
                 Field("status", "status", doc="one of " + ", ".join(STATUSES)),
-                Field("after", "str", default="", doc="return ids greater than this"),
+                Field("after", "after", default="", doc="the last id of the previous page (empty: from the start)"),
                 Field("limit", "int", default=1000, lo=1, hi=MAX_LIST_LIMIT),
             ),
             returns="{tasks: [task], seq, more}",
@@ -253,14 +279,16 @@ OPS: dict[str, Op] = {
         Op(
             "replay",
             "Events with seq > since, oldest first (the bounded event log). Refused with "
-            "snapshot_required when some of them were trimmed.",
+            "snapshot_required when some of them were trimmed, and with bad_request (details: "
+            "field `since`, `last_seq`) when `since` is ahead of the broker's last event: a "
+            "subscriber that followed another or a restored broker starts again from `last_seq`.",
             (
                 Field("since", "int", True, doc="last seq the subscriber has", lo=0, hi=MAX_INT),
                 Field("limit", "int", default=1000, lo=1, hi=MAX_REPLAY_LIMIT),
-                Field("topics", "strlist", default=[], doc="topic prefixes; empty means all"),
+                Field("topics", "namelist", default=[], doc="topic prefixes; empty means all"),
             ),
             returns="{events: [{topic, seq, body}], last_seq, more}",
-            errors=("snapshot_required",),
+            errors=("snapshot_required", "bad_request"),
         ),
     )
 }
@@ -271,24 +299,52 @@ WRITE_OPS = frozenset(name for name, op in OPS.items() if op.writes)
 
 # ---------------------------------------------------------------- validation
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,%d}" % MAX_TOPIC_CHARS)
+#: refused in ids and names: control characters (Unicode Cc) and the line/paragraph
+#: separators; they break line-oriented output and logs and are never meant
+CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _check_id(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise BadRequest(f"field '{name}' must be a string", {"field": name})
-    if not value or len(value) > MAX_ID_CHARS:
-        raise BadRequest(f"field '{name}' must have 1..{MAX_ID_CHARS} characters", {"field": name})
-    if "\x00" in value:
-        raise BadRequest(f"field '{name}' must not contain NUL", {"field": name})
+    if not value:
+        raise BadRequest(f"field '{name}' must not be empty", {"field": name})
+    if len(value) > MAX_ID_BYTES // 4 and len(value.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+        raise TooLarge(f"field '{name}' is longer than {MAX_ID_BYTES} bytes of UTF-8", {"field": name})
+    if CONTROL_CHARS.search(value):
+        raise BadRequest(f"field '{name}' must not contain control characters", {"field": name})
+    _check_utf8(name, value)
     return value
 
 
-def _check_str(name: str, value: Any, limit: int = MAX_ID_CHARS) -> str:
+def _check_utf8(name: str, value: str) -> None:
+    """A lone surrogate (possible from Python, never from JSON) cannot be encoded."""
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise BadRequest(f"field '{name}' is not valid Unicode (a lone surrogate)", {"field": name}) from None
+
+
+def _check_name(name: str, value: Any) -> str:
+    value = _check_str(name, value, MAX_NAME_CHARS)
+    if CONTROL_CHARS.search(value):
+        raise BadRequest(f"field '{name}' must not contain control characters", {"field": name})
+    return value
+
+
+def _check_str(name: str, value: Any, limit: int = MAX_NAME_CHARS) -> str:
     if not isinstance(value, str):
         raise BadRequest(f"field '{name}' must be a string", {"field": name})
     if len(value) > limit:
         raise TooLarge(f"field '{name}' is longer than {limit} characters", {"field": name})
+    _check_utf8(name, value)
     return value
+
+
+def _check_after(name: str, value: Any) -> str:
+    """A paging cursor: empty (from the start) or an id."""
+    return value if value == "" else _check_id(name, value)
 
 
 def _check_int(name: str, value: Any) -> int:
@@ -300,7 +356,13 @@ def _check_int(name: str, value: Any) -> int:
 def _check_number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadRequest(f"field '{name}' must be a number", {"field": name})
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond a double
+        number = math.inf
+    if not math.isfinite(number):
+        raise BadRequest(f"field '{name}' must be a finite number", {"field": name})
+    return number
 
 
 def _check_list(name: str, value: Any, item) -> list[str]:
@@ -331,7 +393,41 @@ def _check_topic(name: str, value: Any) -> str:
     return value
 
 
+def _check_json(name: str, value: Any) -> Any:
+    """Any JSON value. Bodies that arrive on the wire are JSON already; from Python, a value
+    orjson cannot encode (a set, an object, an int beyond 64 bits, a non-str key) or that
+    would not round-trip (nan and infinity become null) is refused here, naming the field."""
+    if isinstance(value, (str, bool)) or value is None:
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadRequest(f"field '{name}' must be finite (JSON has no NaN or infinity)", {"field": name})
+    if isinstance(value, (int, float)):
+        if isinstance(value, int) and not -2**63 <= value < 2**64:
+            raise BadRequest(f"field '{name}' has an integer beyond 64 bits", {"field": name})
+        return value
+    try:
+        orjson.dumps(value)
+    except (orjson.JSONEncodeError, TypeError) as exc:
+        raise BadRequest(f"field '{name}' is not JSON: {exc}", {"field": name}) from None
+    if _has_nonfinite(value):
+        raise BadRequest(f"field '{name}' holds NaN or infinity (JSON has neither)", {"field": name})
+    return value
+
+
+def _has_nonfinite(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if depth > 256:  # orjson refuses deeper nesting already
+        return False
+    if isinstance(value, dict):
+        return any(_has_nonfinite(v, depth + 1) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nonfinite(v, depth + 1) for v in value)
+    return False
+
+
 def _check_payload(name: str, value: Any) -> Any:
+    _check_json(name, value)
     size = len(orjson.dumps(value))
     if size > MAX_MESSAGE_DATA_BYTES:
         raise TooLarge(f"field '{name}' is {size} bytes encoded, above {MAX_MESSAGE_DATA_BYTES}",
@@ -342,29 +438,44 @@ def _check_payload(name: str, value: Any) -> Any:
 def _check_object(name: str, value: Any) -> dict:
     if not isinstance(value, dict):
         raise BadRequest(f"field '{name}' must be a JSON object", {"field": name})
-    return value
+    return _check_json(name, value)
 
 
 _KINDS = {
     "id": _check_id,
-    "str": _check_str,
+    "name": _check_name,
+    "after": _check_after,
     "text": lambda n, v: _check_str(n, v, MAX_TEXT_CHARS),
     "int": _check_int,
     "ttl": _check_number,
-    "strlist": lambda n, v: _check_list(n, v, _check_str),
+    "namelist": lambda n, v: _check_list(n, v, _check_name),
     "idlist": lambda n, v: _check_list(n, v, _check_id),
     "status": _check_status,
     "object": _check_object,
-    "json": lambda n, v: v,
+    "json": _check_json,
     "topic": _check_topic,
     "payload": _check_payload,
 }
 
 
-def validate(op: Op, body: Any) -> dict[str, Any]:
+#: on the wire, JSON values arrived as JSON: nothing to re-check (and no second encode)
+_WIRE_KINDS = dict(_KINDS, json=lambda n, v: v,
+                   object=lambda n, v: v if isinstance(v, dict) else _check_object(n, v))
+
+
+def _num(value: float | None) -> str:
+    """A limit as people write it: 604800, 0.1, 9007199254740992 (never 1.04858e+06)."""
+    return str(int(value)) if value is not None and float(value).is_integer() else str(value)
+
+
+def validate(op: Op, body: Any, *, wire: bool = False) -> dict[str, Any]:
     """Check ``body`` against the op's fields; return it with defaults filled in.
 
+    The broker validates what it decodes (``wire=True``); the clients validate what they
+    are about to send, with the same rules, so bad input is refused before a round trip
+    and from Python values JSON cannot carry (nan, sets, ints beyond 64 bits).
     Unknown fields are refused (a typo must not be silently ignored)."""
+    kinds = _WIRE_KINDS if wire else _KINDS
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object")
     extra = set(body) - op.by_name.keys()
@@ -379,9 +490,10 @@ def validate(op: Op, body: Any) -> dict[str, Any]:
             out[f.name] = list(f.default) if isinstance(f.default, list) else (
                 dict(f.default) if isinstance(f.default, dict) else f.default)
             continue
-        value = _KINDS[f.kind](f.name, body[f.name])
+        value = kinds[f.kind](f.name, body[f.name])
         if f.lo is not None and value < f.lo or f.hi is not None and value > f.hi:
-            raise BadRequest(f"field '{f.name}' must be between {f.lo:g} and {f.hi:g}", {"field": f.name})
+            raise BadRequest(f"field '{f.name}' must be between {_num(f.lo)} and {_num(f.hi)}",
+                             {"field": f.name, "min": f.lo, "max": f.hi})
         out[f.name] = value
     return out
 
@@ -406,6 +518,21 @@ class DecodeError(Exception):
 def encode_request(req_id: bytes, op: str, body: dict[str, Any] | None = None) -> list[bytes]:
     name = op.encode("ascii")
     return [VERSION + bytes((len(name),)) + name + req_id, orjson.dumps(body or {})]
+
+
+def prepare_request(req_id: bytes, op: str, body: dict[str, Any]) -> list[bytes]:
+    """A client's request, checked as the broker will check it: unknown op, bad fields and
+    a message above MAX_MESSAGE_BYTES are refused here, at once, with the broker's codes."""
+    spec = OPS.get(op)
+    if spec is None:
+        raise UnknownOp(f"unknown op '{op}'", {"op": op})
+    validate(spec, body)
+    frames = encode_request(req_id, op, body)
+    size = len(frames[0]) + len(frames[1])
+    if size > MAX_MESSAGE_BYTES:
+        raise TooLarge(f"request of {size} bytes is above the limit of {MAX_MESSAGE_BYTES} bytes "
+                       f"(op {op})", {"op": op, "size": size, "limit": MAX_MESSAGE_BYTES})
+    return frames
 
 
 def _split_request_header(header: bytes) -> tuple[bytes, bytes, bytes]:
@@ -445,7 +572,7 @@ def decode_request(frames: list[bytes]) -> Request:
     except orjson.JSONDecodeError as exc:
         raise DecodeError(rid, BadRequest(f"body is not valid JSON: {exc}")) from None
     try:
-        return Request(rid, op_name, validate(op, body))
+        return Request(rid, op_name, validate(op, body, wire=True))
     except errors.RemoteError as exc:
         raise DecodeError(rid, exc) from None
 
@@ -551,13 +678,20 @@ def render_markdown() -> str:
         "| limit | value |",
         "|---|---:|",
     ]
-    for name in ("MAX_MESSAGE_BYTES", "MAX_FRAMES", "MAX_REQ_ID_BYTES", "MAX_OP_BYTES", "MAX_ID_CHARS",
-                 "MAX_TEXT_CHARS", "MAX_LIST_ITEMS", "MIN_TTL_S", "MAX_TTL_S", "MAX_PRIORITY",
+    for name in ("MAX_MESSAGE_BYTES", "MAX_FRAMES", "MAX_REQ_ID_BYTES", "MAX_OP_BYTES", "MAX_ID_BYTES",
+                 "MAX_NAME_CHARS", "MAX_TEXT_CHARS", "MAX_LIST_ITEMS", "MIN_TTL_S", "MAX_TTL_S", "MAX_PRIORITY",
                  "MAX_ATTEMPTS", "MAX_LIST_LIMIT", "MAX_REPLAY_LIMIT", "MAX_INT", "MAX_TOPIC_CHARS",
                  "MAX_MESSAGE_DATA_BYTES"):
-        lines.append(f"| `{name}` | {globals()[name]:g} |")
-    lines += ["", "A message above `MAX_MESSAGE_BYTES` gets `too_large`; a single frame above it "
-              "is dropped by libzmq (ZMQ_MAXMSGSIZE) and the sender is disconnected.", "",
+        lines.append(f"| `{name}` | {_num(globals()[name])} |")
+    lines += ["", "A message above `MAX_MESSAGE_BYTES` gets `too_large`; a single frame above "
+              f"{_num(MAX_FRAME_BYTES)} bytes is dropped by libzmq (ZMQ_MAXMSGSIZE) and the sender is "
+              "disconnected. The Python clients refuse an oversized request before sending it.", "",
+              "## Field kinds", "",
+              "| kind | rule |", "|---|---|"]
+    lines += [f"| {kind} | {rule} |" for kind, rule in KIND_RULES.items()]
+    lines += ["", "Integers and numbers are JSON numbers; integers beyond 64 bits, NaN and infinity "
+              "are refused (JSON has no NaN; a client must not send `null` for one). A field sent "
+              "as `null` counts as absent (its default applies).", "",
               "## Ops", ""]
     for op in OPS.values():
         lines.append(f"### `{op.name}`" + ("  (durable write: reply after commit)" if op.writes else ""))
@@ -565,8 +699,8 @@ def render_markdown() -> str:
         if op.fields:
             lines += ["| field | type | required | default | meaning |", "|---|---|---|---|---|"]
             for f in op.fields:
-                rng = f" ({f.lo:g}..{f.hi:g})" if f.lo is not None and f.hi is not None else (
-                    f" (>= {f.lo:g})" if f.lo is not None else "")
+                rng = f" ({_num(f.lo)}..{_num(f.hi)})" if f.lo is not None and f.hi is not None else (
+                    f" (>= {_num(f.lo)})" if f.lo is not None else "")
                 default = "" if f.required or f.default is None else f"`{orjson.dumps(f.default).decode()}`"
                 lines.append(f"| `{f.name}` | {f.kind}{rng} | {'yes' if f.required else ''} | {default} | {f.doc} |")
             lines.append("")

@@ -43,3 +43,22 @@ def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[bytes]:
         frame = _recv(sock, 0, False)
         parts.append(frame.bytes)
     return parts
+
+
+def recv_message(sock: zmq.Socket, flags: int = 0) -> tuple[list[bytes], zmq.Frame]:
+    """Like recv_frames, also returning the first frame (a ROUTER's identity frame carries
+    the message's properties, such as ``Peer-Address``, for logging a bad request)."""
+    first = frame = _recv(sock, flags, False)
+    parts = [frame.bytes]
+    while frame.more:
+        frame = _recv(sock, 0, False)
+        parts.append(frame.bytes)
+    return parts, first
+
+
+def peer_address(frame: zmq.Frame) -> str:
+    """The peer's address from a received frame (``?`` when the transport has none)."""
+    try:
+        return frame.get("Peer-Address")
+    except zmq.ZMQError:
+        return "?"

@@ -131,6 +131,8 @@ class LmdbStore:
             raise StoreError(f"unknown durability '{durability}' (choose {', '.join(DURABILITY)})")
         self.path = os.fspath(path)
         self.durability = durability
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise StoreError(f"data directory {self.path} is not a directory")
         try:
             os.makedirs(self.path, exist_ok=True)
             self._lock = open(os.path.join(self.path, "broker.lock"), "a+")

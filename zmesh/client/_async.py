@@ -1,5 +1,8 @@
 """``AsyncClient``: the asyncio driver of ClientCore. Same names as Client; every call is
-awaited (``async with``, ``await c.claim(...)``, ``async for ev in c.events()``)."""
+awaited (``async with``, ``await c.claim(...)``, ``async for ev in c.events()``).
+
+Rules: the same as Client's (implicit connect registers the agent with its own lease and
+starts the heartbeat; ``zmq.ZMQError`` never leaves this module)."""
 
 from __future__ import annotations
 
@@ -12,8 +15,11 @@ import zmq.asyncio
 
 from ..errors import LeaseExpired, Unreachable, ZmeshError
 from ..protocol import Event
-from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Api, Call, ClientCore, Deliver, EventTracker, LeaseState,
-                        Poll, Recv, Send, configure, default_endpoint, event_flow, resolve_pub)
+from ._api import NO_CONNECT_OPS, Api, LeaseState, check_timeout
+from ._events import Deliver, Poll, Sleep, check_callback, checked_flow
+from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Call, ClientCore, Recv, Send, default_endpoint,
+                        resolve_pub)
+from ._sync import connect_socket
 
 log = logging.getLogger("zmesh.client")
 
@@ -27,15 +33,17 @@ class AsyncClient(Api):
                  on_lease_lost: Callable[[ZmeshError], Any] | None = None,
                  on_heartbeat_error: Callable[[ZmeshError], Any] | None = None,
                  context: zmq.asyncio.Context | None = None) -> None:
+        timeout = check_timeout("timeout", timeout)  # type: ignore[assignment]
+        self._lease = LeaseState(agent, capabilities, metadata, ttl)
         self._endpoint = default_endpoint(endpoint)
         self.agent = agent
         self._core = ClientCore(timeout=timeout)
-        self._lease = LeaseState(agent, capabilities, metadata, ttl)
         self._ctx = context or zmq.asyncio.Context.instance()
         self._lock = asyncio.Lock()
+        self._connect_lock = asyncio.Lock()
         self._sock: zmq.asyncio.Socket | None = None
         self._hb_task: asyncio.Task[None] | None = None
-        self._heartbeat = heartbeat
+        self._heartbeat = bool(heartbeat)
         self._on_lease_lost = on_lease_lost
         self._on_hb_error = on_heartbeat_error
         self._subs: list[asyncio.Task[None]] = []
@@ -52,21 +60,19 @@ class AsyncClient(Api):
         return self._lease.lease
 
     async def connect(self) -> "AsyncClient":
-        if self.connected:
+        async with self._connect_lock:
+            if self.connected:
+                return self
+            self._closing = False
+            if not self._endpoint:
+                await self._discover()
+            self.info = await self.hello()
+            if self.agent:
+                self._lease.registered(await self._call(self._lease.register_call()))
+                if self._heartbeat:
+                    self._hb_task = asyncio.create_task(self._heartbeat_loop())
+            self.connected = True
             return self
-        if not self._endpoint:
-            from ..discovery import discover
-
-            info = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: discover(timeout=min(self._core.timeout, 3.0)))
-            self._endpoint = info.endpoint
-        self.info = await self.hello()
-        if self.agent:
-            self._lease.registered(await self._call(self._lease.register_call()))
-            if self._heartbeat:
-                self._hb_task = asyncio.create_task(self._heartbeat_loop())
-        self.connected = True
-        return self
 
     async def __aenter__(self) -> "AsyncClient":
         try:
@@ -101,12 +107,14 @@ class AsyncClient(Api):
 
     def _socket(self) -> zmq.asyncio.Socket:
         if self._sock is None:
-            sock = configure(self._ctx.socket(zmq.DEALER), DEALER_OPTIONS)
-            sock.connect(self.endpoint)
-            self._sock = sock
+            self._sock = connect_socket(self._ctx, zmq.DEALER, DEALER_OPTIONS, self.endpoint)
         return self._sock
 
     async def _call(self, call: Call[Any]) -> Any:  # type: ignore[override]
+        if not self.connected and self.agent and call.op not in NO_CONNECT_OPS:
+            await self.connect()  # the agent's own lease, not an implicit one with the broker's TTL
+        elif not self._endpoint:
+            await self._discover()
         async with self._lock:
             sock = self._socket()
             flow = self._core.exchange(call.op, call.body, self.endpoint)
@@ -126,7 +134,17 @@ class AsyncClient(Api):
                         action = flow.send(got)
             except StopIteration as stop:
                 reply = stop.value
+            except zmq.ZMQError as exc:
+                raise Unreachable(f"socket error talking to {self.endpoint}: {exc} (op {call.op})",
+                                  {"endpoint": self.endpoint, "op": call.op}) from None
         return self._core.result(call, reply)
+
+    async def _discover(self) -> None:
+        from ..discovery import discover
+
+        info = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: discover(timeout=min(self._core.timeout, 3.0)))
+        self._endpoint = info.endpoint
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -148,29 +166,36 @@ class AsyncClient(Api):
                     await _maybe_await(self._on_hb_error(exc))
 
     async def events(self, topics: Iterable[str] = (), *, since: int | None = None,
-                     timeout: float | None = None, idle_check: float = 1.0) -> AsyncIterator[Event]:
+                     timeout: float | None = None, idle_check: float = 1.0,
+                     reconnect: bool = True) -> AsyncIterator[Event]:
         """See Client.events."""
+        flow = checked_flow(topics, since, timeout, idle_check, reconnect)
         if not self.info:
             self.info = await self.hello()
-        flow = event_flow(EventTracker(topics, since), replay_first=since is not None,
-                          timeout=timeout, idle_check=idle_check)
-        sub = configure(self._ctx.socket(zmq.SUB), SUB_OPTIONS)
-        sub.connect(resolve_pub(self.endpoint, self.info["pub"]))
+        sub = connect_socket(self._ctx, zmq.SUB, SUB_OPTIONS, resolve_pub(self.endpoint, self.info["pub"]))
         try:
             answer: Any = None
+            error: ZmeshError | None = None
             while not self._closing:
                 try:
-                    action = flow.send(answer)
+                    action = flow.throw(error) if error is not None else flow.send(answer)
                 except StopIteration:
                     return
+                answer, error = None, None
                 if isinstance(action, Poll):
                     answer = (await sub.recv_multipart()
                               if await sub.poll(action.timeout * 1000) else None)
                 elif isinstance(action, Deliver):
-                    answer = None
                     yield action.event
+                elif isinstance(action, Sleep):
+                    await asyncio.sleep(action.seconds)
                 else:
-                    answer = await self._call(action)
+                    try:
+                        answer = await self._call(action)
+                    except ZmeshError as exc:
+                        error = exc
+        except zmq.ZMQError as exc:
+            raise Unreachable(f"event socket error: {exc}", {"endpoint": self.endpoint}) from None
         finally:
             sub.close(linger=0)
 
@@ -178,6 +203,9 @@ class AsyncClient(Api):
                   since: int | None = None) -> "asyncio.Task[None]":
         """Run ``callback(event)`` (sync or async) for each event in a task until aclose().
         The subscription outlives broker restarts: it resumes after the last delivered seq."""
+        check_callback(callback)
+        checked_flow(topics, since, None, 1.0, True)  # raise bad arguments here, not in the task
+
         async def run() -> None:
             last = since
             while not self._closing:
@@ -190,6 +218,7 @@ class AsyncClient(Api):
                             log.exception("event callback failed")
                 except Unreachable as exc:
                     log.warning("event subscription interrupted (%s); resuming", exc)
+                    await asyncio.sleep(1.0)
 
         task = asyncio.create_task(run())
         self._subs.append(task)

@@ -1,9 +1,14 @@
-"""The client's logic with no I/O: request ids, retries, reply matching, the op calls,
-endpoint resolution and event gap tracking. ``Client`` and ``AsyncClient`` only drive it.
+"""The client's request logic with no I/O: request ids, checks before sending, retries,
+reply matching, endpoint resolution. ``Client`` and ``AsyncClient`` only drive it.
 
 A request is a generator (:meth:`ClientCore.exchange`) that yields :class:`Send` and
 :class:`Recv` actions and returns the reply; the sync driver runs it with blocking
 ``poll``, the async driver with ``await``. So retry and matching rules exist once.
+
+Rules: a request is checked with the broker's own validation before anything is sent
+(a bad field or an oversized message is refused at once with the broker's code, not after
+a timeout); a retry reuses the request id (the broker answers it with the original reply);
+a reply to another request is never taken for ours; a transport failure is ``Unreachable``.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from urllib.parse import urlsplit
 import zmq
 
 from .. import protocol
-from ..errors import Conflict, ProtocolError, RemoteError, Unreachable, from_wire
-from ..protocol import Event, Reply
+from ..endpoint import check_endpoint
+from ..errors import ProtocolError, RemoteError, Unreachable, from_wire
+from ..protocol import Reply
 
 T = TypeVar("T")
 
@@ -31,10 +37,13 @@ class Claim:
 
     task_id: str
     token: int
+    #: wall-clock time (time.time()) when the claim lapses unless renewed; None: never
     expires_at: float | None
     agent: str = ""
     lease: int = 0
     task: dict[str, Any] | None = None
+    #: seconds the broker gave the claim when it answered (what expires_at is computed from)
+    expires_in: float | None = None
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,7 @@ def _to_claim(body: Any) -> Claim | None:
         return None
     expires = body.get("expires_in")
     return Claim(body["task"], body["token"], None if expires is None else time.time() + expires,
-                 body.get("agent", ""), body.get("lease", 0), body.get("task_record"))
+                 body.get("agent", ""), body.get("lease", 0), body.get("task_record"), expires)
 
 
 def resolve_pub(dialled: str, pubs: Iterable[str]) -> str:
@@ -109,7 +118,7 @@ class ClientCore:
     def exchange(self, op: str, body: dict[str, Any], endpoint: str
                  ) -> Generator[Send | Recv, list[bytes] | None, Reply]:
         req_id = self.new_req_id()
-        frames = protocol.encode_request(req_id, op, body)
+        frames = protocol.prepare_request(req_id, op, body)  # raises before anything is sent
         start = self._clock()
         yield Send(frames)
         next_send = start + self.retry_interval
@@ -141,117 +150,6 @@ class ClientCore:
         return call.convert(reply.body)
 
 
-class EventTracker:
-    """At-least-once, in-order event delivery over PUB/SUB + replay (the Clone pattern).
-
-    The SUB socket subscribes to every topic so each sequence number is seen and a gap is
-    noticed; topic filtering happens here. ``last`` is the highest seq delivered."""
-
-    def __init__(self, topics: Iterable[str] = (), since: int | None = None) -> None:
-        self.topics = tuple(t for t in topics if t)
-        self.last = since
-
-    def wants(self, topic: str) -> bool:
-        return not self.topics or topic.startswith(self.topics)
-
-    def classify(self, event: Event) -> str:
-        """'dup' (already delivered), 'next' (deliver), or 'gap' (replay first)."""
-        if self.last is None:
-            return "next"
-        if event.seq <= self.last:
-            return "dup"
-        return "next" if event.seq == self.last + 1 else "gap"
-
-    def delivered(self, seq: int) -> None:
-        if self.last is None or seq > self.last:
-            self.last = seq
-
-    def replay_call(self) -> Call[dict[str, Any]]:
-        return Call("replay", {"since": self.last or 0, "limit": protocol.MAX_REPLAY_LIMIT}, _identity)
-
-    def replayed(self, body: dict[str, Any]) -> list[Event]:
-        """Events from a replay reply to deliver (advances ``last``)."""
-        out = []
-        for raw in body["events"]:
-            ev = Event(raw["topic"], raw["seq"], raw["body"])
-            if self.last is not None and ev.seq <= self.last:
-                continue
-            self.delivered(ev.seq)
-            if self.wants(ev.topic):
-                out.append(ev)
-        return out
-
-
-@dataclass(frozen=True)
-class Poll:
-    """Wait up to ``timeout`` seconds for a message on the SUB socket (answer: frames or None)."""
-
-    timeout: float
-
-
-@dataclass(frozen=True)
-class Deliver:
-    """Hand this event to the application."""
-
-    event: Event
-
-
-def event_flow(tracker: EventTracker, *, replay_first: bool, timeout: float | None,
-               idle_check: float, clock: Callable[[], float] = time.monotonic
-               ) -> Generator[Poll | Call[Any] | Deliver, Any, None]:
-    """Events in sequence order, at least once: the PUB stream, with gaps filled by replay.
-
-    The broker's PUB heartbeat carries its latest seq, so a lost *last* event is noticed
-    too; if the SUB socket hears nothing at all for 3 heartbeats (a broker restart in
-    progress) the flow replays anyway. Yields Poll (answer: frames or None), Call (answer:
-    the reply body) and Deliver; returns after ``timeout`` seconds with no event delivered."""
-    if replay_first:
-        yield from _replay_flow(tracker)
-    delivered_at = heard_at = clock()
-    while True:
-        now = clock()
-        if timeout is not None and now - delivered_at >= timeout:
-            return
-        wait = idle_check if timeout is None else min(idle_check, delivered_at + timeout - now)
-        frames = yield Poll(max(0.0, wait))
-        if frames is None:
-            if clock() - heard_at >= 3 * protocol.PUB_HEARTBEAT_S and tracker.last is not None:
-                heard_at = clock()
-                if (yield from _replay_flow(tracker)):
-                    delivered_at = clock()
-            continue
-        heard_at = clock()
-        event = protocol.decode_event(frames)
-        if event.topic == protocol.HEARTBEAT_TOPIC:
-            if tracker.last is None:
-                tracker.delivered(event.seq)  # following from now: this is where now is
-            elif event.seq > tracker.last and (yield from _replay_flow(tracker)):
-                delivered_at = clock()
-            continue
-        kind = tracker.classify(event)
-        if kind == "gap":
-            if (yield from _replay_flow(tracker)):
-                delivered_at = clock()
-            kind = tracker.classify(event)
-        if kind == "next":
-            tracker.delivered(event.seq)
-            if tracker.wants(event.topic):
-                delivered_at = clock()
-                yield Deliver(event)
-
-
-def _replay_flow(tracker: EventTracker) -> Generator[Call[Any] | Deliver, Any, int]:
-    """Replay everything after tracker.last; returns how many events it delivered."""
-    count = 0
-    while True:
-        body = yield tracker.replay_call()
-        for event in tracker.replayed(body):
-            count += 1
-            yield Deliver(event)
-        if not body["more"]:
-            return count
-
-
 #: socket options both drivers set: bounded queues, fast reconnect, ZMTP heartbeats to
 #: notice a dead TCP peer
 DEALER_OPTIONS = ((zmq.LINGER, 0), (zmq.SNDHWM, 10_000), (zmq.RECONNECT_IVL, 100),
@@ -267,146 +165,11 @@ def configure(sock: Any, options: Iterable[tuple[int, Any]]) -> Any:
     return sock
 
 
-class Api:
-    """Every op, defined once. ``_call`` is the driver's: it returns the result (Client)
-    or an awaitable of it (AsyncClient)."""
-
-    agent: str | None
-
-    def _call(self, call: Call[Any]) -> Any:  # pragma: no cover - drivers override
-        raise NotImplementedError
-
-    def _agent(self, agent: str | None) -> str:
-        name = agent or self.agent
-        if not name:
-            raise ValueError("this call needs an agent: pass agent=... here or to the client")
-        return name
-
-    def hello(self) -> Any:
-        return self._call(Call("hello", {}, _identity))
-
-    def register(self, agent: str | None = None, *, capabilities: Iterable[str] = (),
-                 metadata: dict[str, Any] | None = None, ttl: float | None = None) -> Any:
-        return self._call(Call("register", {"agent": self._agent(agent), "capabilities": list(capabilities),
-                                            "metadata": metadata or {}, "ttl": ttl}, _identity))
-
-    def heartbeat(self, agent: str | None = None, *, lease: int | None = None) -> Any:
-        return self._call(Call("heartbeat", {"agent": self._agent(agent), "lease": lease}, _identity))
-
-    def unregister(self, agent: str | None = None) -> Any:
-        return self._call(Call("unregister", {"agent": self._agent(agent)}, _identity))
-
-    def create_task(self, task_id: str, *, type: str = "task", data: Any = None, priority: int = 0,
-                    requires: Iterable[str] = (), max_attempts: int = 3,
-                    depends_on: Iterable[str] = ()) -> Any:
-        """Create a task; returns its record. Raises Conflict if the id exists."""
-        return self._call(Call("task_create", {
-            "id": task_id, "type": type, "data": data, "priority": priority,
-            "requires": list(requires), "max_attempts": max_attempts,
-            "depends_on": list(depends_on)}, _identity))
-
-    def claim(self, task_id: str, *, agent: str | None = None, ttl: float | None = None) -> Any:
-        """Claim -> Claim, or None when another agent holds the task (lost the race).
-        Raises NotFound for an unknown task and Conflict when it is not claimable."""
-        return self._call(Call("claim", {"task": task_id, "agent": self._agent(agent), "ttl": ttl},
-                               _to_claim, _none_if_lost))
-
-    def try_claim(self, task_id: str, *, agent: str | None = None, ttl: float | None = None) -> Any:
-        """Like claim, but a lost race raises Conflict (with the holder) instead of None."""
-        return self._call(Call("claim", {"task": task_id, "agent": self._agent(agent), "ttl": ttl},
-                               _to_claim))
-
-    def claim_next(self, *, agent: str | None = None, capabilities: Iterable[str] | None = None,
-                   ttl: float | None = None) -> Any:
-        """The best available task this agent can do -> Claim (with .task), or None."""
-        return self._call(Call("claim_next", {
-            "agent": self._agent(agent), "ttl": ttl,
-            "capabilities": None if capabilities is None else list(capabilities)}, _to_claim))
-
-    def complete(self, task_id: str, *, token: int | None = None, result: Any = None,
-                 agent: str | None = None) -> Any:
-        return self._call(Call("complete", {"task": task_id, "agent": self._agent(agent),
-                                            "token": token, "result": result}, _identity))
-
-    def fail(self, task_id: str, *, error: str, token: int | None = None,
-             agent: str | None = None) -> Any:
-        return self._call(Call("fail", {"task": task_id, "agent": self._agent(agent),
-                                        "token": token, "error": error}, _identity))
-
-    def release(self, task_id: str, *, token: int | None = None, agent: str | None = None) -> Any:
-        return self._call(Call("release", {"task": task_id, "agent": self._agent(agent),
-                                           "token": token}, _identity))
-
-    def renew(self, task_id: str, *, token: int | None = None, ttl: float | None = None,
-              agent: str | None = None) -> Any:
-        """Extend a claim during long work; raises NotOwner/StaleToken if it was lost."""
-        return self._call(Call("renew", {"task": task_id, "agent": self._agent(agent),
-                                         "token": token, "ttl": ttl}, _to_claim))
-
-    progress = renew
-
-    def publish(self, topic: str, data: Any = None, *, agent: str | None = None) -> Any:
-        """Broadcast ``data`` to every subscriber as the event ``msg.<topic>``; returns
-        its seq. The message is in the event log, so subscribers that were away replay it."""
-        return self._call(Call("publish", {"topic": topic, "data": data, "agent": agent or self.agent},
-                               _seq_of))
-
-    def task(self, task_id: str) -> Any:
-        return self._call(Call("task_get", {"task": task_id}, _identity))
-
-    def tasks(self, *, status: str | None = None, after: str = "", limit: int = 1000) -> Any:
-        return self._call(Call("task_list", {"status": status, "after": after, "limit": limit},
-                               lambda body: body["tasks"]))
-
-    def agents(self) -> Any:
-        return self._call(Call("agent_list", {}, lambda body: body["agents"]))
-
-    def status(self) -> Any:
-        return self._call(Call("status", {}, _identity))
-
-    def replay(self, since: int, *, limit: int = 1000, topics: Iterable[str] = ()) -> Any:
-        return self._call(Call("replay", {"since": since, "limit": limit, "topics": list(topics)},
-                               _identity))
-
-
-def _seq_of(body: Any) -> int:
-    return body["seq"]
-
-
-def _none_if_lost(err: RemoteError) -> None:
-    """claim(): another agent holding the task is an answer (None), not an error."""
-    if isinstance(err, Conflict) and err.details.get("status") == "claimed":
-        return None
-    raise err
-
-
 def default_endpoint(endpoint: str | None) -> str | None:
-    return endpoint or os.environ.get("ZMESH_BROKER") or None
+    """The endpoint given, else $ZMESH_BROKER, else None (discover); checked either way."""
+    if endpoint is not None:
+        return check_endpoint(endpoint, field="endpoint")
+    env = os.environ.get("ZMESH_BROKER")
+    return check_endpoint(env, field="ZMESH_BROKER") if env else None
 
 
-class LeaseState:
-    """What the client knows of its own lease; shared by both heartbeat loops."""
-
-    def __init__(self, agent: str | None, capabilities: Iterable[str], metadata: dict[str, Any] | None,
-                 ttl: float | None) -> None:
-        self.agent = agent
-        self.capabilities = list(capabilities)
-        self.metadata = dict(metadata or {})
-        self.ttl = ttl
-        self.lease: int | None = None
-        self.lost = 0
-
-    def register_call(self) -> Call[dict[str, Any]]:
-        return Call("register", {"agent": self.agent, "capabilities": self.capabilities,
-                                 "metadata": self.metadata, "ttl": self.ttl}, _identity)
-
-    def registered(self, body: dict[str, Any]) -> None:
-        self.lease = body["lease"]
-        self.ttl = body["ttl"]
-
-    def heartbeat_call(self) -> Call[dict[str, Any]]:
-        return Call("heartbeat", {"agent": self.agent, "lease": self.lease}, _identity)
-
-    @property
-    def interval(self) -> float:
-        return max(0.05, (self.ttl or 30.0) / 3)

@@ -1,5 +1,11 @@
 """``Client``: the blocking driver of ClientCore (one DEALER guarded by a lock, a heartbeat
-thread, SUB sockets owned by the thread that iterates them)."""
+thread, SUB sockets owned by the thread that iterates them).
+
+Rules: a client given an agent registers it (with its own TTL, capabilities and metadata)
+and starts the heartbeat before its first other request, whether or not ``connect()`` or
+``with`` was used; ``zmq.ZMQError`` never leaves this module (a socket failure is
+``Unreachable``, an endpoint libzmq refuses is ``InvalidArgument``).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,13 @@ from typing import Any, Callable, Iterable, Iterator
 
 import zmq
 
-from ..errors import LeaseExpired, Unreachable, ZmeshError
+from ..errors import InvalidArgument, LeaseExpired, Unreachable, ZmeshError
 from ..protocol import Event
 from ..sockets import NOBLOCK, recv_frames, send_frames
-from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Api, Call, ClientCore, Deliver, EventTracker, LeaseState,
-                        Poll, Recv, Send, configure, default_endpoint, event_flow, resolve_pub)
+from ._api import NO_CONNECT_OPS, Api, LeaseState, check_timeout
+from ._events import Deliver, Poll, Sleep, check_callback, checked_flow
+from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Call, ClientCore, Recv, Send, configure,
+                        default_endpoint, resolve_pub)
 
 log = logging.getLogger("zmesh.client")
 
@@ -27,14 +35,27 @@ def _discover(endpoint: str | None, timeout: float) -> str:
     return discover(timeout=min(timeout, 3.0)).endpoint
 
 
+def connect_socket(ctx: Any, kind: int, options: Any, endpoint: str) -> Any:
+    """A configured socket connected to ``endpoint``; libzmq's refusal becomes ours."""
+    sock = configure(ctx.socket(kind), options)
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        raise InvalidArgument(f"cannot connect to {endpoint}: {exc}", {"field": "endpoint"}) from None
+    return sock
+
+
 class Client(Api):
-    """A blocking zmesh client. With ``agent`` it registers on connect and a background
-    thread heartbeats every ttl/3 so the lease (and every claim on it) stays alive.
+    """A blocking zmesh client. With ``agent`` it registers on connect (or on its first
+    request) and a background thread heartbeats every ttl/3 so the lease (and every claim
+    on it) stays alive.
 
     ``endpoint`` None means ``$ZMESH_BROKER``, else zeroconf discovery on the LAN.
     ``timeout`` bounds every call (seconds); a silent broker raises Unreachable.
     ``on_lease_lost(err)`` is called from the heartbeat thread when the broker says the lease
     lapsed (its claims are gone); the client then registers again.
+    Arguments are checked here: a bad one raises InvalidArgument or BadRequest naming it.
     """
 
     def __init__(self, endpoint: str | None = None, *, agent: str | None = None,
@@ -43,17 +64,19 @@ class Client(Api):
                  on_lease_lost: Callable[[ZmeshError], None] | None = None,
                  on_heartbeat_error: Callable[[ZmeshError], None] | None = None,
                  context: zmq.Context | None = None) -> None:
+        timeout = check_timeout("timeout", timeout)  # type: ignore[assignment]
+        self._lease = LeaseState(agent, capabilities, metadata, ttl)
         self.endpoint = _discover(endpoint, timeout)
         self.agent = agent
         self._core = ClientCore(timeout=timeout)
-        self._lease = LeaseState(agent, capabilities, metadata, ttl)
         self._ctx = context or zmq.Context.instance()
         self._lock = threading.RLock()
+        self._connect_lock = threading.RLock()
         self._sock: zmq.Socket | None = None
         self._poller = zmq.Poller()
         self._stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
-        self._heartbeat = heartbeat
+        self._heartbeat = bool(heartbeat)
         self._on_lease_lost = on_lease_lost
         self._on_hb_error = on_heartbeat_error
         self._subs: list[threading.Thread] = []
@@ -63,17 +86,19 @@ class Client(Api):
     # ------------------------------------------------------------ lifecycle
     def connect(self) -> "Client":
         """hello (+ register and heartbeat thread when an agent is set). Idempotent."""
-        if self.connected:
+        with self._connect_lock:
+            if self.connected:
+                return self
+            self._stop.clear()
+            self.info = self.hello()
+            if self.agent:
+                self._lease.registered(self._call(self._lease.register_call()))
+                if self._heartbeat:
+                    self._hb_thread = threading.Thread(target=self._heartbeat_loop, daemon=True,
+                                                       name=f"zmesh-heartbeat-{self.agent}")
+                    self._hb_thread.start()
+            self.connected = True
             return self
-        self.info = self.hello()
-        if self.agent:
-            self._lease.registered(self._call(self._lease.register_call()))
-            if self._heartbeat:
-                self._hb_thread = threading.Thread(target=self._heartbeat_loop, daemon=True,
-                                                   name=f"zmesh-heartbeat-{self.agent}")
-                self._hb_thread.start()
-        self.connected = True
-        return self
 
     def __enter__(self) -> "Client":
         try:
@@ -113,14 +138,15 @@ class Client(Api):
     # ------------------------------------------------------------ the driver
     def _socket(self) -> zmq.Socket:
         if self._sock is None:
-            sock = configure(self._ctx.socket(zmq.DEALER), DEALER_OPTIONS)
-            sock.connect(self.endpoint)
+            sock = connect_socket(self._ctx, zmq.DEALER, DEALER_OPTIONS, self.endpoint)
             self._sock = sock
             self._poller = zmq.Poller()  # kept: Socket.poll would build one per call
             self._poller.register(sock, zmq.POLLIN)
         return self._sock
 
     def _call(self, call: Call[Any]) -> Any:
+        if not self.connected and self.agent and call.op not in NO_CONNECT_OPS:
+            self.connect()  # the agent's own lease, not an implicit one with the broker's TTL
         with self._lock:
             sock = self._socket()
             flow = self._core.exchange(call.op, call.body, self.endpoint)
@@ -139,6 +165,9 @@ class Client(Api):
                         action = flow.send(got)
             except StopIteration as stop:
                 reply = stop.value
+            except zmq.ZMQError as exc:
+                raise Unreachable(f"socket error talking to {self.endpoint}: {exc} (op {call.op})",
+                                  {"endpoint": self.endpoint, "op": call.op}) from None
         return self._core.result(call, reply)
 
     # ------------------------------------------------------------ heartbeat
@@ -162,32 +191,41 @@ class Client(Api):
 
     # ------------------------------------------------------------ events
     def events(self, topics: Iterable[str] = (), *, since: int | None = None,
-               timeout: float | None = None, idle_check: float = 1.0) -> Iterator[Event]:
+               timeout: float | None = None, idle_check: float = 1.0,
+               reconnect: bool = True) -> Iterator[Event]:
         """Yield events in sequence order, at least once, with no gaps: missed ones are
         replayed. ``since`` replays from that seq first; ``timeout`` ends the iteration
-        after that many seconds without an event."""
+        after that many seconds without an event. Through a broker outage the stream waits
+        and resumes where it stopped (``reconnect=False``: raise Unreachable instead)."""
+        flow = checked_flow(topics, since, timeout, idle_check, reconnect)
         if not self.info:
             self.info = self.hello()
-        flow = event_flow(EventTracker(topics, since), replay_first=since is not None,
-                          timeout=timeout, idle_check=idle_check)
-        sub = configure(self._ctx.socket(zmq.SUB), SUB_OPTIONS)
-        sub.connect(resolve_pub(self.endpoint, self.info["pub"]))
+        sub = connect_socket(self._ctx, zmq.SUB, SUB_OPTIONS, resolve_pub(self.endpoint, self.info["pub"]))
         poller = zmq.Poller()  # kept: Socket.poll would build one per event
         poller.register(sub, zmq.POLLIN)
         try:
             answer: Any = None
+            error: ZmeshError | None = None
             while not self._stop.is_set():
                 try:
-                    action = flow.send(answer)
+                    action = flow.throw(error) if error is not None else flow.send(answer)
                 except StopIteration:
                     return
+                answer, error = None, None
                 if isinstance(action, Poll):
                     answer = recv_frames(sub) if poller.poll(action.timeout * 1000) else None
                 elif isinstance(action, Deliver):
-                    answer = None
                     yield action.event
+                elif isinstance(action, Sleep):
+                    if self._stop.wait(action.seconds):
+                        return
                 else:
-                    answer = self._call(action)
+                    try:
+                        answer = self._call(action)
+                    except ZmeshError as exc:
+                        error = exc
+        except zmq.ZMQError as exc:
+            raise Unreachable(f"event socket error: {exc}", {"endpoint": self.endpoint}) from None
         finally:
             sub.close(linger=0)
 
@@ -195,6 +233,9 @@ class Client(Api):
                   since: int | None = None) -> threading.Thread:
         """Call ``callback(event)`` from a background thread for each event until close().
         The subscription outlives broker restarts: it resumes after the last delivered seq."""
+        check_callback(callback)
+        checked_flow(topics, since, None, 1.0, True)  # raise bad arguments here, not in the thread
+
         def run() -> None:
             last = since
             while not self._stop.is_set():
@@ -207,8 +248,10 @@ class Client(Api):
                             log.exception("event callback failed")
                 except Unreachable as exc:
                     log.warning("event subscription interrupted (%s); resuming", exc)
+                    self._stop.wait(1.0)
 
         thread = threading.Thread(target=run, daemon=True, name="zmesh-events")
         thread.start()
         self._subs.append(thread)
         return thread
+

@@ -1,0 +1,156 @@
+"""The ``zmesh`` command. Commands only call the client and format its answers.
+
+Rules: every failure ends the same way, here and nowhere else: one line on stderr
+(``zmesh: CODE: message``; with ``--json`` one JSON object ``{"code", "message",
+"details"}``) and an exit code: 0 ok, 1 refused or lost (not found, conflict, not owner,
+stale token, lapsed claim, nothing to claim), 2 usage or invalid input (bad option, bad
+endpoint, bad configuration), 3 broker unreachable. Never a traceback: an unexpected
+exception is a one-line ``internal`` error (exit 1) whose traceback goes to the log at -vv.
+Logging handlers are set up here and only here.
+
+Command groups live in their own modules (tasks, events, serve); options that become
+request fields are built from the protocol's field table (``_options.field_option``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, Sequence
+
+import click
+
+from .. import __version__
+from ..config import DEFAULT_TIMEOUT_S, unknown_env
+
+from ..errors import UsageError, ZmeshError, exit_code
+from ._options import EndpointType, Seconds
+from ._output import JSON_META, Ctx, error, json_flag
+
+log = logging.getLogger("zmesh.cli")
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+#: what each exit code means (README's table is tested against this)
+EXIT_CODES = {
+    EXIT_OK: "ok",
+    EXIT_REFUSED: "refused or lost: not found, conflict, not owner, stale token, lapsed claim, nothing to claim",
+    EXIT_USAGE: "usage or invalid input: bad option or value, bad endpoint, bad configuration",
+    EXIT_UNREACHABLE: "broker unreachable (no answer within --timeout)",
+}
+
+
+def _wants_json(args: Sequence[str]) -> bool:
+    """--json anywhere before ``--`` (a usage error may come before its callback ran)."""
+    args = list(args)
+    return "--json" in (args[:args.index("--")] if "--" in args else args)
+
+
+class _Main(click.Group):
+    """The root group: turns every failure into one line and an exit code."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        as_json = _wants_json(argv)
+        try:
+            # non-standalone: click raises instead of printing; --help/--version return 0
+            rv = super().main(argv, prog_name or "zmesh", complete_var, standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else EXIT_OK
+        except click.exceptions.Exit as exc:
+            code = exc.exit_code
+        except click.exceptions.Abort:
+            code = 130
+            error("interrupted", "interrupted", None, as_json)
+        except click.ClickException as exc:
+            code = EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+            details: dict[str, Any] = {}
+            if isinstance(exc, click.BadParameter) and exc.param is not None:
+                details["field"] = exc.param.opts[0] if exc.param.opts else exc.param.name
+            hint = ""
+            if isinstance(exc, click.UsageError) and exc.ctx is not None:
+                hint = f" (see '{exc.ctx.command_path} --help')"
+            message = " ".join(exc.format_message().split())
+            error(UsageError.code, message + hint, details, as_json)
+        except ZmeshError as exc:
+            code = exit_code(exc)
+            error(exc.code, " ".join(exc.message.split("\n")), exc.details, as_json)
+        except BrokenPipeError:  # the reader went away (zmesh events | head -1)
+            _silence_stdout()
+            code = EXIT_OK
+        except KeyboardInterrupt:
+            code = 130
+        except Exception as exc:  # a bug of ours: one line, the traceback in the log at -vv
+            log.debug("unexpected error", exc_info=True)
+            error("internal", f"unexpected {type(exc).__name__}: {exc} (run with -vv for the traceback)",
+                  None, as_json)
+            code = EXIT_REFUSED
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def setup_logging(verbose: int, *, zmesh_floor: int = logging.WARNING) -> None:
+    """Handlers live in the CLI only: one stderr handler; -v INFO, -vv DEBUG. zmesh's own
+    loggers log at least at ``zmesh_floor`` (INFO for the broker), other libraries' at WARNING."""
+    level = max(logging.DEBUG, logging.WARNING - 10 * verbose)
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("zmesh").setLevel(min(level, zmesh_floor))
+
+
+class _ClosingGroup(click.Group):
+    """Closes the shared client when the command ends, whatever happened."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        finally:
+            obj = ctx.find_object(Ctx)
+            if obj is not None:
+                obj.close()
+
+
+class _Root(_Main, _ClosingGroup):
+    pass
+
+
+@click.group(cls=_Root, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--broker", envvar="ZMESH_BROKER", metavar="ENDPOINT", type=EndpointType(),
+              help="Broker endpoint, tcp://HOST:PORT or ipc://PATH (env ZMESH_BROKER; "
+                   "default tcp://127.0.0.1:7700).")
+@click.option("--discover", is_flag=True, help="Find the broker on the LAN with zeroconf.")
+@json_flag
+@click.option("--timeout", type=Seconds(0.1, 3600), default=DEFAULT_TIMEOUT_S, show_default=True,
+              help="Seconds to wait for the broker's answer before exit 3.")
+@click.option("-v", "--verbose", count=True, help="More logging on stderr (-v info, -vv debug).")
+@click.version_option(__version__, "-V", "--version", prog_name="zmesh",
+                      help="Show the client version and exit (`zmesh version` asks the broker too).")
+@click.pass_context
+def main(ctx: click.Context, broker: str | None, discover: bool, timeout: float, verbose: int) -> None:
+    """zmesh: real-time coordination for agents (lease broker, task claims, events)."""
+    setup_logging(verbose)
+    ctx.obj = Ctx(broker, discover, bool(ctx.meta.get(JSON_META)), timeout)
+    for name in unknown_env(os.environ):
+        log.warning("%s is not a zmesh setting (a typo?); it is ignored", name)
+
+
+def _register() -> None:
+    from . import events, serve, tasks  # noqa: F401  (each module adds its commands to main)
+
+
+_register()
+
+__all__ = ["main", "EXIT_CODES"]

@@ -1,0 +1,111 @@
+"""docs/CLI.md, generated from the command tree itself: every command, option, help text,
+exit code and ``--json`` shape. The shapes below are the contract scripts rely on; the
+tests run every command with ``--json`` and hold its output to the keys listed here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import click
+
+from .. import errors
+
+#: keys of a task as every task command prints it (and as the broker's replies carry it)
+TASK_KEYS = ("id", "type", "data", "priority", "requires", "max_attempts", "depends_on", "status",
+             "attempts", "claims", "created", "updated", "result", "history", "owner", "token",
+             "expires_in", "completed_by", "completed_token")
+#: keys of a claim as claim, next and renew print it
+CLAIM_KEYS = ("task", "agent", "token", "lease", "expires_in")
+STATUS_KEYS = ("tasks", "agents", "claims", "seq", "token", "broker_id", "version", "pid", "durability",
+               "uptime", "endpoints", "pub", "data", "batches", "requests", "agent_list")
+ERROR_KEYS = ("code", "message", "details")
+
+#: command path -> (top-level keys of its --json output, what it is); None: no JSON output
+JSON_SHAPES: dict[str, tuple[tuple[str, ...], str] | None] = {
+    "broker": None,
+    "task add": (TASK_KEYS, "the task created"),
+    "task claim": (CLAIM_KEYS, "the claim: fencing token, lease id, seconds until it lapses (null: never)"),
+    "task next": (CLAIM_KEYS + ("record",), "the claim, and `record`: the task claimed"),
+    "task done": (TASK_KEYS, "the task, now completed"),
+    "task fail": (TASK_KEYS, "the task, now available again or dead"),
+    "task release": (TASK_KEYS, "the task, now available"),
+    "task renew": (CLAIM_KEYS, "the claim with its new expiry"),
+    "task show": (TASK_KEYS, "the task with its owner, token and history"),
+    "task ls": (("tasks", "more", "next_after"),
+                "`tasks`: a list of tasks; `more`: whether more follow; `next_after`: the --after "
+                "for the next page (null when none)"),
+    "status": (STATUS_KEYS, "broker summary: `tasks` counts by status, `agent_list` one object per agent"),
+    "publish": (("topic", "seq"), "the event topic (msg.TOPIC) and its sequence number"),
+    "events": (("topic", "seq", "body"), "one JSON object per line, per event"),
+    "version": (("client", "protocol", "broker", "broker_protocol", "broker_id"),
+                "versions; the broker's are null when it did not answer (exit 3)"),
+}
+
+
+def commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+    """Every leaf command as (path, command), in tree order."""
+    out: list[tuple[str, click.Command]] = []
+    for name in sorted(group.commands):
+        cmd = group.commands[name]
+        path = f"{prefix}{name}"
+        if isinstance(cmd, click.Group):
+            out += commands(cmd, path + " ")
+        else:
+            out.append((path, cmd))
+    return out
+
+
+def _option_row(param: click.Parameter, ctx: click.Context) -> str:
+    record = param.get_help_record(ctx) if isinstance(param, click.Option) else None
+    if record is None:
+        return ""
+    names, text = record
+    pipe = "\\|"
+    return f"| `{names.replace('|', pipe)}` | {text.replace('|', pipe)} |"
+
+
+def render_markdown(root: click.Group) -> str:
+    from . import EXIT_CODES
+
+    lines = ["# The zmesh command", "",
+             "<!-- generated from zmesh/cli by `python docs/gen_cli.py`; do not edit -->", "",
+             "Every command takes `--json` (before or after its name). Data goes to stdout; an error is "
+             "one line on stderr, `zmesh: CODE: message`, or with `--json` one JSON object "
+             "`{\"code\", \"message\", \"details\"}` (`details.field` names the option or field at fault).",
+             "", "## Exit codes", "", "| code | meaning |", "|---:|---|"]
+    lines += [f"| {code} | {meaning} |" for code, meaning in EXIT_CODES.items()]
+    lines += ["", "## Error codes", "", "| code | exit | meaning |", "|---|---:|---|"]
+    for cls in _error_classes():
+        lines.append(f"| `{cls.code}` | {errors.exit_code(cls(''))} | {cls.meaning} |")
+    lines += ["", "## Global options", "", "| option | meaning |", "|---|---|"]
+    ctx = click.Context(root, info_name="zmesh")
+    lines += [row for p in root.params if (row := _option_row(p, ctx))]
+    for path, cmd in commands(root):
+        ctx = click.Context(cmd, info_name=f"zmesh {path}")
+        usage = " ".join([f"zmesh {path}", *cmd.collect_usage_pieces(ctx)])
+        lines += ["", f"## `zmesh {path}`", "", f"`{usage}`", "", inspect.cleandoc(cmd.help or ""), ""]
+        rows = [row for p in cmd.params if (row := _option_row(p, ctx))]
+        if rows:
+            lines += ["| option | meaning |", "|---|---|", *rows, ""]
+        shape = JSON_SHAPES[path]
+        if shape is None:
+            lines.append("No `--json` output.")
+        else:
+            keys, what = shape
+            lines.append(f"`--json`: {what}. Keys: " + ", ".join(f"`{k}`" for k in keys) + ".")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _error_classes() -> list[Any]:
+    seen: list[Any] = []
+    stack = [errors.ZmeshError]
+    while stack:
+        cls = stack.pop(0)
+        if cls not in (errors.ZmeshError, errors.RemoteError) and cls.__module__ == errors.__name__ \
+                and cls not in seen:
+            seen.append(cls)
+        stack += cls.__subclasses__()
+    return sorted(seen, key=lambda c: c.code)
