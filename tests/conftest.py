@@ -8,11 +8,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
+from zmesh import Client
 from zmesh.testing import BrokerProcess
+
+from .drivers import Blocking
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,3 +96,20 @@ def procs() -> Iterator[Procs]:
         yield p
     finally:
         p.cleanup()
+
+
+@pytest.fixture(params=["sync", "async"])
+def make_client(request: pytest.FixtureRequest) -> Iterator[Any]:
+    made: list[Any] = []
+
+    def make(*args: Any, **kw: Any) -> Any:
+        c = Client(*args, **kw) if request.param == "sync" else Blocking(*args, **kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        try:
+            c.close()
+        except Exception:
+            pass

@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import threading
 import time
-from typing import Any, Iterator
 
 import pytest
 
@@ -19,78 +17,6 @@ from zmesh.protocol import Event
 from zmesh.testing import free_port
 
 from .conftest import wait_for
-
-
-class Blocking:
-    """Runs an AsyncClient on a private event loop thread behind the Client interface."""
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        self._client = self._run(self._make(*args, **kw))
-
-    async def _make(self, *args: Any, **kw: Any) -> AsyncClient:
-        return AsyncClient(*args, **kw)
-
-    def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._client, name)
-        if not callable(attr):
-            return attr
-
-        async def invoke(*args: Any, **kw: Any) -> Any:  # on the loop: create_task works
-            result = attr(*args, **kw)
-            return await result if asyncio.iscoroutine(result) else result
-
-        return lambda *args, **kw: self._run(invoke(*args, **kw))
-
-    def events(self, *args: Any, **kw: Any) -> Iterator[Event]:
-        agen = self._client.events(*args, **kw)
-        try:
-            while True:
-                try:
-                    yield self._run(agen.__anext__())
-                except StopAsyncIteration:
-                    return
-        finally:
-            self._run(agen.aclose())
-
-    def __enter__(self) -> "Blocking":
-        self._run(self._client.connect())
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def close(self, **kw: Any) -> None:
-        if self._loop.is_closed():
-            return
-        try:
-            self._run(self._client.aclose(**kw))
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
-            self._loop.close()
-
-
-@pytest.fixture(params=["sync", "async"])
-def make_client(request: pytest.FixtureRequest) -> Iterator[Any]:
-    made: list[Any] = []
-
-    def make(*args: Any, **kw: Any) -> Any:
-        c = Client(*args, **kw) if request.param == "sync" else Blocking(*args, **kw)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        try:
-            c.close()
-        except Exception:
-            pass
 
 
 def test_contract_example(broker, make_client) -> None:

@@ -385,7 +385,7 @@ class CoreMachine(RuleBasedStateMachine):
         assert t is not None
         reply, events = out
         assert events == [] and reply["token"] == t.token
-        self.touch(agent)
+        self.touch(agent, ttl)  # a renew with a ttl keeps the lease at least that long
         effective = ttl or self.claim_ttl.get(tid)
         if effective:
             self.claim_dl[tid] = self.mono + effective

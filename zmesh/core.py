@@ -777,7 +777,7 @@ class Core:
         record = self._get_agent(txn, agent_id)
         if record is None:  # cannot happen while the claim exists; kept as a guard
             raise LeaseExpired(f"agent '{agent_id}' has no live lease", {"agent": agent_id})
-        self._touch(record, now)
+        self._touch(record, now, body["ttl"])  # as a claim with a ttl does: the lease must not cut it
         ttl = body["ttl"] or claim.get("ttl")
         if ttl:
             self._set_claim_deadline(key, ttl, now)

@@ -85,7 +85,7 @@ STATUSES = ("waiting", "available", "claimed", "completed", "dead")
 KIND_RULES = {
     "id": f"a string of 1..{MAX_ID_BYTES} bytes of UTF-8 without control characters "
           "(U+0000-U+001F, U+007F-U+009F, U+2028, U+2029)",
-    "name": f"a string of up to {MAX_NAME_CHARS} characters without control characters",
+    "name": f"a string of 1..{MAX_NAME_CHARS} characters without control characters",
     "namelist": f"a list of up to {MAX_LIST_ITEMS} names (duplicates dropped)",
     "idlist": f"a list of up to {MAX_LIST_ITEMS} ids (duplicates dropped)",
     "after": "empty, or an id (a paging cursor)",
@@ -242,7 +242,9 @@ OPS: dict[str, Op] = {
         ),
         Op(
             "renew",
-            "Extend a claim during long work (progress) and renew the agent's lease.",
+            "Extend a claim during long work (progress) and renew the agent's lease (for at "
+            "least `ttl` when given, as a claim with a ttl does, so the lease does not cut the "
+            "claim short).",
             (_TASK, _AGENT, _TOKEN, _TTL),
             returns="{task, agent, token, lease, expires_in}",
             errors=("not_found", "not_owner", "stale_token", "lease_expired", "claim_expired"),
@@ -328,6 +330,8 @@ def _check_utf8(name: str, value: str) -> None:
 
 def _check_name(name: str, value: Any) -> str:
     value = _check_str(name, value, MAX_NAME_CHARS)
+    if not value:
+        raise BadRequest(f"field '{name}' must not be empty", {"field": name})
     if CONTROL_CHARS.search(value):
         raise BadRequest(f"field '{name}' must not contain control characters", {"field": name})
     return value

@@ -16,7 +16,7 @@ import orjson
 from .. import __version__, protocol
 from ..errors import Unreachable
 from . import main
-from ._options import field_argument, field_option
+from ._options import Seconds, field_argument, field_option
 from ._output import Ctx, emit, esc, json_flag, pass_ctx
 
 
@@ -60,7 +60,7 @@ def publish(ctx: Ctx, topic: str, data: Any, agent: str | None) -> None:
 @field_option("replay", "since", required=False, metavar="SEQ",
               help="Replay the events after this sequence number first.")
 @click.option("--count", type=click.IntRange(1, protocol.MAX_INT), help="Stop after this many events.")
-@click.option("--idle-timeout", type=click.FloatRange(0.1, 86400.0), metavar="SECONDS",
+@click.option("--idle-timeout", type=Seconds(0.1, 86400.0),
               help="Stop after this many seconds without an event.")
 @click.option("--no-reconnect", is_flag=True,
               help="Exit 3 when the broker is unreachable instead of waiting for it to come back.")

@@ -16,7 +16,7 @@ import zmq.asyncio
 from ..errors import LeaseExpired, Unreachable, ZmeshError
 from ..protocol import Event
 from ._api import NO_CONNECT_OPS, Api, LeaseState, check_timeout
-from ._events import Deliver, Poll, Sleep, check_callback, checked_flow
+from ._events import Deliver, Poll, Sleep, check_callback, check_flow_args, checked_flow
 from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Call, ClientCore, Recv, Send, default_endpoint,
                         resolve_pub)
 from ._sync import connect_socket
@@ -169,9 +169,9 @@ class AsyncClient(Api):
                      timeout: float | None = None, idle_check: float = 1.0,
                      reconnect: bool = True) -> AsyncIterator[Event]:
         """See Client.events."""
-        flow = checked_flow(topics, since, timeout, idle_check, reconnect)
-        if not self.info:
-            self.info = await self.hello()
+        check_flow_args(topics, since, timeout, idle_check)
+        self.info = await self.hello()  # where "now" is, and the PUB endpoint
+        flow = checked_flow(topics, since, timeout, idle_check, reconnect, self.info["seq"])
         sub = connect_socket(self._ctx, zmq.SUB, SUB_OPTIONS, resolve_pub(self.endpoint, self.info["pub"]))
         try:
             answer: Any = None
@@ -204,7 +204,7 @@ class AsyncClient(Api):
         """Run ``callback(event)`` (sync or async) for each event in a task until aclose().
         The subscription outlives broker restarts: it resumes after the last delivered seq."""
         check_callback(callback)
-        checked_flow(topics, since, None, 1.0, True)  # raise bad arguments here, not in the task
+        check_flow_args(topics, since, None, 1.0)  # raise bad arguments here, not in the task
 
         async def run() -> None:
             last = since

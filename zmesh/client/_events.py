@@ -197,13 +197,26 @@ def _replay_flow(tracker: EventTracker, outage: Outage, reconnect: bool, first: 
             return count
 
 
-def checked_flow(topics: Iterable[str], since: int | None, timeout: float | None,
-                 idle_check: float, reconnect: bool) -> Generator[Action, Any, None]:
-    """An event_flow from a driver's arguments, each checked (both drivers call this)."""
-    topic_list = check_field("replay", "topics", names("topics", topics) or [])
+def check_flow_args(topics: Iterable[str], since: int | None, timeout: float | None,
+                    idle_check: float) -> None:
+    """Raise a ZmeshError naming the bad argument (before any I/O)."""
+    check_field("replay", "topics", names("topics", topics) or [])
     if since is not None:
         check_field("replay", "since", since)
-    return event_flow(EventTracker(topic_list, since), replay_first=since is not None,
+    check_timeout("timeout", timeout, allow_none=True)
+    check_timeout("idle_check", idle_check)
+
+
+def checked_flow(topics: Iterable[str], since: int | None, timeout: float | None,
+                 idle_check: float, reconnect: bool, now_seq: int) -> Generator[Action, Any, None]:
+    """An event_flow from a driver's arguments (both drivers call this). Without ``since``
+    the stream follows from ``now_seq`` (the broker's seq when the stream started, from
+    hello): what is published after it is delivered even if the SUB socket connects late
+    or the broker goes away before the first heartbeat arrives."""
+    check_flow_args(topics, since, timeout, idle_check)
+    topic_list = names("topics", topics) or []
+    return event_flow(EventTracker(topic_list, now_seq if since is None else since),
+                      replay_first=since is not None,
                       timeout=check_timeout("timeout", timeout, allow_none=True),
                       idle_check=check_timeout("idle_check", idle_check),  # type: ignore[arg-type]
                       reconnect=bool(reconnect))

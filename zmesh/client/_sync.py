@@ -19,7 +19,7 @@ from ..errors import InvalidArgument, LeaseExpired, Unreachable, ZmeshError
 from ..protocol import Event
 from ..sockets import NOBLOCK, recv_frames, send_frames
 from ._api import NO_CONNECT_OPS, Api, LeaseState, check_timeout
-from ._events import Deliver, Poll, Sleep, check_callback, checked_flow
+from ._events import Deliver, Poll, Sleep, check_callback, check_flow_args, checked_flow
 from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Call, ClientCore, Recv, Send, configure,
                         default_endpoint, resolve_pub)
 
@@ -197,9 +197,9 @@ class Client(Api):
         replayed. ``since`` replays from that seq first; ``timeout`` ends the iteration
         after that many seconds without an event. Through a broker outage the stream waits
         and resumes where it stopped (``reconnect=False``: raise Unreachable instead)."""
-        flow = checked_flow(topics, since, timeout, idle_check, reconnect)
-        if not self.info:
-            self.info = self.hello()
+        check_flow_args(topics, since, timeout, idle_check)
+        self.info = self.hello()  # where "now" is, and the PUB endpoint
+        flow = checked_flow(topics, since, timeout, idle_check, reconnect, self.info["seq"])
         sub = connect_socket(self._ctx, zmq.SUB, SUB_OPTIONS, resolve_pub(self.endpoint, self.info["pub"]))
         poller = zmq.Poller()  # kept: Socket.poll would build one per event
         poller.register(sub, zmq.POLLIN)
@@ -234,7 +234,7 @@ class Client(Api):
         """Call ``callback(event)`` from a background thread for each event until close().
         The subscription outlives broker restarts: it resumes after the last delivered seq."""
         check_callback(callback)
-        checked_flow(topics, since, None, 1.0, True)  # raise bad arguments here, not in the thread
+        check_flow_args(topics, since, None, 1.0)  # raise bad arguments here, not in the thread
 
         def run() -> None:
             last = since
