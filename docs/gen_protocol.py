@@ -2,6 +2,6 @@
 
 from pathlib import Path
 
-from zmesh.protocol import render_markdown
+from zmesh.protocol_doc import render_markdown
 
 Path(__file__).with_name("PROTOCOL.md").write_text(render_markdown())

@@ -393,6 +393,8 @@ def test_readme_exit_codes_match_the_cli() -> None:
     readme = (ROOT / "README.md").read_text()
     for code, meaning in EXIT_CODES.items():
         assert f"| {code} | {meaning} |" in readme, f"README's exit-code table lacks: | {code} | {meaning} |"
+    # the error format test_json_errors_are_one_object_on_stderr and the table hold the CLI to
+    assert "`zmesh: CODE: message`" in readme and '`{"code": ..., "message": ..., "details": {...}}`' in readme
 
 
 def test_sigint_on_events_exits_quietly(z: Cli) -> None:

@@ -90,7 +90,7 @@ class Harness:
         self.events += events
         return events
 
-    def restart(self, mono: float, clean: bool = False) -> None:
+    def restart(self, mono: float, clean: bool = False) -> Recovery:
         """A new broker process on the same data: new Core, (reopened store), recover.
         ``clean``: the old core wrote its claim index, as a broker does on shutdown."""
         if clean:
@@ -102,7 +102,7 @@ class Harness:
         self.core = Core(self.settings)
         self.mono = mono
         with self.store.write() as txn:
-            self.core.recover(txn, self.now())
+            return self.core.recover(txn, self.now())
 
     # ---------------------------------------------------------------- inspection
     def raw(self) -> dict[str, list[tuple[bytes, bytes]]]:
@@ -1126,16 +1126,7 @@ def test_refused_lapse_writes_nothing(h: Harness) -> None:
 
 # ==================================================================== recovery report (issue 13)
 def _recover(h: Harness, mono: float, clean: bool = False) -> Recovery:
-    if clean:
-        with h.store.write() as txn:
-            h.core.checkpoint(txn)
-    if h.kind == "lmdb":
-        h.store.close()
-        h.store = h._open()
-    h.core = Core(h.settings)
-    h.mono = mono
-    with h.store.write() as txn:
-        return h.core.recover(txn, h.now())
+    return h.restart(mono, clean)
 
 
 def test_recover_reports_a_fresh_store(h: Harness) -> None:

@@ -9,7 +9,7 @@ prints the same JSON shape (``task, agent, token, lease, expires_in``) from ``cl
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import click
 import orjson
@@ -105,14 +105,16 @@ def task_next(ctx: Ctx, agent: str, capability: tuple[str, ...], ttl: float | No
     emit(ctx, claim_json(claim) | {"record": claim.task}, lambda d: f"{esc(d['task'])} {d['token']}")
 
 
-_agent = field_option("complete", "agent", help="Agent that holds the claim.")
-_token = field_option("complete", "token", help="Fencing token from `task claim` (refused if not current).")
+def _held(op: str) -> Callable[[Any], Any]:
+    """TASK_ID, --agent and --token: the claim a settling command acts on."""
+    argument = field_argument(op, "task", "task_id")
+    agent = field_option(op, "agent", help="Agent that holds the claim.")
+    token = field_option(op, "token", help="Fencing token from `task claim` (refused if not current).")
+    return lambda f: argument(agent(token(f)))
 
 
 @task.command("done")
-@field_argument("complete", "task", "task_id")
-@_agent
-@_token
+@_held("complete")
 @field_option("complete", "result", help="Any JSON value (inline, @FILE, or - for stdin).")
 @json_flag
 @pass_ctx
@@ -122,9 +124,7 @@ def task_done(ctx: Ctx, task_id: str, agent: str, token: int | None, result: Any
 
 
 @task.command("fail")
-@field_argument("fail", "task", "task_id")
-@_agent
-@_token
+@_held("fail")
 @field_option("fail", "error", help="What went wrong (kept in the task's history).")
 @json_flag
 @pass_ctx
@@ -134,9 +134,7 @@ def task_fail(ctx: Ctx, task_id: str, agent: str, token: int | None, error: str)
 
 
 @task.command("release")
-@field_argument("release", "task", "task_id")
-@_agent
-@_token
+@_held("release")
 @json_flag
 @pass_ctx
 def task_release(ctx: Ctx, task_id: str, agent: str, token: int | None) -> None:
@@ -145,9 +143,7 @@ def task_release(ctx: Ctx, task_id: str, agent: str, token: int | None) -> None:
 
 
 @task.command("renew")
-@field_argument("renew", "task", "task_id")
-@_agent
-@_token
+@_held("renew")
 @field_option("renew", "ttl", help="New claim TTL in seconds from now (default: the claim's own TTL).")
 @json_flag
 @pass_ctx
