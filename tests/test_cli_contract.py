@@ -293,11 +293,12 @@ def test_zmesh_events_rides_through_a_broker_outage(tmp_path: Path) -> None:
     """Finding 8: `zmesh events` exited 3 when an outage outlasted the timeout."""
     b = BrokerProcess(tmp_path / "data").start()
     p = subprocess.Popen([sys.executable, "-m", "zmesh", "--broker", b.endpoint, "--timeout", "0.5", "events",
-                          "--topic", "msg.", "--count", "1", "--json"], stdout=subprocess.PIPE,
+                          "--since", "0", "--topic", "msg.", "--count", "2", "--json"], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, env=clean_env())
     b2 = None
     try:
-        Cli(b.endpoint).ok("status")
+        Cli(b.endpoint).ok("publish", "before")
+        assert json.loads(_readline(p, 30))["topic"] == "msg.before"  # it is following: now the outage
         b.stop()
         ready, _, _ = select.select([p.stderr], [], [], 20)
         assert ready, "no outage notice on stderr within 20 s"
@@ -398,11 +399,12 @@ def test_readme_exit_codes_match_the_cli() -> None:
 
 
 def test_sigint_on_events_exits_quietly(z: Cli) -> None:
-    p = subprocess.Popen([sys.executable, "-m", "zmesh", "--broker", z.endpoint, "events"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, env=clean_env())
+    z.ok("publish", "x")
+    p = subprocess.Popen([sys.executable, "-m", "zmesh", "--broker", z.endpoint, "events", "--since", "0"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                         env=clean_env())
     try:
-        z.ok("publish", "x")
-        wait_for(lambda: z.json("status", "--json")["seq"] >= 1, timeout=10)
+        assert "msg.x" in _readline(p, 30)  # following: Ctrl-C now interrupts the stream
         p.send_signal(signal.SIGINT)
         _out, err = p.communicate(timeout=20)
         assert "Traceback" not in err and p.returncode == 130, (p.returncode, err)
