@@ -447,3 +447,36 @@ def test_cli_broker_with_bad_env_exits_2_with_one_line(tmp_path: Path) -> None:
     _assert_one_line_error(proc, "ZMESH_EVENT_LOG_SIZE")
     proc = _run_broker(tmp_path, "--config", _write(tmp_path, "[brokr]\n", "typo.toml"))
     _assert_one_line_error(proc, "[brokr]")
+
+
+# --------------------------------------------------------------------------- through the CLI
+def _broker_cli(name: str, env: dict[str, str], *args: str) -> Any:
+    """``zmesh broker`` in-process (CliRunner): a bad setting must stop it before it binds.
+    Loopback endpoints come as flags, except for the setting under test (a flag would win)."""
+    from click.testing import CliRunner
+
+    from zmesh.cli import main
+
+    clean = {k: None for k in os.environ if k.startswith("ZMESH_")}
+    flags = ["--no-discovery"] + [arg for key, flag, ep in (("bind", "--bind", "tcp://127.0.0.1:1"),
+                                                             ("pub_bind", "--pub-bind", "tcp://127.0.0.1:2"))
+                                  if key != name for arg in (flag, ep)]
+    return CliRunner().invoke(main, ["broker", *flags, *args], env={**clean, **env}, prog_name="zmesh")
+
+
+@pytest.mark.parametrize("name,bad", _cases(BAD_FILE))
+def test_bad_file_value_is_exit_2_in_one_line_from_the_cli(tmp_path: Path, name: str, bad: str) -> None:
+    path = _write(tmp_path, f"[broker]\n{name} = {bad}\n")
+    extra = () if name == "data" else ("--data", str(tmp_path / "d"))
+    r = _broker_cli(name, {}, "--config", path, *extra)
+    assert r.exit_code == 2, (r.stdout, r.stderr, r.exception)
+    assert r.stderr.count("\n") == 1 and f"[broker] {name} = " in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("name,bad", _cases(BAD_ENV))
+def test_bad_env_value_is_exit_2_in_one_line_from_the_cli(tmp_path: Path, name: str, bad: str) -> None:
+    env_name = "ZMESH_" + name.upper()
+    env = {env_name: bad} if name == "data" else {env_name: bad, "ZMESH_DATA": str(tmp_path / "d")}
+    r = _broker_cli(name, env)
+    assert r.exit_code == 2, (r.stdout, r.stderr, r.exception)
+    assert r.stderr.count("\n") == 1 and env_name in r.stderr and "Traceback" not in r.stderr
