@@ -342,33 +342,30 @@ def test_a_failed_start_and_a_clean_stop_leave_no_ipc_files(tmp_path: Path, brok
     assert not list(broker.data.glob("*.ipc"))
 
 
-def test_the_broker_log_tells_an_operator_what_happened(tmp_path: Path) -> None:
+def test_the_broker_log_tells_an_operator_what_happened(broker_factory) -> None:
     """Finding 14: the log said only ready and stopped. `zmesh broker -v` works."""
-    b = BrokerProcess(tmp_path / "data", extra=("-v",)).start()
-    try:
-        cli = Cli(b.endpoint)
-        cli.ok("task", "add", "t")
-        cli.ok("task", "claim", "t", "--agent", "gone", "--ttl", "1")  # its lease: 1 s too
-        import zmq
-        sock = zmq.Context.instance().socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(b.endpoint)
-        sock.send_multipart([b"junk"])  # a bad request: answered and logged with the peer
-        assert sock.poll(5000)
-        sock.close(0)
-        b.kill()  # a crash: the next start scans the tasks and says so
-        b2 = BrokerProcess(b.data, port=b.port, pub_port=b.pub_port).start()
-        log = b.log()  # one file for every start in this data directory
-        assert "refused a request from 127.0.0.1" in log
-        assert re.search(r"recovered in [0-9.]+ s: 1 agent lease\(s\) restarted .* 1 claim\(s\) held, every task scanned", log), log
-        wait_for(lambda: "lease of agent 'gone' expired" in b2.log(), timeout=20, what="the expiry line")
-        assert "released 1 claim(s): 't'" in b2.log()
-        assert b2.stop() == 0
-        b3 = BrokerProcess(b.data, port=b.port, pub_port=b.pub_port).start()
-        assert b3.stop() == 0
-        assert "claims read from the clean-shutdown index" in b3.log()
-    finally:
-        b.kill()
+    b = broker_factory(extra=("-v",))
+    cli = Cli(b.endpoint)
+    cli.ok("task", "add", "t")
+    cli.ok("task", "claim", "t", "--agent", "gone", "--ttl", "1")  # its lease: 1 s too
+    import zmq
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(b.endpoint)
+    sock.send_multipart([b"junk"])  # a bad request: answered and logged with the peer
+    assert sock.poll(5000)
+    sock.close(0)
+    b.kill()  # a crash: the next start scans the tasks and says so
+    b.start()  # the same data, ports and log file (every start appends to it)
+    log = b.log()
+    assert "refused a request from 127.0.0.1" in log
+    assert re.search(r"recovered in [0-9.]+ s: 1 agent lease\(s\) restarted .* 1 claim\(s\) held, every task scanned", log), log
+    wait_for(lambda: "lease of agent 'gone' expired" in b.log(), timeout=20, what="the expiry line")
+    assert "released 1 claim(s): 't'" in b.log()
+    assert b.stop() == 0
+    b.start()
+    assert b.stop() == 0
+    assert "claims read from the clean-shutdown index" in b.log()
 
 
 def test_every_option_has_help_and_the_docs_are_generated() -> None:
