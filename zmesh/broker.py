@@ -373,7 +373,6 @@ class Broker:
         if self._recovered:
             log.info("zmesh broker stopped")
 
-
     def _remove_ipc_files(self) -> None:
         """libzmq removes an ipc socket file only if its I/O thread gets to it before the
         process exits; the broker owns these files (its data directory's lock says so)."""
@@ -388,29 +387,25 @@ class Broker:
 
 
 def _log_expiries(events: list[Event]) -> None:
-    """One line per lapsed lease (with the claims it released) or claim TTL; a storm is
-    summarised after EXPIRY_LINES_PER_PASS lines."""
-    lines = 0
-    leases = claims = 0
+    """One line per lapsed lease (with the claims it released) or claim TTL; past
+    EXPIRY_LINES_PER_PASS lines, one summary of the storm instead."""
+    lines = []
     for event in events:
         body = event.body
         if event.topic == "agent.expired":
-            leases += 1
-            if lines < EXPIRY_LINES_PER_PASS:
-                released = body.get("released") or []
-                log.info("lease of agent %r expired (no heartbeat within its TTL); released %d claim(s)%s",
-                         body.get("agent"), len(released), (": " + ", ".join(map(repr, released[:10])) +
-                                                             (", ..." if len(released) > 10 else "")) if released else "")
-                lines += 1
+            released = body.get("released") or []
+            shown = ", ".join(map(repr, released[:10])) + (", ..." if len(released) > 10 else "")
+            lines.append(f"lease of agent {body.get('agent')!r} expired (no heartbeat within its TTL); "
+                         f"released {len(released)} claim(s)" + (f": {shown}" if released else ""))
         elif event.topic == "task.released" and body.get("reason") == "claim_expired":
-            claims += 1
-            if lines < EXPIRY_LINES_PER_PASS:
-                log.info("claim on task %r by agent %r expired (its TTL ran out); the task is available again",
-                         body.get("task_id"), body.get("agent"))
-                lines += 1
-    if leases + claims > lines:
+            lines.append(f"claim on task {body.get('task_id')!r} by agent {body.get('agent')!r} expired "
+                         "(its TTL ran out); the task is available again")
+    for line in lines[:EXPIRY_LINES_PER_PASS]:
+        log.info("%s", line)
+    if len(lines) > EXPIRY_LINES_PER_PASS:
+        leases = sum(event.topic == "agent.expired" for event in events)
         log.warning("expiry storm: %d lease(s) and %d claim TTL(s) lapsed at once (%d not logged one by one)",
-                    leases, claims, leases + claims - lines)
+                    leases, len(lines) - leases, len(lines) - EXPIRY_LINES_PER_PASS)
 
 
 class _Poison(Exception):

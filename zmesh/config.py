@@ -35,7 +35,7 @@ else:  # pragma: no cover
 
 from .endpoint import MAX_IPC_PATH_BYTES, check_endpoint
 from .errors import ConfigError, InvalidArgument
-from .protocol import MAX_TTL_S, MIN_TTL_S
+from .protocol import MAX_TTL_S, MIN_TTL_S, escape_controls, number_text
 from .store import DURABILITY
 
 __all__ = ["BrokerConfig", "ConfigError", "Setting", "SETTINGS", "known_env", "unknown_env",
@@ -103,12 +103,12 @@ class Setting:
             return "must be true or false"
         if self.kind in (int, float):
             what = "a whole number" if self.kind is int else "a number"
-            return f"must be {what} of {self.unit} in {_num(self.lo)}..{_num(self.hi)}"
+            return f"must be {what} of {self.unit} in {number_text(self.lo)}..{number_text(self.hi)}"
         if self.choices:
             return f"must be one of {', '.join(self.choices)}"
         if self.kind is str:
             return f"must be a non-empty {self.unit or 'string'} without control characters"
-        count = f"at most {_num(self.hi)}" if not self.lo else f"{_num(self.lo)}..{_num(self.hi)}"
+        count = f"at most {number_text(self.hi)}" if not self.lo else f"{number_text(self.lo)}..{number_text(self.hi)}"
         return f"must be a list of {count} {self.unit}, e.g. {self.name} = {self.example}"
 
 
@@ -295,18 +295,12 @@ def _check_data(values: dict[str, Any], where: str, source: str) -> None:
 
 def _fail(message: str, key: str, source: str) -> ConfigError:
     """One line: control characters (a newline in a value or path) shown escaped."""
-    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
-    return ConfigError(line, {"field": key, "source": source})
+    return ConfigError(escape_controls(message), {"field": key, "source": source})
 
 
 def _hint(key: str) -> str:
     close = difflib.get_close_matches(key, list(_BY_NAME), n=1)
     return f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(_BY_NAME)})"
-
-
-def _num(x: float | None) -> str:
-    """Integers as integers (604800, never 6.048e+05)."""
-    return str(int(x)) if x is not None and float(x).is_integer() else repr(x)
 
 
 def _toml(value: Any) -> str:

@@ -93,7 +93,7 @@ KIND_RULES = {
     "text": f"a string of up to {MAX_TEXT_CHARS} characters (any, newlines included)",
     "int": "an integer, within the field's range",
     "ttl": "a finite number of seconds, within the field's range",
-    "status": "one of " + ", ".join(("waiting", "available", "claimed", "completed", "dead")),
+    "status": "one of " + ", ".join(STATUSES),
     "object": "a JSON object",
     "json": "any JSON value",
     "topic": f"1..{MAX_TOPIC_CHARS} characters of A-Z a-z 0-9 . _ -",
@@ -310,13 +310,18 @@ CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 def _check_id(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise BadRequest(f"field '{name}' must be a string", {"field": name})
-    if not value:
-        raise BadRequest(f"field '{name}' must not be empty", {"field": name})
     if len(value) > MAX_ID_BYTES // 4 and len(value.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
         raise TooLarge(f"field '{name}' is longer than {MAX_ID_BYTES} bytes of UTF-8", {"field": name})
+    _check_utf8(name, value)
+    return _plain(name, value)
+
+
+def _plain(name: str, value: str) -> str:
+    """Ids and names: not empty, no control characters."""
+    if not value:
+        raise BadRequest(f"field '{name}' must not be empty", {"field": name})
     if CONTROL_CHARS.search(value):
         raise BadRequest(f"field '{name}' must not contain control characters", {"field": name})
-    _check_utf8(name, value)
     return value
 
 
@@ -330,12 +335,7 @@ def _check_utf8(name: str, value: str) -> None:
 
 
 def _check_name(name: str, value: Any) -> str:
-    value = _check_str(name, value, MAX_NAME_CHARS)
-    if not value:
-        raise BadRequest(f"field '{name}' must not be empty", {"field": name})
-    if CONTROL_CHARS.search(value):
-        raise BadRequest(f"field '{name}' must not contain control characters", {"field": name})
-    return value
+    return _plain(name, _check_str(name, value, MAX_NAME_CHARS))
 
 
 def _check_str(name: str, value: Any, limit: int = MAX_NAME_CHARS) -> str:
@@ -398,24 +398,23 @@ def _check_topic(name: str, value: Any) -> str:
     return value
 
 
-def _check_json(name: str, value: Any) -> Any:
-    """Any JSON value. Bodies that arrive on the wire are JSON already; from Python, a value
-    orjson cannot encode (a set, an object, an int beyond 64 bits, a non-str key) or that
-    would not round-trip (nan and infinity become null) is refused here, naming the field."""
-    if isinstance(value, (str, bool)) or value is None:
-        return value
-    if isinstance(value, float) and not math.isfinite(value):
-        raise BadRequest(f"field '{name}' must be finite (JSON has no NaN or infinity)", {"field": name})
-    if isinstance(value, (int, float)):
-        if isinstance(value, int) and not -2**63 <= value < 2**64:
-            raise BadRequest(f"field '{name}' has an integer beyond 64 bits", {"field": name})
-        return value
+def _encoded(name: str, value: Any) -> bytes:
+    """``value`` as JSON, or the refusal naming the field: a value orjson cannot encode (a
+    set, an object, an int beyond 64 bits, a non-str key) or would not round-trip (orjson
+    writes nan and infinity as null)."""
     try:
-        orjson.dumps(value)
+        raw = orjson.dumps(value)
     except (orjson.JSONEncodeError, TypeError) as exc:
         raise BadRequest(f"field '{name}' is not JSON: {exc}", {"field": name}) from None
-    if _has_nonfinite(value):
+    if b"null" in raw and _has_nonfinite(value):
         raise BadRequest(f"field '{name}' holds NaN or infinity (JSON has neither)", {"field": name})
+    return raw
+
+
+def _check_json(name: str, value: Any) -> Any:
+    """Any JSON value (from Python: see _encoded). Bodies from the wire are JSON already."""
+    if not (isinstance(value, (str, bool)) or value is None):
+        _encoded(name, value)
     return value
 
 
@@ -431,12 +430,19 @@ def _has_nonfinite(value: Any, depth: int = 0) -> bool:
     return False
 
 
-def _check_payload(name: str, value: Any) -> Any:
-    _check_json(name, value)
-    size = len(orjson.dumps(value))
-    if size > MAX_MESSAGE_DATA_BYTES:
-        raise TooLarge(f"field '{name}' is {size} bytes encoded, above {MAX_MESSAGE_DATA_BYTES}",
+def _payload_size(name: str, raw: bytes) -> None:
+    if len(raw) > MAX_MESSAGE_DATA_BYTES:
+        raise TooLarge(f"field '{name}' is {len(raw)} bytes encoded, above {MAX_MESSAGE_DATA_BYTES}",
                        {"field": name})
+
+
+def _check_payload(name: str, value: Any) -> Any:
+    _payload_size(name, _encoded(name, value))
+    return value
+
+
+def _wire_payload(name: str, value: Any) -> Any:
+    _payload_size(name, orjson.dumps(value))  # JSON already: only its size to check
     return value
 
 
@@ -465,12 +471,30 @@ _KINDS = {
 
 #: on the wire, JSON values arrived as JSON: nothing to re-check (and no second encode)
 _WIRE_KINDS = dict(_KINDS, json=lambda n, v: v,
-                   object=lambda n, v: v if isinstance(v, dict) else _check_object(n, v))
+                   object=lambda n, v: v if isinstance(v, dict) else _check_object(n, v),
+                   payload=_wire_payload)
 
 
-def _num(value: float | None) -> str:
+def number_text(value: float | None) -> str:
     """A limit as people write it: 604800, 0.1, 9007199254740992 (never 1.04858e+06)."""
     return str(int(value)) if value is not None and float(value).is_integer() else str(value)
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with the CONTROL_CHARS shown as escapes (\\n, \\x1b, \\u2028): one line,
+    safe on a terminal, for text output and messages that quote what users sent."""
+    if not CONTROL_CHARS.search(text):
+        return text
+    return CONTROL_CHARS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def check_value(f: Field, value: Any, *, wire: bool = False) -> Any:
+    """One field's value checked by its kind and range (the unit of validate)."""
+    value = (_WIRE_KINDS if wire else _KINDS)[f.kind](f.name, value)
+    if f.lo is not None and value < f.lo or f.hi is not None and value > f.hi:
+        raise BadRequest(f"field '{f.name}' must be between {number_text(f.lo)} and {number_text(f.hi)}",
+                         {"field": f.name, "min": f.lo, "max": f.hi})
+    return value
 
 
 def validate(op: Op, body: Any, *, wire: bool = False) -> dict[str, Any]:
@@ -480,7 +504,6 @@ def validate(op: Op, body: Any, *, wire: bool = False) -> dict[str, Any]:
     are about to send, with the same rules, so bad input is refused before a round trip
     and from Python values JSON cannot carry (nan, sets, ints beyond 64 bits).
     Unknown fields are refused (a typo must not be silently ignored)."""
-    kinds = _WIRE_KINDS if wire else _KINDS
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object")
     extra = set(body) - op.by_name.keys()
@@ -495,11 +518,7 @@ def validate(op: Op, body: Any, *, wire: bool = False) -> dict[str, Any]:
             out[f.name] = list(f.default) if isinstance(f.default, list) else (
                 dict(f.default) if isinstance(f.default, dict) else f.default)
             continue
-        value = kinds[f.kind](f.name, body[f.name])
-        if f.lo is not None and value < f.lo or f.hi is not None and value > f.hi:
-            raise BadRequest(f"field '{f.name}' must be between {_num(f.lo)} and {_num(f.hi)}",
-                             {"field": f.name, "min": f.lo, "max": f.hi})
-        out[f.name] = value
+        out[f.name] = check_value(f, body[f.name], wire=wire)
     return out
 
 

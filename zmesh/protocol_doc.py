@@ -8,7 +8,7 @@ import orjson
 
 from . import errors, protocol
 from .protocol import (HEARTBEAT_TOPIC, KIND_RULES, MAX_FRAME_BYTES, OPS, PROTOCOL_VERSION,
-                       PUB_HEARTBEAT_S, TOPICS, VERSION, _num)
+                       PUB_HEARTBEAT_S, TOPICS, VERSION, number_text)
 
 
 def render_markdown() -> str:
@@ -45,9 +45,9 @@ def render_markdown() -> str:
                  "MAX_NAME_CHARS", "MAX_TEXT_CHARS", "MAX_LIST_ITEMS", "MIN_TTL_S", "MAX_TTL_S", "MAX_PRIORITY",
                  "MAX_ATTEMPTS", "MAX_LIST_LIMIT", "MAX_REPLAY_LIMIT", "MAX_INT", "MAX_TOPIC_CHARS",
                  "MAX_MESSAGE_DATA_BYTES"):
-        lines.append(f"| `{name}` | {_num(getattr(protocol, name))} |")
+        lines.append(f"| `{name}` | {number_text(getattr(protocol, name))} |")
     lines += ["", "A message above `MAX_MESSAGE_BYTES` gets `too_large`; a single frame above "
-              f"{_num(MAX_FRAME_BYTES)} bytes is dropped by libzmq (ZMQ_MAXMSGSIZE) and the sender is "
+              f"{number_text(MAX_FRAME_BYTES)} bytes is dropped by libzmq (ZMQ_MAXMSGSIZE) and the sender is "
               "disconnected. The Python clients refuse an oversized request before sending it.", "",
               "## Field kinds", "",
               "| kind | rule |", "|---|---|"]
@@ -62,8 +62,8 @@ def render_markdown() -> str:
         if op.fields:
             lines += ["| field | type | required | default | meaning |", "|---|---|---|---|---|"]
             for f in op.fields:
-                rng = f" ({_num(f.lo)}..{_num(f.hi)})" if f.lo is not None and f.hi is not None else (
-                    f" (>= {_num(f.lo)})" if f.lo is not None else "")
+                rng = f" ({number_text(f.lo)}..{number_text(f.hi)})" if f.lo is not None and f.hi is not None else (
+                    f" (>= {number_text(f.lo)})" if f.lo is not None else "")
                 default = "" if f.required or f.default is None else f"`{orjson.dumps(f.default).decode()}`"
                 lines.append(f"| `{f.name}` | {f.kind}{rng} | {'yes' if f.required else ''} | {default} | {f.doc} |")
             lines.append("")

@@ -35,25 +35,20 @@ def send_frames(sock: zmq.Socket, frames: Sequence[bytes], flags: int = 0) -> No
     _send(sock, frames[last], flags)
 
 
-def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[bytes]:
-    """``sock.recv_multipart(flags)``: every frame of the next message, as bytes."""
-    frame = _recv(sock, flags, False)
+def recv_message(sock: zmq.Socket, flags: int = 0) -> tuple[list[bytes], zmq.Frame]:
+    """Every frame of the next message, as bytes, and the first frame itself (a ROUTER's
+    identity frame carries the message's properties, such as ``Peer-Address``)."""
+    first = frame = _recv(sock, flags, False)
     parts = [frame.bytes]
     while frame.more:  # the rest of a multipart message has arrived with its first frame
         frame = _recv(sock, 0, False)
         parts.append(frame.bytes)
-    return parts
-
-
-def recv_message(sock: zmq.Socket, flags: int = 0) -> tuple[list[bytes], zmq.Frame]:
-    """Like recv_frames, also returning the first frame (a ROUTER's identity frame carries
-    the message's properties, such as ``Peer-Address``, for logging a bad request)."""
-    first = frame = _recv(sock, flags, False)
-    parts = [frame.bytes]
-    while frame.more:
-        frame = _recv(sock, 0, False)
-        parts.append(frame.bytes)
     return parts, first
+
+
+def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[bytes]:
+    """``sock.recv_multipart(flags)``: every frame of the next message, as bytes."""
+    return recv_message(sock, flags)[0]
 
 
 def peer_address(frame: zmq.Frame) -> str:

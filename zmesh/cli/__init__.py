@@ -46,8 +46,9 @@ def _wants_json(args: Sequence[str]) -> bool:
     return "--json" in (args[:args.index("--")] if "--" in args else args)
 
 
-class _Main(click.Group):
-    """The root group: turns every failure into one line and an exit code."""
+class _Root(click.Group):
+    """The root group: turns every failure into one line and an exit code, and closes the
+    shared client when the command ends, whatever happened."""
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
@@ -89,6 +90,14 @@ class _Main(click.Group):
             sys.exit(code)
         return code
 
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        finally:
+            obj = ctx.find_object(Ctx)
+            if obj is not None:
+                obj.close()
+
 
 def _silence_stdout() -> None:
     try:
@@ -109,22 +118,6 @@ def setup_logging(verbose: int, *, zmesh_floor: int = logging.WARNING) -> None:
         root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("zmesh").setLevel(min(level, zmesh_floor))
-
-
-class _ClosingGroup(click.Group):
-    """Closes the shared client when the command ends, whatever happened."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        finally:
-            obj = ctx.find_object(Ctx)
-            if obj is not None:
-                obj.close()
-
-
-class _Root(_Main, _ClosingGroup):
-    pass
 
 
 @click.group(cls=_Root, context_settings={"help_option_names": ["-h", "--help"]})

@@ -24,7 +24,7 @@ from ..errors import ZmeshError
 
 
 class IdType(click.ParamType):
-    """A task or agent id, checked by the protocol's id rule."""
+    """A string option checked by its protocol field kind (id, name, after, text, topic)."""
 
     name = "ID"
     _NAMES = {"id": "ID", "after": "ID", "name": "NAME", "text": "TEXT", "topic": "TOPIC"}
@@ -58,7 +58,7 @@ class Seconds(click.ParamType):
                 self.fail(f"{value!r} is not a number of seconds", param, ctx)
         if not math.isfinite(number) or not self.lo <= number <= self.hi:
             self.fail(f"{value!r} is not a finite number of seconds in "
-                      f"{protocol._num(self.lo)}..{protocol._num(self.hi)}", param, ctx)
+                      f"{protocol.number_text(self.lo)}..{protocol.number_text(self.hi)}", param, ctx)
         return number
 
 

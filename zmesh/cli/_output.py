@@ -9,7 +9,6 @@ JSON (orjson escapes); an error is never more than one line and never a tracebac
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -18,16 +17,11 @@ import orjson
 
 from ..client import Client
 from ..config import default_broker
-
-_ESCAPE = re.compile("[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]")
-
+from ..protocol import escape_controls
 
 def esc(value: Any) -> str:
     """``str(value)`` with control characters shown as escapes (\\n, \\t, \\x1b, \\u2028)."""
-    text = value if isinstance(value, str) else str(value)
-    if not _ESCAPE.search(text):
-        return text
-    return _ESCAPE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return escape_controls(value if isinstance(value, str) else str(value))
 
 
 @dataclass

@@ -43,8 +43,7 @@ def names(field: str, value: Any) -> list[str] | None:
 
 def check_field(op: str, field: str, value: Any) -> Any:
     """One argument checked as the op's wire field (for constructor arguments)."""
-    spec = protocol.OPS[op].by_name[field]
-    return protocol.validate(protocol.Op(op, "", (spec,)), {field: value})[field]
+    return protocol.check_value(protocol.OPS[op].by_name[field], value)
 
 
 def check_timeout(field: str, value: Any, *, allow_none: bool = False) -> float | None:

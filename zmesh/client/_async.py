@@ -16,10 +16,9 @@ import zmq.asyncio
 from ..errors import LeaseExpired, Unreachable, ZmeshError
 from ..protocol import Event
 from ._api import NO_CONNECT_OPS, Api, LeaseState, check_timeout
-from ._events import Deliver, Poll, Sleep, check_callback, check_flow_args, checked_flow
-from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Call, ClientCore, Recv, Send, default_endpoint,
-                        resolve_pub)
-from ._sync import connect_socket
+from ._events import Deliver, Poll, Sleep, check_callback, check_flow_args, new_flow
+from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Call, ClientCore, Recv, Send, connect_socket,
+                        default_endpoint, resolve_pub)
 
 log = logging.getLogger("zmesh.client")
 
@@ -171,7 +170,7 @@ class AsyncClient(Api):
         """See Client.events."""
         check_flow_args(topics, since, timeout, idle_check)
         self.info = await self.hello()  # where "now" is, and the PUB endpoint
-        flow = checked_flow(topics, since, timeout, idle_check, reconnect, self.info["seq"])
+        flow = new_flow(topics, since, timeout, idle_check, reconnect, self.info["seq"])
         sub = connect_socket(self._ctx, zmq.SUB, SUB_OPTIONS, resolve_pub(self.endpoint, self.info["pub"]))
         try:
             answer: Any = None

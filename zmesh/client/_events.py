@@ -207,13 +207,12 @@ def check_flow_args(topics: Iterable[str], since: int | None, timeout: float | N
     check_timeout("idle_check", idle_check)
 
 
-def checked_flow(topics: Iterable[str], since: int | None, timeout: float | None,
-                 idle_check: float, reconnect: bool, now_seq: int) -> Generator[Action, Any, None]:
-    """An event_flow from a driver's arguments (both drivers call this). Without ``since``
-    the stream follows from ``now_seq`` (the broker's seq when the stream started, from
-    hello): what is published after it is delivered even if the SUB socket connects late
-    or the broker goes away before the first heartbeat arrives."""
-    check_flow_args(topics, since, timeout, idle_check)
+def new_flow(topics: Iterable[str], since: int | None, timeout: float | None,
+             idle_check: float, reconnect: bool, now_seq: int) -> Generator[Action, Any, None]:
+    """An event_flow from a driver's arguments, already checked with check_flow_args (both
+    drivers call this). Without ``since`` the stream follows from ``now_seq`` (the broker's
+    seq when the stream started, from hello): what is published after it is delivered even
+    if the SUB socket connects late or the broker goes away before the first heartbeat."""
     topic_list = names("topics", topics) or []
     return event_flow(EventTracker(topic_list, now_seq if since is None else since),
                       replay_first=since is not None,

@@ -25,7 +25,7 @@ import zmq
 
 from .. import protocol
 from ..endpoint import check_endpoint
-from ..errors import ProtocolError, RemoteError, Unreachable, from_wire
+from ..errors import InvalidArgument, ProtocolError, RemoteError, Unreachable, from_wire
 from ..protocol import Reply
 
 T = TypeVar("T")
@@ -162,6 +162,18 @@ SUB_OPTIONS = ((zmq.LINGER, 0), (zmq.RCVHWM, 100_000), (zmq.SUBSCRIBE, b""))
 def configure(sock: Any, options: Iterable[tuple[int, Any]]) -> Any:
     for opt, value in options:
         sock.setsockopt(opt, value)
+    return sock
+
+
+def connect_socket(ctx: Any, kind: int, options: Any, endpoint: str) -> Any:
+    """A configured socket connected to ``endpoint``; libzmq's refusal becomes ours
+    (both drivers make their sockets here)."""
+    sock = configure(ctx.socket(kind), options)
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        raise InvalidArgument(f"cannot connect to {endpoint}: {exc}", {"field": "endpoint"}) from None
     return sock
 
 

@@ -15,12 +15,12 @@ from typing import Any, Callable, Iterable, Iterator
 
 import zmq
 
-from ..errors import InvalidArgument, LeaseExpired, Unreachable, ZmeshError
+from ..errors import LeaseExpired, Unreachable, ZmeshError
 from ..protocol import Event
 from ..sockets import NOBLOCK, recv_frames, send_frames
 from ._api import NO_CONNECT_OPS, Api, LeaseState, check_timeout
-from ._events import Deliver, Poll, Sleep, check_callback, check_flow_args, checked_flow
-from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Call, ClientCore, Recv, Send, configure,
+from ._events import Deliver, Poll, Sleep, check_callback, check_flow_args, new_flow
+from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Call, ClientCore, Recv, Send, connect_socket,
                         default_endpoint, resolve_pub)
 
 log = logging.getLogger("zmesh.client")
@@ -33,17 +33,6 @@ def _discover(endpoint: str | None, timeout: float) -> str:
     from ..discovery import discover
 
     return discover(timeout=min(timeout, 3.0)).endpoint
-
-
-def connect_socket(ctx: Any, kind: int, options: Any, endpoint: str) -> Any:
-    """A configured socket connected to ``endpoint``; libzmq's refusal becomes ours."""
-    sock = configure(ctx.socket(kind), options)
-    try:
-        sock.connect(endpoint)
-    except zmq.ZMQError as exc:
-        sock.close(0)
-        raise InvalidArgument(f"cannot connect to {endpoint}: {exc}", {"field": "endpoint"}) from None
-    return sock
 
 
 class Client(Api):
@@ -199,7 +188,7 @@ class Client(Api):
         and resumes where it stopped (``reconnect=False``: raise Unreachable instead)."""
         check_flow_args(topics, since, timeout, idle_check)
         self.info = self.hello()  # where "now" is, and the PUB endpoint
-        flow = checked_flow(topics, since, timeout, idle_check, reconnect, self.info["seq"])
+        flow = new_flow(topics, since, timeout, idle_check, reconnect, self.info["seq"])
         sub = connect_socket(self._ctx, zmq.SUB, SUB_OPTIONS, resolve_pub(self.endpoint, self.info["pub"]))
         poller = zmq.Poller()  # kept: Socket.poll would build one per event
         poller.register(sub, zmq.POLLIN)
