@@ -191,6 +191,15 @@ def test_events_ride_through_a_broker_outage(tmp_path: Path, make_client, caplog
         b.kill()
 
 
+@pytest.mark.parametrize("bad", ["no", 0, None, math.nan])
+def test_flags_must_be_booleans(broker, bad: Any) -> None:
+    """bool("no") is True: a flag that is not a bool is refused, not taken as yes."""
+    with pytest.raises(zmesh.InvalidArgument, match="heartbeat must be True or False"):
+        Client(broker.endpoint, heartbeat=bad)
+    with Client(broker.endpoint) as c, pytest.raises(zmesh.InvalidArgument, match="reconnect"):
+        next(c.events(reconnect=bad))
+
+
 def test_events_with_reconnect_off_raise_unreachable(tmp_path: Path) -> None:
     b = BrokerProcess(tmp_path / "data").start()
     try:
@@ -246,6 +255,7 @@ def _api_calls(c: Any) -> dict[str, Any]:
         "unregister": lambda v, w: c.unregister(v),
         "events": lambda v, w: next(iter(c.events(v, since=w, timeout=0.05))),
         "events_timeout": lambda v, w: next(iter(c.events(since=0, timeout=v, idle_check=w))),
+        "events_reconnect": lambda v, w: next(iter(c.events(since=0, timeout=1.0, reconnect=v))),
         "subscribe": lambda v, w: c.subscribe(v, w),
         "client": lambda v, w: Client(c.endpoint, agent=v, ttl=w).close(),
         "client_args": lambda v, w: Client(c.endpoint, capabilities=v, timeout=w).close(),

@@ -56,6 +56,13 @@ def check_timeout(field: str, value: Any, *, allow_none: bool = False) -> float 
     return float(value)
 
 
+def check_bool(field: str, value: Any) -> bool:
+    """A flag must be True or False: bool("no") and bool(nan) are True, never a silent yes."""
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"{field} must be True or False, got {value!r}", {"field": field})
+    return value
+
+
 class Api:
     """Every op, defined once."""
 

@@ -15,7 +15,7 @@ import zmq.asyncio
 
 from ..errors import LeaseExpired, Unreachable, ZmeshError
 from ..protocol import Event
-from ._api import NO_CONNECT_OPS, Api, LeaseState, check_timeout
+from ._api import NO_CONNECT_OPS, Api, LeaseState, check_bool, check_timeout
 from ._events import Deliver, Poll, Sleep, check_callback, check_flow_args, new_flow
 from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Call, ClientCore, Recv, Send, connect_socket,
                         default_endpoint, resolve_pub)
@@ -42,7 +42,7 @@ class AsyncClient(Api):
         self._connect_lock = asyncio.Lock()
         self._sock: zmq.asyncio.Socket | None = None
         self._hb_task: asyncio.Task[None] | None = None
-        self._heartbeat = bool(heartbeat)
+        self._heartbeat = check_bool("heartbeat", heartbeat)
         self._on_lease_lost = on_lease_lost
         self._on_hb_error = on_heartbeat_error
         self._subs: list[asyncio.Task[None]] = []
@@ -168,7 +168,7 @@ class AsyncClient(Api):
                      timeout: float | None = None, idle_check: float = 1.0,
                      reconnect: bool = True) -> AsyncIterator[Event]:
         """See Client.events."""
-        check_flow_args(topics, since, timeout, idle_check)
+        check_flow_args(topics, since, timeout, idle_check, reconnect)
         self.info = await self.hello()  # where "now" is, and the PUB endpoint
         flow = new_flow(topics, since, timeout, idle_check, reconnect, self.info["seq"])
         sub = connect_socket(self._ctx, zmq.SUB, SUB_OPTIONS, resolve_pub(self.endpoint, self.info["pub"]))

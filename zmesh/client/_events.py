@@ -28,7 +28,7 @@ from typing import Any, Callable, Generator, Iterable
 from .. import protocol
 from ..errors import BadRequest, InvalidArgument, Unreachable
 from ..protocol import Event
-from ._api import check_field, check_timeout, names
+from ._api import check_bool, check_field, check_timeout, names
 from ._protocol import Call, _identity
 
 log = logging.getLogger("zmesh.client")
@@ -198,8 +198,9 @@ def _replay_flow(tracker: EventTracker, outage: Outage, reconnect: bool, first: 
 
 
 def check_flow_args(topics: Iterable[str], since: int | None, timeout: float | None,
-                    idle_check: float) -> None:
+                    idle_check: float, reconnect: bool = True) -> None:
     """Raise a ZmeshError naming the bad argument (before any I/O)."""
+    check_bool("reconnect", reconnect)
     check_field("replay", "topics", names("topics", topics) or [])
     if since is not None:
         check_field("replay", "since", since)
@@ -218,7 +219,7 @@ def new_flow(topics: Iterable[str], since: int | None, timeout: float | None,
                       replay_first=since is not None,
                       timeout=check_timeout("timeout", timeout, allow_none=True),
                       idle_check=check_timeout("idle_check", idle_check),  # type: ignore[arg-type]
-                      reconnect=bool(reconnect))
+                      reconnect=reconnect)
 
 
 def check_callback(callback: Any) -> None:

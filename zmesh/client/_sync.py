@@ -18,7 +18,7 @@ import zmq
 from ..errors import LeaseExpired, Unreachable, ZmeshError
 from ..protocol import Event
 from ..sockets import NOBLOCK, recv_frames, send_frames
-from ._api import NO_CONNECT_OPS, Api, LeaseState, check_timeout
+from ._api import NO_CONNECT_OPS, Api, LeaseState, check_bool, check_timeout
 from ._events import Deliver, Poll, Sleep, check_callback, check_flow_args, new_flow
 from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Call, ClientCore, Recv, Send, connect_socket,
                         default_endpoint, resolve_pub)
@@ -65,7 +65,7 @@ class Client(Api):
         self._poller = zmq.Poller()
         self._stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
-        self._heartbeat = bool(heartbeat)
+        self._heartbeat = check_bool("heartbeat", heartbeat)
         self._on_lease_lost = on_lease_lost
         self._on_hb_error = on_heartbeat_error
         self._subs: list[threading.Thread] = []
@@ -186,7 +186,7 @@ class Client(Api):
         replayed. ``since`` replays from that seq first; ``timeout`` ends the iteration
         after that many seconds without an event. Through a broker outage the stream waits
         and resumes where it stopped (``reconnect=False``: raise Unreachable instead)."""
-        check_flow_args(topics, since, timeout, idle_check)
+        check_flow_args(topics, since, timeout, idle_check, reconnect)
         self.info = self.hello()  # where "now" is, and the PUB endpoint
         flow = new_flow(topics, since, timeout, idle_check, reconnect, self.info["seq"])
         sub = connect_socket(self._ctx, zmq.SUB, SUB_OPTIONS, resolve_pub(self.endpoint, self.info["pub"]))
