@@ -57,8 +57,9 @@ def commit_cost(tmp: Path) -> dict[str, Any]:
     store = LmdbStore(tmp / "zmesh", durability="full")
     core = Core()
     with store.write() as txn:
+        ctx = core.batch(txn, _now())
         for i in range(N):
-            core.handle(txn, "task_create", protocol.validate(protocol.OPS["task_create"], {"id": f"t{i}"}), _now())
+            core.handle(ctx, "task_create", protocol.validate(protocol.OPS["task_create"], {"id": f"t{i}"}))
     handle, commit = [], []
     bodies = [protocol.validate(protocol.OPS["claim"], {"task": f"t{i}", "agent": "a", "ttl": 60})
               for i in range(N)]
@@ -67,7 +68,7 @@ def commit_cost(tmp: Path) -> dict[str, Any]:
         t0 = time.perf_counter()
         cm = store.write()
         txn = cm.__enter__()
-        core.handle(txn, "claim", body, _now())
+        core.handle(core.batch(txn, _now()), "claim", body)
         t1 = time.perf_counter()
         cm.__exit__(None, None, None)
         handle.append(t1 - t0)

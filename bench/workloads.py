@@ -352,9 +352,10 @@ def bulk_load(data_dir: str, n: int, batch: int = 20_000) -> float:
         for base in range(0, n, batch):
             now = Now(time.monotonic(), time.time())
             with store.write() as txn:
+                ctx = core.batch(txn, now)
                 for i in range(base, min(n, base + batch)):
-                    core.handle(txn, "task_create", protocol.validate(op, {"id": f"bulk-{i:08d}",
-                                "data": {"n": i}}), now)
+                    core.handle(ctx, "task_create", protocol.validate(op, {"id": f"bulk-{i:08d}",
+                                "data": {"n": i}}))
         with store.write() as txn:  # closed as a broker closes (the claim index)
             core.checkpoint(txn)
     finally:

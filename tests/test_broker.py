@@ -42,11 +42,11 @@ def test_a_request_that_crashes_the_core_gets_internal_and_the_broker_goes_on(ma
     b = make_broker()
     original = b.core._handlers["task_create"]
 
-    def buggy(txn, body, now):
+    def buggy(ctx, body):
         if body["id"] == "boom":
-            original(txn, body, now)  # writes, then fails: the write must be rolled back
+            original(ctx, body)  # writes, then fails: the write must be rolled back
             raise ZeroDivisionError("injected")
-        return original(txn, body, now)
+        return original(ctx, body)
 
     b.core._handlers["task_create"] = buggy
     with Client(b.endpoints[0]) as c:

@@ -1,4 +1,4 @@
-"""Unit tests of the state machine (zmesh/core.py), driven as the broker drives it:
+"""Unit tests of the state machine (zmesh/core/), driven as the broker drives it:
 one validated request per write transaction, ``now`` passed in, no sockets.
 
 Every test runs on the memory store and on LMDB (durability "none"). Refusals are
@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import pytest
 
 from zmesh import protocol
-from zmesh.core import Core, Now, Recovery, Settings
+from zmesh.core import Core, CoreState, Now, Recovery, Settings
 from zmesh.errors import (
     ClaimExpired,
     Conflict,
@@ -62,8 +62,8 @@ class Harness:
     # ---------------------------------------------------------------- requests
     def call(self, op: str, **body: Any) -> tuple[Any, list[Event]]:
         with self.store.write() as txn:
-            reply, events = self.core.handle(txn, op, protocol.validate(protocol.OPS[op], body),
-                                             self.now())
+            reply, events = self.core.handle(self.core.batch(txn, self.now()), op,
+                                             protocol.validate(protocol.OPS[op], body))
         self.events += events
         return reply, events
 
@@ -76,7 +76,7 @@ class Harness:
         validated = protocol.validate(protocol.OPS[op], body)
         with self.store.write() as txn:
             with pytest.raises(exc) as info:
-                self.core.handle(txn, op, validated, self.now())
+                self.core.handle(self.core.batch(txn, self.now()), op, validated)
             assert not txn.dirty, f"refused {op} wrote to its transaction"
         assert type(info.value) is exc
         assert self.state() == before, f"refused {op} changed the state"
@@ -86,7 +86,7 @@ class Harness:
         if mono is not None:
             self.mono = mono
         with self.store.write() as txn:
-            events = self.core.expire(txn, self.now())
+            events = self.core.expire(self.core.batch(txn, self.now()))
         self.events += events
         return events
 
@@ -111,8 +111,11 @@ class Harness:
 
     def state(self) -> tuple[Any, ...]:
         return (self.raw(), self.do("task_list", limit=10_000)["tasks"],
-                self.do("agent_list")["agents"], dict(self.core._lease_deadline),
-                dict(self.core._claim_deadline))
+                self.do("agent_list")["agents"], self.inspect())
+
+    def inspect(self) -> CoreState:
+        with self.store.read() as txn:
+            return self.core.inspect(txn)
 
     def task(self, task_id: str) -> dict[str, Any]:
         return self.do("task_get", task=task_id)
@@ -875,7 +878,7 @@ def test_heartbeats_do_not_grow_the_deadline_heap(tmp_path) -> None:
 
     def call(op: str, **body):
         with store.write() as txn:
-            return core.handle(txn, op, protocol.validate(protocol.OPS[op], body), Now(t, 1000.0 + t))
+            return core.handle(core.batch(txn, Now(t, 1000.0 + t)), op, protocol.validate(protocol.OPS[op], body))
 
     for i in range(10):
         call("register", agent=f"a{i}")
@@ -884,11 +887,12 @@ def test_heartbeats_do_not_grow_the_deadline_heap(tmp_path) -> None:
         for i in range(10):
             call("heartbeat", agent=f"a{i}")
         with store.write() as txn:
-            assert core.expire(txn, Now(t, 1000.0 + t)) == []
-    assert len(core._heap) <= 20, len(core._heap)
+            assert core.expire(core.batch(txn, Now(t, 1000.0 + t))) == []
+        queued = core.inspect(txn).queued
+    assert queued <= 20, queued
     t += 10.0  # silence past the TTL: every lease lapses
     with store.write() as txn:
-        events = core.expire(txn, Now(t, 1000.0 + t))
+        events = core.expire(core.batch(txn, Now(t, 1000.0 + t)))
     assert sorted(e.body["agent"] for e in events if e.topic == "agent.expired") == [f"a{i}" for i in range(10)]
 
 
@@ -901,8 +905,9 @@ def test_counters_of_a_rolled_back_batch_are_not_reused(h: Harness) -> None:
     seq = h.do("status")["seq"]
     with pytest.raises(RuntimeError):
         with h.store.write() as txn:
+            ctx = h.core.batch(txn, h.now())
             for task in ("t1", "t2"):
-                h.core.handle(txn, "claim", protocol.validate(protocol.OPS["claim"], {"task": task, "agent": "a"}), h.now())
+                h.core.handle(ctx, "claim", protocol.validate(protocol.OPS["claim"], {"task": task, "agent": "a"}))
             raise RuntimeError("rolled back")
     with h.store.read() as txn:
         h.core.resync(txn, h.now())  # as the broker does after a rollback
@@ -926,7 +931,7 @@ def test_claim_index_of_a_clean_shutdown_is_used_once(h: Harness) -> None:
     h.do("claim", task="t2", agent="b")
     h.do("complete", task="t1", agent="a")
     h.restart(T0 + 2)  # a crash: no index, the tasks are scanned
-    assert {a: sorted(k) for a, k in h.core._held.items()} == {"b": [b"task:t2"]}
+    assert h.inspect().held == {"b": ["task:t2"]}
     assert [t["id"] for t in h.do("task_list", status="claimed")["tasks"]] == ["t2"]
 
 
@@ -942,7 +947,7 @@ def test_a_rolled_back_expiry_still_expires_later(h: Harness) -> None:
     h.do("claim", task="t2", agent="b", ttl=5)
     with pytest.raises(RuntimeError):
         with h.store.write() as txn:
-            assert h.core.expire(txn, h.at(T0 + 11).now())  # a's lease and b's claim lapse
+            assert h.core.expire(h.core.batch(txn, h.at(T0 + 11).now()))  # a's lease and b's claim lapse
             raise RuntimeError("another request in the batch crashed the core")
     with h.store.read() as txn:
         h.core.resync(txn, h.now())  # as the broker does after a rollback
@@ -956,8 +961,8 @@ def test_a_rolled_back_registration_leaves_no_phantom_lease(h: Harness) -> None:
     h.do("task_create", id="t1")
     with pytest.raises(RuntimeError):
         with h.store.write() as txn:
-            h.core.handle(txn, "claim", protocol.validate(protocol.OPS["claim"], {"task": "t1", "agent": "ghost"}),
-                          h.now())
+            h.core.handle(h.core.batch(txn, h.now()), "claim",
+                          protocol.validate(protocol.OPS["claim"], {"task": "t1", "agent": "ghost"}))
             raise RuntimeError("rolled back")
     with h.store.read() as txn:
         h.core.resync(txn, h.now())
@@ -1117,8 +1122,8 @@ def test_refused_lapse_writes_nothing(h: Harness) -> None:
     for op, extra in _HELD_OPS:
         with h.store.write() as txn:
             with pytest.raises(LeaseExpired):
-                h.core.handle(txn, op, protocol.validate(protocol.OPS[op], {
-                    "task": "t", "agent": "a", "token": tok, **extra}), h.now())
+                h.core.handle(h.core.batch(txn, h.now()), op, protocol.validate(protocol.OPS[op], {
+                    "task": "t", "agent": "a", "token": tok, **extra}))
             assert not txn.dirty
     assert h.raw() == before
     assert set(h.agents()) == {"b"}  # the refused agent got no implicit lease

@@ -1,8 +1,8 @@
-"""Stateful property test of the state machine (zmesh/core.py) against a small model.
+"""Stateful property test of the state machine (zmesh/core/) against a small model.
 
 Hypothesis drives random sequences of requests over six tasks and four agents, moves a
 clock, expires, and restarts (a new Core on the same store + recover). The model is
-written from the rules in core.py's docstring and the op docs in protocol.py: it predicts
+written from the rules in the zmesh/core/ module docstrings and the op docs in protocol.py: it predicts
 the outcome of every request (reply or which refusal), who holds what, and every lease and
 claim deadline; after every step the invariants compare the core's views with it.
 
@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from zmesh import protocol
-from zmesh.core import HISTORY_LIMIT, Core, Now, Settings
+from zmesh.core import HISTORY_LIMIT, Core, CoreState, Now, Settings
 from zmesh.errors import (
     ClaimExpired,
     Conflict,
@@ -114,18 +114,24 @@ class CoreMachine(RuleBasedStateMachine):
 
     def views(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         with self.store.read() as txn:
-            tasks = self.core.handle(txn, "task_list", protocol.validate(
-                protocol.OPS["task_list"], {"limit": 10_000}), self.now())[0]["tasks"]
-            agents = self.core.handle(txn, "agent_list", {}, self.now())[0]["agents"]
+            ctx = self.core.batch(txn, self.now())
+            tasks = self.core.handle(ctx, "task_list", protocol.validate(
+                protocol.OPS["task_list"], {"limit": 10_000}))[0]["tasks"]
+            agents = self.core.handle(ctx, "agent_list", {})[0]["agents"]
         return tasks, agents
 
     def query(self, op: str, **body: Any) -> Any:
         with self.store.read() as txn:
-            return self.core.handle(txn, op, protocol.validate(protocol.OPS[op], body), self.now())[0]
+            return self.core.handle(self.core.batch(txn, self.now()), op,
+                                    protocol.validate(protocol.OPS[op], body))[0]
 
     def everything(self) -> tuple[Any, ...]:
         return ({name: dict(t) for name, t in self.store.tables.items()}, self.views(),
-                dict(self.core._lease_deadline), dict(self.core._claim_deadline))
+                self.inspect())
+
+    def inspect(self) -> CoreState:
+        with self.store.read() as txn:
+            return self.core.inspect(txn)
 
     def run(self, expect: type[RemoteError] | None, op: str, **body: Any) -> Any:
         """One request in its own write transaction; the outcome must be the model's."""
@@ -134,7 +140,7 @@ class CoreMachine(RuleBasedStateMachine):
         error: RemoteError | None = None
         with self.store.write() as txn:
             try:
-                reply, events = self.core.handle(txn, op, validated, self.now())
+                reply, events = self.core.handle(self.core.batch(txn, self.now()), op, validated)
             except RemoteError as exc:
                 error = exc
                 assert not txn.dirty, f"refused {op} {body} wrote before refusing"
@@ -167,7 +173,7 @@ class CoreMachine(RuleBasedStateMachine):
 
     def expire(self) -> list[Event]:
         with self.store.write() as txn:
-            events = self.core.expire(txn, self.now())
+            events = self.core.expire(self.core.batch(txn, self.now()))
         self.record(events)
         return events
 
@@ -558,8 +564,8 @@ class CoreMachine(RuleBasedStateMachine):
             return
         with self.store.read() as txn:
             try:
-                self.core.handle(txn, "replay", protocol.validate(protocol.OPS["replay"], {"since": 0}),
-                                 self.now())
+                self.core.handle(self.core.batch(txn, self.now()), "replay",
+                                 protocol.validate(protocol.OPS["replay"], {"since": 0}))
             except SnapshotRequired as exc:
                 assert exc.details["oldest"] == n - size + 1
             else:
@@ -573,10 +579,11 @@ class CoreMachine(RuleBasedStateMachine):
         assert not self.store.tables["claims"]
         claims = {k[:-1].decode() for k in self.store.tables["tasks"] if k.endswith(b"\0")}
         assert claims == {t.id for t in self.tasks.values() if t.status == "claimed"}
-        index = [(agent, key) for agent, keys in self.core._held.items() for key in keys]
-        owners = {key.decode().split(":", 1)[1]: agent for agent, key in index}
+        held = self.inspect().held
+        index = [(agent, key) for agent, keys in held.items() for key in keys]
+        owners = {key.split(":", 1)[1]: agent for agent, key in index}
         assert len(owners) == len(index)  # no resource is in two agents' index
-        assert all(self.core._held.values()), "no empty entries"
+        assert all(held.values()), "no empty entries"
         assert owners == {t.id: t.owner for t in self.tasks.values() if t.status == "claimed"}
 
 

@@ -282,8 +282,8 @@ class Broker:
         now = self._now()
         replies: list[tuple[zmq.Socket, list[bytes]]] = []
         remember: list[tuple[bytes, tuple[int, list[bytes]]]] = []
-        events: list[Event] = []
         with self.store.write() as txn:
+            ctx = self.core.batch(txn, now)
             for index, (router, frames, first) in enumerate(batch):
                 ident, request = frames[0], frames[1:]
                 try:
@@ -307,10 +307,9 @@ class Broker:
                     if req.op == "hello":
                         out = protocol.encode_reply(req.req_id, self._hello(txn))
                     else:
-                        body, evs = self.core.handle(txn, req.op, req.body, now)
+                        body, _ = self.core.handle(ctx, req.op, req.body)
                         if req.op == "status":
                             body.update(self._info())
-                        events += evs
                         out = protocol.encode_reply(req.req_id, body)
                 except RemoteError as exc:
                     out = protocol.encode_error(req.req_id, exc)
@@ -324,8 +323,8 @@ class Broker:
                 replies.append((router, [ident, *out]))
             # after the requests: heartbeats that queued while the broker was busy or
             # stalled count before any lease is judged lapsed
-            expired = self.core.expire(txn, now)
-            events += expired
+            expired = self.core.expire(ctx)
+            events = ctx.events
         for req_id, out in remember:
             self._dedup[req_id] = out
         while len(self._dedup) > DEDUP_SIZE:

@@ -32,6 +32,7 @@ from typing import ContextManager, Iterator, Protocol
 
 import lmdb
 
+from .core.schema import TABLES
 from .errors import StoreError
 
 SCHEMA_VERSION = 4
@@ -40,19 +41,8 @@ SCHEMA_VERSION = 4
 UPGRADES_IN_PLACE = frozenset({2, 3})
 DURABILITY = ("full", "fast", "none")
 
-#: the tables; keys and values are bytes, the layout is owned by core.py
-TABLES = (
-    "meta",        # b"schema", b"broker_id", b"claim_index" (left by a clean shutdown)
-    "tasks",       # task id -> task record
-    "claims",      # resource key -> claim record (one claim machinery for every resource)
-    "agents",      # agent id -> agent record
-    "ready",       # claim_next order: inverted priority, order, id -> b""
-    "waiting_on",  # dependency id \0 waiting task id -> b""
-    "by_status",   # status \0 task id -> b"" (waiting, completed, dead)
-    "events",      # seq (8 bytes BE) -> [topic, body]; b"\xff" + name -> counter
-)
-#: the key prefix of each table in the LMDB layout
-_PREFIX = {name: bytes((0x10 + i,)) for i, name in enumerate(TABLES)}
+#: the tables and their fixed key-prefix bytes: the layout is owned by core/schema.py
+_PREFIX = {name: bytes((prefix,)) for name, prefix in TABLES.items()}
 
 
 class StoreFull(StoreError):

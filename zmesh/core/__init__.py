@@ -1,0 +1,166 @@
+"""The broker's state machine: tasks, claims, leases and agents. No sockets, no clock, no
+LMDB: every batch of requests runs in a :class:`Batch` holding the transaction to work in
+and ``now`` from the caller.
+
+Rules the tests hold the machine to (each module states the rules it keeps in detail):
+
+* One write transaction per batch; every change appends an event with a gap-free
+  sequence number in the same transaction (eventlog); the broker publishes after commit.
+* Handlers check everything before they write, so a refused request changes nothing.
+* Claims are one machinery for every kind of resource (claims): exactly one winner per
+  conflict, fencing tokens that only increase, each claim hanging on its agent's lease
+  (agents) and optionally a TTL of its own. Tasks are the first kind (tasks); how a task
+  claim ended is what a refusal explains (endings).
+* Deadlines are volatile (deadlines): heartbeats write nothing, and after a restart
+  :meth:`Core.recover` gives every lease and claim its full TTL again.
+* The layout of every table and key is stated once (schema).
+
+:class:`Core` is the front: it wires the parts, dispatches ops, runs expiry and recovery,
+and answers :meth:`Core.inspect` for tests, metrics and dashboards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from .. import protocol
+from .agents import Agents
+from .claims import ClaimKind, Claims
+from .context import Batch, Now, Settings
+from .deadlines import Deadlines, Due
+from .eventlog import EventLog, all_counters, counter, read_counter
+from .tasks import HISTORY_LIMIT, TRANSITIONS, Tasks
+
+if TYPE_CHECKING:
+    from ..protocol import Event
+    from ..store import Txn
+
+__all__ = ["Batch", "ClaimKind", "Core", "CoreState", "HISTORY_LIMIT", "Now", "Recovery",
+           "Settings", "TRANSITIONS"]
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What :meth:`Core.recover` found and did, for the broker's start log."""
+
+    agents: int  #: leases restarted with a full TTL
+    claims: int  #: claims held (each keeps its resource; claim TTLs restarted too)
+    claim_index: bool  #: True: a clean shutdown's claim index was read; False: every claim kind was scanned
+    trimmed_events: int  #: old events dropped to fit event_log_size
+    moved_claims: int  #: schema-3 task claims moved from the claims table next to their task
+
+
+@dataclass(frozen=True)
+class CoreState:
+    """The volatile state and the counters, as :meth:`Core.inspect` reports them."""
+
+    leases: dict[str, float]  #: agent -> lease deadline (monotonic seconds)
+    claim_deadlines: dict[str, float]  #: resource key -> the claim's own TTL deadline
+    held: dict[str, list[str]]  #: agent -> resource keys it holds, sorted
+    queued: int  #: deadline heap entries (live and superseded)
+    counters: dict[str, int]  #: seq, token, order, count:<status>
+
+
+class Core:
+    """The state machine. One instance per broker; it owns the volatile deadlines."""
+
+    def __init__(self, settings: Settings | None = None, kinds: Iterable[ClaimKind] = ()) -> None:
+        self.settings = settings or Settings()
+        self.deadlines = Deadlines()
+        self.log = EventLog(self.settings)
+        self.claims = Claims(self.deadlines)
+        self.agents = Agents(self.settings, self.log, self.deadlines, self.claims)
+        self.tasks = Tasks(self.log, self.claims, self.agents)
+        for kind in kinds:
+            self.claims.register(kind)
+        self._handlers: dict[str, Callable[[Batch, dict[str, Any]], Any]] = {
+            **self.agents.handlers(), **self.tasks.handlers(),
+            "publish": self._publish, "status": self._status, "replay": self.log.replay,
+        }
+        missing = set(protocol.OPS) - set(self._handlers) - {"hello"}
+        assert not missing, f"ops without a handler: {sorted(missing)}"
+
+    # ------------------------------------------------------------ entry points
+    def batch(self, txn: Txn, now: Now) -> Batch:
+        """The context for one transaction's requests (make a new one per transaction)."""
+        return Batch(txn, now)
+
+    def handle(self, b: Batch, op: str, body: dict[str, Any]) -> tuple[Any, list[Event]]:
+        """Apply one validated request. Returns (reply body, events it appended).
+        Raises a RemoteError when refused; a refused request has written nothing."""
+        start = len(b.events)
+        reply = self._handlers[op](b, body)
+        return reply, b.events[start:]
+
+    def expire(self, b: Batch) -> list[Event]:
+        """Release every lease and claim whose deadline has passed; returns the events."""
+        start = len(b.events)
+        for due, key in self.deadlines.due(b.now.mono):
+            if due is Due.LEASE:
+                self.agents.end(b, key, "lease_expired")  # type: ignore[arg-type]
+            else:
+                self.claims.expire(b, key)  # type: ignore[arg-type]
+        return b.events[start:]
+
+    def last_seq(self, txn: Txn) -> int:
+        return read_counter(txn, b"seq")
+
+    def next_deadline(self) -> float | None:
+        """When expire() next has work (may be early, never late)."""
+        return self.deadlines.next()
+
+    def recover(self, txn: Txn, now: Now) -> Recovery:
+        """After a (re)start: every lease and every claim TTL starts afresh. Returns what it
+        found and did, for the broker's start log."""
+        self.deadlines.clear()
+        b = self.batch(txn, now)
+        trimmed = self.log.trim(b)
+        moved = self.tasks.move_legacy_claims(txn)
+        indexed = self.claims.indexed(txn)
+        self.resync(txn, now, indexed)
+        return Recovery(agents=self.agents.count(), claims=self.claims.count(),
+                        claim_index=indexed is not None, trimmed_events=trimmed, moved_claims=moved)
+
+    def resync(self, txn: Txn, now: Now, claims: Iterable[tuple[bytes, bytes]] | None = None) -> None:
+        """Make the volatile indexes agree with the store again: after a start (recover has
+        emptied them, so every lease and claim TTL starts afresh), or after a batch was
+        rolled back, whose in-memory changes the store no longer has (an agent it added, a
+        lease or claim TTL its expiry used up). A deadline still held is kept; a missing
+        one starts afresh at ``now``. Without ``claims`` (every resource key and claim
+        record) it reads every claim kind's records."""
+        self.claims.load(self.claims.records(txn) if claims is None else claims, now)
+        self.agents.restart(txn, now)
+
+    def checkpoint(self, txn: Txn) -> None:
+        """On a clean shutdown: record which resources are claimed, so the next start reads
+        those claims instead of every task (recover)."""
+        self.claims.checkpoint(txn)
+
+    def lease_remaining(self, agent: str, now: Now) -> float | None:
+        return self.agents.lease_remaining(agent, now)
+
+    def inspect(self, txn: Txn) -> CoreState:
+        """Leases, claims held, deadlines and counters: what tests, metrics and the
+        dashboard read instead of private fields."""
+        return CoreState(
+            leases=dict(self.deadlines.lease),
+            claim_deadlines={k.decode(): v for k, v in self.deadlines.claim.items()},
+            held={agent: sorted(k.decode() for k in keys) for agent, keys in self.claims.held.items()},
+            queued=self.deadlines.queued(),
+            counters=all_counters(txn),
+        )
+
+    # ------------------------------------------------------------ ops of the core itself
+    def _publish(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:
+        """A broadcast is an event and nothing else: one log record, no task or agent
+        state (the sender is a label; publishing neither registers nor renews an agent)."""
+        topic = protocol.MESSAGE_PREFIX + body["topic"]
+        event = self.log.emit(b, topic, {"data": body["data"], "from": body["agent"]})
+        return {"topic": topic, "seq": event.seq}
+
+    def _status(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:
+        counts = {s: counter(b, b"count:" + s.encode()) for s in protocol.STATUSES}
+        # agents and claims are counted from the volatile indexes, which mirror the tables
+        return {"tasks": counts, "agents": self.agents.count(), "claims": self.claims.count(),
+                "seq": counter(b, b"seq"), "token": counter(b, b"token")}

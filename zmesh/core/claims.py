@@ -1,0 +1,212 @@
+"""The one claim machinery: every resource anyone can hold (tasks today; message deliveries
+and path reservations later) is granted, renewed, ended and expired here.
+
+Rules it keeps:
+
+* A claim is a record ``{agent, token, lease, ttl, since, ...}`` stored where its kind says
+  (:meth:`ClaimKind.slot`), under a resource key ``<kind>:<name>``. Granting it is a
+  check-and-set inside the single write transaction: the kind's :meth:`ClaimKind.conflict`
+  hook decides against what is already held, so of any number of racers exactly one wins.
+* Every grant takes a fresh fencing token from the one store-wide counter ``token``, so
+  tokens only ever increase, across kinds and restarts.
+* Every claim hangs on its agent's lease (agents.Agents ends them all when it lapses) and
+  may have a TTL of its own (Due.CLAIM). Only an ending calls the kind's
+  :meth:`ClaimKind.ended` hook; how the holder finished with it (a task's completion) is
+  the kind's own business, through :meth:`Claims.end`.
+* The agent -> claims index is volatile: rebuilt from the stored records (:meth:`load`), so
+  a grant writes one tree less. A clean shutdown stores the list of claimed resources
+  (:meth:`checkpoint`), so the next start reads those instead of scanning every kind.
+* Nothing here knows a kind by name: the registry maps the kind in a resource key to its
+  hooks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+from ..errors import Conflict, RemoteError
+from .context import Batch, Now
+from .deadlines import Deadlines, Due
+from .eventlog import bump
+from .schema import CLAIM_INDEX, dumps, loads, parse_resource
+
+if TYPE_CHECKING:
+    from ..store import Txn
+
+
+class ClaimKind:
+    """One kind of resource: where its claims are stored, how a conflict is decided, what
+    happens when a claim ends, how its ids are shown. The defaults describe a resource with
+    one holder whose claim is stored in the ``claims`` table under its resource key."""
+
+    #: the kind in a resource key (``task`` in ``task:build-1``)
+    prefix: bytes = b""
+
+    def slot(self, key: bytes) -> tuple[str, bytes]:
+        """(table, key) where the claim on resource ``key`` is stored."""
+        return "claims", key
+
+    def records(self, txn: Txn) -> Iterator[tuple[bytes, bytes]]:
+        """Every (resource key, claim record) of this kind in the store."""
+        for key, raw in txn.scan("claims", prefix=self.prefix + b":"):
+            yield bytes(key), raw
+
+    def conflict(self, b: Batch, key: bytes, agent: str, request: dict[str, Any]) -> RemoteError | None:
+        """Why ``agent`` may not have ``key`` now (None: it may). ``request`` holds the
+        fields the claim would carry (a mode, a pattern). Default: one holder."""
+        raw = b.txn.get(*self.slot(key))
+        if raw is None:
+            return None
+        holder = loads(raw)["agent"]
+        return Conflict(f"'{self.show(key)}' is held by '{holder}'",
+                        {"resource": self.show(key), "holder": holder})
+
+    def ended(self, b: Batch, key: bytes, claim: dict[str, Any], reason: str) -> None:
+        """The claim ended without its holder finishing (``reason``: released, failed,
+        lease_expired, claim_expired, unregistered): free the resource. Default: nothing
+        more than the record's removal."""
+
+    def show(self, key: bytes) -> str:
+        """The resource as events and replies name it."""
+        return key.decode()
+
+
+class Claims:
+    """Grants and ends claims of every registered kind."""
+
+    def __init__(self, deadlines: Deadlines) -> None:
+        self.kinds: dict[bytes, ClaimKind] = {}
+        self.deadlines = deadlines
+        #: agent -> resource keys it holds: what a lapsed lease releases (volatile)
+        self.held: dict[str, set[bytes]] = {}
+
+    def register(self, kind: ClaimKind) -> None:
+        if not kind.prefix or b":" in kind.prefix:
+            raise ValueError(f"claim kind prefix {kind.prefix!r} must be non-empty without ':'")
+        if kind.prefix in self.kinds:
+            raise ValueError(f"claim kind {kind.prefix.decode()!r} is registered already")
+        self.kinds[kind.prefix] = kind
+
+    def kind(self, key: bytes) -> ClaimKind:
+        return self.kinds[parse_resource(key)[0]]
+
+    # ------------------------------------------------------------ records
+    def raw(self, txn: Txn, key: bytes) -> bytes | None:
+        return txn.get(*self.kind(key).slot(key))
+
+    def get(self, txn: Txn, key: bytes) -> dict[str, Any] | None:
+        raw = self.raw(txn, key)
+        return None if raw is None else loads(raw)
+
+    def records(self, txn: Txn) -> Iterator[tuple[bytes, bytes]]:
+        """Every (resource key, claim record) of every registered kind."""
+        for kind in self.kinds.values():
+            yield from kind.records(txn)
+
+    # ------------------------------------------------------------ grant and end
+    def grant(self, b: Batch, key: bytes, agent: dict[str, Any], ttl: float | None,
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Give ``agent`` (its record) a claim on ``key`` or raise the kind's refusal."""
+        kind = self.kind(key)
+        refusal = kind.conflict(b, key, agent["id"], extra or {})
+        if refusal is not None:
+            raise refusal
+        claim = {"agent": agent["id"], "token": bump(b, b"token"), "lease": agent["lease"],
+                 "ttl": ttl, "since": b.now.wall}
+        if extra:
+            claim.update(extra)
+        b.txn.put(*kind.slot(key), dumps(claim))
+        self.held.setdefault(agent["id"], set()).add(key)
+        if ttl:
+            self.deadlines.set(Due.CLAIM, key, ttl, b.now.mono)
+        return claim
+
+    def renew(self, key: bytes, ttl: float, now: Now) -> None:
+        self.deadlines.set(Due.CLAIM, key, ttl, now.mono)
+
+    def end(self, b: Batch, key: bytes, agent: str) -> None:
+        """Remove a claim record with its index entry and deadline (its holder finished
+        with it, or :meth:`drop` is ending it)."""
+        b.txn.delete(*self.kind(key).slot(key))
+        keys = self.held.get(agent)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self.held[agent]
+        self.deadlines.drop(Due.CLAIM, key)
+
+    def drop(self, b: Batch, key: bytes, claim: dict[str, Any], reason: str) -> None:
+        """End a claim its holder did not finish: the resource is free again."""
+        self.end(b, key, claim["agent"])
+        self.kind(key).ended(b, key, claim, reason)
+
+    def release_all(self, b: Batch, agent: str, reason: str) -> list[str]:
+        """Drop every claim ``agent`` holds (its lease is over); returns them as shown."""
+        released = []
+        for key in sorted(self.held.get(agent, ())):
+            claim = self.get(b.txn, key)
+            if claim is not None:
+                self.drop(b, key, claim, reason)
+                released.append(self.kind(key).show(key))
+        return released
+
+    def expire(self, b: Batch, key: bytes) -> None:
+        """The claim's own TTL ran out."""
+        self.deadlines.drop(Due.CLAIM, key)
+        claim = self.get(b.txn, key)
+        if claim is not None:
+            self.drop(b, key, claim, "claim_expired")
+
+    def expires_in(self, key: bytes, agent: str, now: Now) -> float | None:
+        """Seconds until the claim lapses: its own TTL or its agent's lease, the earlier."""
+        claim, lease = self.deadlines.claim.get(key), self.deadlines.lease.get(agent)
+        deadline = lease if claim is None else claim if lease is None else min(claim, lease)
+        return None if deadline is None else round(max(0.0, deadline - now.mono), 3)
+
+    # ------------------------------------------------------------ the volatile index
+    def count(self) -> int:
+        return sum(len(keys) for keys in self.held.values())
+
+    def held_of(self, prefix: bytes) -> list[bytes]:
+        """The names of every claimed resource of one kind, sorted."""
+        start = len(prefix) + 1
+        return sorted(k[start:] for keys in self.held.values() for k in keys
+                      if k[:start] == prefix + b":")
+
+    def load(self, records: Iterable[tuple[bytes, bytes]], now: Now) -> None:
+        """Rebuild the index from stored records; a claim TTL still running is kept, a
+        missing one starts afresh at ``now``, one whose claim is gone is dropped."""
+        self.held = {}
+        live = set()
+        deadlines = self.deadlines
+        for key, raw in records:
+            claim = loads(raw)
+            self.held.setdefault(claim["agent"], set()).add(key)
+            live.add(key)
+            if claim.get("ttl") and key not in deadlines.claim:
+                deadlines.set(Due.CLAIM, key, claim["ttl"], now.mono)
+        for key in [k for k in deadlines.claim if k not in live]:
+            deadlines.drop(Due.CLAIM, key)
+
+    def checkpoint(self, txn: Txn) -> None:
+        """On a clean shutdown: record which resources are claimed."""
+        txn.put("meta", CLAIM_INDEX, b"\0".join(sorted(k for keys in self.held.values() for k in keys)))
+
+    def indexed(self, txn: Txn) -> list[tuple[bytes, bytes]] | None:
+        """The claims a clean shutdown's index names (None: no usable index, scan). The
+        index goes now, in this transaction, so it never describes a later state."""
+        index = txn.get("meta", CLAIM_INDEX)
+        if index is None:  # not closed cleanly, or never
+            return None
+        txn.delete("meta", CLAIM_INDEX)
+        records = []
+        for key in index.split(b"\0"):
+            if not key:
+                continue
+            if parse_resource(key)[0] not in self.kinds:
+                return None  # a kind this broker does not know: scan what it does know
+            raw = self.raw(txn, key)
+            if raw is None:  # cannot happen unless edited by hand
+                return None
+            records.append((bytes(key), raw))
+        return records

@@ -1,0 +1,55 @@
+"""What one batch of requests works in: the transaction, the clock, and what it produced.
+
+Rules it keeps:
+
+* A :class:`Batch` lives exactly as long as one transaction. The broker makes a new one for
+  every transaction, including a batch applied again after a rollback, so nothing cached
+  here (the counters) can outlive the data it was read from.
+* ``now`` is read once per batch by the caller: every request in it sees the same clock.
+* Events are appended in order, each with the next seq; the broker publishes them after
+  the commit. Handlers check before they write, so a refused request adds none (an event
+  is never taken back: its seq is already in the log).
+* ``caller`` is the identity the transport vouched for (none until security lands);
+  ``pushes`` collects direct deliveries the same way ``events`` collects broadcasts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the store imports core.schema: no runtime import back
+    from ..protocol import Event
+    from ..store import Txn
+
+
+@dataclass(frozen=True)
+class Now:
+    """The caller's clock, read once per batch: ``mono`` for deadlines, ``wall`` for records."""
+
+    mono: float
+    wall: float
+
+
+@dataclass
+class Settings:
+    """The core's knobs (the broker's config fills them). Read at each use."""
+
+    default_ttl: float = 30.0
+    event_log_size: int = 100_000
+
+
+class Batch:
+    """The context every handler gets: one transaction's worth of work."""
+
+    __slots__ = ("txn", "now", "events", "pushes", "counters", "caller")
+
+    def __init__(self, txn: Txn, now: Now, caller: str | None = None) -> None:
+        self.txn = txn
+        self.now = now
+        self.events: list[Event] = []
+        self.pushes: list[Any] = []
+        #: counters read or written in this transaction (a batch of claims reads the same
+        #: four: seq, token and two status counts); see eventlog
+        self.counters: dict[bytes, int] = {}
+        self.caller = caller
