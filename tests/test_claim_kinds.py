@@ -176,7 +176,7 @@ def test_a_lapsed_lease_releases_claims_of_every_kind(mesh: Mesh) -> None:
     mesh.hold("b", "docs/**", "exclusive")
     events = mesh.expire(T0 + 5.5)
     expired = [e.body for e in events if e.topic == "agent.expired"]
-    assert expired == [{"agent": "a", "released": ["t1", "zone:src/**"], "ts": 1e9 + T0 + 5.5}]
+    assert expired == [{"agent": "a", "released": ["t1", "zone:src/**"], "liveness": "gone", "ts": 1e9 + T0 + 5.5}]
     assert mesh.zones.endings == [("zone:src/**", "a", "lease_expired")]
     assert mesh.op("task_get", task="t1")["status"] == "available"
     assert mesh.held() == {"b": ["zone:docs/**\x00b"]}

@@ -470,8 +470,8 @@ def test_status_json_counts_agents_seq_and_durability(z: Cli) -> None:
     assert sorted(a["id"] for a in s["agent_list"]) == ["a1", "a2"]
     assert s["claims"] == 1
     assert s["durability"] == "full"
-    # 5 created + 2 agents registered + 2 claimed + 1 completed
-    assert s["seq"] == 10
+    # 5 created + 2 agents registered + 2 claimed (each agent.busy) + 1 completed (agent.completed)
+    assert s["seq"] == 13
     events = [json.loads(line) for line in
               z.ok("events", "--since", "0", "--count", str(s["seq"]), "--json").splitlines()]
     assert events[-1]["seq"] == s["seq"]
@@ -486,7 +486,7 @@ def test_events_since_0_count_k_json(z: Cli) -> None:
     z.ok("task", "add", "e2")
     z.ok("task", "claim", "e1", "--agent", "w1")
     z.ok("task", "done", "e1", "--agent", "w1")
-    # task.created x2, agent.registered, task.claimed, task.completed
+    # task.created x2, agent.registered, task.claimed, agent.busy, task.completed, agent.completed
     lines = z.ok("events", "--since", "0", "--count", "4", "--json").splitlines()
     assert len(lines) == 4
     events = [json.loads(line) for line in lines]
@@ -498,16 +498,16 @@ def test_events_since_0_count_k_json(z: Cli) -> None:
     # --since skips what came before; --topic filters; --json before the command
     lines = z.ok("--json", "events", "--since", "2", "--topic", "task.", "--count", "2").splitlines()
     assert [(json.loads(x)["seq"], json.loads(x)["topic"]) for x in lines] == \
-        [(4, "task.claimed"), (5, "task.completed")]
+        [(4, "task.claimed"), (6, "task.completed")]
 
     # human format: seq, topic, body
-    seq, topic, body = z.ok("events", "--since", "4", "--count", "1").rstrip("\n").split("\t")
-    assert (seq, topic, json.loads(body)["task_id"]) == ("5", "task.completed", "e1")
+    seq, topic, body = z.ok("events", "--since", "5", "--count", "1").rstrip("\n").split("\t")
+    assert (seq, topic, json.loads(body)["task_id"]) == ("6", "task.completed", "e1")
 
     # --idle-timeout: everything there is, then exit 0 once quiet
     start = time.monotonic()
     lines = z.ok("events", "--since", "0", "--idle-timeout", "0.5", "--json").splitlines()
-    assert [json.loads(x)["seq"] for x in lines] == [1, 2, 3, 4, 5]
+    assert [json.loads(x)["seq"] for x in lines] == [1, 2, 3, 4, 5, 6, 7]
     assert time.monotonic() - start < 10
 
 

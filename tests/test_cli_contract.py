@@ -383,7 +383,7 @@ def test_protocol_doc_prints_limits_as_integers() -> None:
     doc = (ROOT / "docs" / "PROTOCOL.md").read_text()
     assert not re.search(r"\d\.\d+e\+\d", doc), "a limit in exponent notation"
     assert f"| `MAX_MESSAGE_BYTES` | {protocol.MAX_MESSAGE_BYTES} |" in doc
-    for kind in protocol._KINDS:
+    for kind in protocol.KINDS:
         assert f"| {kind} |" in doc, f"field kind {kind} is not documented"
 
 

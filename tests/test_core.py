@@ -31,6 +31,13 @@ from zmesh.protocol import Event
 from zmesh.store import TABLES, LmdbStore, MemoryStore
 
 T0 = 1000.0  # monotonic start; any value works, deadlines are relative
+#: topics of agent presence and liveness (tests of tasks and leases leave them out)
+PRESENCE_TOPICS = frozenset({"agent.idle", "agent.busy", "agent.blocked", "agent.completed",
+                             "agent.help", "agent.evasive", "agent.alive"})
+
+
+def without_presence(events: list[Event]) -> list[Event]:
+    return [e for e in events if e.topic not in PRESENCE_TOPICS]
 WALL0 = 1_700_000_000.0
 
 
@@ -60,12 +67,14 @@ class Harness:
         return self
 
     # ---------------------------------------------------------------- requests
-    def call(self, op: str, **body: Any) -> tuple[Any, list[Event]]:
+    def call(self, op: str, presence: bool = False, **body: Any) -> tuple[Any, list[Event]]:
+        """One request in its own transaction. Returns the reply and its task and lease
+        events (with ``presence``: every event, agent presence and liveness included)."""
         with self.store.write() as txn:
             reply, events = self.core.handle(self.core.batch(txn, self.now()), op,
                                              protocol.validate(protocol.OPS[op], body))
         self.events += events
-        return reply, events
+        return reply, events if presence else without_presence(events)
 
     def do(self, op: str, **body: Any) -> Any:
         return self.call(op, **body)[0]
@@ -82,13 +91,14 @@ class Harness:
         assert self.state() == before, f"refused {op} changed the state"
         return info.value
 
-    def expire(self, mono: float | None = None) -> list[Event]:
+    def expire(self, mono: float | None = None, presence: bool = False) -> list[Event]:
+        """Expiry at ``mono``; its task and lease events (``presence``: every event)."""
         if mono is not None:
             self.mono = mono
         with self.store.write() as txn:
             events = self.core.expire(self.core.batch(txn, self.now()))
         self.events += events
-        return events
+        return events if presence else without_presence(events)
 
     def restart(self, mono: float, clean: bool = False) -> Recovery:
         """A new broker process on the same data: new Core, (reopened store), recover.
@@ -520,7 +530,8 @@ def test_lease_expiry_releases_claims(h: Harness) -> None:
     tok1 = h.do("claim", task="t1", agent="a")["token"]
     h.do("claim", task="t2", agent="a")
     h.at(T0 + 5).do("claim", task="other", agent="b")
-    assert h.core.next_deadline() == T0 + 10
+    assert h.core.next_deadline() == T0 + 10 * protocol.EVASIVE_AFTER  # a turns evasive first
+    assert h.inspect().leases == {"a": T0 + 10, "b": T0 + 15}
     assert h.expire(T0 + 9.999) == []
     assert h.task("t1")["owner"] == "a"
     events = h.expire(T0 + 10)
@@ -912,11 +923,11 @@ def test_counters_of_a_rolled_back_batch_are_not_reused(h: Harness) -> None:
     with h.store.read() as txn:
         h.core.resync(txn, h.now())  # as the broker does after a rollback
     first, events = h.call("claim", task="t1", agent="a")
-    assert [e.seq for e in events] == [seq + 1, seq + 2]  # agent.registered, task.claimed
+    assert [e.seq for e in h.events[-3:]] == [seq + 1, seq + 2, seq + 3]  # agent.registered, task.claimed, agent.busy
     assert first["token"] == 2  # the lease took token 1 in this batch, as in the rolled-back one
     status = h.do("status")
     assert status["tasks"]["claimed"] == 1 and status["tasks"]["available"] == 1
-    assert status["seq"] == seq + 2 and status["token"] == 2
+    assert status["seq"] == seq + 3 and status["token"] == 2
 
 
 def test_claim_index_of_a_clean_shutdown_is_used_once(h: Harness) -> None:
@@ -1156,12 +1167,12 @@ def test_recover_reports_leases_claims_and_the_index(h: Harness, clean: bool) ->
 def test_recover_reports_trimmed_events_and_moved_claims(h: Harness) -> None:
     for i in range(8):
         h.do("task_create", id=f"t{i}")
-    h.do("claim", task="t0", agent="a")  # events 9 (agent.registered) and 10 (task.claimed)
+    h.do("claim", task="t0", agent="a")  # events 9 (agent.registered), 10 (task.claimed), 11 (agent.busy)
     with h.store.write() as txn:  # as schema 3 stored it: in the claims table
         raw = txn.get("tasks", b"t0\0")
         txn.delete("tasks", b"t0\0")
         txn.put("claims", b"task:t0", bytes(raw))
     h.settings.event_log_size = 4
     rec = _recover(h, T0 + 1)
-    assert rec == Recovery(agents=1, claims=1, claim_index=False, trimmed_events=6, moved_claims=1)
+    assert rec == Recovery(agents=1, claims=1, claim_index=False, trimmed_events=7, moved_claims=1)
     assert h.task("t0")["owner"] == "a"

@@ -23,6 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from zmesh import protocol
 from zmesh.core import HISTORY_LIMIT, Core, CoreState, Now, Settings
 from zmesh.errors import (
+    BadRequest,
     ClaimExpired,
     Conflict,
     LeaseExpired,
@@ -82,6 +83,11 @@ class MAgent:
     claims: int = 0
     completed: int = 0
     failed: int = 0
+    state: str = "idle"  # stored presence; a task claim makes an idle agent busy
+    idle_order: int = 0
+    last_completed: str | None = None
+    evasive: bool = False
+    blocker: str | None = None
 
 
 class CoreMachine(RuleBasedStateMachine):
@@ -100,6 +106,9 @@ class CoreMachine(RuleBasedStateMachine):
         self.claim_dl: dict[str, float] = {}
         self.claim_ttl: dict[str, float | None] = {}  # the ttl stored in the claim record
         self.orders = 0
+        self.evasive_dl: dict[str, float] = {}  # when each agent turns evasive unless heard from
+        self.idle_counter = 0
+        self.blockers: dict[str, list[Any]] = {}  # id -> [raised by, open]
 
     @initialize(log_size=st.sampled_from([4, 25, 100_000]), data=st.data())
     def start(self, log_size: int, data: st.DataObject) -> None:
@@ -178,29 +187,97 @@ class CoreMachine(RuleBasedStateMachine):
         return events
 
     # ================================================================ model helpers
-    def touch(self, agent: str, at_least: float | None = None) -> None:
-        """Any request from an agent renews its lease (core docstring)."""
+    def touch(self, agent: str, at_least: float | None = None) -> list[str]:
+        """Any request from an agent renews its lease (core docstring). Returns the
+        liveness events it causes."""
         ttl = max(self.agents[agent].ttl, at_least or 0.0)
         if self.mono + ttl > self.lease_dl.get(agent, 0.0):
             self.lease_dl[agent] = self.mono + ttl
+        return self.heard(agent)
 
-    def ensure(self, agent: str, ttl: float | None) -> bool:
-        """The agent acts: an unknown agent gets an implicit lease. True when new."""
+    def heard(self, agent: str) -> list[str]:
+        """The agent was heard from: evasive again only after EVASIVE_AFTER of its TTL."""
+        a = self.agents[agent]
+        self.evasive_dl[agent] = self.mono + a.ttl * protocol.EVASIVE_AFTER
+        if a.evasive:
+            a.evasive = False
+            return ["agent.alive"]
+        return []
+
+    def new_idle(self, a: MAgent) -> None:
+        """A new idle spell: the back of the idle queue."""
+        self.idle_counter += 1
+        a.state, a.idle_order = "idle", self.idle_counter
+
+    def held(self, agent: str) -> list[str]:
+        return sorted(t.id for t in self.tasks.values() if t.status == "claimed" and t.owner == agent)
+
+    def shown_state(self, agent: str) -> str:
+        a = self.agents[agent]
+        return "busy" if a.state == "idle" and self.held(agent) else a.state
+
+    def idle_queue(self) -> list[str]:
+        idle = [(a.idle_order, name) for name, a in self.agents.items()
+                if a.state == "idle" and not self.held(name)]
+        return [name for _, name in sorted(idle)]
+
+    def position(self, agent: str) -> int | None:
+        queue = self.idle_queue()
+        return queue.index(agent) + 1 if agent in queue else None
+
+    def model_helpers(self, requires: list[str], threshold: float, exclude: str | None = None
+                      ) -> list[tuple[str, float]]:
+        found = []
+        for name in self.idle_queue():
+            a = self.agents[name]
+            if name == exclude or a.evasive:
+                continue
+            cover = len(set(requires) & set(a.caps)) / len(requires) if requires else 1.0
+            if cover >= threshold and (cover > 0 or not requires or threshold == 0):
+                found.append((name, round(cover, 3)))
+        return sorted(found, key=lambda h: -h[1])
+
+    def ensure(self, agent: str, ttl: float | None) -> list[str]:
+        """The agent acts: an unknown agent gets an implicit lease. Returns the events."""
         if agent in self.agents:
-            self.touch(agent, ttl)
-            return False
-        self.agents[agent] = MAgent(caps=[], ttl=ttl or DEFAULT_TTL, implicit=True)
+            return self.touch(agent, ttl)
+        self.agents[agent] = a = MAgent(caps=[], ttl=ttl or DEFAULT_TTL, implicit=True)
+        self.new_idle(a)
         self.lease_dl[agent] = self.mono + (ttl or DEFAULT_TTL)
-        return True
+        self.heard(agent)
+        self.set_lease_from_events(agent)  # called after the request: its events are recorded
+        return ["agent.registered"]
 
-    def grant(self, t: MTask, agent: str, ttl: float | None, token: int) -> None:
+    def grant(self, t: MTask, agent: str, ttl: float | None, token: int) -> list[str]:
+        """Returns the presence events: claiming makes an agent busy."""
         assert t.status == "available"
+        first = not self.held(agent)
         t.status, t.owner, t.token = "claimed", agent, token
         t.tokens.append(token)
         self.claim_ttl[t.id] = ttl
         if ttl:
             self.claim_dl[t.id] = self.mono + ttl
-        self.agents[agent].claims += 1
+        a = self.agents[agent]
+        a.claims += 1
+        if a.state in ("blocked", "help"):
+            a.state = "busy"
+            return ["agent.busy"]
+        return ["agent.busy"] if first else []
+
+    def claim_ended(self, agent: str, tid: str, completed: bool) -> list[str]:
+        """A task claim ended while the agent's lease lives: idle again after its last."""
+        a = self.agents[agent]
+        if completed:
+            a.last_completed = tid
+        if self.held(agent):
+            return ["agent.completed"] if completed else []
+        self.new_idle(a)
+        return ["agent.completed" if completed else "agent.idle"]
+
+    @staticmethod
+    def check_topics(events: list[Event], expected: list[str]) -> None:
+        got = sorted(e.topic for e in events)
+        assert got == sorted(expected), (got, sorted(expected))
 
     def end_claim(self, t: MTask, new_status: str, reason: str | None = None) -> None:
         """``reason``: how the claim ended, as the task's history records it (None: completed)."""
@@ -303,34 +380,37 @@ class CoreMachine(RuleBasedStateMachine):
             assert err.details == {"task": tid, "status": "claimed", "holder": t.owner}
         elif t.status == "claimed":  # the holder again: the same claim
             reply, events = self.run(None, "claim", task=tid, agent=agent, ttl=ttl)
-            assert events == [] and reply["token"] == t.token
-            self.touch(agent, ttl)
+            assert reply["token"] == t.token
+            self.check_topics(events, self.touch(agent, ttl))
             if ttl:
                 self.claim_dl[tid] = self.mono + ttl
         elif t.status != "available":
             err = self.run(Conflict, "claim", task=tid, agent=agent, ttl=ttl)
             assert err.details == {"task": tid, "status": t.status}
         else:
-            reply, _ = self.run(None, "claim", task=tid, agent=agent, ttl=ttl)
-            self.ensure(agent, ttl)
+            reply, events = self.run(None, "claim", task=tid, agent=agent, ttl=ttl)
+            topics = self.ensure(agent, ttl)
             self.set_lease_from_events(agent)
             assert reply["task"] == tid and reply["agent"] == agent
             assert reply["lease"] == self.agents[agent].lease
-            self.grant(t, agent, ttl, reply["token"])
+            topics += ["task.claimed", *self.grant(t, agent, ttl, reply["token"])]
+            self.check_topics(events, topics)
 
     @rule(agent=agents, use_caps=st.none() | caps, ttl=TTLS)
     def claim_next(self, agent: str, use_caps: list[str] | None, ttl: float | None) -> None:
-        reply, _ = self.run(None, "claim_next", agent=agent, capabilities=use_caps, ttl=ttl)
-        self.ensure(agent, ttl)
+        reply, events = self.run(None, "claim_next", agent=agent, capabilities=use_caps, ttl=ttl)
+        topics = self.ensure(agent, ttl)
         self.set_lease_from_events(agent)
         have = set(use_caps if use_caps is not None else self.agents[agent].caps)
         fits = [t for t in self.tasks.values() if t.status == "available" and set(t.requires) <= have]
         if not fits:
             assert reply is None
+            self.check_topics(events, topics)
             return
         best = min(fits, key=lambda t: (-t.priority, t.order))
         assert reply is not None and reply["task"] == best.id, (reply, best)
-        self.grant(best, agent, ttl, reply["token"])
+        topics += ["task.claimed", *self.grant(best, agent, ttl, reply["token"])]
+        self.check_topics(events, topics)
 
     @rule(i=task_index, known_=known, who_=who, mode=token_mode, result=st.integers(0, 9))
     def complete(self, i: int, known_: bool, who_: str, mode: str, result: int) -> None:
@@ -348,10 +428,11 @@ class CoreMachine(RuleBasedStateMachine):
         reply, events = out
         t.completed_by, t.completed_token = agent, t.token
         self.end_claim(t, "completed")
-        self.touch(agent)
+        topics = self.touch(agent) + ["task.completed", *self.claim_ended(agent, tid, completed=True)]
         self.agents[agent].completed += 1
         woken = self.wake(tid)
         assert {e.body["task_id"] for e in events if e.topic == "task.available"} == woken
+        self.check_topics(events, topics + ["task.available"] * len(woken))
         assert (reply["status"], reply["result"], reply["completed_by"]) == ("completed", result, agent)
         t.frozen = reply
 
@@ -365,9 +446,18 @@ class CoreMachine(RuleBasedStateMachine):
         assert t is not None
         t.attempts += 1
         self.end_claim(t, "dead" if t.attempts >= t.max_attempts else "available", "failed")
-        self.touch(agent)
+        topics = self.touch(agent) + ["task.dead" if t.status == "dead" else "task.failed",
+                                      *self.claim_ended(agent, tid, completed=False)]
         self.agents[agent].failed += 1
-        assert [e.topic for e in out[1]] == ["task.dead" if t.status == "dead" else "task.failed"]
+        if t.status == "dead":  # the broker raises a blocker for every task left waiting on it
+            stranded = sorted(w.id for w in self.tasks.values() if w.status == "waiting" and tid in w.depends_on)
+            raised = [e.body for e in out[1] if e.topic == "blocker.raised"]
+            assert [(b["task"], b["agent"], b["type"]) for b in raised] == \
+                [(w, "zmesh", "dependency_dead") for w in stranded]
+            for _ in stranded:
+                self.blockers[f"blk-{len(self.blockers) + 1}"] = ["zmesh", True]
+            topics += ["blocker.raised"] * len(stranded)
+        self.check_topics(out[1], topics)
 
     @rule(i=task_index, known_=known, who_=who, mode=token_mode)
     def release(self, i: int, known_: bool, who_: str, mode: str) -> None:
@@ -378,8 +468,10 @@ class CoreMachine(RuleBasedStateMachine):
             return
         assert t is not None
         self.end_claim(t, "available", "released")
-        self.touch(agent)
-        assert [(e.topic, e.body["reason"]) for e in out[1]] == [("task.released", "released")]
+        topics = self.claim_ended(agent, tid, completed=False) + self.touch(agent)
+        assert [(e.topic, e.body["reason"]) for e in out[1] if e.topic == "task.released"] == \
+            [("task.released", "released")]
+        self.check_topics(out[1], ["task.released", *topics])
 
     @rule(i=task_index, known_=known, who_=who, mode=token_mode, ttl=TTLS)
     def renew(self, i: int, known_: bool, who_: str, mode: str, ttl: float | None) -> None:
@@ -390,8 +482,8 @@ class CoreMachine(RuleBasedStateMachine):
             return
         assert t is not None
         reply, events = out
-        assert events == [] and reply["token"] == t.token
-        self.touch(agent, ttl)  # a renew with a ttl keeps the lease at least that long
+        assert reply["token"] == t.token
+        self.check_topics(events, self.touch(agent, ttl))  # a renew with a ttl keeps the lease at least that long
         effective = ttl or self.claim_ttl.get(tid)
         if effective:
             self.claim_dl[tid] = self.mono + effective
@@ -403,21 +495,24 @@ class CoreMachine(RuleBasedStateMachine):
         if a is None or (lease is not None and lease != a.lease):
             self.run(LeaseExpired, "heartbeat", agent=agent, lease=lease)
             return
-        reply, _ = self.run(None, "heartbeat", agent=agent, lease=lease)
+        reply, events = self.run(None, "heartbeat", agent=agent, lease=lease)
         assert reply == {"agent": agent, "lease": a.lease, "ttl": a.ttl}
         self.lease_dl[agent] = self.mono + a.ttl
+        self.check_topics(events, self.heard(agent))
 
     @rule(agent=agents, use_caps=caps, ttl=TTLS)
     def register(self, agent: str, use_caps: list[str], ttl: float | None) -> None:
-        reply, _ = self.run(None, "register", agent=agent, capabilities=use_caps, ttl=ttl)
+        reply, events = self.run(None, "register", agent=agent, capabilities=use_caps, ttl=ttl)
         a = self.agents.get(agent)
         if a is None:
             self.agents[agent] = a = MAgent(caps=use_caps, ttl=ttl or DEFAULT_TTL, implicit=False)
+            self.new_idle(a)
         else:
             a.caps, a.ttl, a.implicit = use_caps, ttl or DEFAULT_TTL, False
         self.set_lease_from_events(agent)
         self.lease_dl[agent] = self.mono + a.ttl
         assert reply == {"agent": agent, "lease": a.lease, "ttl": a.ttl}
+        self.check_topics(events, ["agent.registered", *self.heard(agent)])
 
     @rule(agent=agents)
     def unregister(self, agent: str) -> None:
@@ -432,36 +527,51 @@ class CoreMachine(RuleBasedStateMachine):
             self.end_claim(self.tasks[tid], "available", "unregistered")
         del self.agents[agent]
         del self.lease_dl[agent]
+        self.evasive_dl.pop(agent, None)
+        self.check_topics(events, ["task.released"] * len(held) + ["agent.unregistered"])
 
     def apply_expiry(self, events: list[Event]) -> None:
-        """Model of expire at self.mono: every deadline <= now fires, earliest first
-        (a lease before a claim on the same instant)."""
+        """Model of expire at self.mono: every deadline <= now fires in time order (a lease
+        before a claim on the same instant): an agent silent for EVASIVE_AFTER of its TTL
+        turns evasive, a lapsed lease releases its claims and ends the agent, a claim's own
+        TTL releases the claim (and an agent left without a task is idle again)."""
         now = self.mono
-        lapsed = {a for a, d in self.lease_dl.items() if d <= now}
-        expected: set[tuple[str, str, str]] = set()
-        for t in self.tasks.values():
-            if t.status != "claimed":
-                continue
-            assert t.owner is not None
-            lease_at = self.lease_dl[t.owner] if t.owner in lapsed else None
-            claim_at = self.claim_dl.get(t.id)
-            claim_at = claim_at if claim_at is not None and claim_at <= now else None
-            if lease_at is not None and (claim_at is None or lease_at <= claim_at):
-                expected.add((t.id, t.owner, "lease_expired"))
-            elif claim_at is not None:
-                expected.add((t.id, t.owner, "claim_expired"))
-        got = {(e.body["task_id"], e.body["agent"], e.body["reason"]) for e in events
-               if e.topic == "task.released"}
-        assert got == expected, (got, expected)
-        expired = {e.body["agent"]: sorted(e.body["released"]) for e in events if e.topic == "agent.expired"}
-        assert expired == {a: sorted(tid for tid, ag, why in expected if ag == a and why == "lease_expired")
-                           for a in lapsed}
-        assert {e.topic for e in events} <= {"task.released", "agent.expired"}
-        for tid, _, why in expected:
-            self.end_claim(self.tasks[tid], "available", why)
-        for a in lapsed:
-            del self.agents[a]
-            del self.lease_dl[a]
+        due = sorted([(d, 0, a) for a, d in self.lease_dl.items() if d <= now] +
+                     [(d, 1, tid) for tid, d in self.claim_dl.items() if d <= now] +
+                     [(d, 2, a) for a, d in self.evasive_dl.items() if d <= now])
+        expected: list[tuple[Any, ...]] = []
+        for _, kind, key in due:
+            if kind == 0:
+                held = self.held(key)
+                for tid in held:
+                    self.end_claim(self.tasks[tid], "available", "lease_expired")
+                    expected.append(("task.released", tid, key, "lease_expired"))
+                expected.append(("agent.expired", key, tuple(held)))
+                del self.agents[key]
+                del self.lease_dl[key]
+                self.evasive_dl.pop(key, None)
+            elif kind == 1:
+                t = self.tasks[key]
+                if key not in self.claim_dl or t.status != "claimed":
+                    continue  # released with its agent's lease just before
+                assert t.owner is not None
+                owner = t.owner
+                self.end_claim(t, "available", "claim_expired")
+                expected.append(("task.released", key, owner, "claim_expired"))
+                expected += [(topic, owner) for topic in self.claim_ended(owner, key, completed=False)]
+            elif key in self.evasive_dl:
+                del self.evasive_dl[key]
+                self.agents[key].evasive = True
+                expected.append(("agent.evasive", key))
+        got: list[tuple[Any, ...]] = []
+        for e in events:
+            if e.topic == "task.released":
+                got.append((e.topic, e.body["task_id"], e.body["agent"], e.body["reason"]))
+            elif e.topic == "agent.expired":
+                got.append((e.topic, e.body["agent"], tuple(sorted(e.body["released"]))))
+            else:
+                got.append((e.topic, e.body["agent"]))
+        assert sorted(got) == sorted(expected), (got, expected)
 
     @rule(dt=st.sampled_from([0.0, 0.5, 1.0, 1.0, 2.0, 3.0, 4.0, 6.0, "drain"]))
     def advance(self, dt: float | str) -> None:
@@ -494,7 +604,88 @@ class CoreMachine(RuleBasedStateMachine):
         assert b"claim_index" not in self.store.tables["meta"]  # consumed: never stale later
         self.lease_dl = {a: self.mono + m.ttl for a, m in self.agents.items()}
         self.claim_dl = {tid: self.mono + ttl for tid, ttl in self.claim_ttl.items() if ttl}
+        # presence survives (stored); liveness starts afresh: every agent alive, full period
+        self.evasive_dl = {a: self.mono + m.ttl * protocol.EVASIVE_AFTER for a, m in self.agents.items()}
+        for m in self.agents.values():
+            m.evasive = False
         assert self.expire() == []
+
+    # ================================================================ presence rules
+    @rule(agent=agents, state=st.sampled_from(protocol.REPORTS), i=task_index,
+          with_task=st.booleans(), with_reason=st.booleans())
+    def report(self, agent: str, state: str, i: int, with_task: bool, with_reason: bool) -> None:
+        task, reason = (f"t{i}" if with_task else None), ("stuck" if with_reason else None)
+        body = {"agent": agent, "state": state, "task": task, "reason": reason}
+        needed = {"busy": task, "completed": task, "blocked": reason, "help": reason}
+        if state in needed and needed[state] is None:
+            self.run(BadRequest, "report", **body)
+            return
+        if state in ("idle", "completed") and agent in self.agents and self.held(agent):
+            self.run(Conflict, "report", **body)
+            return
+        reply, events = self.run(None, "report", **body)
+        topics = self.ensure(agent, None) + ["agent." + state]
+        a = self.agents[agent]
+        if state == "idle":
+            if a.state != "idle":
+                self.new_idle(a)
+        elif state == "completed":
+            if task != a.last_completed:  # counted once per task
+                a.completed += 1
+                a.last_completed = task
+            self.new_idle(a)
+        else:
+            a.state = state
+        self.check_topics(events, topics)
+        assert (reply["state"], reply["position"]) == (self.shown_state(agent), self.position(agent))
+        if state == "help":
+            assert [(h["agent"], h["cover"]) for h in reply["helpers"]] == self.model_helpers([], 0.5, agent)
+        else:
+            assert reply["helpers"] is None
+
+    @rule(req=requires, threshold=st.sampled_from([0.0, 0.5, 1.0]))
+    def helpers(self, req: list[str], threshold: float) -> None:
+        got = self.query("helpers", requires=req, threshold=threshold)["helpers"]
+        assert [(h["agent"], h["cover"]) for h in got] == self.model_helpers(req, threshold)
+
+    @rule(agent=agents, i=task_index, known_=known, with_task=st.booleans())
+    def raise_blocker(self, agent: str, i: int, known_: bool, with_task: bool) -> None:
+        tid = self.tid(i, known_) if with_task else None
+        body = {"agent": agent, "type": "review", "description": "stuck", "task": tid}
+        if tid is not None and tid not in self.tasks:
+            self.run(NotFound, "blocker_raise", **body)
+            return
+        reply, events = self.run(None, "blocker_raise", **body)
+        topics = self.ensure(agent, None) + ["blocker.raised", "agent.blocked"]
+        bid = f"blk-{len(self.blockers) + 1}"
+        assert reply["blocker"]["id"] == bid and reply["blocker"]["status"] == "open"
+        self.blockers[bid] = [agent, True]
+        a = self.agents[agent]
+        a.state, a.blocker = "blocked", bid
+        self.check_topics(events, topics)
+
+    @rule(n=st.integers(1, 6), resolver=st.none() | agents)
+    def resolve_blocker(self, n: int, resolver: str | None) -> None:
+        bid = f"blk-{n}"
+        blocker = self.blockers.get(bid)
+        expect = NotFound if blocker is None else None if blocker[1] else Conflict
+        out = self.run(expect, "blocker_resolve", blocker=bid, agent=resolver)
+        if expect is not None:
+            return
+        assert blocker is not None
+        blocker[1] = False
+        topics = ["blocker.resolved"] + (self.ensure(resolver, None) if resolver else [])
+        a = self.agents.get(blocker[0])
+        if a is not None and a.blocker == bid:
+            a.blocker = None
+            if a.state == "blocked":
+                if self.held(blocker[0]):
+                    a.state = "busy"
+                else:
+                    self.new_idle(a)
+                topics.append("agent." + self.shown_state(blocker[0]))
+        self.check_topics(out[1], topics)
+        assert out[0]["status"] == "resolved" and out[0]["resolved_by"] == resolver
 
     # ================================================================ invariants
     @invariant()
@@ -539,7 +730,27 @@ class CoreMachine(RuleBasedStateMachine):
             assert (view["completed"], view["failed"]) == (m.completed, m.failed)
             assert view["expires_in"] == round(self.lease_dl[view["id"]] - self.mono, 3)
             assert view["expires_in"] > 0, "a lease outlived its TTL"
+            assert view["state"] == self.shown_state(view["id"])
+            assert view["liveness"] == ("evasive" if m.evasive else "alive")
+            assert view["position"] == self.position(view["id"])
+            assert view["claims"] == self.held(view["id"])
+            assert (view["waiting_since"] is None) == (view["state"] != "idle")
         assert set(self.live_leases) == set(self.agents)
+
+    @invariant()
+    def presence_matches_model(self) -> None:
+        listing = self.query("agent_list")
+        assert listing["idle_queue"] == self.idle_queue()
+        status = self.query("status")
+        census = dict.fromkeys(protocol.STATES, 0)
+        for name in self.agents:
+            census[self.shown_state(name)] += 1
+        assert status["states"] == census and status["idle_queue"] == self.idle_queue()
+        assert status["evasive"] == sum(m.evasive for m in self.agents.values())
+        assert status["blockers"] == sum(1 for b in self.blockers.values() if b[1])
+        state = self.inspect()
+        assert state.evasive_at == self.evasive_dl
+        assert state.evasive == sorted(a for a, m in self.agents.items() if m.evasive)
 
     @invariant()
     def status_counts(self) -> None:

@@ -33,6 +33,14 @@ VALID = {
     "status": {},
     "replay": {"since": 5, "limit": 10, "topics": ["task."]},
     "publish": {"topic": "deploy.done", "data": {"sha": "abc"}, "agent": "a1"},
+    "report": {"agent": "a1", "state": "help", "task": "t1", "reason": "stuck", "message": "hi",
+               "cost": 1.25, "requires": ["py"], "threshold": 0.75},
+    "agent_get": {"agent": "a1"},
+    "helpers": {"requires": ["py", "go"], "threshold": 0.5, "limit": 5},
+    "blocker_raise": {"agent": "a1", "type": "access", "description": "no token", "severity": "high",
+                      "requires": ["ops"], "task": "t1", "threshold": 1.0},
+    "blocker_resolve": {"blocker": "blk-1", "agent": "a2", "resolution": "granted"},
+    "blocker_list": {"status": "all", "after": "blk-1", "limit": 10},
 }
 
 

@@ -34,8 +34,6 @@ Python, measured at ~22 us of client CPU per round trip for four frames against 
 
 from __future__ import annotations
 
-import math
-import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,61 +42,44 @@ import orjson
 
 from . import errors
 from .errors import BadRequest, TooLarge, UnknownOp, UnsupportedVersion
+# re-exported: protocol.X is how the rest of zmesh names them
+from .fields import (  # noqa: F401
+    CONTROL_CHARS,
+    Field,
+    KINDS,
+    KIND_RULES,
+    MAX_ATTEMPTS,
+    MAX_COST,
+    MAX_FRAMES,
+    MAX_FRAME_BYTES,
+    MAX_ID_BYTES,
+    MAX_INT,
+    MAX_LIST_ITEMS,
+    MAX_LIST_LIMIT,
+    MAX_MESSAGE_BYTES,
+    MAX_MESSAGE_DATA_BYTES,
+    MAX_NAME_CHARS,
+    MAX_OP_BYTES,
+    MAX_PRIORITY,
+    MAX_REPLAY_LIMIT,
+    MAX_REQ_ID_BYTES,
+    MAX_TEXT_CHARS,
+    MAX_TOPIC_CHARS,
+    MAX_TTL_S,
+    MESSAGE_PREFIX,
+    MIN_TTL_S,
+    REPORTS,
+    SEVERITIES,
+    STATES,
+    STATUSES,
+    check_value,
+    escape_controls,
+    number_text,
+)
 
 VERSION = b"ZM1"
 PROTOCOL_VERSION = 1
 
-# ---------------------------------------------------------------- limits (one place)
-#: largest inbound message the broker accepts, all frames together (also set as
-#: ZMQ_MAXMSGSIZE per frame, so a larger frame is dropped by libzmq before it is read)
-MAX_MESSAGE_BYTES = 1 << 20
-#: ZMQ_MAXMSGSIZE on the broker: a frame up to this size is read and answered too_large (and
-#: logged, with the peer); a larger one is cut off by libzmq, which drops the connection
-MAX_FRAME_BYTES = 4 * MAX_MESSAGE_BYTES
-MAX_FRAMES = 2
-MAX_REQ_ID_BYTES = 64
-MAX_OP_BYTES = 32
-#: ids (tasks, agents) are keys in LMDB, whose keys are at most 511 bytes; the longest key
-#: holds two ids (a dependency and the task waiting on it), so an id is at most 200 bytes
-MAX_ID_BYTES = 200
-#: short strings (a task type, a capability, a topic prefix)
-MAX_NAME_CHARS = 256
-MAX_TEXT_CHARS = 64 * 1024
-MAX_LIST_ITEMS = 256
-MAX_TTL_S = 7 * 24 * 3600.0
-MIN_TTL_S = 0.1
-MAX_PRIORITY = 1_000_000
-MAX_ATTEMPTS = 1000
-MAX_LIST_LIMIT = 10_000
-MAX_REPLAY_LIMIT = 10_000
-#: largest integer a field takes (tokens, seq, lease ids): exact in every JSON parser
-MAX_INT = 2**53
-#: a published message's topic (after MESSAGE_PREFIX): dotted ASCII, SUB-filterable
-MAX_TOPIC_CHARS = 128
-#: a published message's data, JSON-encoded: every message is kept in the event log
-MAX_MESSAGE_DATA_BYTES = 64 * 1024
-#: published messages are events under this prefix, apart from the broker's own topics
-MESSAGE_PREFIX = "msg."
-
-STATUSES = ("waiting", "available", "claimed", "completed", "dead")
-
-#: what each field kind accepts (docs/PROTOCOL.md shows this table)
-KIND_RULES = {
-    "id": f"a string of 1..{MAX_ID_BYTES} bytes of UTF-8 without control characters "
-          "(U+0000-U+001F, U+007F-U+009F, U+2028, U+2029)",
-    "name": f"a string of 1..{MAX_NAME_CHARS} characters without control characters",
-    "namelist": f"a list of up to {MAX_LIST_ITEMS} names (duplicates dropped)",
-    "idlist": f"a list of up to {MAX_LIST_ITEMS} ids (duplicates dropped)",
-    "after": "empty, or an id (a paging cursor)",
-    "text": f"a string of up to {MAX_TEXT_CHARS} characters (any, newlines included)",
-    "int": "an integer, within the field's range",
-    "ttl": "a finite number of seconds, within the field's range",
-    "status": "one of " + ", ".join(STATUSES),
-    "object": "a JSON object",
-    "json": "any JSON value",
-    "topic": f"1..{MAX_TOPIC_CHARS} characters of A-Z a-z 0-9 . _ -",
-    "payload": f"any JSON value, at most {MAX_MESSAGE_DATA_BYTES} bytes encoded",
-}
 
 OK = b"+"
 ERROR = b"-"
@@ -107,17 +88,6 @@ _SEQ = struct.Struct(">Q")
 
 
 # ---------------------------------------------------------------- op table
-@dataclass(frozen=True)
-class Field:
-    """One body field. ``kind`` names a validator in _KINDS."""
-
-    name: str
-    kind: str
-    required: bool = False
-    default: Any = None
-    doc: str = ""
-    lo: float | None = None
-    hi: float | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +109,9 @@ _AGENT = Field("agent", "id", True, doc="agent id")
 _TASK = Field("task", "id", True, doc="task id")
 _TOKEN = Field("token", "int", doc="fencing token of the claim; when given it must be current", lo=1, hi=MAX_INT)
 _TTL = Field("ttl", "ttl", doc="seconds", lo=MIN_TTL_S, hi=MAX_TTL_S)
+_THRESHOLD = Field("threshold", "number", default=0.5, lo=0.0, hi=1.0,
+                   doc="share of `requires` a helper's capabilities must cover (0..1)")
+BLOCKER_STATUSES = ("open", "resolved", "all")
 
 OPS: dict[str, Op] = {
     op.name: op
@@ -277,8 +250,88 @@ OPS: dict[str, Op] = {
             ),
             returns="{tasks: [task], seq, more}",
         ),
-        Op("agent_list", "Registered agents with lease state and stats.", (), returns="{agents: [agent], seq}"),
-        Op("status", "Broker summary: task counts by status, agents, sequence, durability.", (), returns="{...}"),
+        Op(
+            "report",
+            "An agent reports its presence: `idle`; `busy` (task); `blocked` (reason); "
+            "`completed` (task: the agent is idle again and its tasks done count up, once per "
+            "task); `help` (reason). Each report is the event `agent.<state>`, published at "
+            "once, and renews the lease (an unknown agent gets one). An idle report answers "
+            "with the agent's place in the idle queue, a help report with the helpers found "
+            "for `requires`. Refused with conflict for idle and completed while the agent "
+            "holds a task claim (complete, fail or release it).",
+            (
+                _AGENT,
+                Field("state", "choice", True, doc="one of " + ", ".join(REPORTS), choices=REPORTS),
+                Field("task", "id", doc="the task (required for busy and completed)"),
+                Field("reason", "text", doc="why (required for blocked and help)"),
+                Field("message", "text", doc="a free note shown with the agent"),
+                Field("cost", "number", doc="cost spent so far: the agent's running total", lo=0, hi=MAX_COST),
+                Field("requires", "namelist", default=[], doc="help: capabilities wanted of helpers"),
+                _THRESHOLD,
+            ),
+            writes=True,
+            returns="{agent, state, position, helpers, seq}",
+            errors=("bad_request", "conflict"),
+        ),
+        Op("agent_get", "One agent: presence, liveness, stats (tasks done and failed, cost, "
+           "uptime) and the claims it holds.", (_AGENT,), returns="agent", errors=("not_found",)),
+        Op(
+            "helpers",
+            "Idle, alive agents whose capabilities cover at least `threshold` of `requires` "
+            "(every idle agent when `requires` is empty): best cover first, then longest waiting.",
+            (
+                Field("requires", "namelist", default=[], doc="capabilities wanted"),
+                _THRESHOLD,
+                Field("limit", "int", default=100, lo=1, hi=MAX_LIST_LIMIT),
+            ),
+            returns="{helpers: [{agent, cover, matched, missing, position, waiting_since}], seq}",
+        ),
+        Op(
+            "blocker_raise",
+            "An agent reports a blocker: it becomes `blocked`, `blocker.raised` is published at "
+            "once, and the answer names the helpers whose capabilities cover `requires`.",
+            (
+                _AGENT,
+                Field("type", "name", True, doc="kind of blocker (free name: dependency, access, review...)"),
+                Field("description", "text", True, doc="what blocks"),
+                Field("severity", "choice", default="medium", doc="one of " + ", ".join(SEVERITIES),
+                      choices=SEVERITIES),
+                Field("requires", "namelist", default=[], doc="capabilities a helper needs"),
+                Field("task", "id", doc="the task it blocks (must exist)"),
+                _THRESHOLD,
+            ),
+            writes=True,
+            returns="{blocker, helpers, seq}",
+            errors=("not_found",),
+        ),
+        Op(
+            "blocker_resolve",
+            "Resolve an open blocker: `blocker.resolved` is published; the agent that raised it "
+            "is no longer blocked by it (busy again if it holds a task, else idle).",
+            (
+                Field("blocker", "id", True, doc="blocker id"),
+                Field("agent", "id", doc="who resolved it"),
+                Field("resolution", "text", doc="how"),
+            ),
+            writes=True,
+            returns="blocker",
+            errors=("not_found", "conflict"),
+        ),
+        Op(
+            "blocker_list",
+            "Blockers, oldest first: open ones by default.",
+            (
+                Field("status", "choice", default="open", doc="open, resolved or all",
+                      choices=BLOCKER_STATUSES),
+                Field("after", "after", default="", doc="the last id of the previous page (empty: from the start)"),
+                Field("limit", "int", default=1000, lo=1, hi=MAX_LIST_LIMIT),
+            ),
+            returns="{blockers: [blocker], more, seq}",
+        ),
+        Op("agent_list", "Registered agents with presence, liveness, lease and stats, and the "
+           "idle queue in arrival order.", (), returns="{agents: [agent], idle_queue: [agent ids], seq}"),
+        Op("status", "Broker summary: task counts by status, agents by state and liveness, the "
+           "idle queue, open blockers, sequence, durability.", (), returns="{...}"),
         Op(
             "replay",
             "Events with seq > since, oldest first (the bounded event log). Refused with "
@@ -300,201 +353,6 @@ OPS: dict[str, Op] = {
 WRITE_OPS = frozenset(name for name, op in OPS.items() if op.writes)
 
 
-# ---------------------------------------------------------------- validation
-_TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,%d}" % MAX_TOPIC_CHARS)
-#: refused in ids and names: control characters (Unicode Cc) and the line/paragraph
-#: separators; they break line-oriented output and logs and are never meant
-CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def _check_id(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise BadRequest(f"field '{name}' must be a string", {"field": name})
-    if len(value) > MAX_ID_BYTES // 4 and len(value.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
-        raise TooLarge(f"field '{name}' is longer than {MAX_ID_BYTES} bytes of UTF-8", {"field": name})
-    _check_utf8(name, value)
-    return _plain(name, value)
-
-
-def _plain(name: str, value: str) -> str:
-    """Ids and names: not empty, no control characters."""
-    if not value:
-        raise BadRequest(f"field '{name}' must not be empty", {"field": name})
-    if CONTROL_CHARS.search(value):
-        raise BadRequest(f"field '{name}' must not contain control characters", {"field": name})
-    return value
-
-
-def _check_utf8(name: str, value: str) -> None:
-    """A lone surrogate (possible from Python, never from JSON) cannot be encoded."""
-    if not value.isascii():
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            raise BadRequest(f"field '{name}' is not valid Unicode (a lone surrogate)", {"field": name}) from None
-
-
-def _check_name(name: str, value: Any) -> str:
-    return _plain(name, _check_str(name, value, MAX_NAME_CHARS))
-
-
-def _check_str(name: str, value: Any, limit: int = MAX_NAME_CHARS) -> str:
-    if not isinstance(value, str):
-        raise BadRequest(f"field '{name}' must be a string", {"field": name})
-    if len(value) > limit:
-        raise TooLarge(f"field '{name}' is longer than {limit} characters", {"field": name})
-    _check_utf8(name, value)
-    return value
-
-
-def _check_after(name: str, value: Any) -> str:
-    """A paging cursor: empty (from the start) or an id."""
-    return value if value == "" else _check_id(name, value)
-
-
-def _check_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequest(f"field '{name}' must be an integer", {"field": name})
-    return value
-
-
-def _check_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadRequest(f"field '{name}' must be a number", {"field": name})
-    try:
-        number = float(value)
-    except OverflowError:  # an int beyond a double
-        number = math.inf
-    if not math.isfinite(number):
-        raise BadRequest(f"field '{name}' must be a finite number", {"field": name})
-    return number
-
-
-def _check_list(name: str, value: Any, item) -> list[str]:
-    if not isinstance(value, list):
-        raise BadRequest(f"field '{name}' must be a list of strings", {"field": name})
-    if len(value) > MAX_LIST_ITEMS:
-        raise TooLarge(f"field '{name}' has more than {MAX_LIST_ITEMS} items", {"field": name})
-    out: list[str] = []
-    for v in value:
-        if not isinstance(v, str):
-            raise BadRequest(f"field '{name}' must be a list of strings", {"field": name})
-        item(name, v)
-        if v not in out:
-            out.append(v)
-    return out
-
-
-def _check_status(name: str, value: Any) -> str:
-    if value not in STATUSES:
-        raise BadRequest(f"field '{name}' must be one of {', '.join(STATUSES)}", {"field": name})
-    return value
-
-
-def _check_topic(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not _TOPIC_RE.fullmatch(value):
-        raise BadRequest(f"field '{name}' must be 1..{MAX_TOPIC_CHARS} characters of "
-                         "A-Z a-z 0-9 . _ -", {"field": name})
-    return value
-
-
-def _encoded(name: str, value: Any) -> bytes:
-    """``value`` as JSON, or the refusal naming the field: a value orjson cannot encode (a
-    set, an object, an int beyond 64 bits, a non-str key) or would not round-trip (orjson
-    writes nan and infinity as null)."""
-    try:
-        raw = orjson.dumps(value)
-    except (orjson.JSONEncodeError, TypeError) as exc:
-        raise BadRequest(f"field '{name}' is not JSON: {exc}", {"field": name}) from None
-    if b"null" in raw and _has_nonfinite(value):
-        raise BadRequest(f"field '{name}' holds NaN or infinity (JSON has neither)", {"field": name})
-    return raw
-
-
-def _check_json(name: str, value: Any) -> Any:
-    """Any JSON value (from Python: see _encoded). Bodies from the wire are JSON already."""
-    if not (isinstance(value, (str, bool)) or value is None):
-        _encoded(name, value)
-    return value
-
-
-def _has_nonfinite(value: Any, depth: int = 0) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if depth > 256:  # orjson refuses deeper nesting already
-        return False
-    if isinstance(value, dict):
-        return any(_has_nonfinite(v, depth + 1) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(_has_nonfinite(v, depth + 1) for v in value)
-    return False
-
-
-def _payload_size(name: str, raw: bytes) -> None:
-    if len(raw) > MAX_MESSAGE_DATA_BYTES:
-        raise TooLarge(f"field '{name}' is {len(raw)} bytes encoded, above {MAX_MESSAGE_DATA_BYTES}",
-                       {"field": name})
-
-
-def _check_payload(name: str, value: Any) -> Any:
-    _payload_size(name, _encoded(name, value))
-    return value
-
-
-def _wire_payload(name: str, value: Any) -> Any:
-    _payload_size(name, orjson.dumps(value))  # JSON already: only its size to check
-    return value
-
-
-def _check_object(name: str, value: Any) -> dict:
-    if not isinstance(value, dict):
-        raise BadRequest(f"field '{name}' must be a JSON object", {"field": name})
-    return _check_json(name, value)
-
-
-_KINDS = {
-    "id": _check_id,
-    "name": _check_name,
-    "after": _check_after,
-    "text": lambda n, v: _check_str(n, v, MAX_TEXT_CHARS),
-    "int": _check_int,
-    "ttl": _check_number,
-    "namelist": lambda n, v: _check_list(n, v, _check_name),
-    "idlist": lambda n, v: _check_list(n, v, _check_id),
-    "status": _check_status,
-    "object": _check_object,
-    "json": _check_json,
-    "topic": _check_topic,
-    "payload": _check_payload,
-}
-
-
-#: on the wire, JSON values arrived as JSON: nothing to re-check (and no second encode)
-_WIRE_KINDS = dict(_KINDS, json=lambda n, v: v,
-                   object=lambda n, v: v if isinstance(v, dict) else _check_object(n, v),
-                   payload=_wire_payload)
-
-
-def number_text(value: float | None) -> str:
-    """A limit as people write it: 604800, 0.1, 9007199254740992 (never 1.04858e+06)."""
-    return str(int(value)) if value is not None and float(value).is_integer() else str(value)
-
-
-def escape_controls(text: str) -> str:
-    """``text`` with the CONTROL_CHARS shown as escapes (\\n, \\x1b, \\u2028): one line,
-    safe on a terminal, for text output and messages that quote what users sent."""
-    if not CONTROL_CHARS.search(text):
-        return text
-    return CONTROL_CHARS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
-
-
-def check_value(f: Field, value: Any, *, wire: bool = False) -> Any:
-    """One field's value checked by its kind and range (the unit of validate)."""
-    value = (_WIRE_KINDS if wire else _KINDS)[f.kind](f.name, value)
-    if f.lo is not None and value < f.lo or f.hi is not None and value > f.hi:
-        raise BadRequest(f"field '{f.name}' must be between {number_text(f.lo)} and {number_text(f.hi)}",
-                         {"field": f.name, "min": f.lo, "max": f.hi})
-    return value
 
 
 def validate(op: Op, body: Any, *, wire: bool = False) -> dict[str, Any]:
@@ -657,6 +515,13 @@ def decode_event(frames: list[bytes]) -> Event:
 HEARTBEAT_TOPIC = "$hb"
 PUB_HEARTBEAT_S = 1.0
 
+#: agents heartbeat every HEARTBEAT_EVERY of their lease TTL (the Python clients do)
+HEARTBEAT_EVERY = 1 / 3
+#: liveness: an agent silent for EVASIVE_AFTER of its TTL (one whole heartbeat period
+#: missed) is `evasive`; silent for its whole TTL it is `gone` (the lease lapses)
+EVASIVE_AFTER = 2 / 3
+LIVENESS = ("alive", "evasive")
+
 TOPICS: dict[str, str] = {
     "task.created": "a task was created (status waiting or available)",
     "task.available": "a waiting task's dependencies all completed",
@@ -667,6 +532,15 @@ TOPICS: dict[str, str] = {
     "task.released": "a claim ended without completion: reason released, lease_expired, claim_expired or unregistered",
     "agent.registered": "an agent registered (or re-registered)",
     "agent.unregistered": "an agent unregistered",
-    "agent.expired": "an agent's lease lapsed; its claims were released",
+    "agent.expired": "an agent's lease lapsed; its claims were released (liveness `gone`)",
+    "agent.idle": "an agent is idle: it reported so, or its last task claim ended (position in the idle queue)",
+    "agent.busy": "an agent is busy: it reported so (task), or it claimed a task",
+    "agent.blocked": "an agent reported itself blocked (reason), or raised a blocker",
+    "agent.completed": "an agent completed a task (reported, or through complete): tasks done + 1, idle again unless it holds another task",
+    "agent.help": "an agent asked for help (reason, helpers found)",
+    "agent.evasive": "an agent missed a heartbeat period (silent for EVASIVE_AFTER of its TTL); its claims stand",
+    "agent.alive": "an evasive agent was heard from again",
+    "blocker.raised": "a blocker was raised, by an agent or by the broker (a task waits on a dead one)",
+    "blocker.resolved": "a blocker was resolved",
     MESSAGE_PREFIX + "<topic>": "a message sent with `publish` (data, from)",
 }

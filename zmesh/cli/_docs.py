@@ -18,8 +18,9 @@ TASK_KEYS = ("id", "type", "data", "priority", "requires", "max_attempts", "depe
              "expires_in", "completed_by", "completed_token")
 #: keys of a claim as claim, next and renew print it
 CLAIM_KEYS = ("task", "agent", "token", "lease", "expires_in")
-STATUS_KEYS = ("tasks", "agents", "claims", "seq", "token", "broker_id", "version", "pid", "durability",
-               "uptime", "endpoints", "pub", "data", "batches", "requests", "agent_list")
+STATUS_KEYS = ("tasks", "agents", "claims", "states", "evasive", "idle_queue", "blockers", "seq", "token",
+               "broker_id", "version", "pid", "durability", "uptime", "endpoints", "pub", "data",
+               "batches", "requests", "agent_list")
 ERROR_KEYS = ("code", "message", "details")
 
 #: command path -> (top-level keys of its --json output, what it is); None: no JSON output
@@ -36,7 +37,9 @@ JSON_SHAPES: dict[str, tuple[tuple[str, ...], str] | None] = {
     "task ls": (("tasks", "more", "next_after"),
                 "`tasks`: a list of tasks; `more`: whether more follow; `next_after`: the --after "
                 "for the next page (null when none)"),
-    "status": (STATUS_KEYS, "broker summary: `tasks` counts by status, `agent_list` one object per agent"),
+    "status": (STATUS_KEYS, "broker summary: `tasks` counts by status, `states` agents by state, "
+               "`evasive` how many missed a heartbeat period, `idle_queue` idle agents in arrival "
+               "order, `blockers` how many are open, `agent_list` one object per agent"),
     "publish": (("topic", "seq"), "the event topic (msg.TOPIC) and its sequence number"),
     "events": (("topic", "seq", "body"), "one JSON object per line, per event"),
     "version": (("client", "protocol", "broker", "broker_protocol", "broker_id"),

@@ -35,7 +35,7 @@ class IdType(click.ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         try:
-            return protocol._KINDS[self.kind]("value", value)
+            return protocol.KINDS[self.kind]("value", value)
         except ZmeshError as exc:
             self.fail(exc.message.replace("field 'value' ", ""), param, ctx)
 

@@ -215,4 +215,4 @@ class LeaseState:
 
     @property
     def interval(self) -> float:
-        return max(0.05, (self.ttl or 30.0) / 3)
+        return max(0.05, (self.ttl or 30.0) * protocol.HEARTBEAT_EVERY)

@@ -26,10 +26,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .. import protocol
 from .agents import Agents
+from .blockers import Blockers
 from .claims import ClaimKind, Claims
 from .context import Batch, Now, Settings
 from .deadlines import Deadlines, Due
 from .eventlog import EventLog, all_counters, counter, read_counter
+from .presence import Presence
 from .tasks import HISTORY_LIMIT, TRANSITIONS, Tasks
 
 if TYPE_CHECKING:
@@ -56,6 +58,9 @@ class CoreState:
     """The volatile state and the counters, as :meth:`Core.inspect` reports them."""
 
     leases: dict[str, float]  #: agent -> lease deadline (monotonic seconds)
+    evasive_at: dict[str, float]  #: agent -> when it turns evasive unless heard from
+    evasive: list[str]  #: agents that missed a heartbeat period, sorted
+    idle_queue: list[str]  #: idle agents in arrival order
     claim_deadlines: dict[str, float]  #: resource key -> the claim's own TTL deadline
     held: dict[str, list[str]]  #: agent -> resource keys it holds, sorted
     queued: int  #: deadline heap entries (live and superseded)
@@ -71,11 +76,14 @@ class Core:
         self.log = EventLog(self.settings)
         self.claims = Claims(self.deadlines)
         self.agents = Agents(self.settings, self.log, self.deadlines, self.claims)
-        self.tasks = Tasks(self.log, self.claims, self.agents)
+        self.presence = Presence(self.log, self.agents, self.claims)
+        self.blockers = Blockers(self.log, self.agents, self.presence)
+        self.tasks = Tasks(self.log, self.claims, self.agents, self.presence, self.blockers)
         for kind in kinds:
             self.claims.register(kind)
         self._handlers: dict[str, Callable[[Batch, dict[str, Any]], Any]] = {
-            **self.agents.handlers(), **self.tasks.handlers(),
+            **self.agents.handlers(), **self.presence.handlers(), **self.blockers.handlers(),
+            **self.tasks.handlers(),
             "publish": self._publish, "status": self._status, "replay": self.log.replay,
         }
         missing = set(protocol.OPS) - set(self._handlers) - {"hello"}
@@ -94,11 +102,14 @@ class Core:
         return reply, b.events[start:]
 
     def expire(self, b: Batch) -> list[Event]:
-        """Release every lease and claim whose deadline has passed; returns the events."""
+        """Mark agents evasive, release every lease and claim whose deadline has passed;
+        returns the events."""
         start = len(b.events)
         for due, key in self.deadlines.due(b.now.mono):
             if due is Due.LEASE:
                 self.agents.end(b, key, "lease_expired")  # type: ignore[arg-type]
+            elif due is Due.EVASIVE:
+                self.agents.evade(b, key)  # type: ignore[arg-type]
             else:
                 self.claims.expire(b, key)  # type: ignore[arg-type]
         return b.events[start:]
@@ -145,6 +156,9 @@ class Core:
         dashboard read instead of private fields."""
         return CoreState(
             leases=dict(self.deadlines.lease),
+            evasive_at=dict(self.deadlines.evasive),
+            evasive=sorted(self.agents.evasive),
+            idle_queue=self.agents.idle.agents(),
             claim_deadlines={k.decode(): v for k, v in self.deadlines.claim.items()},
             held={agent: sorted(k.decode() for k in keys) for agent, keys in self.claims.held.items()},
             queued=self.deadlines.queued(),
@@ -163,4 +177,5 @@ class Core:
         counts = {s: counter(b, b"count:" + s.encode()) for s in protocol.STATUSES}
         # agents and claims are counted from the volatile indexes, which mirror the tables
         return {"tasks": counts, "agents": self.agents.count(), "claims": self.claims.count(),
+                **self.presence.summary(b.txn), "blockers": self.blockers.count_open(b.txn),
                 "seq": counter(b, b"seq"), "token": counter(b, b"token")}

@@ -1,4 +1,4 @@
-"""Agents and their leases.
+"""Agents: their records, leases, liveness and the idle queue.
 
 Rules it keeps:
 
@@ -8,54 +8,116 @@ Rules it keeps:
   so a lease id is never reused.
 * Any request from an agent renews its lease (as a ZooKeeper session is); ``heartbeat``
   does nothing else and writes nothing to disk (deadlines are volatile).
+* Liveness is graded from the same clock: ``alive``; ``evasive`` once it was silent for
+  EVASIVE_AFTER of its TTL (one heartbeat period missed), which ends nothing; ``gone`` when
+  the lease lapses. Each step is an event (``agent.evasive``, ``agent.alive`` when heard
+  from again, ``agent.expired``). Only the lease's end frees claims.
 * When a lease ends every claim it holds is released first (claims.Claims.release_all),
   then the record goes and ``agent.expired`` / ``agent.unregistered`` names the released
   resources.
+* The idle queue holds the agents whose stored state is ``idle`` and who hold no claim
+  that makes them busy, in the order they became idle (``idle_order``, from one counter,
+  stored in the record). It is volatile, rebuilt from the records (:meth:`Agents.restart`),
+  so a claim by an idle agent writes no agent record. Presence changes go through
+  presence.Presence; this module only keeps the queue in step.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from bisect import bisect_left, insort
+from typing import TYPE_CHECKING, Any, Callable
 
+from .. import protocol
 from ..errors import LeaseExpired, NotFound
 from .claims import Claims
 from .context import Batch, Now, Settings
 from .deadlines import Deadlines, Due
-from .eventlog import EventLog, bump, counter
+from .eventlog import EventLog, bump
 from .schema import agent_key, dumps, loads
+
+if TYPE_CHECKING:
+    from ..store import Txn
 
 Handler = Callable[[Batch, dict[str, Any]], Any]
 
+#: presence fields of an agent record and their values for a record written before them
+PRESENCE_DEFAULTS: dict[str, Any] = {
+    "state": "idle", "since": None, "task": None, "last_task": None, "reason": None,
+    "message": None, "cost": 0.0, "idle_order": 0, "last_completed": None, "blocker": None}
+
+
+class IdleQueue:
+    """Agents waiting for work, in arrival order: (idle_order, agent) kept sorted."""
+
+    def __init__(self) -> None:
+        self._order: dict[str, int] = {}
+        self._sorted: list[tuple[int, str]] = []
+
+    def __contains__(self, agent: str) -> bool:
+        return agent in self._order
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def add(self, agent: str, order: int) -> None:
+        self.remove(agent)
+        self._order[agent] = order
+        insort(self._sorted, (order, agent))
+
+    def remove(self, agent: str) -> None:
+        order = self._order.pop(agent, None)
+        if order is not None:
+            del self._sorted[bisect_left(self._sorted, (order, agent))]
+
+    def position(self, agent: str) -> int | None:
+        """1 for the agent waiting longest; None when it is not idle."""
+        order = self._order.get(agent)
+        return None if order is None else bisect_left(self._sorted, (order, agent)) + 1
+
+    def agents(self) -> list[str]:
+        return [agent for _, agent in self._sorted]
+
+    def clear(self) -> None:
+        self._order.clear()
+        self._sorted.clear()
+
 
 class Agents:
-    """The agents table and the lease deadlines."""
+    """The agents table, the lease and liveness deadlines, the idle queue."""
 
     def __init__(self, settings: Settings, log: EventLog, deadlines: Deadlines, claims: Claims) -> None:
         self.settings = settings  # read at each use, as the event log does
         self.log = log
         self.deadlines = deadlines
         self.claims = claims
+        self.idle = IdleQueue()
+        self.evasive: set[str] = set()
 
     def handlers(self) -> dict[str, Handler]:
-        return {"register": self.register, "heartbeat": self.heartbeat,
-                "unregister": self.unregister, "agent_list": self.agent_list}
+        return {"register": self.register, "heartbeat": self.heartbeat, "unregister": self.unregister}
 
     # ------------------------------------------------------------ records
     @staticmethod
-    def get(txn: Any, agent: str) -> dict[str, Any] | None:
+    def get(txn: Txn, agent: str) -> dict[str, Any] | None:
         raw = txn.get("agents", agent_key(agent))
-        return None if raw is None else loads(raw)
+        if raw is None:
+            return None
+        record = loads(raw)
+        if "state" not in record:  # written before presence existed
+            record.update({k: v for k, v in PRESENCE_DEFAULTS.items() if k not in record},
+                          since=record["registered"], idle_order=record["lease"])
+        return record
 
     @staticmethod
     def put(b: Batch, record: dict[str, Any]) -> None:
         b.txn.put("agents", agent_key(record["id"]), dumps(record))
 
-    @staticmethod
-    def _new(agent: str, caps: list[str], metadata: dict[str, Any], ttl: float, lease: int,
-             now: Now, implicit: bool = False) -> dict[str, Any]:
-        return {"id": agent, "capabilities": caps, "metadata": metadata, "ttl": ttl,
-                "lease": lease, "registered": now.wall, "implicit": implicit,
-                "completed": 0, "failed": 0}
+    def _new(self, b: Batch, agent: str, caps: list[str], metadata: dict[str, Any], ttl: float,
+             implicit: bool = False) -> dict[str, Any]:
+        lease = bump(b, b"token")
+        return {"id": agent, "capabilities": caps, "metadata": metadata, "ttl": ttl, "lease": lease,
+                "registered": b.now.wall, "implicit": implicit, "completed": 0, "failed": 0,
+                **PRESENCE_DEFAULTS, "since": b.now.wall, "idle_order": bump(b, b"idle")}
 
     def lease_remaining(self, agent: str, now: Now) -> float | None:
         return self.deadlines.remaining(Due.LEASE, agent, now.mono)
@@ -63,24 +125,58 @@ class Agents:
     def count(self) -> int:
         return len(self.deadlines.lease)
 
-    # ------------------------------------------------------------ leases
+    def liveness(self, agent: str) -> str:
+        return "evasive" if agent in self.evasive else "alive"
+
+    def busy(self, agent: str) -> bool:
+        """Does ``agent`` hold a claim that makes it busy (a task)?"""
+        return bool(self.claims.busy_keys(agent))
+
+    def queue(self, record: dict[str, Any]) -> None:
+        """Put the agent in the idle queue or take it out, as its record and claims say."""
+        if record["state"] == "idle" and not self.busy(record["id"]):
+            self.idle.add(record["id"], record["idle_order"])
+        else:
+            self.idle.remove(record["id"])
+
+    # ------------------------------------------------------------ leases and liveness
+    def _beat(self, b: Batch, record: dict[str, Any]) -> None:
+        """The agent was heard from: its evasive deadline moves, and an evasive agent is
+        alive again."""
+        agent = record["id"]
+        self.deadlines.set(Due.EVASIVE, agent, record["ttl"] * protocol.EVASIVE_AFTER, b.now.mono)
+        if agent in self.evasive:
+            self.evasive.discard(agent)
+            self.log.emit(b, "agent.alive", {"agent": agent, "liveness": "alive"})
+
     def ensure(self, b: Batch, agent: str, ttl: float | None) -> dict[str, Any]:
         """The agent's record; an agent acting without registering gets a lease of its own."""
         record = self.get(b.txn, agent)
         if record is None:
-            record = self._new(agent, [], {}, ttl or self.settings.default_ttl, bump(b, b"token"), b.now,
-                               implicit=True)
+            record = self._new(b, agent, [], {}, ttl or self.settings.default_ttl, implicit=True)
             self.put(b, record)
             self.log.emit(b, "agent.registered", {"agent": agent, "lease": record["lease"],
                                                   "ttl": record["ttl"], "implicit": True})
             self.deadlines.set(Due.LEASE, agent, record["ttl"], b.now.mono)
+            self._beat(b, record)
+            self.queue(record)
         else:
-            self.touch(record, b.now, ttl)
+            self.touch(b, record, ttl)
         return record
 
-    def touch(self, record: dict[str, Any], now: Now, at_least: float | None = None) -> None:
+    def touch(self, b: Batch, record: dict[str, Any], at_least: float | None = None) -> None:
         """Renew the lease for at least its TTL (or ``at_least``, when longer)."""
-        self.deadlines.extend(Due.LEASE, record["id"], max(record["ttl"], at_least or 0.0), now.mono)
+        self.deadlines.extend(Due.LEASE, record["id"], max(record["ttl"], at_least or 0.0), b.now.mono)
+        self._beat(b, record)
+
+    def evade(self, b: Batch, agent: str) -> None:
+        """The agent missed a heartbeat period (Due.EVASIVE came due)."""
+        self.deadlines.drop(Due.EVASIVE, agent)
+        if agent in self.deadlines.lease and agent not in self.evasive:
+            self.evasive.add(agent)
+            remaining = self.lease_remaining(agent, b.now)
+            self.log.emit(b, "agent.evasive", {"agent": agent, "liveness": "evasive",
+                                               "expires_in": None if remaining is None else round(remaining, 3)})
 
     def end(self, b: Batch, agent: str, reason: str) -> list[str]:
         """The lease is over (``lease_expired`` or ``unregistered``): release every claim,
@@ -88,19 +184,34 @@ class Agents:
         released = self.claims.release_all(b, agent, reason)
         b.txn.delete("agents", agent_key(agent))
         self.deadlines.drop(Due.LEASE, agent)
+        self.deadlines.drop(Due.EVASIVE, agent)
+        self.evasive.discard(agent)
+        self.idle.remove(agent)
         topic = "agent.expired" if reason == "lease_expired" else "agent.unregistered"
-        self.log.emit(b, topic, {"agent": agent, "released": released})
+        body: dict[str, Any] = {"agent": agent, "released": released}
+        if reason == "lease_expired":
+            body["liveness"] = "gone"
+        self.log.emit(b, topic, body)
         return released
 
-    def restart(self, txn: Any, now: Now) -> None:
-        """Make the lease deadlines agree with the stored agents: one the store no longer
-        has goes, a missing one starts afresh with a full TTL, a running one is kept."""
+    def restart(self, txn: Txn, now: Now) -> None:
+        """Make the volatile state agree with the stored agents (claims loaded first): a
+        lease the store no longer has goes, a missing one starts afresh with a full TTL, a
+        running one is kept; the idle queue is rebuilt from the records."""
         agents = {bytes(key).decode(): raw for key, raw in txn.scan("agents")}
         for agent in [a for a in self.deadlines.lease if a not in agents]:
             self.deadlines.drop(Due.LEASE, agent)
-        for agent, raw in agents.items():
+            self.deadlines.drop(Due.EVASIVE, agent)
+        self.evasive &= set(agents)
+        self.idle.clear()
+        for agent in agents:
+            record = self.get(txn, agent)
+            assert record is not None
             if agent not in self.deadlines.lease:
-                self.deadlines.set(Due.LEASE, agent, loads(raw)["ttl"], now.mono)
+                self.deadlines.set(Due.LEASE, agent, record["ttl"], now.mono)
+            if agent not in self.deadlines.evasive and agent not in self.evasive:
+                self.deadlines.set(Due.EVASIVE, agent, record["ttl"] * protocol.EVASIVE_AFTER, now.mono)
+            self.queue(record)
 
     # ------------------------------------------------------------ ops
     def register(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:
@@ -108,7 +219,7 @@ class Agents:
         ttl = body["ttl"] or self.settings.default_ttl
         record = self.get(b.txn, agent)
         if record is None:
-            record = self._new(agent, body["capabilities"], body["metadata"], ttl, bump(b, b"token"), b.now)
+            record = self._new(b, agent, body["capabilities"], body["metadata"], ttl)
         else:
             record.update(capabilities=body["capabilities"], metadata=body["metadata"], ttl=ttl,
                           implicit=False)
@@ -116,6 +227,8 @@ class Agents:
         self.log.emit(b, "agent.registered", {"agent": agent, "lease": record["lease"], "ttl": ttl,
                                               "capabilities": record["capabilities"]})
         self.deadlines.set(Due.LEASE, agent, ttl, b.now.mono)
+        self._beat(b, record)
+        self.queue(record)
         return {"agent": agent, "lease": record["lease"], "ttl": ttl}
 
     def heartbeat(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:
@@ -125,6 +238,7 @@ class Agents:
             raise LeaseExpired(f"agent '{agent}' has no live lease; register again",
                                {"agent": agent})
         self.deadlines.set(Due.LEASE, agent, record["ttl"], b.now.mono)
+        self._beat(b, record)
         return {"agent": agent, "lease": record["lease"], "ttl": record["ttl"]}
 
     def unregister(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:
@@ -132,12 +246,3 @@ class Agents:
         if self.get(b.txn, agent) is None:
             raise NotFound(f"no agent '{agent}'", {"agent": agent})
         return {"agent": agent, "released": self.end(b, agent, "unregistered")}
-
-    def agent_list(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:
-        agents = []
-        for _, raw in b.txn.scan("agents"):
-            record = loads(raw)
-            remaining = self.lease_remaining(record["id"], b.now)
-            record["expires_in"] = None if remaining is None else round(remaining, 3)
-            agents.append(record)
-        return {"agents": agents, "seq": counter(b, b"seq")}

@@ -41,6 +41,8 @@ class ClaimKind:
 
     #: the kind in a resource key (``task`` in ``task:build-1``)
     prefix: bytes = b""
+    #: holding a claim of this kind makes the agent busy (presence)
+    busy: bool = False
 
     def slot(self, key: bytes) -> tuple[str, bytes]:
         """(table, key) where the claim on resource ``key`` is stored."""
@@ -166,6 +168,15 @@ class Claims:
     # ------------------------------------------------------------ the volatile index
     def count(self) -> int:
         return sum(len(keys) for keys in self.held.values())
+
+    def busy_keys(self, agent: str) -> list[bytes]:
+        """The claims ``agent`` holds of kinds that make it busy, sorted."""
+        kinds = self.kinds
+        return sorted(k for k in self.held.get(agent, ()) if kinds[parse_resource(k)[0]].busy)
+
+    def shown(self, agent: str) -> list[str]:
+        """Every claim ``agent`` holds, as shown."""
+        return [self.kind(k).show(k) for k in sorted(self.held.get(agent, ()))]
 
     def held_of(self, prefix: bytes) -> list[bytes]:
         """The names of every claimed resource of one kind, sorted."""

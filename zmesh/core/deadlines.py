@@ -1,4 +1,5 @@
-"""Volatile deadlines: when each lease and each claim with its own TTL lapses.
+"""Volatile deadlines: when each lease and each claim with its own TTL lapses, and when a
+silent agent turns evasive.
 
 Rules it keeps:
 
@@ -26,6 +27,7 @@ class Due(IntEnum):
 
     LEASE = 0  #: an agent's lease (key: agent id)
     CLAIM = 1  #: a claim's own TTL (key: resource key)
+    EVASIVE = 2  #: an agent missed a heartbeat period (key: agent id); ends nothing
 
 
 class Deadlines:
@@ -35,6 +37,7 @@ class Deadlines:
         self.at: dict[Due, dict[Key, float]] = {due: {} for due in Due}
         self.lease: dict[str, float] = self.at[Due.LEASE]  # type: ignore[assignment]
         self.claim: dict[bytes, float] = self.at[Due.CLAIM]  # type: ignore[assignment]
+        self.evasive: dict[str, float] = self.at[Due.EVASIVE]  # type: ignore[assignment]
         self._heap: list[tuple[float, Due, Key]] = []
         self._queued: dict[tuple[Due, Key], float] = {}  # the live heap entry per key
 

@@ -28,6 +28,8 @@ TABLES: dict[str, int] = {
     "waiting_on": 0x15,  # dependency id NUL waiting task id -> b""
     "by_status": 0x16,   # status NUL task id -> b"" (waiting, completed, dead)
     "events": 0x17,      # seq (8 bytes BE) -> [topic, body]; COUNTER + name -> counter (8 bytes)
+    "blockers": 0x18,    # blocker number (8 bytes BE) -> blocker record
+    "open_blockers": 0x19,  # blocker number (8 bytes BE) -> b"" while it is open
 }
 assert len(set(TABLES.values())) == len(TABLES), "two tables share a prefix byte"
 
@@ -113,6 +115,27 @@ def waiting_key(dependency: str, task_id: str = "") -> bytes:
 # ---------------------------------------------------------------- agents
 def agent_key(agent: str) -> bytes:
     return agent.encode()
+
+
+# ---------------------------------------------------------------- blockers
+BLOCKER_ID_PREFIX = "blk-"
+
+
+def blocker_id(number: int) -> str:
+    return f"{BLOCKER_ID_PREFIX}{number}"
+
+
+def blocker_number(blocker: str) -> int | None:
+    """The number in a blocker id, or None when it is not one."""
+    digits = blocker[len(BLOCKER_ID_PREFIX):]
+    if not blocker.startswith(BLOCKER_ID_PREFIX) or not digits.isascii() or not digits.isdigit():
+        return None
+    number = int(digits)
+    return number if 0 < number < 2**63 and str(number) == digits else None
+
+
+def blocker_key(number: int) -> bytes:
+    return U64.pack(number)
 
 
 # ---------------------------------------------------------------- records

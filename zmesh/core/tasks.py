@@ -30,9 +30,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from .. import protocol
 from ..errors import Conflict, LeaseExpired, NotFound, RemoteError
 from .agents import Agents
+from .blockers import Blockers
 from .claims import ClaimKind, Claims
 from .context import Batch
 from .endings import refusal
+from .presence import Presence
 from .eventlog import EventLog, bump, counter, set_counter
 from .schema import (
     READY_ID_AT,
@@ -74,6 +76,7 @@ class TaskKind(ClaimKind):
     """Claims on tasks: stored beside the task; ending one puts the task back in the pool."""
 
     prefix = TASK
+    busy = True
 
     def __init__(self, tasks: Tasks) -> None:
         self.tasks = tasks
@@ -106,6 +109,10 @@ class TaskKind(ClaimKind):
         tasks.save(b, task, old)
         tasks.event(b, "task.released", task, old, agent=claim["agent"], token=claim["token"],
                     reason=reason)
+        if reason not in ("lease_expired", "unregistered"):  # the agent lives on: idle again?
+            record = tasks.agents.get(b.txn, claim["agent"])
+            if record is not None and tasks.presence.finished(b, record, task["id"], completed=False):
+                tasks.agents.put(b, record)
 
     def show(self, key: bytes) -> str:
         return key[len(TASK) + 1:].decode()
@@ -114,10 +121,13 @@ class TaskKind(ClaimKind):
 class Tasks:
     """The task tables and ops."""
 
-    def __init__(self, log: EventLog, claims: Claims, agents: Agents) -> None:
+    def __init__(self, log: EventLog, claims: Claims, agents: Agents, presence: Presence,
+                 blockers: Blockers) -> None:
         self.log = log
         self.claims = claims
         self.agents = agents
+        self.presence = presence
+        self.blockers = blockers
         self.kind = TaskKind(self)
         claims.register(self.kind)
 
@@ -233,11 +243,13 @@ class Tasks:
 
     def _take(self, b: Batch, task: dict[str, Any], agent: dict[str, Any], ttl: float | None) -> dict[str, Any]:
         key = resource_key(TASK, task["id"])
+        first = not self.claims.busy_keys(agent["id"])
         claim = self.claims.grant(b, key, agent, ttl)
         old = self.transition(task, "claim", "claimed")
         task["claims"] += 1
         self.save(b, task, old)
         self.event(b, "task.claimed", task, old, claimed_by=agent["id"], token=claim["token"])
+        self.presence.claimed(b, agent, task["id"], first)
         return self._reply(b, task["id"], claim, key)
 
     def claim(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:
@@ -293,8 +305,9 @@ class Tasks:
         self.save(b, task, old)
         agent = self.agents.ensure(b, agent_id, None)
         agent["completed"] += 1
-        self.agents.put(b, agent)
         self.event(b, "task.completed", task, old, claimed_by=agent_id, token=claim["token"])
+        self.presence.finished(b, agent, task_id, completed=True)
+        self.agents.put(b, agent)
         self._wake_dependents(b, task_id)
         return self.view(b, task)
 
@@ -324,11 +337,23 @@ class Tasks:
         self.save(b, task, old)
         agent = self.agents.ensure(b, agent_id, None)
         agent["failed"] += 1
-        self.agents.put(b, agent)
         self.event(b, "task.dead" if new == "dead" else "task.failed", task, old,
                    claimed_by=agent_id, token=claim["token"], error=body["error"],
                    attempts=task["attempts"])
+        self.presence.finished(b, agent, task_id, completed=False)
+        self.agents.put(b, agent)
+        if new == "dead":
+            self._strand_dependents(b, task)
         return self.view(b, task)
+
+    def _strand_dependents(self, b: Batch, dead: dict[str, Any]) -> None:
+        """Tasks waiting on a dead task can never become available: the broker raises a
+        blocker for each, so none waits silently forever."""
+        prefix = waiting_key(dead["id"])
+        for key in [bytes(k) for k, _ in b.txn.scan("waiting_on", prefix=prefix)]:
+            waiting = self.get(b.txn, key[len(prefix):].decode())
+            if waiting["status"] == "waiting":
+                self.blockers.dependency_dead(b, waiting, dead)
 
     def release(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:
         task_id, agent_id = body["task"], body["agent"]
@@ -345,7 +370,7 @@ class Tasks:
         record = self.agents.get(b.txn, agent_id)
         if record is None:  # cannot happen while the claim exists; kept as a guard
             raise LeaseExpired(f"agent '{agent_id}' has no live lease", {"agent": agent_id})
-        self.agents.touch(record, b.now, body["ttl"])  # as a claim with a ttl does: the lease must not cut it
+        self.agents.touch(b, record, body["ttl"])  # as a claim with a ttl does: the lease must not cut it
         ttl = body["ttl"] or claim.get("ttl")
         if ttl:
             self.claims.renew(key, ttl, b.now)
