@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 import orjson
 
-from . import paired, report, workloads
+from . import paired, presence, report, workloads
 from .systems import ProbeSystem, RawPubSub, System, ZmeshSystem
 
 HERE = Path(__file__).resolve().parent
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": quick, "git": report.git_rev(),
         "command": "python -m bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
         "machine": report.machine(), "versions": {}, "skipped": {}, "claim": {}, "contended": {},
-        "throughput": {}, "broadcast": {}, "scale": {}, "paired": {}, "targets": [], "notes": [],
+        "throughput": {}, "broadcast": {}, "scale": {}, "paired": {}, "presence": {}, "status_time": {},
+        "targets": [], "notes": [],
     }
     csys = claim_systems(quick, not args.no_peers)
     bsys = broadcast_systems(quick, not args.no_peers)
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     pair_sizes = ({"latency": 100, "throughput": 800, "broadcast": 100} if quick
                   else {"latency": 2000, "throughput": 10_000, "broadcast": 2000})
     pair_list = paired.pairs(not args.no_peers, store_dir="scale-store", agents=n_agents, tasks=n_store)
-    steps = len(csys) * (2 + len(clients)) + len(bsys) + 4 + len(pair_list) * rounds
+    n_state = 300 if quick else 3000
+    steps = len(csys) * (2 + len(clients)) + len(bsys) + 4 + 2 + len(pair_list) * rounds
     from tqdm import tqdm
 
     bar = tqdm(total=steps, desc="bench", unit="step", file=sys.stderr, dynamic_ncols=True)
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         for system in bsys:
             _with_system(system, work, results, bar, step, lambda info: _broadcast(
                 pool, system, info, results, n_bcast, bar, step))
+        _presence(pool, work, results, n_state, bar, step)
         _scale(pool, work, results, n_lat, n_agents, n_store, bar, step)
 
         def tick(label: str) -> None:
@@ -168,6 +171,31 @@ def _broadcast(pool: workloads.Pool, system: System, info: dict[str, Any], resul
     bar.update()
 
 
+def _presence(pool: workloads.Pool, work: Path, results: dict[str, Any], n: int, bar: Any,
+              step: Callable[[str], None]) -> None:
+    """State change -> coordinator callback, and raw PUB/SUB at the same rate (the floor)."""
+    rate = 200.0
+    (work / "presence").mkdir()
+    zsys = ZmeshSystem("zmesh(full)", "full", level="full")
+    step("presence: state change -> coordinator")
+    info = zsys.start(work / "presence")
+    try:
+        r = presence.state_change_latency(pool, info, n, rate)
+        results["presence"]["zmesh(full): report -> Client.follow callback"] = dict(r, durability="full")
+    finally:
+        zsys.stop()
+    bar.update()
+    step("presence: raw PUB/SUB")
+    raw = RawPubSub("raw-zmq-pubsub", "in memory", kinds=frozenset({"broadcast"}))
+    info = raw.start(work)
+    try:
+        r = workloads.broadcast(pool, raw, info, 1, n, rate)
+        results["presence"]["raw-zmq-pubsub: publish -> SUB recv"] = dict(r, durability="in memory")
+    finally:
+        raw.stop()
+    bar.update()
+
+
 def _scale(pool: workloads.Pool, work: Path, results: dict[str, Any], n_lat: int, agents: int, tasks: int, bar: Any,
            step: Callable[[str], None]) -> None:
     base = ZmeshSystem("zmesh(full)", "full", level="full")
@@ -182,6 +210,7 @@ def _scale(pool: workloads.Pool, work: Path, results: dict[str, Any], n_lat: int
         with workloads.with_agents(pool, info, agents, ttl=10.0) as registered:
             r = workloads.claim_latency(pool, base, info, n_lat, "agents")
             results["scale"][f"{registered:,} agents heartbeating (TTL 10 s)"] = dict(r, rss=workloads.broker_rss(base))
+            results["status_time"] = presence.status_times(info["endpoint"], 50 if n_lat < 1000 else 200)
         bar.update()
     finally:
         base.stop()
@@ -270,6 +299,24 @@ def _targets(results: dict[str, Any]) -> None:
     item["measured"] += f", lost {lost}"
     item["met"] = item["met"] and lost == 0 if item["met"] is not None else None
     add(item, "broadcast")
+    pr = results.get("presence", {})
+    zs = next((r for k, r in pr.items() if k.startswith("zmesh")), None)
+    rs = next((r for k, r in pr.items() if k.startswith("raw")), None)
+    if zs is not None:
+        p95 = zs["latency_us"].get("p95")
+        add({"name": "state change -> coordinator callback p95 (zmesh full) below the predecessor's 10 ms",
+             "measured": f"{p95:,} µs, lost {zs['lost']}" if p95 else "not run", "goal": "< 10,000 µs",
+             "met": (p95 < 10_000 and zs["lost"] == 0) if p95 else None})
+        if rs is not None:
+            item = _target("state change -> coordinator p95 / raw PUB/SUB p95 (same rate)", p95,
+                           rs["latency_us"].get("p95"), 0)
+            add(dict(item, goal="the floor: reported", met=None))
+    st = results.get("status_time", {})
+    if st:
+        add({"name": f"snapshot (every agent, idle queue, blockers) p95 with {st['agents']:,} agents",
+             "measured": f"{st['snapshot']['p95']:,} µs (status {st['status']['p95']:,} µs, "
+                         f"agent_list {st['agent_list']['p95']:,} µs)",
+             "goal": "<= 100,000 µs", "met": st["snapshot"]["p95"] <= 100_000})
     sc = results["scale"]
     empty = sc.get("empty broker", {}).get("latency_us", {}).get("p95")
     for name, r in sc.items():

@@ -132,6 +132,20 @@ def render(results: dict[str, Any]) -> str:
     for name, r in results["broadcast"].items():
         lines.append(_row(name, r["durability"], r["subs"], f"{r['sent']:,}", f"{r['rate']:,.0f}",
                           _lat(r["latency_us"]), r["lost"]))
+    pr = results.get("presence", {})
+    if pr:
+        lines += ["", "## State change -> coordinator (1 agent reporting busy/idle at a fixed rate)", "",
+                  "| path | durability | sent | achieved /s | p50 | p95 | p99 | max | lost |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, r in pr.items():
+            lines.append(_row(name, r["durability"], f"{r['sent']:,}", f"{r['rate']:,.0f}",
+                              _lat(r["latency_us"]), r["lost"]))
+    st = results.get("status_time", {})
+    if st:
+        lines += ["", f"## Reading the mesh with {st['agents']:,} agents registered and heartbeating", "",
+                  "| op | p50 µs | p95 µs | calls |", "|---|---:|---:|---:|"]
+        for op in ("status", "agent_list", "snapshot"):
+            lines.append(f"| {op} | {st[op]['p50']:,} | {st[op]['p95']:,} | {st[op]['calls']} |")
     sc = results.get("scale", {})
     if sc:
         lines += ["", "## Scale (zmesh, durability full, 1 client claim latency)", "",

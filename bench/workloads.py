@@ -112,7 +112,9 @@ class Round:
 
 def _pool_main(index: int, inbox: Any, out: Any) -> None:
     out.put(("alive", index))
-    jobs = {"claim": _claim_job, "subscribe": _sub_job, "agents": _agents_job}
+    from .presence import coordinator_job
+
+    jobs = {"claim": _claim_job, "subscribe": _sub_job, "agents": _agents_job, "coordinator": coordinator_job}
     while True:
         job = inbox.get()
         if job is None:

@@ -48,6 +48,17 @@ class Blocking:
         finally:
             self._run(agen.aclose())
 
+    def watch(self, *args: Any, **kw: Any) -> Iterator[Any]:
+        agen = self._client.watch(*args, **kw)
+        try:
+            while True:
+                try:
+                    yield self._run(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(agen.aclose())
+
     def __enter__(self) -> "Blocking":
         self._run(self._client.connect())
         return self

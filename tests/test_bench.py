@@ -34,6 +34,12 @@ def test_quick_bench_writes_markdown_json_and_plot(tmp_path: Path) -> None:
     for name in ("raw-zmq-pubsub", "zmesh(none)"):
         assert data["broadcast"][name]["subs"] == 10 and data["broadcast"][name]["lost"] == 0
     assert any("agents" in k for k in data["scale"]) and any("stored tasks" in k for k in data["scale"])
+    zs, raw = (data["presence"][k] for k in sorted(data["presence"], reverse=True))  # zmesh, then raw
+    for r in (zs, raw):
+        assert r["lost"] == 0 and r["sent"] > 0 and r["latency_us"]["count"] == r["sent"]
+    assert any(t["name"].startswith("state change -> coordinator callback p95") for t in data["targets"])
+    st = data["status_time"]
+    assert st["agents"] >= 100 and all(st[op]["p50"] <= st[op]["p95"] for op in ("status", "agent_list", "snapshot"))
     assert all({"name", "measured", "goal", "met"} <= set(t) for t in data["targets"])
     for key in ("claim-full", "claim-fast", "thr16-full", "broadcast", "agents", "store"):
         pair = data["paired"][key]  # measured in alternation: A B, then B A
@@ -45,7 +51,8 @@ def test_quick_bench_writes_markdown_json_and_plot(tmp_path: Path) -> None:
     for peer, why in data["skipped"].items():  # a missing peer is reported, with its reason
         assert why, peer
     md = (out / "RESULTS.md").read_text()
-    for heading in ("## Targets", "## Targets measured in alternation", "## Claim latency", "## Contended claims", "## Throughput", "## Broadcast", "## Scale"):
+    for heading in ("## Targets", "## Targets measured in alternation", "## Claim latency", "## Contended claims", "## Throughput", "## Broadcast", "## Scale",
+                    "## State change -> coordinator", "## Reading the mesh"):
         assert heading in md
     assert "durability" in md and data["command"] in md
     png = (out / "latency.png").read_bytes()

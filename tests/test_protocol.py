@@ -36,6 +36,7 @@ VALID = {
     "report": {"agent": "a1", "state": "help", "task": "t1", "reason": "stuck", "message": "hi",
                "cost": 1.25, "requires": ["py"], "threshold": 0.75},
     "agent_get": {"agent": "a1"},
+    "snapshot": {},
     "helpers": {"requires": ["py", "go"], "threshold": 0.5, "limit": 5},
     "blocker_raise": {"agent": "a1", "type": "access", "description": "no token", "severity": "high",
                       "requires": ["ops"], "task": "t1", "threshold": 1.0},

@@ -10,7 +10,7 @@ from zmesh import AsyncClient, Client, errors
 
 
 def test_exported_members() -> None:
-    expected = {"__version__", "Client", "AsyncClient", "Claim", "ZmeshError", "RemoteError", "BadRequest",
+    expected = {"__version__", "Client", "AsyncClient", "Claim", "Roster", "ZmeshError", "RemoteError", "BadRequest",
                 "UnknownOp", "UnsupportedVersion", "TooLarge", "NotFound", "Conflict", "NotOwner",
                 "StaleToken", "LeaseExpired", "SnapshotRequired", "Internal", "Unreachable",
                 "ProtocolError", "StoreError", "InvalidArgument", "ConfigError", "UsageError",

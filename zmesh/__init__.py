@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .client import AsyncClient, Claim, Client  # noqa: E402
+from .client import AsyncClient, Claim, Client, Roster  # noqa: E402
 from .errors import (  # noqa: E402
     BadRequest,
     ClaimExpired,
@@ -34,6 +34,7 @@ __all__ = [
     "Client",
     "AsyncClient",
     "Claim",
+    "Roster",
     "ZmeshError",
     "InvalidArgument",
     "ConfigError",

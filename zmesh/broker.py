@@ -386,7 +386,7 @@ class Broker:
 
 
 def _log_expiries(events: list[Event]) -> None:
-    """One line per lapsed lease (with the claims it released) or claim TTL; past
+    """One line per lapsed lease (with the claims it released), claim TTL or evasive agent; past
     EXPIRY_LINES_PER_PASS lines, one summary of the storm instead."""
     lines = []
     for event in events:
@@ -396,6 +396,9 @@ def _log_expiries(events: list[Event]) -> None:
             shown = ", ".join(map(repr, released[:10])) + (", ..." if len(released) > 10 else "")
             lines.append(f"lease of agent {body.get('agent')!r} expired (no heartbeat within its TTL); "
                          f"released {len(released)} claim(s)" + (f": {shown}" if released else ""))
+        elif event.topic == "agent.evasive":
+            lines.append(f"agent {body.get('agent')!r} is evasive (missed a heartbeat period); its lease "
+                         f"lapses in {body.get('expires_in')} s unless it is heard from")
         elif event.topic == "task.released" and body.get("reason") == "claim_expired":
             lines.append(f"claim on task {body.get('task_id')!r} by agent {body.get('agent')!r} expired "
                          "(its TTL ran out); the task is available again")
@@ -403,8 +406,10 @@ def _log_expiries(events: list[Event]) -> None:
         log.info("%s", line)
     if len(lines) > EXPIRY_LINES_PER_PASS:
         leases = sum(event.topic == "agent.expired" for event in events)
-        log.warning("expiry storm: %d lease(s) and %d claim TTL(s) lapsed at once (%d not logged one by one)",
-                    leases, len(lines) - leases, len(lines) - EXPIRY_LINES_PER_PASS)
+        evasive = sum(event.topic == "agent.evasive" for event in events)
+        log.warning("expiry storm: %d lease(s) and %d claim TTL(s) lapsed and %d agent(s) turned evasive at "
+                    "once (%d not logged one by one)", leases, len(lines) - leases - evasive, evasive,
+                    len(lines) - EXPIRY_LINES_PER_PASS)
 
 
 class _Poison(Exception):

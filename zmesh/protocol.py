@@ -328,6 +328,15 @@ OPS: dict[str, Op] = {
             ),
             returns="{blockers: [blocker], more, seq}",
         ),
+        Op(
+            "snapshot",
+            "Everything a coordinator or dashboard starts from, in one reply taken at one "
+            "sequence number: every agent (as agent_list), the idle queue, the open blockers and "
+            "the task counts. Applying the events after `seq` keeps it current: nothing is lost "
+            "and nothing counted twice.",
+            (),
+            returns="{agents: [agent], idle_queue: [agent ids], blockers: [blocker], tasks: {status: n}, seq}",
+        ),
         Op("agent_list", "Registered agents with presence, liveness, lease and stats, and the "
            "idle queue in arrival order.", (), returns="{agents: [agent], idle_queue: [agent ids], seq}"),
         Op("status", "Broker summary: task counts by status, agents by state and liveness, the "
@@ -530,7 +539,7 @@ TOPICS: dict[str, str] = {
     "task.failed": "the owner failed a task; it is available again (or see task.dead)",
     "task.dead": "a task failed max_attempts times",
     "task.released": "a claim ended without completion: reason released, lease_expired, claim_expired or unregistered",
-    "agent.registered": "an agent registered (or re-registered)",
+    "agent.registered": "an agent registered (or re-registered); state and position in the idle queue",
     "agent.unregistered": "an agent unregistered",
     "agent.expired": "an agent's lease lapsed; its claims were released (liveness `gone`)",
     "agent.idle": "an agent is idle: it reported so, or its last task claim ended (position in the idle queue)",

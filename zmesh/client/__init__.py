@@ -2,6 +2,7 @@
 
 from ._async import AsyncClient
 from ._protocol import Claim
+from ._roster import Roster
 from ._sync import Client
 
-__all__ = ["Client", "AsyncClient", "Claim"]
+__all__ = ["Client", "AsyncClient", "Claim", "Roster"]

@@ -164,7 +164,88 @@ class Api:
                                _identity))
 
     def agents(self) -> Any:
+        """Every agent: presence, liveness, lease, stats and claims held (a list)."""
         return self._call(Call("agent_list", {}, lambda body: body["agents"]))
+
+    def snapshot(self) -> Any:
+        """Agents, idle queue, open blockers and task counts at one ``seq`` (see Roster)."""
+        return self._call(Call("snapshot", {}, _identity))
+
+    # ---------------------------------------------------------------- presence
+    def report(self, state: str, *, task: str | None = None, reason: str | None = None,
+               message: str | None = None, cost: float | None = None,
+               requires: Iterable[str] = (), threshold: float = 0.5, agent: str | None = None) -> Any:
+        """Report presence (idle, busy, blocked, completed, help) -> ``{agent, state,
+        position, helpers, seq}``. idle/completed are refused (Conflict) while the agent
+        holds a task claim."""
+        return self._call(Call("report", {
+            "agent": self._agent(agent), "state": state, "task": task, "reason": reason,
+            "message": message, "cost": cost, "requires": names("requires", requires),
+            "threshold": threshold}, _identity))
+
+    def idle(self, *, message: str | None = None, cost: float | None = None,
+             agent: str | None = None) -> Any:
+        """Report idle -> the agent's place in the idle queue (1: waiting longest)."""
+        return self._call(Call("report", {"agent": self._agent(agent), "state": "idle",
+                                          "message": message, "cost": cost}, _position))
+
+    def busy(self, task: str, *, message: str | None = None, cost: float | None = None,
+             agent: str | None = None) -> Any:
+        return self.report("busy", task=task, message=message, cost=cost, agent=agent)
+
+    def blocked(self, reason: str, *, task: str | None = None, message: str | None = None,
+                cost: float | None = None, agent: str | None = None) -> Any:
+        return self.report("blocked", reason=reason, task=task, message=message, cost=cost, agent=agent)
+
+    def completed(self, task: str, *, message: str | None = None, cost: float | None = None,
+                  agent: str | None = None) -> Any:
+        """Report a task done (counted once per task; the agent is idle again)."""
+        return self.report("completed", task=task, message=message, cost=cost, agent=agent)
+
+    def help(self, reason: str, *, requires: Iterable[str] = (), threshold: float = 0.5,
+             task: str | None = None, message: str | None = None, agent: str | None = None) -> Any:
+        """Ask for help -> the helpers found (idle, alive agents covering ``requires``)."""
+        return self._call(Call("report", {
+            "agent": self._agent(agent), "state": "help", "reason": reason, "task": task,
+            "message": message, "requires": names("requires", requires), "threshold": threshold},
+            lambda body: body["helpers"]))
+
+    def find_helpers(self, required_capabilities: Iterable[str], threshold: float = 0.5, *,
+                     limit: int = 100) -> Any:
+        """Idle, alive agents covering at least ``threshold`` of the capabilities: best
+        cover first, then longest waiting (a list of ``{agent, cover, matched, missing,
+        position, waiting_since, capabilities}``)."""
+        return self._call(Call("helpers", {
+            "requires": names("required_capabilities", required_capabilities),
+            "threshold": threshold, "limit": limit}, lambda body: body["helpers"]))
+
+    def agent_info(self, agent: str | None = None) -> Any:
+        """One agent's presence, liveness and stats (tasks done and failed, cost, uptime,
+        claims held)."""
+        return self._call(Call("agent_get", {"agent": self._agent(agent)}, _identity))
+
+    stats = agent_info
+
+    def report_blocker(self, type: str, description: str, severity: str = "medium",
+                       required_capabilities: Iterable[str] = (), task: str | None = None, *,
+                       threshold: float = 0.5, agent: str | None = None) -> Any:
+        """Raise a blocker: the agent becomes blocked, ``blocker.raised`` is published ->
+        ``{blocker, helpers, seq}``."""
+        return self._call(Call("blocker_raise", {
+            "agent": self._agent(agent), "type": type, "description": description,
+            "severity": severity, "requires": names("required_capabilities", required_capabilities),
+            "task": task, "threshold": threshold}, _identity))
+
+    def resolve_blocker(self, blocker: str, *, resolution: str | None = None,
+                        agent: str | None = None) -> Any:
+        """Resolve an open blocker -> the blocker record."""
+        return self._call(Call("blocker_resolve", {"blocker": blocker, "agent": self.agent if agent is None else agent,
+                                                   "resolution": resolution}, _identity))
+
+    def blockers(self, *, status: str = "open", after: str = "", limit: int = 1000) -> Any:
+        """Blockers, oldest first (a list): open ones by default."""
+        return self._call(Call("blocker_list", {"status": status, "after": after, "limit": limit},
+                               lambda body: body["blockers"]))
 
     def status(self) -> Any:
         return self._call(Call("status", {}, _identity))
@@ -172,6 +253,10 @@ class Api:
     def replay(self, since: int, *, limit: int = 1000, topics: Iterable[str] = ()) -> Any:
         return self._call(Call("replay", {"since": since, "limit": limit,
                                           "topics": names("topics", topics)}, _identity))
+
+
+def _position(body: Any) -> int | None:
+    return body["position"]
 
 
 def _seq_of(body: Any) -> int:

@@ -13,10 +13,11 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 import zmq
 import zmq.asyncio
 
-from ..errors import LeaseExpired, Unreachable, ZmeshError
+from ..errors import LeaseExpired, SnapshotRequired, Unreachable, ZmeshError
 from ..protocol import Event
 from ._api import NO_CONNECT_OPS, Api, LeaseState, check_bool, check_timeout
 from ._events import Deliver, Poll, Sleep, check_callback, check_flow_args, new_flow
+from ._roster import Roster
 from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Call, ClientCore, Recv, Send, connect_socket,
                         default_endpoint, resolve_pub)
 
@@ -217,6 +218,55 @@ class AsyncClient(Api):
                             log.exception("event callback failed")
                 except Unreachable as exc:
                     log.warning("event subscription interrupted (%s); resuming", exc)
+                    await asyncio.sleep(1.0)
+
+        task = asyncio.create_task(run())
+        self._subs.append(task)
+        return task
+
+    # ------------------------------------------------------------ coordinator
+    async def watch(self, *, timeout: float | None = None, idle_check: float = 1.0
+                    ) -> AsyncIterator[tuple[Roster, Event]]:
+        """See Client.watch."""
+        check_flow_args((), None, timeout, idle_check)
+        while not self._closing:
+            roster = Roster(await self._snapshot_retrying())
+            try:
+                async for event in self.events(since=roster.seq, timeout=timeout, idle_check=idle_check):
+                    if roster.apply(event):
+                        yield roster, event
+                return
+            except SnapshotRequired:
+                log.warning("watch: events after seq %s were trimmed from the broker's log; "
+                            "taking a new snapshot", roster.seq)
+
+    async def _snapshot_retrying(self) -> dict[str, Any]:
+        wait = 0.5
+        while True:
+            try:
+                return await self.snapshot()
+            except Unreachable as exc:
+                if self._closing:
+                    raise
+                log.warning("watch: broker unreachable (%s); retrying in %g s", exc.message, wait)
+                await asyncio.sleep(wait)
+                wait = min(5.0, wait * 2)
+
+    def follow(self, callback: Callable[[Roster, Event], Any]) -> "asyncio.Task[None]":
+        """Run ``callback(roster, event)`` (sync or async) for every event after a snapshot
+        in a task until aclose(); it recovers by itself from broker restarts."""
+        check_callback(callback)
+
+        async def run() -> None:
+            while not self._closing:
+                try:
+                    async for roster, event in self.watch():
+                        try:
+                            await _maybe_await(callback(roster, event))
+                        except Exception:
+                            log.exception("watch callback failed")
+                except Unreachable as exc:
+                    log.warning("watch interrupted (%s); resuming", exc)
                     await asyncio.sleep(1.0)
 
         task = asyncio.create_task(run())

@@ -15,11 +15,12 @@ from typing import Any, Callable, Iterable, Iterator
 
 import zmq
 
-from ..errors import LeaseExpired, Unreachable, ZmeshError
+from ..errors import LeaseExpired, SnapshotRequired, Unreachable, ZmeshError
 from ..protocol import Event
 from ..sockets import NOBLOCK, recv_frames, send_frames
 from ._api import NO_CONNECT_OPS, Api, LeaseState, check_bool, check_timeout
 from ._events import Deliver, Poll, Sleep, check_callback, check_flow_args, new_flow
+from ._roster import Roster
 from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Call, ClientCore, Recv, Send, connect_socket,
                         default_endpoint, resolve_pub)
 
@@ -240,6 +241,59 @@ class Client(Api):
                     self._stop.wait(1.0)
 
         thread = threading.Thread(target=run, daemon=True, name="zmesh-events")
+        thread.start()
+        self._subs.append(thread)
+        return thread
+
+    # ------------------------------------------------------------ coordinator
+    def watch(self, *, timeout: float | None = None, idle_check: float = 1.0
+              ) -> Iterator[tuple[Roster, Event]]:
+        """A coordinator's view: a :class:`Roster` from one snapshot, then ``(roster, event)``
+        for every event after it, the roster already updated: state changes arrive as they
+        are published, with no polling. Through a broker restart the stream resumes after
+        the last seq; if the broker's log no longer holds what was missed, a new snapshot is
+        taken. ``timeout`` ends it after that many quiet seconds."""
+        check_flow_args((), None, timeout, idle_check)
+        while not self._stop.is_set():
+            roster = Roster(self._snapshot_retrying())
+            try:
+                for event in self.events(since=roster.seq, timeout=timeout, idle_check=idle_check):
+                    if roster.apply(event):
+                        yield roster, event
+                return
+            except SnapshotRequired:
+                log.warning("watch: events after seq %s were trimmed from the broker's log; "
+                            "taking a new snapshot", roster.seq)
+
+    def _snapshot_retrying(self) -> dict[str, Any]:
+        wait = 0.5
+        while True:
+            try:
+                return self.snapshot()
+            except Unreachable as exc:
+                log.warning("watch: broker unreachable (%s); retrying in %g s", exc.message, wait)
+                if self._stop.wait(wait):
+                    raise
+                wait = min(5.0, wait * 2)
+
+    def follow(self, callback: Callable[[Roster, Event], None]) -> threading.Thread:
+        """Call ``callback(roster, event)`` from a background thread for every event after a
+        snapshot (see watch) until close(); it recovers by itself from broker restarts."""
+        check_callback(callback)
+
+        def run() -> None:
+            while not self._stop.is_set():
+                try:
+                    for roster, event in self.watch():
+                        try:
+                            callback(roster, event)
+                        except Exception:  # a callback bug must not end the coordinator
+                            log.exception("watch callback failed")
+                except Unreachable as exc:
+                    log.warning("watch interrupted (%s); resuming", exc)
+                    self._stop.wait(1.0)
+
+        thread = threading.Thread(target=run, daemon=True, name="zmesh-watch")
         thread.start()
         self._subs.append(thread)
         return thread

@@ -85,6 +85,7 @@ class Core:
             **self.agents.handlers(), **self.presence.handlers(), **self.blockers.handlers(),
             **self.tasks.handlers(),
             "publish": self._publish, "status": self._status, "replay": self.log.replay,
+            "snapshot": self._snapshot,
         }
         missing = set(protocol.OPS) - set(self._handlers) - {"hello"}
         assert not missing, f"ops without a handler: {sorted(missing)}"
@@ -172,6 +173,14 @@ class Core:
         topic = protocol.MESSAGE_PREFIX + body["topic"]
         event = self.log.emit(b, topic, {"data": body["data"], "from": body["agent"]})
         return {"topic": topic, "seq": event.seq}
+
+    def _snapshot(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:
+        """One reply at one seq: the agents, the idle queue, open blockers, task counts."""
+        agents = self.presence.agent_list(b, {})
+        blockers = self.blockers.list_op(b, {"status": "open", "after": "", "limit": protocol.MAX_INT})
+        counts = {s: counter(b, b"count:" + s.encode()) for s in protocol.STATUSES}
+        return {"agents": agents["agents"], "idle_queue": agents["idle_queue"],
+                "blockers": blockers["blockers"], "tasks": counts, "seq": counter(b, b"seq")}
 
     def _status(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:
         counts = {s: counter(b, b"count:" + s.encode()) for s in protocol.STATUSES}

@@ -25,7 +25,7 @@ Rules it keeps:
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .. import protocol
 from ..errors import LeaseExpired, NotFound
@@ -100,13 +100,20 @@ class Agents:
     @staticmethod
     def get(txn: Txn, agent: str) -> dict[str, Any] | None:
         raw = txn.get("agents", agent_key(agent))
-        if raw is None:
-            return None
+        return None if raw is None else Agents.parse(raw)
+
+    @staticmethod
+    def parse(raw: bytes) -> dict[str, Any]:
         record = loads(raw)
         if "state" not in record:  # written before presence existed
             record.update({k: v for k, v in PRESENCE_DEFAULTS.items() if k not in record},
                           since=record["registered"], idle_order=record["lease"])
         return record
+
+    def records(self, txn: Txn) -> Iterator[dict[str, Any]]:
+        """Every agent record, in id order."""
+        for _, raw in txn.scan("agents"):
+            yield self.parse(raw)
 
     @staticmethod
     def put(b: Batch, record: dict[str, Any]) -> None:
@@ -139,6 +146,13 @@ class Agents:
         else:
             self.idle.remove(record["id"])
 
+    def _placed(self, record: dict[str, Any]) -> dict[str, Any]:
+        """What a registration event says of presence: the stored state (a registering agent
+        holds no task unless it re-registers) and the place in the idle queue."""
+        return {"state": "busy" if record["state"] == "idle" and self.busy(record["id"]) else record["state"],
+                "position": self.idle.position(record["id"]), "since": record["since"],
+                "metadata": record["metadata"], "registered": record["registered"]}
+
     # ------------------------------------------------------------ leases and liveness
     def _beat(self, b: Batch, record: dict[str, Any]) -> None:
         """The agent was heard from: its evasive deadline moves, and an evasive agent is
@@ -155,11 +169,12 @@ class Agents:
         if record is None:
             record = self._new(b, agent, [], {}, ttl or self.settings.default_ttl, implicit=True)
             self.put(b, record)
-            self.log.emit(b, "agent.registered", {"agent": agent, "lease": record["lease"],
-                                                  "ttl": record["ttl"], "implicit": True})
             self.deadlines.set(Due.LEASE, agent, record["ttl"], b.now.mono)
             self._beat(b, record)
             self.queue(record)
+            self.log.emit(b, "agent.registered", {"agent": agent, "lease": record["lease"],
+                                                  "ttl": record["ttl"], "implicit": True,
+                                                  **self._placed(record)})
         else:
             self.touch(b, record, ttl)
         return record
@@ -198,15 +213,13 @@ class Agents:
         """Make the volatile state agree with the stored agents (claims loaded first): a
         lease the store no longer has goes, a missing one starts afresh with a full TTL, a
         running one is kept; the idle queue is rebuilt from the records."""
-        agents = {bytes(key).decode(): raw for key, raw in txn.scan("agents")}
+        agents = {record["id"]: record for record in self.records(txn)}
         for agent in [a for a in self.deadlines.lease if a not in agents]:
             self.deadlines.drop(Due.LEASE, agent)
             self.deadlines.drop(Due.EVASIVE, agent)
         self.evasive &= set(agents)
         self.idle.clear()
-        for agent in agents:
-            record = self.get(txn, agent)
-            assert record is not None
+        for agent, record in agents.items():
             if agent not in self.deadlines.lease:
                 self.deadlines.set(Due.LEASE, agent, record["ttl"], now.mono)
             if agent not in self.deadlines.evasive and agent not in self.evasive:
@@ -224,11 +237,12 @@ class Agents:
             record.update(capabilities=body["capabilities"], metadata=body["metadata"], ttl=ttl,
                           implicit=False)
         self.put(b, record)
-        self.log.emit(b, "agent.registered", {"agent": agent, "lease": record["lease"], "ttl": ttl,
-                                              "capabilities": record["capabilities"]})
         self.deadlines.set(Due.LEASE, agent, ttl, b.now.mono)
         self._beat(b, record)
         self.queue(record)
+        self.log.emit(b, "agent.registered", {"agent": agent, "lease": record["lease"], "ttl": ttl,
+                                              "capabilities": record["capabilities"],
+                                              **self._placed(record)})
         return {"agent": agent, "lease": record["lease"], "ttl": ttl}
 
     def heartbeat(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:

@@ -55,13 +55,13 @@ class Presence:
         """The state shown: the stored one, except that a task claim makes an idle agent
         busy."""
         stored = record["state"]
-        if stored == "idle" and self.agents.busy(record["id"]):
+        if stored == "idle" and record["id"] in self.claims.held and self.agents.busy(record["id"]):
             return "busy"
         return stored
 
     def _task(self, txn: Txn, record: dict[str, Any]) -> str | None:
         """The task the agent works on: its latest task claim, else what it reported."""
-        keys = self.claims.busy_keys(record["id"])
+        keys = self.claims.busy_keys(record["id"]) if record["id"] in self.claims.held else []
         if len(keys) > 1:  # the latest claim: the highest token
             keys.sort(key=lambda k: (self.claims.get(txn, k) or {}).get("token", 0))
         if keys:
@@ -203,16 +203,13 @@ class Presence:
         return self.view(b, record)
 
     def agent_list(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:
-        agents = [self.view(b, self.agents.get(b.txn, bytes(key).decode()) or {})
-                  for key, _ in b.txn.scan("agents")]
+        agents = [self.view(b, record) for record in self.agents.records(b.txn)]
         return {"agents": agents, "idle_queue": self.agents.idle.agents(), "seq": counter(b, b"seq")}
 
     def summary(self, txn: Txn) -> dict[str, Any]:
         """Agents by state and liveness, and the idle queue (for status)."""
         states = dict.fromkeys(STATES, 0)
-        for key, _ in txn.scan("agents"):
-            record = self.agents.get(txn, bytes(key).decode())
-            if record is not None:
-                states[self.state(record)] += 1
+        for record in self.agents.records(txn):
+            states[self.state(record)] += 1
         return {"states": states, "evasive": len(self.agents.evasive),
                 "idle_queue": self.agents.idle.agents()}
