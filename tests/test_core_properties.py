@@ -796,6 +796,11 @@ class CoreMachine(RuleBasedStateMachine):
         assert len(owners) == len(index)  # no resource is in two agents' index
         assert all(held.values()), "no empty entries"
         assert owners == {t.id: t.owner for t in self.tasks.values() if t.status == "claimed"}
+        # presence asks "does it hold a task?" on every claim: the counts mirror the index
+        busy = {a: len(self.held(a)) for a in self.agents if self.held(a)}
+        assert self.core.claims.busy_count == busy
+        for agent in busy:
+            assert self.core.claims.current_busy(agent) in {f"task:{t}".encode() for t in self.held(agent)}
 
 
 CoreMachine.TestCase.settings = settings(

@@ -137,7 +137,7 @@ class Agents:
 
     def busy(self, agent: str) -> bool:
         """Does ``agent`` hold a claim that makes it busy (a task)?"""
-        return bool(self.claims.busy_keys(agent))
+        return self.claims.is_busy(agent)
 
     def queue(self, record: dict[str, Any]) -> None:
         """Put the agent in the idle queue or take it out, as its record and claims say."""

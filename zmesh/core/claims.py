@@ -81,6 +81,10 @@ class Claims:
         self.deadlines = deadlines
         #: agent -> resource keys it holds: what a lapsed lease releases (volatile)
         self.held: dict[str, set[bytes]] = {}
+        #: agent -> how many of its claims make it busy, and the latest of them (presence
+        #: asks on every claim: O(1), however many claims an agent holds)
+        self.busy_count: dict[str, int] = {}
+        self.latest_busy: dict[str, bytes] = {}
 
     def register(self, kind: ClaimKind) -> None:
         if not kind.prefix or b":" in kind.prefix:
@@ -118,7 +122,7 @@ class Claims:
         if extra:
             claim.update(extra)
         b.txn.put(*kind.slot(key), dumps(claim))
-        self.held.setdefault(agent["id"], set()).add(key)
+        self._index(agent["id"], key, kind)
         if ttl:
             self.deadlines.set(Due.CLAIM, key, ttl, b.now.mono)
         return claim
@@ -129,12 +133,21 @@ class Claims:
     def end(self, b: Batch, key: bytes, agent: str) -> None:
         """Remove a claim record with its index entry and deadline (its holder finished
         with it, or :meth:`drop` is ending it)."""
-        b.txn.delete(*self.kind(key).slot(key))
+        kind = self.kind(key)
+        b.txn.delete(*kind.slot(key))
         keys = self.held.get(agent)
-        if keys is not None:
+        if keys is not None and key in keys:
             keys.discard(key)
             if not keys:
                 del self.held[agent]
+            if kind.busy:
+                left = self.busy_count[agent] - 1
+                if left:
+                    self.busy_count[agent] = left
+                else:
+                    del self.busy_count[agent]
+                if self.latest_busy.get(agent) == key:
+                    del self.latest_busy[agent]
         self.deadlines.drop(Due.CLAIM, key)
 
     def drop(self, b: Batch, key: bytes, claim: dict[str, Any], reason: str) -> None:
@@ -169,6 +182,24 @@ class Claims:
     def count(self) -> int:
         return sum(len(keys) for keys in self.held.values())
 
+    def _index(self, agent: str, key: bytes, kind: ClaimKind) -> None:
+        self.held.setdefault(agent, set()).add(key)
+        if kind.busy:
+            self.busy_count[agent] = self.busy_count.get(agent, 0) + 1
+            self.latest_busy[agent] = key
+
+    def is_busy(self, agent: str) -> bool:
+        """Does ``agent`` hold a claim of a kind that makes it busy (a task)?"""
+        return agent in self.busy_count
+
+    def current_busy(self, agent: str) -> bytes | None:
+        """The agent's latest busy-making claim still held (after that one ended: the
+        highest key of the rest), or None."""
+        if agent not in self.busy_count:
+            return None
+        latest = self.latest_busy.get(agent)
+        return latest if latest is not None else max(self.busy_keys(agent))
+
     def busy_keys(self, agent: str) -> list[bytes]:
         """The claims ``agent`` holds of kinds that make it busy, sorted."""
         kinds = self.kinds
@@ -187,17 +218,25 @@ class Claims:
     def load(self, records: Iterable[tuple[bytes, bytes]], now: Now) -> None:
         """Rebuild the index from stored records; a claim TTL still running is kept, a
         missing one starts afresh at ``now``, one whose claim is gone is dropped."""
-        self.held = {}
+        self.held, self.busy_count, self.latest_busy = {}, {}, {}
+        tokens: dict[str, int] = {}
+        latest: dict[str, bytes] = {}
         live = set()
         deadlines = self.deadlines
         for key, raw in records:
             claim = loads(raw)
-            self.held.setdefault(claim["agent"], set()).add(key)
+            agent, kind = claim["agent"], self.kind(key)
+            self._index(agent, key, kind)
+            if kind.busy:  # the latest is the one with the highest token
+                if claim["token"] >= tokens.get(agent, 0):
+                    tokens[agent] = claim["token"]
+                    latest[agent] = key
             live.add(key)
             if claim.get("ttl") and key not in deadlines.claim:
                 deadlines.set(Due.CLAIM, key, claim["ttl"], now.mono)
         for key in [k for k in deadlines.claim if k not in live]:
             deadlines.drop(Due.CLAIM, key)
+        self.latest_busy = latest
 
     def checkpoint(self, txn: Txn) -> None:
         """On a clean shutdown: record which resources are claimed."""

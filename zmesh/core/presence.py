@@ -55,17 +55,15 @@ class Presence:
         """The state shown: the stored one, except that a task claim makes an idle agent
         busy."""
         stored = record["state"]
-        if stored == "idle" and record["id"] in self.claims.held and self.agents.busy(record["id"]):
+        if stored == "idle" and self.claims.is_busy(record["id"]):
             return "busy"
         return stored
 
     def _task(self, txn: Txn, record: dict[str, Any]) -> str | None:
         """The task the agent works on: its latest task claim, else what it reported."""
-        keys = self.claims.busy_keys(record["id"]) if record["id"] in self.claims.held else []
-        if len(keys) > 1:  # the latest claim: the highest token
-            keys.sort(key=lambda k: (self.claims.get(txn, k) or {}).get("token", 0))
-        if keys:
-            return self.claims.kind(keys[-1]).show(keys[-1])
+        key = self.claims.current_busy(record["id"])
+        if key is not None:
+            return self.claims.kind(key).show(key)
         return record["task"] if record["state"] != "idle" else None
 
     def brief(self, txn: Txn, record: dict[str, Any]) -> dict[str, Any]:

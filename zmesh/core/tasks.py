@@ -243,7 +243,7 @@ class Tasks:
 
     def _take(self, b: Batch, task: dict[str, Any], agent: dict[str, Any], ttl: float | None) -> dict[str, Any]:
         key = resource_key(TASK, task["id"])
-        first = not self.claims.busy_keys(agent["id"])
+        first = not self.claims.is_busy(agent["id"])
         claim = self.claims.grant(b, key, agent, ttl)
         old = self.transition(task, "claim", "claimed")
         task["claims"] += 1
