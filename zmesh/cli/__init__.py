@@ -8,7 +8,7 @@ endpoint, bad configuration), 3 broker unreachable. Never a traceback: an unexpe
 exception is a one-line ``internal`` error (exit 1) whose traceback goes to the log at -vv.
 Logging handlers are set up here and only here.
 
-Command groups live in their own modules (tasks, events, serve); options that become
+Command groups live in their own modules (tasks, agents, top, events, serve); options that become
 request fields are built from the protocol's field table (``_options.field_option``).
 """
 
@@ -141,7 +141,7 @@ def main(ctx: click.Context, broker: str | None, discover: bool, timeout: float,
 
 
 def _register() -> None:
-    from . import events, serve, tasks  # noqa: F401  (each module adds its commands to main)
+    from . import agents, events, serve, tasks, top  # noqa: F401  (each module adds its commands to main)
 
 
 _register()

@@ -22,10 +22,20 @@ STATUS_KEYS = ("tasks", "agents", "claims", "states", "evasive", "idle_queue", "
                "broker_id", "version", "pid", "durability", "uptime", "endpoints", "pub", "data",
                "batches", "requests", "agent_list")
 ERROR_KEYS = ("code", "message", "details")
+#: a presence report's answer
+REPORT_KEYS = ("agent", "state", "position", "helpers", "seq")
+#: keys of an agent as stats and agents print it (the broker's agent view)
+AGENT_KEYS = ("id", "capabilities", "metadata", "ttl", "lease", "registered", "implicit", "completed",
+              "failed", "state", "since", "task", "last_task", "reason", "message", "cost", "blocker",
+              "liveness", "position", "expires_in", "waiting_since", "uptime", "claims")
+#: keys of a blocker
+BLOCKER_KEYS = ("id", "agent", "type", "description", "severity", "requires", "task", "status", "raised",
+                "resolved", "resolved_by", "resolution")
 
 #: command path -> (top-level keys of its --json output, what it is); None: no JSON output
 JSON_SHAPES: dict[str, tuple[tuple[str, ...], str] | None] = {
     "broker": None,
+    "top": None,
     "task add": (TASK_KEYS, "the task created"),
     "task claim": (CLAIM_KEYS, "the claim: fencing token, lease id, seconds until it lapses (null: never)"),
     "task next": (CLAIM_KEYS + ("record",), "the claim, and `record`: the task claimed"),
@@ -44,6 +54,21 @@ JSON_SHAPES: dict[str, tuple[tuple[str, ...], str] | None] = {
     "events": (("topic", "seq", "body"), "one JSON object per line, per event"),
     "version": (("client", "protocol", "broker", "broker_protocol", "broker_id"),
                 "versions; the broker's are null when it did not answer (exit 3)"),
+    "agent idle": (REPORT_KEYS, "the report's answer: `position` in the idle queue (1: waiting longest)"),
+    "agent busy": (REPORT_KEYS, "the report's answer (`position` null: not idle)"),
+    "agent blocked": (REPORT_KEYS, "the report's answer"),
+    "agent completed": (REPORT_KEYS, "the report's answer: idle again, `position` at the back of the queue"),
+    "agent help": (REPORT_KEYS, "the report's answer: `helpers`, each {agent, cover, matched, missing, "
+                                "position, waiting_since, capabilities}"),
+    "agents": (("agents", "idle_queue", "seq"), "`agents`: one object per agent (keys as `stats`); "
+                                                "`idle_queue`: idle agent ids in arrival order"),
+    "helpers": (("helpers",), "the helpers, best cover first, then longest waiting"),
+    "stats": (AGENT_KEYS, "one agent: presence, liveness, lease, stats, claims held"),
+    "blocker raise": (("blocker", "helpers", "seq"), "`blocker`: the blocker raised; `helpers`: who could help"),
+    "blocker resolve": (BLOCKER_KEYS, "the blocker, now resolved"),
+    "blocker ls": (("blockers", "more", "next_after"),
+                   "`blockers`: a list of blockers; `more`: whether more follow; `next_after`: the "
+                   "--after for the next page (null when none)"),
 }
 
 

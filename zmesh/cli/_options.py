@@ -62,6 +62,22 @@ class Seconds(click.ParamType):
         return number
 
 
+class Number(Seconds):
+    """A finite number within [lo, hi] (a cost, a share): as Seconds, named NUMBER."""
+
+    name = "NUMBER"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or not self.lo <= number <= self.hi:
+            self.fail(f"{value!r} is not a finite number in "
+                      f"{protocol.number_text(self.lo)}..{protocol.number_text(self.hi)}", param, ctx)
+        return number
+
+
 class JsonValue(click.ParamType):
     """A JSON value: inline, ``@FILE`` or ``-`` (stdin); at most MAX_MESSAGE_BYTES."""
 
@@ -118,6 +134,11 @@ def field_type(field: protocol.Field) -> click.ParamType:
         return _int_range(field)
     if field.kind == "ttl":
         return Seconds(field.lo or 0.0, field.hi or protocol.MAX_TTL_S)
+    if field.kind == "number":
+        return Number(field.lo if field.lo is not None else -protocol.MAX_COST,
+                      field.hi if field.hi is not None else protocol.MAX_COST)
+    if field.kind == "choice":
+        return click.Choice(field.choices)
     if field.kind in ("id", "name", "after", "text"):
         return IdType(field.kind)
     if field.kind in ("idlist", "namelist"):

@@ -24,19 +24,24 @@ from ._output import Ctx, emit, esc, json_flag, pass_ctx
 @json_flag
 @pass_ctx
 def status(ctx: Ctx) -> None:
-    """Broker summary: tasks by status, agents, claims, event sequence."""
+    """Broker summary: tasks by status, agents by state and liveness, the idle queue, claims,
+    open blockers, event sequence (`zmesh agents` and `zmesh top` show the agents in full)."""
     c = ctx.client()
     data = c.status()
     data["agent_list"] = c.agents()
 
     def human(d: dict[str, Any]) -> list[str]:
         counts = " ".join(f"{k}={v}" for k, v in d["tasks"].items())
+        states = " ".join(f"{k}={v}" for k, v in d["states"].items())
         lines = [f"broker {d['broker_id']} v{d['version']} durability={d['durability']} "
                  f"uptime={d['uptime']:.0f}s seq={d['seq']}",
-                 f"tasks: {counts}", f"agents: {d['agents']}  claims: {d['claims']}"]
-        lines += [f"  {esc(a['id'])}\tlease={a['lease']}\texpires_in={a['expires_in']}\t"
-                  f"caps={esc(','.join(a['capabilities'])) or '-'}\tcompleted={a['completed']}"
-                  for a in d["agent_list"]]
+                 f"tasks: {counts}",
+                 f"agents: {d['agents']} ({states} evasive={d['evasive']})  claims: {d['claims']}  "
+                 f"open blockers: {d['blockers']}",
+                 "idle queue: " + (" ".join(esc(a) for a in d["idle_queue"]) or "(empty)")]
+        lines += [f"  {esc(a['id'])}\t{a['state']}\t{a['liveness']}\tlease={a['lease']}\t"
+                  f"expires_in={a['expires_in']}\tcaps={esc(','.join(a['capabilities'])) or '-'}\t"
+                  f"completed={a['completed']}" for a in d["agent_list"]]
         return lines
     emit(ctx, data, human)
 

@@ -167,6 +167,10 @@ class Api:
         """Every agent: presence, liveness, lease, stats and claims held (a list)."""
         return self._call(Call("agent_list", {}, lambda body: body["agents"]))
 
+    def agent_list(self) -> Any:
+        """``{agents, idle_queue, seq}``: every agent and the idle queue in arrival order."""
+        return self._call(Call("agent_list", {}, _identity))
+
     def snapshot(self) -> Any:
         """Agents, idle queue, open blockers and task counts at one ``seq`` (see Roster)."""
         return self._call(Call("snapshot", {}, _identity))
@@ -241,6 +245,11 @@ class Api:
         """Resolve an open blocker -> the blocker record."""
         return self._call(Call("blocker_resolve", {"blocker": blocker, "agent": self.agent if agent is None else agent,
                                                    "resolution": resolution}, _identity))
+
+    def blocker_page(self, *, status: str = "open", after: str = "", limit: int = 1000) -> Any:
+        """One page: ``{"blockers": [...], "more": bool, "seq": int}``."""
+        return self._call(Call("blocker_list", {"status": status, "after": after, "limit": limit},
+                               _identity))
 
     def blockers(self, *, status: str = "open", after: str = "", limit: int = 1000) -> Any:
         """Blockers, oldest first (a list): open ones by default."""

@@ -167,11 +167,12 @@ class AsyncClient(Api):
 
     async def events(self, topics: Iterable[str] = (), *, since: int | None = None,
                      timeout: float | None = None, idle_check: float = 1.0,
-                     reconnect: bool = True) -> AsyncIterator[Event]:
+                     reconnect: bool = True, on_connection: Callable[[bool], None] | None = None
+                     ) -> AsyncIterator[Event]:
         """See Client.events."""
-        check_flow_args(topics, since, timeout, idle_check, reconnect)
+        check_flow_args(topics, since, timeout, idle_check, reconnect, on_connection)
         self.info = await self.hello()  # where "now" is, and the PUB endpoint
-        flow = new_flow(topics, since, timeout, idle_check, reconnect, self.info["seq"])
+        flow = new_flow(topics, since, timeout, idle_check, reconnect, self.info["seq"], on_connection)
         sub = connect_socket(self._ctx, zmq.SUB, SUB_OPTIONS, resolve_pub(self.endpoint, self.info["pub"]))
         try:
             answer: Any = None
@@ -225,14 +226,19 @@ class AsyncClient(Api):
         return task
 
     # ------------------------------------------------------------ coordinator
-    async def watch(self, *, timeout: float | None = None, idle_check: float = 1.0
-                    ) -> AsyncIterator[tuple[Roster, Event]]:
+    async def watch(self, *, timeout: float | None = None, idle_check: float = 1.0,
+                    on_connection: Callable[[bool], None] | None = None,
+                    initial: bool = False) -> AsyncIterator[tuple[Roster, Event | None]]:
         """See Client.watch."""
-        check_flow_args((), None, timeout, idle_check)
+        check_flow_args((), None, timeout, idle_check, True, on_connection)
+        check_bool("initial", initial)
         while not self._closing:
-            roster = Roster(await self._snapshot_retrying())
+            roster = Roster(await self._snapshot_retrying(on_connection))
+            if initial:
+                yield roster, None
             try:
-                async for event in self.events(since=roster.seq, timeout=timeout, idle_check=idle_check):
+                async for event in self.events(since=roster.seq, timeout=timeout, idle_check=idle_check,
+                                               on_connection=on_connection):
                     if roster.apply(event):
                         yield roster, event
                 return
@@ -240,14 +246,20 @@ class AsyncClient(Api):
                 log.warning("watch: events after seq %s were trimmed from the broker's log; "
                             "taking a new snapshot", roster.seq)
 
-    async def _snapshot_retrying(self) -> dict[str, Any]:
-        wait = 0.5
+    async def _snapshot_retrying(self, on_connection: Callable[[bool], None] | None = None) -> dict[str, Any]:
+        wait, down = 0.5, False
         while True:
             try:
-                return await self.snapshot()
+                snap = await self.snapshot()
+                if down and on_connection is not None:
+                    on_connection(True)
+                return snap
             except Unreachable as exc:
                 if self._closing:
                     raise
+                if not down and on_connection is not None:
+                    on_connection(False)
+                down = True
                 log.warning("watch: broker unreachable (%s); retrying in %g s", exc.message, wait)
                 await asyncio.sleep(wait)
                 wait = min(5.0, wait * 2)

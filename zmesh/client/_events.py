@@ -98,16 +98,20 @@ class Sleep:
 
 
 class Outage:
-    """Backoff and the two log lines of one broker outage."""
+    """Backoff and the two log lines of one broker outage; ``notify(False)`` when it starts
+    and ``notify(True)`` when it ends (a dashboard shows it)."""
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], notify: Callable[[bool], None] | None = None) -> None:
         self._clock = clock
+        self._notify = notify
         self.since: float | None = None
         self.backoff = BACKOFF_FIRST_S
 
     def failed(self, exc: Unreachable) -> float:
         if self.since is None:
             self.since = self._clock()
+            if self._notify is not None:
+                self._notify(False)
             log.warning("event stream: broker unreachable (%s); reconnecting with backoff up to %g s",
                         exc.message, BACKOFF_MAX_S)
         wait, self.backoff = self.backoff, min(BACKOFF_MAX_S, self.backoff * 2)
@@ -117,6 +121,8 @@ class Outage:
         if self.since is not None:
             log.warning("event stream: broker back after %.1f s; resuming after seq %s",
                         self._clock() - self.since, last)
+            if self._notify is not None:
+                self._notify(True)
         self.since, self.backoff = None, BACKOFF_FIRST_S
 
 
@@ -125,14 +131,15 @@ Action = Poll | Call[Any] | Deliver | Sleep
 
 def event_flow(tracker: EventTracker, *, replay_first: bool, timeout: float | None,
                idle_check: float, reconnect: bool = True,
-               clock: Callable[[], float] = time.monotonic) -> Generator[Action, Any, None]:
+               clock: Callable[[], float] = time.monotonic,
+               on_connection: Callable[[bool], None] | None = None) -> Generator[Action, Any, None]:
     """Events in sequence order, at least once: the PUB stream, with gaps filled by replay.
 
     The broker's PUB heartbeat carries its latest seq, so a lost *last* event is noticed
     too; if the SUB socket hears nothing at all for 3 heartbeats (a broker restart in
     progress) the flow replays anyway. Returns after ``timeout`` seconds with no event
     delivered (None: never)."""
-    outage = Outage(clock)
+    outage = Outage(clock, on_connection)
     if replay_first:
         yield from _replay_flow(tracker, outage, reconnect, first=True)
     delivered_at = heard_at = clock()
@@ -198,9 +205,13 @@ def _replay_flow(tracker: EventTracker, outage: Outage, reconnect: bool, first: 
 
 
 def check_flow_args(topics: Iterable[str], since: int | None, timeout: float | None,
-                    idle_check: float, reconnect: bool = True) -> None:
+                    idle_check: float, reconnect: bool = True,
+                    on_connection: Callable[[bool], None] | None = None) -> None:
     """Raise a ZmeshError naming the bad argument (before any I/O)."""
     check_bool("reconnect", reconnect)
+    if on_connection is not None and not callable(on_connection):
+        raise InvalidArgument(f"on_connection must be callable, not {type(on_connection).__name__}",
+                              {"field": "on_connection"})
     check_field("replay", "topics", names("topics", topics) or [])
     if since is not None:
         check_field("replay", "since", since)
@@ -209,7 +220,8 @@ def check_flow_args(topics: Iterable[str], since: int | None, timeout: float | N
 
 
 def new_flow(topics: Iterable[str], since: int | None, timeout: float | None,
-             idle_check: float, reconnect: bool, now_seq: int) -> Generator[Action, Any, None]:
+             idle_check: float, reconnect: bool, now_seq: int,
+             on_connection: Callable[[bool], None] | None = None) -> Generator[Action, Any, None]:
     """An event_flow from a driver's arguments, already checked with check_flow_args (both
     drivers call this). Without ``since`` the stream follows from ``now_seq`` (the broker's
     seq when the stream started, from hello): what is published after it is delivered even
@@ -219,7 +231,7 @@ def new_flow(topics: Iterable[str], since: int | None, timeout: float | None,
                       replay_first=since is not None,
                       timeout=check_timeout("timeout", timeout, allow_none=True),
                       idle_check=check_timeout("idle_check", idle_check),  # type: ignore[arg-type]
-                      reconnect=reconnect)
+                      reconnect=reconnect, on_connection=on_connection)
 
 
 def check_callback(callback: Any) -> None:

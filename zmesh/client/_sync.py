@@ -182,14 +182,16 @@ class Client(Api):
     # ------------------------------------------------------------ events
     def events(self, topics: Iterable[str] = (), *, since: int | None = None,
                timeout: float | None = None, idle_check: float = 1.0,
-               reconnect: bool = True) -> Iterator[Event]:
+               reconnect: bool = True, on_connection: Callable[[bool], None] | None = None
+               ) -> Iterator[Event]:
         """Yield events in sequence order, at least once, with no gaps: missed ones are
         replayed. ``since`` replays from that seq first; ``timeout`` ends the iteration
         after that many seconds without an event. Through a broker outage the stream waits
-        and resumes where it stopped (``reconnect=False``: raise Unreachable instead)."""
-        check_flow_args(topics, since, timeout, idle_check, reconnect)
+        and resumes where it stopped (``reconnect=False``: raise Unreachable instead);
+        ``on_connection(False)`` is called when such an outage starts, ``(True)`` when it ends."""
+        check_flow_args(topics, since, timeout, idle_check, reconnect, on_connection)
         self.info = self.hello()  # where "now" is, and the PUB endpoint
-        flow = new_flow(topics, since, timeout, idle_check, reconnect, self.info["seq"])
+        flow = new_flow(topics, since, timeout, idle_check, reconnect, self.info["seq"], on_connection)
         sub = connect_socket(self._ctx, zmq.SUB, SUB_OPTIONS, resolve_pub(self.endpoint, self.info["pub"]))
         poller = zmq.Poller()  # kept: Socket.poll would build one per event
         poller.register(sub, zmq.POLLIN)
@@ -246,18 +248,25 @@ class Client(Api):
         return thread
 
     # ------------------------------------------------------------ coordinator
-    def watch(self, *, timeout: float | None = None, idle_check: float = 1.0
-              ) -> Iterator[tuple[Roster, Event]]:
+    def watch(self, *, timeout: float | None = None, idle_check: float = 1.0,
+              on_connection: Callable[[bool], None] | None = None,
+              initial: bool = False) -> Iterator[tuple[Roster, Event | None]]:
         """A coordinator's view: a :class:`Roster` from one snapshot, then ``(roster, event)``
         for every event after it, the roster already updated: state changes arrive as they
         are published, with no polling. Through a broker restart the stream resumes after
         the last seq; if the broker's log no longer holds what was missed, a new snapshot is
-        taken. ``timeout`` ends it after that many quiet seconds."""
-        check_flow_args((), None, timeout, idle_check)
+        taken. ``timeout`` ends it after that many quiet seconds; ``on_connection`` hears
+        when the broker goes away (False) and comes back (True). With ``initial`` it also
+        yields ``(roster, None)`` after each snapshot (a dashboard draws it at once)."""
+        check_flow_args((), None, timeout, idle_check, True, on_connection)
+        check_bool("initial", initial)
         while not self._stop.is_set():
-            roster = Roster(self._snapshot_retrying())
+            roster = Roster(self._snapshot_retrying(on_connection))
+            if initial:
+                yield roster, None
             try:
-                for event in self.events(since=roster.seq, timeout=timeout, idle_check=idle_check):
+                for event in self.events(since=roster.seq, timeout=timeout, idle_check=idle_check,
+                                         on_connection=on_connection):
                     if roster.apply(event):
                         yield roster, event
                 return
@@ -265,12 +274,18 @@ class Client(Api):
                 log.warning("watch: events after seq %s were trimmed from the broker's log; "
                             "taking a new snapshot", roster.seq)
 
-    def _snapshot_retrying(self) -> dict[str, Any]:
-        wait = 0.5
+    def _snapshot_retrying(self, on_connection: Callable[[bool], None] | None = None) -> dict[str, Any]:
+        wait, down = 0.5, False
         while True:
             try:
-                return self.snapshot()
+                snap = self.snapshot()
+                if down and on_connection is not None:
+                    on_connection(True)
+                return snap
             except Unreachable as exc:
+                if not down and on_connection is not None:
+                    on_connection(False)
+                down = True
                 log.warning("watch: broker unreachable (%s); retrying in %g s", exc.message, wait)
                 if self._stop.wait(wait):
                     raise

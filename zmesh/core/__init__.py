@@ -106,6 +106,8 @@ class Core:
         """Mark agents evasive, release every lease and claim whose deadline has passed;
         returns the events."""
         start = len(b.events)
+        if not self.deadlines.any_due(b.now.mono):  # every batch asks: answer without a generator
+            return []
         for due, key in self.deadlines.due(b.now.mono):
             if due is Due.LEASE:
                 self.agents.end(b, key, "lease_expired")  # type: ignore[arg-type]

@@ -54,8 +54,9 @@ class ClaimKind:
             yield bytes(key), raw
 
     def conflict(self, b: Batch, key: bytes, agent: str, request: dict[str, Any]) -> RemoteError | None:
-        """Why ``agent`` may not have ``key`` now (None: it may). ``request`` holds the
-        fields the claim would carry (a mode, a pattern). Default: one holder."""
+        """Why ``agent`` may not have ``key`` now (None: it may). ``request`` holds what the
+        grant was asked with: the fields the claim would carry (a mode, a pattern) and what
+        the op already read (``check``). Default: one holder."""
         raw = b.txn.get(*self.slot(key))
         if raw is None:
             return None
@@ -111,10 +112,12 @@ class Claims:
 
     # ------------------------------------------------------------ grant and end
     def grant(self, b: Batch, key: bytes, agent: dict[str, Any], ttl: float | None,
-              extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Give ``agent`` (its record) a claim on ``key`` or raise the kind's refusal."""
-        kind = self.kind(key)
-        refusal = kind.conflict(b, key, agent["id"], extra or {})
+              extra: dict[str, Any] | None = None, check: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Give ``agent`` (its record) a claim on ``key`` or raise the kind's refusal.
+        ``extra``: fields stored in the claim; ``check``: what the op read that the
+        conflict hook decides on (not stored)."""
+        kind = self.kinds[key[:key.index(b":")]]
+        refusal = kind.conflict(b, key, agent["id"], {**extra, **check} if extra and check else extra or check or {})
         if refusal is not None:
             raise refusal
         claim = {"agent": agent["id"], "token": bump(b, b"token"), "lease": agent["lease"],

@@ -68,6 +68,10 @@ class Deadlines:
         deadline = self.at[due].get(key)
         return None if deadline is None else max(0.0, deadline - now)
 
+    def any_due(self, now: float) -> bool:
+        """Is the earliest heap entry (live or superseded) at or before ``now``?"""
+        return bool(self._heap) and self._heap[0][0] <= now
+
     def due(self, now: float) -> Iterator[tuple[Due, Key]]:
         """Every (kind, key) whose deadline is at or before ``now``, earliest first. The
         caller ends each one before asking for the next."""

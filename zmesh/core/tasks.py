@@ -39,6 +39,7 @@ from .eventlog import EventLog, bump, counter, set_counter
 from .schema import (
     READY_ID_AT,
     TASK,
+    TASK_CLAIM_SUFFIX,
     dumps,
     is_task_claim_key,
     loads,
@@ -77,12 +78,13 @@ class TaskKind(ClaimKind):
 
     prefix = TASK
     busy = True
+    _NAME_AT = len(TASK) + 1  # where the task id starts in a resource key
 
     def __init__(self, tasks: Tasks) -> None:
         self.tasks = tasks
 
     def slot(self, key: bytes) -> tuple[str, bytes]:
-        return "tasks", task_claim_key(key[len(TASK) + 1:])
+        return "tasks", key[self._NAME_AT:] + TASK_CLAIM_SUFFIX
 
     def records(self, txn: Txn) -> Iterator[tuple[bytes, bytes]]:
         for key, raw in txn.scan("tasks"):
@@ -90,13 +92,20 @@ class TaskKind(ClaimKind):
                 yield TASK + b":" + bytes(key[:-1]), raw
 
     def conflict(self, b: Batch, key: bytes, agent: str, request: dict[str, Any]) -> RemoteError | None:
-        raw = b.txn.get(*self.slot(key))
-        if raw is None:
+        """Decided by the task record the claim op read (``request["task"]``): only an
+        available task can be claimed; a claimed one names its holder (its claim record
+        is read only then)."""
+        task = request["task"]
+        status = task["status"]
+        if status == "available":
             return None
-        holder = loads(raw)["agent"]
-        task_id = self.show(key)
-        return Conflict(f"task '{task_id}' is held by '{holder}'",
-                        {"task": task_id, "status": "claimed", "holder": holder})
+        task_id = task["id"]
+        if status == "claimed":
+            raw = b.txn.get(*self.slot(key))
+            holder = None if raw is None else loads(raw)["agent"]
+            return Conflict(f"task '{task_id}' is held by '{holder}'",
+                            {"task": task_id, "status": "claimed", "holder": holder})
+        return Conflict(f"task '{task_id}' is {status}, not available", {"task": task_id, "status": status})
 
     def ended(self, b: Batch, key: bytes, claim: dict[str, Any], reason: str) -> None:
         tasks = self.tasks
@@ -115,7 +124,7 @@ class TaskKind(ClaimKind):
                 tasks.agents.put(b, record)
 
     def show(self, key: bytes) -> str:
-        return key[len(TASK) + 1:].decode()
+        return key[self._NAME_AT:].decode()
 
 
 class Tasks:
@@ -244,7 +253,7 @@ class Tasks:
     def _take(self, b: Batch, task: dict[str, Any], agent: dict[str, Any], ttl: float | None) -> dict[str, Any]:
         key = resource_key(TASK, task["id"])
         first = not self.claims.is_busy(agent["id"])
-        claim = self.claims.grant(b, key, agent, ttl)
+        claim = self.claims.grant(b, key, agent, ttl, check={"task": task})
         old = self.transition(task, "claim", "claimed")
         task["claims"] += 1
         self.save(b, task, old)
@@ -263,11 +272,9 @@ class Tasks:
                 if body["ttl"]:
                     self.claims.renew(key, body["ttl"], b.now)
                 return self._reply(b, task_id, claim, key) | {"lease": record["lease"]}
-            raise Conflict(f"task '{task_id}' is held by '{claim.get('agent')}'",
-                           {"task": task_id, "status": "claimed", "holder": claim.get("agent")})
-        if task["status"] != "available":
-            raise Conflict(f"task '{task_id}' is {task['status']}, not available",
-                           {"task": task_id, "status": task["status"]})
+        refusal = self.kind.conflict(b, key, agent_id, {"task": task})
+        if refusal is not None:  # refused before the agent is touched: nothing written
+            raise refusal
         agent = self.agents.ensure(b, agent_id, body["ttl"])
         return self._take(b, task, agent, body["ttl"])
 
