@@ -10,7 +10,9 @@ Rules it keeps:
   entry, when it comes due, is queued again at the real deadline), so the heap stays as
   small as the number of leases and claims however often agents heartbeat.
 * :meth:`Deadlines.due` yields in deadline order and only entries whose deadline really
-  passed; the caller ends them (and :meth:`drop` s them).
+  passed; the caller ends them and :meth:`drop` s them before setting them again (a
+  deadline that is present always has a heap entry at or before it: moving it later is a
+  plain store, the common case of every heartbeat and request).
 """
 
 from __future__ import annotations
@@ -49,7 +51,11 @@ class Deadlines:
 
     def set(self, due: Due, key: Key, ttl: float, now: float) -> float:
         deadline = now + ttl
-        self.at[due][key] = deadline
+        table = self.at[due]
+        old = table.get(key)
+        table[key] = deadline
+        if old is not None and deadline >= old:
+            return deadline  # moved later: its queued entry (at or before ``old``) stands
         queued = self._queued.get((due, key))
         if queued is None or deadline < queued:
             self._queued[(due, key)] = deadline
