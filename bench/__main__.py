@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 import orjson
 
-from . import paired, presence, report, workloads
+from . import messages, paired, presence, report, workloads
 from .systems import ProbeSystem, RawPubSub, System, ZmeshSystem
 
 HERE = Path(__file__).resolve().parent
@@ -86,11 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     csys = claim_systems(quick, not args.no_peers)
     bsys = broadcast_systems(quick, not args.no_peers)
     rounds = 2 if quick else 5
-    pair_sizes = ({"latency": 100, "throughput": 800, "broadcast": 100} if quick
-                  else {"latency": 2000, "throughput": 10_000, "broadcast": 2000})
+    pair_sizes = ({"latency": 100, "throughput": 800, "broadcast": 100, "push": 100} if quick
+                  else {"latency": 2000, "throughput": 10_000, "broadcast": 2000, "push": 2000})
     pair_list = paired.pairs(not args.no_peers, store_dir="scale-store", agents=n_agents, tasks=n_store)
     n_state = 300 if quick else 3000
-    steps = len(csys) * (2 + len(clients)) + len(bsys) + 4 + 2 + len(pair_list) * rounds
+    steps = len(csys) * (2 + len(clients)) + len(bsys) + 4 + 2 + 4 + len(pair_list) * rounds
     from tqdm import tqdm
 
     bar = tqdm(total=steps, desc="bench", unit="step", file=sys.stderr, dynamic_ncols=True)
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             _with_system(system, work, results, bar, step, lambda info: _broadcast(
                 pool, system, info, results, n_bcast, bar, step))
         _presence(pool, work, results, n_state, bar, step)
+        _messages(pool, work, results, quick, bar, step)
         _scale(pool, work, results, n_lat, n_agents, n_store, bar, step)
 
         def tick(label: str) -> None:
@@ -193,6 +194,35 @@ def _presence(pool: workloads.Pool, work: Path, results: dict[str, Any], n: int,
         results["presence"]["raw-zmq-pubsub: publish -> SUB recv"] = dict(r, durability="in memory")
     finally:
         raw.stop()
+    bar.update()
+
+
+def _messages(pool: workloads.Pool, work: Path, results: dict[str, Any], quick: bool, bar: Any,
+              step: Callable[[str], None]) -> None:
+    """Push latency (zmesh none and full, raw ROUTER -> DEALER) and delivery per priority
+    under a flood of low messages (bench/messages.py)."""
+    n_push, rate = (200, 200.0) if quick else (2000, 500.0)
+    low, probes, claims = (1000, 20, 100) if quick else (10_000, 100, 500)
+    out = results.setdefault("messages", {"push": {}, "flood": None})
+    for level in ("none", "full"):
+        zsys = ZmeshSystem(f"zmesh({level})", level, level=level)
+        (work / f"messages-{level}").mkdir()
+        step(f"messages: push zmesh({level})")
+        info = zsys.start(work / f"messages-{level}")
+        try:
+            out["push"][f"zmesh({level}): send -> agent's receive()"] = dict(
+                messages.push_latency(pool, info, n_push, rate), durability=level)
+            bar.update()
+            if level == "full":
+                step("messages: priorities under a flood of low")
+                out["flood"] = dict(messages.priorities_under_flood(pool, info, low, probes, 30.0, claims),
+                                    durability=level)
+                bar.update()
+        finally:
+            zsys.stop()
+    step("messages: raw ROUTER -> DEALER")
+    out["push"]["raw-zmq: ROUTER send -> DEALER recv"] = dict(messages.raw_push_latency(pool, n_push, rate),
+                                                             durability="in memory")
     bar.update()
 
 
@@ -317,12 +347,38 @@ def _targets(results: dict[str, Any]) -> None:
              "measured": f"{st['snapshot']['p95']:,} µs (status {st['status']['p95']:,} µs, "
                          f"agent_list {st['agent_list']['p95']:,} µs)",
              "goal": "<= 100,000 µs", "met": st["snapshot"]["p95"] <= 100_000})
+    ms = results.get("messages") or {}
+    push = ms.get("push", {})
+    zp = next((r for k, r in push.items() if k.startswith("zmesh(none)")), None)
+    rp = next((r for k, r in push.items() if k.startswith("raw")), None)
+    if zp is not None and rp is not None:
+        item = _target("push to a live agent p95: zmesh(none) / raw ROUTER->DEALER", zp["latency_us"].get("p95"),
+                       rp["latency_us"].get("p95"), 2.0)
+        item["measured"] += f", lost {zp['lost']}"
+        item["met"] = item["met"] and zp["lost"] == 0 if item["met"] is not None else None
+        add(item, "push")
+    flood = ms.get("flood")
+    if flood:
+        for priority, goal_ms in FLOOD_GOALS_MS.items():
+            r = flood["priorities"][priority]
+            p95 = r["latency_us"].get("p95")
+            lost = r["sent"] - r["got"]
+            add({"name": f"{priority} delivery p95 while {flood['low']:,} low messages flood the broker (zmesh full)",
+                 "measured": f"{p95:,} µs, lost {lost}" if p95 else "not run",
+                 "goal": f"< {goal_ms * 1000:,} µs", "met": (p95 < goal_ms * 1000 and lost == 0) if p95 else None})
+        add(_target("claim p95 during the flood / the same broker without it",
+                    flood["claims_flood"]["latency_us"].get("p95"), flood["claims_quiet"]["latency_us"].get("p95"),
+                    1.5))
     sc = results["scale"]
     empty = sc.get("empty broker", {}).get("latency_us", {}).get("p95")
     for name, r in sc.items():
         if name != "empty broker":
             add(_target(f"claim p95 with {name} / empty broker", r["latency_us"].get("p95"), empty, 1.5),
                 "agents" if "agents" in name else "store")
+
+
+#: delivery goals per priority (the predecessor's priority daemon, REQUIREMENTS part D)
+FLOOD_GOALS_MS = {"critical": 50, "high": 75, "normal": 100, "low": 500}
 
 
 def _target(name: str, value: float | None, base: float | None, limit: float) -> dict[str, Any]:

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import workloads
-from .systems import ProbeSystem, RawPubSub, System, ZmeshSystem
+from . import messages, workloads
+from .systems import ProbeSystem, RawPubSub, RawPush, System, ZmeshSystem
 
 AGENTS_TTL_S = 10.0
+#: pushes per second in the push pair (both sides)
+PUSH_RATE = 500.0
 
 
 @dataclass
@@ -31,7 +33,7 @@ class Pair:
     title: str
     a: Callable[[], System]
     b: Callable[[], System]
-    workload: str  # latency | throughput16 | broadcast | agents
+    workload: str  # latency | throughput16 | broadcast | agents | push
     limit: float
     below: bool
     # workdir of a side, relative to the run's workdir (the big store is built by the main pass)
@@ -68,6 +70,8 @@ def pairs(peers: bool, store_dir: str | None, agents: int, tasks: int) -> list[P
         Pair("broadcast", "broadcast p95 (10 subs): zmesh(none) / raw PUB/SUB", zmesh("none"),
              lambda: RawPubSub("raw-zmq-pubsub", "in memory", kinds=frozenset({"broadcast"})),
              "broadcast", 2.0, True),
+        Pair("push", "push to a live agent p95: zmesh(none) / raw ROUTER->DEALER", zmesh("none"),
+             lambda: RawPush("raw-zmq-router-dealer", "in memory", kinds=frozenset({"push"})), "push", 2.0, True),
         Pair("agents", f"claim p95 with {agents:,} agents heartbeating / the same broker without them",
              zmesh("full"), zmesh("full"), "agents", 1.5, True),
     ]
@@ -128,7 +132,7 @@ def _run_pair(pool: workloads.Pool, work: Path, pair: Pair, rounds: int, sizes: 
     ratios = [g["ratio"] for g in got if g["ratio"] is not None]
     median = statistics.median(ratios) if ratios else None
     met = None if median is None else (median <= pair.limit if pair.below else median >= pair.limit)
-    if pair.workload == "broadcast":
+    if pair.workload in ("broadcast", "push"):
         lost = sum(g.get("a_lost", 0) for g in got)
         met = None if met is None else met and lost == 0
     return {"title": pair.title, "a": a_sys.name, "b": b_sys.name, "metric": pair.metric, "rounds": got,
@@ -142,6 +146,10 @@ def _measure(pool: workloads.Pool, pair: Pair, system: System, info: dict[str, A
         return workloads.throughput(pool, system, info, 16, sizes["throughput"], tag)["rate"], None
     if pair.workload == "broadcast":
         r = workloads.broadcast(pool, system, info, 10, sizes["broadcast"], 1000.0)
+        return r["latency_us"].get("p95"), r["lost"]
+    if pair.workload == "push":
+        r = (messages.raw_push_latency(pool, sizes["push"], PUSH_RATE) if info["kind"] == "rawpush"
+             else messages.push_latency(pool, info, sizes["push"], PUSH_RATE))
         return r["latency_us"].get("p95"), r["lost"]
     if pair.workload == "agents" and side == "a":  # the same broker, with the agents heartbeating
         with workloads.with_agents(pool, info, agents, ttl=AGENTS_TTL_S):

@@ -146,6 +146,24 @@ def render(results: dict[str, Any]) -> str:
                   "| op | p50 µs | p95 µs | calls |", "|---|---:|---:|---:|"]
         for op in ("status", "agent_list", "snapshot"):
             lines.append(f"| {op} | {st[op]['p50']:,} | {st[op]['p95']:,} | {st[op]['calls']} |")
+    ms = results.get("messages") or {}
+    if ms.get("push"):
+        lines += ["", "## Push to a live agent (1 sender, the agent in a separate process, ~200 B)", "",
+                  "| path | durability | sent | achieved /s | p50 | p95 | p99 | max | lost |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, r in ms["push"].items():
+            lines.append(_row(name, r["durability"], f"{r['sent']:,}", f"{r['rate']:,.0f}", _lat(r["latency_us"]),
+                              r["lost"]))
+    fl = ms.get("flood")
+    if fl:
+        lines += ["", f"## Delivery per priority while {fl['low']:,} low messages flood the broker "
+                      f"(zmesh {fl['durability']}; probes at {fl['rate']:g}/s in turn)", "",
+                  "| priority | sent | delivered | p50 | p95 | p99 | max |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for priority, r in fl["priorities"].items():
+            lines.append(_row(priority, f"{r['sent']:,}", f"{r['got']:,}", _lat(r["latency_us"])))
+        for name, title in (("claims_quiet", "claims, no flood"), ("claims_flood", "claims during the flood")):
+            r = fl[name]
+            lines.append(_row(title, f"{r['claims']:,}", f"{r['claims']:,}", _lat(r["latency_us"])))
     sc = results.get("scale", {})
     if sc:
         lines += ["", "## Scale (zmesh, durability full, 1 client claim latency)", "",

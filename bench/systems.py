@@ -208,6 +208,14 @@ class RawPubSub(System):
         return {"kind": "rawpub", "endpoint": f"tcp://127.0.0.1:{free_port()}"}
 
 
+class RawPush(System):
+    """Raw pyzmq ROUTER -> DEALER: the ROUTER binds in the harness (bench/messages.py)."""
+
+    def start(self, workdir: Path) -> dict[str, Any]:
+        self.version = f"pyzmq {zmq.__version__}"
+        return {"kind": "rawpush"}
+
+
 # ------------------------------------------------------------------ clients (worker side)
 class ZmeshClaim:
     def __init__(self, info: dict[str, Any], agent: str) -> None:

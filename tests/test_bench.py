@@ -41,7 +41,19 @@ def test_quick_bench_writes_markdown_json_and_plot(tmp_path: Path) -> None:
     st = data["status_time"]
     assert st["agents"] >= 100 and all(st[op]["p50"] <= st[op]["p95"] for op in ("status", "agent_list", "snapshot"))
     assert all({"name", "measured", "goal", "met"} <= set(t) for t in data["targets"])
-    for key in ("claim-full", "claim-fast", "thr16-full", "broadcast", "agents", "store"):
+    push = data["messages"]["push"]  # issue 15: push next to raw ROUTER -> DEALER, in one run
+    assert {k.split(":")[0] for k in push} == {"zmesh(none)", "zmesh(full)", "raw-zmq"}
+    for r in push.values():
+        assert r["lost"] == 0 and r["latency_us"]["count"] == r["sent"] > 0
+    flood = data["messages"]["flood"]
+    assert flood["flood_finished"] and set(flood["priorities"]) == {"critical", "high", "normal", "low"}
+    for p, r in flood["priorities"].items():
+        assert r["got"] == r["sent"] > 0 and r["latency_us"]["count"] == r["got"], p
+    assert flood["claims_quiet"]["claims"] > 0 and flood["claims_flood"]["claims"] > 0
+    names = [t["name"] for t in data["targets"]]
+    assert any(n.startswith("critical delivery p95 while") for n in names)
+    assert any(n.startswith("claim p95 during the flood") for n in names)
+    for key in ("claim-full", "claim-fast", "thr16-full", "broadcast", "push", "agents", "store"):
         pair = data["paired"][key]  # measured in alternation: A B, then B A
         assert [r["first"] for r in pair["rounds"]] == ["a", "b"]
         assert all(r["a"] > 0 and r["b"] > 0 and r["ratio"] == round(r["a"] / r["b"], 3) for r in pair["rounds"])
@@ -52,7 +64,8 @@ def test_quick_bench_writes_markdown_json_and_plot(tmp_path: Path) -> None:
         assert why, peer
     md = (out / "RESULTS.md").read_text()
     for heading in ("## Targets", "## Targets measured in alternation", "## Claim latency", "## Contended claims", "## Throughput", "## Broadcast", "## Scale",
-                    "## State change -> coordinator", "## Reading the mesh"):
+                    "## State change -> coordinator", "## Reading the mesh", "## Push to a live agent",
+                    "## Delivery per priority"):
         assert heading in md
     assert "durability" in md and data["command"] in md
     png = (out / "latency.png").read_bytes()

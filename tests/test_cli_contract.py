@@ -26,7 +26,7 @@ from click.testing import CliRunner
 from zmesh import protocol
 from zmesh.cli import EXIT_CODES, main
 from zmesh.cli._docs import JSON_SHAPES, commands, render_markdown
-from zmesh.cli._options import EndpointType, IdType, JsonValue, Seconds
+from zmesh.cli._options import EndpointType, IdType, JsonValue, Pattern, Seconds, Since
 from zmesh.testing import BrokerProcess, free_port
 
 from .conftest import ROOT, wait_for
@@ -55,6 +55,15 @@ BASE: dict[str, list[str]] = {
     "blocker raise": ["--agent", "a", "--type", "t", "--description", "d"],
     "blocker resolve": ["blk-1"],
     "blocker ls": [],
+    "send": ["s", "b", "--to", "a"],
+    "assign": ["a", "t1"],
+    "read": [],
+    "ack": ["msg-1", "--agent", "a"],
+    "unacked": [],
+    "dead-letters": [],
+    "msgstats": [],
+    "group join": ["g", "--agent", "a"],
+    "group leave": ["g", "--agent", "a"],
     "task add": ["t1"],
     "task claim": ["t1", "--agent", "a"],
     "task done": ["t1", "--agent", "a"],
@@ -95,6 +104,10 @@ def bad_values(param: click.Parameter) -> list[str]:
         return ["", "bogus", "FULL"]
     if isinstance(t, EndpointType):
         return ["bogus", "127.0.0.1:7700", "http://127.0.0.1:7700", "tcp://host", "tcp://h:99999", ""]
+    if isinstance(t, Since):
+        return ["", "abc", "-5", "10x", "a\nb", "2026-13-45"]
+    if isinstance(t, Pattern):
+        return ["(", "[a", "a{2,1}"]
     if isinstance(t, click.Path):  # --config: a file that is not there or not TOML
         return ["/nonexistent/zmesh.toml", "/"]
     if t is click.STRING and param.name == "data":  # broker --data: a path
@@ -132,8 +145,10 @@ def _argv(path: str, name: str, value: str) -> list[str]:
             cmd_args[i + 1] = value
         else:
             cmd_args += [name, value]
-    else:  # the positional argument (first in BASE)
-        cmd_args[0] = value
+    else:  # a positional argument: BASE lists them first, in order
+        cmd = dict(commands(main))[path]
+        names = [p.human_readable_name for p in cmd.params if isinstance(p, click.Argument)]
+        cmd_args[names.index(name)] = value
     return ["--broker", UNREACHABLE, "--timeout", "0.5", *path.split(), *cmd_args]
 
 

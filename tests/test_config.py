@@ -53,6 +53,10 @@ BAD_FILE: dict[str, list[str]] = {
                    '["eth0", "eth0"]'],
     "map_size": ["0", "-1", "1024", "1099511627777", "8.5e9", '"8GiB"', "true", "nan", "inf",
                  "-9223372036854775808"],
+    "ack_wait": ['"30"', "0", "0.05", "-1", "604801", "nan", "inf", "true", "[30]"],
+    "message_retention": ["0", "-1", "100000001", "1.5", '"1000"', "true", "nan", "[1]"],
+    "message_max_age": ["0", "0.5", "-1", "315360001", '"7d"', "nan", "inf", "true"],
+    "low_batch": ["-0.1", "10.5", "nan", "inf", '"0.5"', "true", "[0.5]"],
 }
 _BAD_ENV_BOOLS = ["", "  ", "maybe", "2", "truee", "y", "t", "\x01", "nan", "-1", "0.0"]
 _BAD_ENV_ENDPOINTS = ["", ",", " , ", "tcp://*:x", "udp://*:1", "tcp://*:7700 tcp://*:7701",
@@ -70,6 +74,10 @@ BAD_ENV: dict[str, list[str]] = {
     "discovery": _BAD_ENV_BOOLS,
     "interfaces": ["", "a b", "eth\x010", ",".join(f"10.0.0.{i}" for i in range(65))],
     "map_size": ["", "0", "1024", "8GiB", "nan", "1e12", "2199023255552", "\x01"],
+    "ack_wait": ["", "0", "-1", "nan", "inf", "30s", "\x01"],
+    "message_retention": ["", "0", "1.5", "1e3", "-1", "ten", "\x01"],
+    "message_max_age": ["", "0", "-1", "nan", "7d", "\x01"],
+    "low_batch": ["", "-1", "11", "nan", "fast", "\x01"],
 }
 
 
@@ -225,12 +233,18 @@ event_log_size = 10
 discovery = false
 interfaces = ["127.0.0.1", "lo"]
 map_size = 1048576
+ack_wait = 2
+message_retention = 50
+message_max_age = 3600
+low_batch = 0
 """)
     cfg = BrokerConfig.load(path, env={})
     assert cfg == BrokerConfig(data=f"{tmp_path}/d", bind=["tcp://127.0.0.1:7800", "ipc:///tmp/z.ipc"],
                                pub_bind=["tcp://*:0"], ipc=False, durability="fast", default_ttl=5.0,
                                event_log_size=10, discovery=False, interfaces=["127.0.0.1", "lo"],
-                               map_size=1 << 20)
+                               map_size=1 << 20, ack_wait=2.0, message_retention=50, message_max_age=3600.0,
+                               low_batch=0.0)
+    assert type(cfg.ack_wait) is float and type(cfg.message_retention) is int
     assert type(cfg.default_ttl) is float and type(cfg.event_log_size) is int
     assert cfg.sources == dict.fromkeys(NAMES, f"file {path}")
 
@@ -240,10 +254,12 @@ def test_good_env_values_load_with_their_types(tmp_path: Path) -> None:
         "ZMESH_DATA": str(tmp_path), "ZMESH_BIND": " tcp://127.0.0.1:7800, ,ipc:///tmp/z.ipc,",
         "ZMESH_IPC": " Off ", "ZMESH_DISCOVERY": "YES", "ZMESH_DEFAULT_TTL": "2.5",
         "ZMESH_EVENT_LOG_SIZE": "1_000", "ZMESH_MAP_SIZE": "1099511627776", "ZMESH_DURABILITY": "none",
-        "ZMESH_INTERFACES": "lo", "ZMESH_PUB_BIND": "tcp://*:7801"})
+        "ZMESH_INTERFACES": "lo", "ZMESH_PUB_BIND": "tcp://*:7801", "ZMESH_ACK_WAIT": "1.5",
+        "ZMESH_MESSAGE_RETENTION": "10_000", "ZMESH_MESSAGE_MAX_AGE": "86400", "ZMESH_LOW_BATCH": "0.25"})
     assert (cfg.bind, cfg.pub_bind) == (["tcp://127.0.0.1:7800", "ipc:///tmp/z.ipc"], ["tcp://*:7801"])
     assert (cfg.ipc, cfg.discovery, cfg.durability, cfg.interfaces) == (False, True, "none", ["lo"])
     assert (cfg.default_ttl, cfg.event_log_size, cfg.map_size) == (2.5, 1000, 1 << 40)
+    assert (cfg.ack_wait, cfg.message_retention, cfg.message_max_age, cfg.low_batch) == (1.5, 10_000, 86400.0, 0.25)
     assert cfg.sources == {s.name: f"env {s.env}" for s in SETTINGS}
 
 

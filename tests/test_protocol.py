@@ -42,6 +42,22 @@ VALID = {
                       "requires": ["ops"], "task": "t1", "threshold": 1.0},
     "blocker_resolve": {"blocker": "blk-1", "agent": "a2", "resolution": "granted"},
     "blocker_list": {"status": "all", "after": "blk-1", "limit": 10},
+    "send": {"from": "a1", "to": "a2", "subject": "hi", "body": {"k": [1]}, "priority": "critical",
+             "type": "request", "category": "ops", "context": {"task": "t1"}, "tags": ["x"], "requires_ack": True,
+             "correlation_id": "c1", "expires_in": 60, "ack_wait": 5, "max_deliver": 3},
+    "assign": {"agent": "a1", "task": "t1", "ttl": 30, "queue": True, "from": "op", "priority": "high",
+               "subject": "do it"},
+    "ack": {"agent": "a1", "id": "msg-3", "token": 9, "note": "done"},
+    "message_list": {"agent": "a1", "tag": "x", "priority": "low", "since": 2, "since_ts": 1.5, "unread": True,
+                     "tail": 5, "limit": 10},
+    "message_get": {"id": "msg-1"},
+    "mark_read": {"agent": "a1", "ids": ["msg-1", "msg-2"]},
+    "unacked": {"agent": "a1", "limit": 5},
+    "dead_letters": {"agent": "a1", "limit": 5},
+    "requeue": {"id": "msg-1", "agent": "a1"},
+    "msgstats": {},
+    "group_join": {"agent": "a1", "group": "ops"},
+    "group_leave": {"agent": "a1", "group": "ops"},
 }
 
 

@@ -27,7 +27,8 @@ import signal
 import socket
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -35,7 +36,7 @@ import zmq
 from . import __version__, protocol
 from ._logging import RateLimited
 from .config import BrokerConfig
-from .core import Core, Now, Settings
+from .core import Core, Now, Push, Settings
 from .errors import Internal, RemoteError, StoreError
 from .protocol import DecodeError, Event
 from .sockets import NOBLOCK, peer_address, recv_message, send_frames
@@ -53,6 +54,17 @@ DEDUP_SIZE = 100_000
 SLOW_COMMIT_S = 0.5
 #: lease/claim expiries logged one line each per pass; more become one summary line
 EXPIRY_LINES_PER_PASS = 20
+#: priority lanes: inside a pass, critical messages go first, then everything that is not
+#: a message (claims, heartbeats, acks...) with the high ones, then normal; low work waits
+#: in memory while more urgent work arrives (up to low_batch seconds) and goes at most
+#: LOW_PER_PASS at a time, in a transaction of its own
+LANE_OPS = frozenset({"send", "assign"})
+_LANE = {p: i for i, p in enumerate(protocol.PRIORITIES)}
+MAIN_LANE = _LANE["high"]
+LOW_LANE = _LANE["low"]
+LOW_PER_PASS = 256
+#: delivery latencies kept per priority for msgstats
+LATENCY_SAMPLES = 1000
 
 
 def ipc_endpoint(data_dir: str, name: str) -> str:
@@ -80,7 +92,9 @@ class Broker:
     def __init__(self, config: BrokerConfig, *, context: zmq.Context | None = None) -> None:
         self.config = config
         self.store: Store = LmdbStore(config.data, durability=config.durability, map_size=config.map_size)
-        self.core = Core(Settings(default_ttl=config.default_ttl, event_log_size=config.event_log_size))
+        self.core = Core(Settings(default_ttl=config.default_ttl, event_log_size=config.event_log_size,
+                                  ack_wait=config.ack_wait, message_retention=config.message_retention,
+                                  message_max_age=config.message_max_age))
         self._ctx = context or zmq.Context.instance()
         self._routers: list[zmq.Socket] = []
         self._pub: zmq.Socket | None = None
@@ -102,6 +116,10 @@ class Broker:
         self.requests = 0
         self._ipc_paths: list[str] = []  # ipc socket files we bound: removed on close
         self._recovered = False  # the core holds the store's state: a checkpoint may be written
+        #: low-priority requests waiting for a pass with nothing more urgent (with arrival time)
+        self._low: deque[tuple[_Item, float]] = deque()
+        #: seconds from send to push, per priority: the last LATENCY_SAMPLES (msgstats)
+        self.latency: dict[str, deque[float]] = {p: deque(maxlen=LATENCY_SAMPLES) for p in protocol.PRIORITIES}
 
     # ------------------------------------------------------------ setup
     def bind(self) -> None:
@@ -203,7 +221,7 @@ class Broker:
         try:
             while self._running:
                 deadline = min(self.core.next_deadline() or self._next_hb, self._next_hb)
-                timeout = max(0.0, deadline - time.monotonic()) * 1000
+                timeout = 0.0 if self._low else max(0.0, deadline - time.monotonic()) * 1000
                 ready = dict(poller.poll(min(timeout, 60_000) + 1))
                 if self._wake_r.fileno() in ready:
                     try:
@@ -234,16 +252,50 @@ class Broker:
                 batch.append((router, frames, first))
         return batch
 
+    def _decode(self, batch: list[tuple[zmq.Socket, list[bytes], zmq.Frame]]
+                ) -> tuple[list[_Item], list[tuple[zmq.Socket, list[bytes]]]]:
+        """Each drained request decoded, with its lane; a request that cannot be served is
+        answered at once (it changes nothing, so its reply waits for no commit)."""
+        items: list[_Item] = []
+        refused: list[tuple[zmq.Socket, list[bytes]]] = []
+        for router, frames, first in batch:
+            ident, request = frames[0], frames[1:]
+            try:
+                req = protocol.decode_request(request)
+            except DecodeError as exc:
+                refused.append((router, [ident, *protocol.encode_error(exc.req_id, exc.error)]))
+                peer = peer_address(first)
+                _limited.warning("bad:" + peer, "refused a request from %s: %s", peer, exc.error)
+                continue
+            lane = _LANE[req.body["priority"]] if req.op in LANE_OPS else MAIN_LANE
+            items.append(_Item(router, ident, request[1], req, lane))
+        return items, refused
+
     def _pass(self, readable: list[zmq.Socket]) -> None:
-        batch = self._drain(readable)
+        items, refused = self._decode(self._drain(readable))
+        for router, frames in refused:
+            self._send(router, frames)
+        now = time.monotonic()
+        urgent = [item for item in items if item.lane < LOW_LANE]
+        if len(urgent) != len(items):
+            self._low.extend((item, now) for item in items if item.lane == LOW_LANE)
+        if len(urgent) > 1:
+            urgent.sort(key=_lane)  # stable: arrival order within a lane
         deadline = self.core.next_deadline()
-        if not batch and (deadline is None or deadline > time.monotonic()):
-            return
+        if urgent or (deadline is not None and deadline <= now):
+            self._commit(urgent)
+        # low work goes when nothing more urgent came in this pass, or once it waited low_batch
+        if self._low and (not urgent or now - self._low[0][1] >= self.config.low_batch):
+            self._commit([self._low.popleft()[0] for _ in range(min(LOW_PER_PASS, len(self._low)))])
+
+    def _commit(self, items: list[_Item]) -> None:
+        """Apply ``items`` (and expiry) in one transaction, then send what it produced:
+        replies, pushes, events. Nothing leaves before the commit."""
         poisoned: set[int] = set()
         started = time.monotonic()
         while True:
             try:
-                replies, events, expired = self._apply(batch, poisoned)
+                replies, events, expired, pushes = self._apply(items, poisoned)
                 break
             except StoreFull as exc:
                 log.warning("%s", exc)
@@ -252,21 +304,47 @@ class Broker:
                 with self.store.read() as txn:  # the rolled-back batch may have touched it
                     self.core.resync(txn, self._now())
         for router, frames in replies:
-            try:
-                send_frames(router, frames, NOBLOCK)
-            except zmq.ZMQError as exc:  # client gone (ROUTER_MANDATORY) or its queue full
-                log.debug("reply dropped: %s", exc)
+            self._send(router, frames)
+        if pushes:
+            self._push(pushes)
         for event in events:
             self._publish(event)
         self.batches += 1
-        self.requests += len(batch)
+        self.requests += len(items)
         elapsed = time.monotonic() - started
         if elapsed > SLOW_COMMIT_S:
             _limited.warning("slow", "slow commit: %d request(s) took %.0f ms to apply, commit and sync "
-                             "(durability %s; the disk or the machine is busy)", len(batch),
+                             "(durability %s; the disk or the machine is busy)", len(items),
                              elapsed * 1000, self.store.durability)
         if expired:
             _log_expiries(expired)
+
+    @staticmethod
+    def _send(router: zmq.Socket, frames: list[bytes]) -> None:
+        try:
+            send_frames(router, frames, NOBLOCK)
+        except zmq.ZMQError as exc:  # client gone (ROUTER_MANDATORY) or its queue full
+            log.debug("reply dropped: %s", exc)
+
+    def _push(self, pushes: list[Push]) -> None:
+        """Send each push to its agent's connection; one the transport refuses (the
+        connection is gone, or its queue is full) goes back to the core as pending."""
+        router = self._routers[0]
+        failed = []
+        sent = time.time()
+        for push in pushes:
+            try:
+                send_frames(router, [push.route, *protocol.encode_push(push.raw)], NOBLOCK)
+            except zmq.ZMQError as exc:
+                failed.append(push)
+                _limited.log(logging.INFO, "push:" + push.agent, "push to agent %r failed (%s): it stays pending until "
+                              "its client speaks again", push.agent, exc)
+                continue
+            if push.live:
+                self.latency[push.priority].append(sent - push.ts)
+        if failed:
+            with self.store.write() as txn:
+                self.core.undeliverable(self.core.batch(txn, self._now()), failed)
 
     def _publish(self, event: Event) -> None:
         send_frames(self._pub, protocol.encode_event(event))  # type: ignore[arg-type]
@@ -274,35 +352,32 @@ class Broker:
             self._seq = event.seq
         self._next_hb = time.monotonic() + protocol.PUB_HEARTBEAT_S
 
-    def _apply(self, batch: list[tuple[zmq.Socket, list[bytes], zmq.Frame]], poisoned: set[int]
-               ) -> tuple[list[tuple[zmq.Socket, list[bytes]]], list[Event], list[Event]]:
-        """Apply a batch in one write transaction; returns replies and events to send
-        after the commit (the ``with`` block commits and syncs once), and the events of
+    def _apply(self, items: list[_Item], poisoned: set[int]
+               ) -> tuple[list[tuple[zmq.Socket, list[bytes]]], list[Event], list[Event], list[Push]]:
+        """Apply requests in one write transaction; returns replies, events and pushes to
+        send after the commit (the ``with`` block commits and syncs once), and the events of
         lease and claim expiry (for the log)."""
         now = self._now()
         replies: list[tuple[zmq.Socket, list[bytes]]] = []
-        remember: list[tuple[bytes, tuple[int, list[bytes]]]] = []
+        remember: dict[bytes, tuple[int, list[bytes]]] = {}
+        dedup = self._dedup
         with self.store.write() as txn:
             ctx = self.core.batch(txn, now)
-            for index, (router, frames, first) in enumerate(batch):
-                ident, request = frames[0], frames[1:]
-                try:
-                    req = protocol.decode_request(request)
-                except DecodeError as exc:
-                    replies.append((router, [ident, *protocol.encode_error(exc.req_id, exc.error)]))
-                    peer = peer_address(first)
-                    _limited.warning("bad:" + peer, "refused a request from %s: %s", peer, exc.error)
-                    continue
+            for index, item in enumerate(items):
+                req, ident = item.req, item.ident
                 if index in poisoned:
                     err = Internal(f"the broker failed on op '{req.op}'; see the broker log")
-                    replies.append((router, [ident, *protocol.encode_error(req.req_id, err)]))
+                    replies.append((item.router, [ident, *protocol.encode_error(req.req_id, err)]))
                     continue
                 write = req.op in protocol.WRITE_OPS
-                fingerprint = hash((req.op, request[1])) if write else 0
-                cached = self._dedup.get(req.req_id) if write else None
-                if cached is not None and cached[0] == fingerprint:
-                    replies.append((router, [ident, *cached[1]]))
-                    continue
+                fingerprint = 0
+                if write:  # a retry (same req_id, same request) is answered from memory
+                    fingerprint = hash((req.op, item.body))
+                    cached = dedup.get(req.req_id) or remember.get(req.req_id)
+                    if cached is not None and cached[0] == fingerprint:
+                        replies.append((item.router, [ident, *cached[1]]))
+                        continue
+                ctx.caller = ident
                 try:
                     if req.op == "hello":
                         out = protocol.encode_reply(req.req_id, self._hello(txn))
@@ -310,6 +385,8 @@ class Broker:
                         body, _ = self.core.handle(ctx, req.op, req.body)
                         if req.op == "status":
                             body.update(self._info())
+                        elif req.op == "msgstats":
+                            body["latency_ms"] = self._latency()
                         out = protocol.encode_reply(req.req_id, body)
                 except RemoteError as exc:
                     out = protocol.encode_error(req.req_id, exc)
@@ -319,17 +396,28 @@ class Broker:
                     log.exception("op %s failed (request answered 'internal')", req.op)
                     raise _Poison(index) from exc
                 if write:
-                    remember.append((req.req_id, (fingerprint, out)))
-                replies.append((router, [ident, *out]))
+                    remember[req.req_id] = (fingerprint, out)
+                replies.append((item.router, [ident, *out]))
+            ctx.caller = None
             # after the requests: heartbeats that queued while the broker was busy or
             # stalled count before any lease is judged lapsed
             expired = self.core.expire(ctx)
-            events = ctx.events
-        for req_id, out in remember:
-            self._dedup[req_id] = out
-        while len(self._dedup) > DEDUP_SIZE:
-            self._dedup.popitem(last=False)
-        return replies, events, expired
+            events, pushes = ctx.events, ctx.pushes
+        dedup.update(remember)
+        while len(dedup) > DEDUP_SIZE:
+            dedup.popitem(last=False)
+        return replies, events, expired, pushes
+
+    def _latency(self) -> dict[str, Any]:
+        """Delivery latency per priority (message sent -> pushed to a connected agent), over
+        the last LATENCY_SAMPLES pushes of each."""
+        out = {}
+        for priority, samples in self.latency.items():
+            ordered = sorted(samples)
+            n = len(ordered)
+            out[priority] = {"n": n, **{name: round(ordered[min(n - 1, int(q * n))] * 1000, 3) if n else None
+                                        for name, q in (("p50", 0.5), ("p95", 0.95))}}
+        return out
 
     def _hello(self, txn: Any) -> dict[str, Any]:
         return {"broker_id": self.store.broker_id, "protocol": protocol.PROTOCOL_VERSION,
@@ -410,6 +498,21 @@ def _log_expiries(events: list[Event]) -> None:
         log.warning("expiry storm: %d lease(s) and %d claim TTL(s) lapsed and %d agent(s) turned evasive at "
                     "once (%d not logged one by one)", leases, len(lines) - leases - evasive, evasive,
                     len(lines) - EXPIRY_LINES_PER_PASS)
+
+
+@dataclass(frozen=True)
+class _Item:
+    """A decoded request and where to answer it."""
+
+    router: zmq.Socket
+    ident: bytes
+    body: bytes  #: the request's body frame as it came (for the retry fingerprint)
+    req: protocol.Request
+    lane: int
+
+
+def _lane(item: _Item) -> int:
+    return item.lane
 
 
 class _Poison(Exception):

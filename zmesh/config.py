@@ -36,6 +36,7 @@ else:  # pragma: no cover
 from .endpoint import MAX_IPC_PATH_BYTES, check_endpoint
 from .errors import ConfigError, InvalidArgument
 from .protocol import MAX_TTL_S, MIN_TTL_S, escape_controls, number_text
+from .fields import DEFAULT_ACK_WAIT_S, DEFAULT_LOW_BATCH_S, DEFAULT_MESSAGE_MAX_AGE_S, DEFAULT_MESSAGE_RETENTION
 from .store import DURABILITY
 
 __all__ = ["BrokerConfig", "ConfigError", "Setting", "SETTINGS", "known_env", "unknown_env",
@@ -126,6 +127,15 @@ SETTINGS: tuple[Setting, ...] = (
             lo=MIN_TTL_S, hi=MAX_TTL_S, unit="seconds"),
     Setting("event_log_size", int, DEFAULT_EVENT_LOG, "events kept for replay (older ones are trimmed)",
             lo=1, hi=100_000_000, unit="events"),
+    Setting("ack_wait", float, DEFAULT_ACK_WAIT_S, "seconds a requires_ack delivery waits for its ack "
+            "before it is delivered again (when the message names none)", lo=MIN_TTL_S, hi=MAX_TTL_S, unit="seconds"),
+    Setting("message_retention", int, DEFAULT_MESSAGE_RETENTION, "messages kept per address (an agent's "
+            "inbox, a group, a capability, everyone); unacked requires_ack ones are never trimmed",
+            lo=1, hi=100_000_000, unit="messages"),
+    Setting("message_max_age", float, DEFAULT_MESSAGE_MAX_AGE_S, "seconds a settled message is kept",
+            lo=1.0, hi=10 * 365 * 86400.0, unit="seconds"),
+    Setting("low_batch", float, DEFAULT_LOW_BATCH_S, "seconds low-priority work may wait while more urgent "
+            "work keeps the broker busy (it goes at once when the broker is idle)", lo=0.0, hi=10.0, unit="seconds"),
     Setting("discovery", bool, True, "advertise the broker on the LAN with zeroconf"),
     Setting("interfaces", list, (), "addresses or interface names to advertise on (empty: default route's)",
             lo=0, hi=64, unit="addresses or interface names", item=_interface,
@@ -151,6 +161,10 @@ class BrokerConfig:
     durability: str = _default("durability")
     default_ttl: float = _default("default_ttl")
     event_log_size: int = _default("event_log_size")
+    ack_wait: float = _default("ack_wait")
+    message_retention: int = _default("message_retention")
+    message_max_age: float = _default("message_max_age")
+    low_batch: float = _default("low_batch")
     discovery: bool = _default("discovery")
     interfaces: list[str] = _default("interfaces")
     map_size: int = _default("map_size")

@@ -58,6 +58,7 @@ __all__ = [
     "SnapshotRequired",
     "Internal",
     "NothingToClaim",
+    "NoReply",
     "Unreachable",
     "ProtocolError",
     "StoreError",
@@ -177,6 +178,11 @@ class Internal(RemoteError):
 class NothingToClaim(ZmeshError):
     code = "nothing_to_claim"
     meaning = "no available task matches the agent's capabilities"
+
+
+class NoReply(ZmeshError):
+    code = "no_reply"
+    meaning = "an agent did not answer a request within its timeout (a late reply still arrives as a message)"
 
 
 class Unreachable(ZmeshError):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -64,6 +64,26 @@ SEVERITIES = ("low", "medium", "high", "critical")
 #: largest cost an agent may report (a running total, in whatever unit the agents use)
 MAX_COST = 1e15
 
+# ---------------------------------------------------------------- messages
+#: message priorities, most urgent first (a delivery lane each; pending ones go in this order)
+PRIORITIES = ("critical", "high", "normal", "low")
+#: where a message goes: one agent, every live member of a group, every live agent with a
+#: capability, every live agent
+ADDRESSES = ("to", "group", "capability", "all")
+#: a recipient's delivery state (read and ack times are kept beside it)
+DELIVERY_STATES = ("pending", "delivered", "acked", "dead", "expired")
+#: a requires_ack delivery not acked within ack_wait seconds is delivered again
+DEFAULT_ACK_WAIT_S = 30.0
+#: deliveries of a requires_ack message before it goes to the dead letters
+DEFAULT_MAX_DELIVER = 5
+MAX_DELIVER = 1000
+#: messages kept per address (an agent's inbox, a group, a capability, everyone) and how
+#: long a settled message is kept; both are broker settings, these their defaults
+DEFAULT_MESSAGE_RETENTION = 1000
+DEFAULT_MESSAGE_MAX_AGE_S = 7 * 24 * 3600.0
+#: low-priority work may wait this long (seconds) while more urgent work keeps the broker busy
+DEFAULT_LOW_BATCH_S = 0.5
+
 #: what each field kind accepts (docs/PROTOCOL.md shows this table)
 KIND_RULES = {
     "id": f"a string of 1..{MAX_ID_BYTES} bytes of UTF-8 without control characters "
@@ -77,6 +97,7 @@ KIND_RULES = {
     "ttl": "a finite number of seconds, within the field's range",
     "number": "a finite number, within the field's range",
     "choice": "one of the values the field lists",
+    "bool": "true or false",
     "status": "one of " + ", ".join(STATUSES),
     "object": "a JSON object",
     "json": "any JSON value",
@@ -99,6 +120,23 @@ class Field:
     hi: float | None = None
     #: kind "choice": the values it accepts
     choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op of the wire protocol: its fields, whether it writes, what it returns."""
+
+    name: str
+    doc: str
+    fields: tuple[Field, ...] = ()
+    #: True when the op may change durable state (its reply waits for the commit)
+    writes: bool = False
+    returns: str = ""
+    errors: tuple[str, ...] = ()
+    by_name: dict[str, Field] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.by_name.update({f.name: f for f in self.fields})
 
 
 # ---------------------------------------------------------------- validation
@@ -186,6 +224,12 @@ def _check_list(name: str, value: Any, item) -> list[str]:
     return out
 
 
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise BadRequest(f"field '{name}' must be true or false", {"field": name})
+    return value
+
+
 def _check_status(name: str, value: Any) -> str:
     if value not in STATUSES:
         raise BadRequest(f"field '{name}' must be one of {', '.join(STATUSES)}", {"field": name})
@@ -262,6 +306,7 @@ KINDS = {
     "ttl": _check_number,
     "number": _check_number,
     "choice": _check_str,
+    "bool": _check_bool,
     "namelist": lambda n, v: _check_list(n, v, _check_name),
     "idlist": lambda n, v: _check_list(n, v, _check_id),
     "status": _check_status,

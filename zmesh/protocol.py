@@ -22,6 +22,11 @@ Reply (broker -> client), two frames::
                   req_id  echoed (empty when the request was too broken to read one)
     [1] body      orjson object; for errors {"code", "message", "details"?}
 
+Push (broker ROUTER -> one agent's DEALER, never over PUB), two frames::
+
+    [0] header    b"ZM1" version, b"!"
+    [1] body      orjson object: the message, with ``delivery`` {agent, token, attempt}
+
 Event (broker PUB -> client SUB), three frames::
 
     [0] topic     ASCII, dotted ("task.claimed", "agent.expired"); SUB filters by prefix
@@ -42,6 +47,7 @@ import orjson
 
 from . import errors
 from .errors import BadRequest, TooLarge, UnknownOp, UnsupportedVersion
+from .ops_messages import MESSAGE_OPS, MESSAGE_TOPICS
 # re-exported: protocol.X is how the rest of zmesh names them
 from .fields import (  # noqa: F401
     CONTROL_CHARS,
@@ -68,6 +74,8 @@ from .fields import (  # noqa: F401
     MAX_TTL_S,
     MESSAGE_PREFIX,
     MIN_TTL_S,
+    Op,
+    PRIORITIES,
     REPORTS,
     SEVERITIES,
     STATES,
@@ -83,26 +91,12 @@ PROTOCOL_VERSION = 1
 
 OK = b"+"
 ERROR = b"-"
+PUSH = b"!"
 
 _SEQ = struct.Struct(">Q")
 
 
 # ---------------------------------------------------------------- op table
-
-
-@dataclass(frozen=True)
-class Op:
-    name: str
-    doc: str
-    fields: tuple[Field, ...] = ()
-    #: True when the op may change durable state (its reply waits for the commit)
-    writes: bool = False
-    returns: str = ""
-    errors: tuple[str, ...] = ()
-    by_name: dict[str, Field] = field(default_factory=dict, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.by_name.update({f.name: f for f in self.fields})
 
 
 _AGENT = Field("agent", "id", True, doc="agent id")
@@ -128,6 +122,8 @@ OPS: dict[str, Op] = {
             (
                 _AGENT,
                 Field("capabilities", "namelist", default=[], doc="capability names"),
+                Field("groups", "namelist", default=None, doc="groups to be a member of (messages "
+                      "to a group reach its live members); re-registering without it keeps them"),
                 Field("metadata", "object", default={}, doc="free JSON object"),
                 Field("ttl", "ttl", default=None, doc="lease TTL in seconds (default: broker's)", lo=MIN_TTL_S, hi=MAX_TTL_S),
             ),
@@ -355,6 +351,7 @@ OPS: dict[str, Op] = {
             returns="{events: [{topic, seq, body}], last_seq, more}",
             errors=("snapshot_required", "bad_request"),
         ),
+        *MESSAGE_OPS,
     )
 }
 
@@ -476,6 +473,10 @@ def encode_error(req_id: bytes, error: errors.ZmeshError) -> list[bytes]:
     return [VERSION + ERROR + req_id, orjson.dumps(error.to_wire())]
 
 
+def encode_push(body_json: bytes) -> list[bytes]:
+    return [VERSION + PUSH, body_json]
+
+
 @dataclass(frozen=True)
 class Reply:
     req_id: bytes
@@ -483,14 +484,34 @@ class Reply:
     body: Any
 
 
-def decode_reply(frames: list[bytes]) -> Reply:
-    if len(frames) != 2 or frames[0][:3] != VERSION or frames[0][3:4] not in (OK, ERROR):
+@dataclass(frozen=True)
+class Push:
+    """A message the broker pushed to this client's connection (not a reply)."""
+
+    body: dict[str, Any]
+
+
+def decode_incoming(frames: list[bytes]) -> Reply | Push:
+    """What arrived on a DEALER: a reply to some request, or a push."""
+    if len(frames) != 2 or frames[0][:3] != VERSION or frames[0][3:4] not in (OK, ERROR, PUSH):
         raise errors.ProtocolError(f"malformed reply of {len(frames)} frames")
     try:
         body = orjson.loads(frames[1])
     except orjson.JSONDecodeError as exc:
         raise errors.ProtocolError(f"reply body is not JSON: {exc}") from None
-    return Reply(bytes(frames[0][4:]), frames[0][3:4] == OK, body)
+    kind = frames[0][3:4]
+    if kind == PUSH:
+        if not isinstance(body, dict):
+            raise errors.ProtocolError("push body is not a JSON object")
+        return Push(body)
+    return Reply(bytes(frames[0][4:]), kind == OK, body)
+
+
+def decode_reply(frames: list[bytes]) -> Reply:
+    incoming = decode_incoming(frames)
+    if isinstance(incoming, Push):
+        raise errors.ProtocolError("a push where a reply was expected")
+    return incoming
 
 
 @dataclass(frozen=True)
@@ -552,4 +573,5 @@ TOPICS: dict[str, str] = {
     "blocker.raised": "a blocker was raised, by an agent or by the broker (a task waits on a dead one)",
     "blocker.resolved": "a blocker was resolved",
     MESSAGE_PREFIX + "<topic>": "a message sent with `publish` (data, from)",
+    **MESSAGE_TOPICS,
 }

@@ -62,6 +62,10 @@ class Txn(Protocol):
         """Ascending (key, value) pairs from ``start`` while keys begin with ``prefix``."""
         ...
 
+    def scan_back(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """Descending (key, value) pairs of the keys that begin with ``prefix``."""
+        ...
+
 
 class Store(Protocol):
     """What the broker needs of a store: the LMDB store today, a distributed one later."""
@@ -110,6 +114,28 @@ class LmdbTxn:
             if not key.startswith(within):
                 return
             yield key[1:], value
+
+    def scan_back(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        cur = self._txn.cursor()
+        within = _PREFIX[table] + prefix
+        past = _past(within)
+        if past is None or not cur.set_range(past):  # nothing after the range: start at the end
+            if not cur.last():
+                return
+        elif not cur.prev():
+            return
+        for key, value in cur.iterprev():
+            if not key.startswith(within):
+                return
+            yield key[1:], value
+
+
+def _past(prefix: bytes) -> bytes | None:
+    """The first key after every key that begins with ``prefix`` (None: there is none)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes((stripped[-1] + 1,))
 
 
 class LmdbStore:
@@ -267,6 +293,12 @@ class MemoryTxn:
         for key in sorted(k for k in data if k >= first):
             if prefix and not key.startswith(prefix):
                 return
+            if key in data:
+                yield key, data[key]
+
+    def scan_back(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        data = self._t(table)
+        for key in sorted((k for k in data if k.startswith(prefix)), reverse=True):
             if key in data:
                 yield key, data[key]
 

@@ -25,7 +25,7 @@ ERROR_KEYS = ("code", "message", "details")
 #: a presence report's answer
 REPORT_KEYS = ("agent", "state", "position", "helpers", "seq")
 #: keys of an agent as stats and agents print it (the broker's agent view)
-AGENT_KEYS = ("id", "capabilities", "metadata", "ttl", "lease", "registered", "implicit", "completed",
+AGENT_KEYS = ("id", "capabilities", "groups", "metadata", "ttl", "lease", "registered", "implicit", "completed",
               "failed", "state", "since", "task", "last_task", "reason", "message", "cost", "blocker",
               "liveness", "position", "expires_in", "waiting_since", "uptime", "claims")
 #: keys of a blocker
@@ -69,6 +69,22 @@ JSON_SHAPES: dict[str, tuple[tuple[str, ...], str] | None] = {
     "blocker ls": (("blockers", "more", "next_after"),
                    "`blockers`: a list of blockers; `more`: whether more follow; `next_after`: the "
                    "--after for the next page (null when none)"),
+    "send": (("id", "addressed", "online", "queued", "seq"),
+             "the message id; how many live agents it was addressed to, reached at once, left waiting"),
+    "assign": (("task", "agent", "token", "lease", "expires_in", "id", "queued"),
+               "the claim taken on the agent's lease and the message id (`queued`: it waits in the inbox, "
+               "token null until delivered)"),
+    "read": (("messages",), "`messages`: the messages, oldest first (with `delivery` state for --agent)"),
+    "ack": (("id", "agent", "acked_at", "note", "already"), "the ack (`already`: it was acked before)"),
+    "unacked": (("deliveries",), "`deliveries`: each {id, agent, state, deliveries, token, expires_in, "
+                                 "subject, priority, from}"),
+    "dead-letters": (("dead",), "`dead`: each {id, agent, deliveries, dead_at, subject, priority, from}; "
+                                "with --requeue: {id, requeued}"),
+    "msgstats": (("pending", "outstanding", "dead", "messages", "oldest", "retention", "max_age", "latency_ms"),
+                 "`pending` per priority, `outstanding` acks, `dead` letters, `messages` stored, "
+                 "`latency_ms` per priority {p50, p95, n}"),
+    "group join": (("agent", "groups"), "the agent's groups"),
+    "group leave": (("agent", "groups"), "the agent's groups"),
 }
 
 

@@ -11,14 +11,18 @@ and are bounded by the message limit.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
+import re
 import sys
+import time
 from typing import Any, Callable
 
 import click
 import orjson
 
 from .. import protocol
+from ..fields import escape_controls
 from ..endpoint import check_endpoint
 from ..errors import ZmeshError
 
@@ -139,6 +143,8 @@ def field_type(field: protocol.Field) -> click.ParamType:
                       field.hi if field.hi is not None else protocol.MAX_COST)
     if field.kind == "choice":
         return click.Choice(field.choices)
+    if field.kind == "bool":
+        return click.BOOL
     if field.kind in ("id", "name", "after", "text"):
         return IdType(field.kind)
     if field.kind in ("idlist", "namelist"):
@@ -170,3 +176,44 @@ def field_option(op: str, field: str, *decls: str, help: str | None = None,
 def field_argument(op: str, field: str, name: str) -> Callable[[Any], Any]:
     spec = protocol.OPS[op].by_name[field]
     return click.argument(name, type=field_type(spec))
+
+
+class Since(click.ParamType):
+    """``--since``: a message number (``12``), a duration ago (``90s``, ``10m``, ``2h``, ``1d``)
+    or an ISO 8601 time; converts to (since number, since time or None)."""
+
+    name = "SEQ|TIME"
+    _duration = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+    _unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        text = str(value).strip()
+        if text.isascii() and text.isdigit() and len(text) <= 16:
+            return int(text), None
+        match = self._duration.fullmatch(text)
+        if match:
+            return 0, max(0.0, time.time() - float(match.group(1)) * self._unit[match.group(2)])
+        try:
+            when = dt.datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(f"{escape_controls(text)[:40]!r} is not a message number, a duration (90s, 10m, 2h, 1d) "
+                      "or an ISO 8601 time", param, ctx)
+        if when.tzinfo is None:
+            when = when.astimezone()
+        return 0, max(0.0, when.timestamp())
+
+
+class Pattern(click.ParamType):
+    """A regular expression (compiled here: a bad one is a usage error naming the option)."""
+
+    name = "REGEX"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, re.Pattern):
+            return value
+        try:
+            return re.compile(value)
+        except (re.error, OverflowError, RecursionError) as exc:
+            self.fail(f"{escape_controls(str(value))[:40]!r} is not a regular expression: {exc}", param, ctx)

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 from .. import protocol
 from ..errors import BadRequest, Conflict, InvalidArgument, RemoteError
+from ._messages_api import MessagesApi
 from ._protocol import Call, _identity, _to_claim
 
 #: ops a client sends before (or instead of) registering its agent: they never trigger the
@@ -63,8 +64,8 @@ def check_bool(field: str, value: Any) -> bool:
     return value
 
 
-class Api:
-    """Every op, defined once."""
+class Api(MessagesApi):
+    """Every op, defined once (the message ops in MessagesApi)."""
 
     agent: str | None
 

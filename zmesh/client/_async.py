@@ -2,21 +2,24 @@
 awaited (``async with``, ``await c.claim(...)``, ``async for ev in c.events()``).
 
 Rules: the same as Client's (implicit connect registers the agent with its own lease and
-starts the heartbeat; ``zmq.ZMQError`` never leaves this module)."""
+starts the heartbeat; ``zmq.ZMQError`` never leaves this module; an agent's client reads
+pushes in a task while no call is reading and runs message callbacks in another)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
 import zmq
 import zmq.asyncio
 
-from ..errors import LeaseExpired, SnapshotRequired, Unreachable, ZmeshError
+from ..errors import InvalidArgument, LeaseExpired, NoReply, ProtocolError, SnapshotRequired, Unreachable, ZmeshError
 from ..protocol import Event
 from ._api import NO_CONNECT_OPS, Api, LeaseState, check_bool, check_timeout
 from ._events import Deliver, Poll, Sleep, check_callback, check_flow_args, new_flow
+from ._inbox import Inbox, Message, Receiver
 from ._roster import Roster
 from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Call, ClientCore, Recv, Send, connect_socket,
                         default_endpoint, resolve_pub)
@@ -50,6 +53,10 @@ class AsyncClient(Api):
         self._closing = False
         self.info: dict[str, Any] = {}
         self.connected = False
+        self._inbox = Inbox()
+        self._dispatch_q: asyncio.Queue[Any] | None = None
+        self._push_tasks: list[asyncio.Task[None]] = []
+        self._arrived = asyncio.Event()  # the buffer grew (receive waits on it)
 
     @property
     def endpoint(self) -> str:
@@ -86,7 +93,7 @@ class AsyncClient(Api):
 
     async def aclose(self, *, unregister: bool = True) -> None:
         self._closing = True
-        for task in [self._hb_task, *self._subs]:
+        for task in [self._hb_task, *self._subs, *self._push_tasks]:
             if task is not None:
                 task.cancel()
                 try:
@@ -95,6 +102,7 @@ class AsyncClient(Api):
                     pass
         self._hb_task = None
         self._subs = []
+        self._push_tasks = []
         if unregister and self.connected and self.agent:
             try:
                 await self.unregister()
@@ -137,7 +145,137 @@ class AsyncClient(Api):
             except zmq.ZMQError as exc:
                 raise Unreachable(f"socket error talking to {self.endpoint}: {exc} (op {call.op})",
                                   {"endpoint": self.endpoint, "op": call.op}) from None
+            finally:
+                pushed = self._core.take_pushed()
+        if pushed:
+            self._route(pushed)
         return self._core.result(call, reply)
+
+    # ------------------------------------------------------------ pushes
+    def _start_pushes(self) -> None:
+        if self._push_tasks:
+            return
+        self._dispatch_q = asyncio.Queue()
+        self._arrived = asyncio.Event()
+        self._push_tasks = [asyncio.create_task(self._pump()), asyncio.create_task(self._dispatch())]
+
+    def _route(self, pushed: list[dict[str, Any]]) -> None:
+        for body in pushed:
+            try:
+                targets = self._inbox.route(body)
+            except (KeyError, TypeError) as exc:
+                log.warning("malformed push dropped: %s", exc)
+                continue
+            for target in targets:
+                assert self._dispatch_q is not None
+                self._dispatch_q.put_nowait(target)
+        if self._inbox.buffer:
+            self._arrived.set()
+
+    async def _pump(self) -> None:
+        """Read pushes while no call is reading."""
+        sock = self._socket()
+        while not self._closing:
+            try:
+                async with self._lock:  # first what arrived before the task ran, then each wake-up
+                    while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                        try:
+                            self._core.accept(await sock.recv_multipart())
+                        except ProtocolError as exc:
+                            log.warning("unreadable message from the broker dropped: %s", exc)
+                    pushed = self._core.take_pushed()
+                self._route(pushed)
+                await sock.poll(flags=zmq.POLLIN)
+            except zmq.ZMQError as exc:
+                log.debug("push read: %s", exc)
+                return
+
+    async def _dispatch(self) -> None:
+        assert self._dispatch_q is not None
+        while True:
+            callback, msg = await self._dispatch_q.get()
+            try:
+                await _maybe_await(callback(msg))
+            except Exception:  # a callback bug must not stop the others
+                log.exception("message callback failed for %s", msg.id)
+
+    async def _receiving(self, what: str) -> None:
+        """See Client._receiving."""
+        if not self.agent:
+            raise InvalidArgument(f"{what} needs an agent: messages are pushed to an agent's connection",
+                                  {"field": "agent"})
+        await self.connect()
+        self._start_pushes()
+
+    async def _add(self, callback: Callable[[Message], Any], filter: Any, tasks: bool, what: str) -> Receiver:
+        await self._receiving(what)
+        receiver, backlog = self._inbox.add(callback, filter, tasks)
+        assert self._dispatch_q is not None
+        for msg in backlog:
+            self._dispatch_q.put_nowait((callback, msg))
+        return receiver
+
+    async def on_message(self, callback: Callable[[Message], Any], filter: Any = None) -> Receiver:
+        """See Client.on_message (``callback`` may be a coroutine function)."""
+        return await self._add(callback, filter, False, "on_message")
+
+    async def on_task(self, callback: Callable[[Message], Any], filter: Any = None) -> Receiver:
+        """See Client.on_task."""
+        return await self._add(callback, filter, True, "on_task")
+
+    async def receive(self, timeout: float | None = None) -> Message | None:
+        """See Client.receive."""
+        timeout = check_timeout("timeout", timeout, allow_none=True)
+        await self._receiving("receive")
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            msg = self._inbox.take()
+            if msg is not None:
+                return msg
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return None
+            self._arrived.clear()  # no await since take(): nothing was routed in between
+            try:
+                await asyncio.wait_for(self._arrived.wait(), left)
+            except asyncio.TimeoutError:
+                return self._inbox.take()
+
+    async def request(self, agent: str, subject: str, body: Any = None, *, timeout: float = 5.0,
+                      **options: Any) -> Message:
+        """See Client.request."""
+        timeout = check_timeout("timeout", timeout)  # type: ignore[assignment]
+        await self._receiving("request")
+        cid = uuid.uuid4().hex
+        got: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        with self._inbox.lock:
+            self._inbox.waiters[cid] = lambda m: got.done() or got.set_result(m)
+        try:
+            sent = await self.send(subject, body, to=agent, type="request", correlation_id=cid, **options)
+            try:
+                return await asyncio.wait_for(got, timeout)
+            except asyncio.TimeoutError:
+                raise NoReply(f"no reply from agent '{agent}' within {timeout:g} s (request {sent['id']}, "
+                              f"correlation id {cid})", {"agent": agent, "id": sent["id"], "correlation_id": cid}
+                              ) from None
+        finally:
+            with self._inbox.lock:
+                self._inbox.waiters.pop(cid, None)
+
+    async def read(self, *, peek: bool = False, **filters: Any) -> list[dict[str, Any]]:
+        """See Client.read."""
+        filters.setdefault("agent", self._agent(None))
+        found = await self.messages(**filters)
+        if not peek and found:
+            await self.mark_read([m["id"] for m in found], agent=filters["agent"])
+        return found  # type: ignore[no-any-return]
+
+    async def watch_task(self, task: str, callback: Callable[[Message], Any]) -> Receiver:
+        """See Client.watch_task."""
+        receiver = await self.on_message(callback, {"group": f"task:{task}"})
+        await self.join(f"task:{task}")
+        return receiver
 
     async def _discover(self) -> None:
         from ..discovery import discover

@@ -8,7 +8,9 @@ A request is a generator (:meth:`ClientCore.exchange`) that yields :class:`Send`
 Rules: a request is checked with the broker's own validation before anything is sent
 (a bad field or an oversized message is refused at once with the broker's code, not after
 a timeout); a retry reuses the request id (the broker answers it with the original reply);
-a reply to another request is never taken for ours; a transport failure is ``Unreachable``.
+a reply to another request is never taken for ours, nor is a push (a message the broker
+pushed to this agent: kept in ``pushed`` for the inbox, whatever the call was waiting
+for); a transport failure is ``Unreachable``.
 """
 
 from __future__ import annotations
@@ -111,6 +113,12 @@ class ClientCore:
         self._prefix = uuid.uuid4().bytes
         self._counter = itertools.count(1)
         self._clock = clock
+        #: push bodies read from the socket and not yet handed to the inbox
+        self.pushed: list[dict[str, Any]] = []
+
+    def take_pushed(self) -> list[dict[str, Any]]:
+        pushed, self.pushed = self.pushed, []
+        return pushed
 
     def new_req_id(self) -> bytes:
         return self._prefix + next(self._counter).to_bytes(8, "big")
@@ -135,10 +143,20 @@ class ClientCore:
             got = yield Recv(min(next_send, start + self.timeout) - now)
             if got is None:
                 continue
-            reply = protocol.decode_reply(got)
-            if reply.req_id == req_id:
+            reply = self.accept(got)
+            if reply is not None and reply.req_id == req_id:
                 return reply
-            # a late reply to an earlier request that timed out: not ours, drop it
+            # a push (kept in ``pushed``) or a late reply to an earlier request that timed
+            # out (not ours: dropped)
+
+    def accept(self, frames: list[bytes]) -> Reply | None:
+        """What arrived on the DEALER: a push is kept in ``pushed`` for the driver to hand
+        to the inbox (None is returned); a reply is returned."""
+        incoming = protocol.decode_incoming(frames)
+        if isinstance(incoming, protocol.Push):
+            self.pushed.append(incoming.body)
+            return None
+        return incoming
 
     @staticmethod
     def result(call: Call[T], reply: Reply) -> T:

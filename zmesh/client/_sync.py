@@ -1,5 +1,8 @@
 """``Client``: the blocking driver of ClientCore (one DEALER guarded by a lock, a heartbeat
-thread, SUB sockets owned by the thread that iterates them).
+thread, SUB sockets owned by the thread that iterates them; for an agent that asks for
+messages, a push thread that reads what the broker pushes while no call is reading, and a
+dispatch thread that runs message callbacks outside the lock, so a callback may call the
+client).
 
 Rules: a client given an agent registers it (with its own TTL, capabilities and metadata)
 and starts the heartbeat before its first other request, whether or not ``connect()`` or
@@ -10,16 +13,22 @@ and starts the heartbeat before its first other request, whether or not ``connec
 from __future__ import annotations
 
 import logging
+import queue
+import select
+import socket
 import threading
+import time
+import uuid
 from typing import Any, Callable, Iterable, Iterator
 
 import zmq
 
-from ..errors import LeaseExpired, SnapshotRequired, Unreachable, ZmeshError
+from ..errors import InvalidArgument, LeaseExpired, NoReply, ProtocolError, SnapshotRequired, Unreachable, ZmeshError
 from ..protocol import Event
 from ..sockets import NOBLOCK, recv_frames, send_frames
 from ._api import NO_CONNECT_OPS, Api, LeaseState, check_bool, check_timeout
 from ._events import Deliver, Poll, Sleep, check_callback, check_flow_args, new_flow
+from ._inbox import Inbox, Message, Receiver
 from ._roster import Roster
 from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Call, ClientCore, Recv, Send, connect_socket,
                         default_endpoint, resolve_pub)
@@ -72,6 +81,10 @@ class Client(Api):
         self._subs: list[threading.Thread] = []
         self.info: dict[str, Any] = {}
         self.connected = False
+        self._inbox = Inbox()
+        self._dispatch_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._push_threads: list[threading.Thread] = []
+        self._wake: tuple[socket.socket, socket.socket] | None = None
 
     # ------------------------------------------------------------ lifecycle
     def connect(self) -> "Client":
@@ -110,6 +123,7 @@ class Client(Api):
         for t in self._subs:
             t.join(timeout=2)
         self._subs = []
+        self._stop_pushes()
         if unregister and self.connected and self.agent:
             try:
                 self.unregister()
@@ -158,7 +172,166 @@ class Client(Api):
             except zmq.ZMQError as exc:
                 raise Unreachable(f"socket error talking to {self.endpoint}: {exc} (op {call.op})",
                                   {"endpoint": self.endpoint, "op": call.op}) from None
+            finally:
+                pushed = self._take_pushes(sock) if self._push_threads else self._core.take_pushed()
+        if pushed:
+            self._route(pushed)
         return self._core.result(call, reply)
+
+    # ------------------------------------------------------------ pushes
+    def _start_pushes(self) -> None:
+        if self._push_threads:
+            return
+        self._wake = socket.socketpair()
+        name = f"zmesh-push-{self.agent}"
+        self._push_threads = [threading.Thread(target=self._pump, daemon=True, name=name),
+                              threading.Thread(target=self._dispatch, daemon=True, name=name + "-callbacks")]
+        for thread in self._push_threads:
+            thread.start()
+
+    def _stop_pushes(self) -> None:
+        if not self._push_threads:
+            return
+        assert self._wake is not None
+        self._wake[1].send(b"x")
+        self._dispatch_q.put(None)
+        for thread in self._push_threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=self._core.timeout + 1)
+        self._push_threads = []
+        for end in self._wake:
+            end.close()
+        self._wake = None
+
+    def _take_pushes(self, sock: zmq.Socket) -> list[dict[str, Any]]:
+        """Under the lock: read what arrived and nobody asked for (pushes; a stray reply is
+        dropped), so a push is never left unread when the lock is released (the socket's
+        fd signals only new arrivals)."""
+        try:
+            while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                try:
+                    self._core.accept(recv_frames(sock, NOBLOCK))
+                except ProtocolError as exc:
+                    log.warning("unreadable message from the broker dropped: %s", exc)
+        except zmq.ZMQError as exc:
+            log.debug("push read: %s", exc)
+        return self._core.take_pushed()
+
+    def _route(self, pushed: list[dict[str, Any]]) -> None:
+        for body in pushed:
+            try:
+                targets = self._inbox.route(body)
+            except (KeyError, TypeError) as exc:
+                log.warning("malformed push dropped: %s", exc)
+                continue
+            for target in targets:
+                self._dispatch_q.put(target)
+
+    def _pump(self) -> None:
+        """Read pushes while no call is reading (woken by the socket's fd)."""
+        with self._lock:
+            fd = self._socket().getsockopt(zmq.FD)
+        assert self._wake is not None
+        wake = self._wake[0]
+        while not self._stop.is_set():
+            with self._lock:  # first what arrived before the thread ran, then each wake-up
+                if self._sock is None:
+                    return
+                pushed = self._take_pushes(self._sock)
+            self._route(pushed)
+            select.select([fd, wake], [], [])
+
+    def _dispatch(self) -> None:
+        """Run message callbacks one at a time, outside the socket lock."""
+        while True:
+            item = self._dispatch_q.get()
+            if item is None:
+                return
+            callback, msg = item
+            try:
+                callback(msg)
+            except Exception:  # a callback bug must not stop the others
+                log.exception("message callback failed for %s", msg.id)
+
+    def _receiving(self, what: str) -> None:
+        """Pushes are read while idle only once the client asks for messages: a client that
+        never does pays nothing per call (pushes that reach it wait in its buffer)."""
+        if not self.agent:
+            raise InvalidArgument(f"{what} needs an agent: messages are pushed to an agent's connection",
+                                  {"field": "agent"})
+        self.connect()
+        with self._connect_lock:
+            self._start_pushes()
+
+    def on_message(self, callback: Callable[[Message], Any], filter: Any = None) -> Receiver:
+        """Call ``callback(message)`` for every message pushed to this agent that matches
+        ``filter`` (a dict of field -> value(s), or a callable); several receivers each get
+        their copy. Callbacks run one at a time on the client's callback thread."""
+        self._receiving("on_message")
+        receiver, backlog = self._inbox.add(callback, filter, tasks=False)
+        for msg in backlog:
+            self._dispatch_q.put((callback, msg))
+        return receiver
+
+    def on_task(self, callback: Callable[[Message], Any], filter: Any = None) -> Receiver:
+        """Call ``callback(message)`` for every task assigned to this agent (``assign``):
+        ``message.claim`` is the claim the broker took on this agent's lease."""
+        self._receiving("on_task")
+        receiver, backlog = self._inbox.add(callback, filter, tasks=True)
+        for msg in backlog:
+            self._dispatch_q.put((callback, msg))
+        return receiver
+
+    def receive(self, timeout: float | None = None) -> Message | None:
+        """The next pushed message no receiver took, waiting up to ``timeout`` seconds
+        (None: until one comes); None when none came."""
+        timeout = check_timeout("timeout", timeout, allow_none=True)
+        self._receiving("receive")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._inbox.arrived:
+            while not self._inbox.buffer:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._inbox.arrived.wait(left)
+            return self._inbox.buffer.popleft()
+
+    def request(self, agent: str, subject: str, body: Any = None, *, timeout: float = 5.0,
+                **options: Any) -> Message:
+        """Send a ``request`` to ``agent`` and wait for its ``reply`` (the message carrying
+        this request's correlation id). No reply within ``timeout``: NoReply; a reply that
+        comes later is not lost (it goes to the receivers, or receive())."""
+        timeout = check_timeout("timeout", timeout)  # type: ignore[assignment]
+        self._receiving("request")
+        cid = uuid.uuid4().hex
+        done = threading.Event()
+        box: list[Message] = []
+        with self._inbox.lock:
+            self._inbox.waiters[cid] = lambda m: (box.append(m), done.set())
+        try:
+            sent = self.send(subject, body, to=agent, type="request", correlation_id=cid, **options)
+            if not done.wait(timeout):
+                raise NoReply(f"no reply from agent '{agent}' within {timeout:g} s (request {sent['id']}, "
+                              f"correlation id {cid})", {"agent": agent, "id": sent["id"], "correlation_id": cid})
+            return box[0]
+        finally:
+            with self._inbox.lock:
+                self._inbox.waiters.pop(cid, None)
+
+    def read(self, *, peek: bool = False, **filters: Any) -> list[dict[str, Any]]:
+        """This agent's messages (filters as ``messages``), marked read unless ``peek``."""
+        filters.setdefault("agent", self._agent(None))
+        found = self.messages(**filters)
+        if not peek and found:
+            self.mark_read([m["id"] for m in found], agent=filters["agent"])
+        return found  # type: ignore[no-any-return]
+
+    def watch_task(self, task: str, callback: Callable[[Message], Any]) -> Receiver:
+        """Receive the notifications streamed for ``task`` (notify_task) in ``callback``."""
+        self._receiving("watch_task")
+        receiver = self.on_message(callback, {"group": f"task:{task}"})
+        self.join(f"task:{task}")
+        return receiver
 
     # ------------------------------------------------------------ heartbeat
     def _heartbeat_loop(self) -> None:

@@ -30,7 +30,9 @@ from .blockers import Blockers
 from .claims import ClaimKind, Claims
 from .context import Batch, Now, Settings
 from .deadlines import Deadlines, Due
+from .deliveries import Deliveries, Push
 from .eventlog import EventLog, all_counters, counter, read_counter
+from .messages import Messages
 from .presence import Presence
 from .tasks import HISTORY_LIMIT, TRANSITIONS, Tasks
 
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
     from ..protocol import Event
     from ..store import Txn
 
-__all__ = ["Batch", "ClaimKind", "Core", "CoreState", "HISTORY_LIMIT", "Now", "Recovery",
+__all__ = ["Batch", "ClaimKind", "Core", "CoreState", "HISTORY_LIMIT", "Now", "Push", "Recovery",
            "Settings", "TRANSITIONS"]
 
 
@@ -79,14 +81,20 @@ class Core:
         self.presence = Presence(self.log, self.agents, self.claims)
         self.blockers = Blockers(self.log, self.agents, self.presence)
         self.tasks = Tasks(self.log, self.claims, self.agents, self.presence, self.blockers)
+        self.deliveries = Deliveries(self.log, self.agents, self.claims)
+        self.messages = Messages(self.settings, self.log, self.agents, self.tasks, self.deliveries)
+        self.agents.on_end.append(self.deliveries.forget)
         for kind in kinds:
             self.claims.register(kind)
         self._handlers: dict[str, Callable[[Batch, dict[str, Any]], Any]] = {
             **self.agents.handlers(), **self.presence.handlers(), **self.blockers.handlers(),
-            **self.tasks.handlers(),
+            **self.tasks.handlers(), **self.deliveries.handlers(), **self.messages.handlers(),
             "publish": self._publish, "status": self._status, "replay": self.log.replay,
             "snapshot": self._snapshot,
         }
+        # an agent's own client speaks from its connection: the route its pushes take
+        for op in ("register", "heartbeat"):
+            self._handlers[op] = self._attaching(self._handlers[op])
         missing = set(protocol.OPS) - set(self._handlers) - {"hello"}
         assert not missing, f"ops without a handler: {sorted(missing)}"
 
@@ -102,12 +110,27 @@ class Core:
         reply = self._handlers[op](b, body)
         return reply, b.events[start:]
 
+    def _attaching(self, handler: Callable[[Batch, dict[str, Any]], Any]) -> Callable[[Batch, dict[str, Any]], Any]:
+        def attached(b: Batch, body: dict[str, Any]) -> Any:
+            reply = handler(b, body)
+            if b.caller is not None:
+                self.deliveries.attach(b, body["agent"])
+            return reply
+        return attached
+
+    def undeliverable(self, b: Batch, pushes: list[Push]) -> None:
+        """Pushes the transport could not hand over (the agent's connection is gone)."""
+        self.deliveries.undeliverable(b, pushes)
+
     def expire(self, b: Batch) -> list[Event]:
-        """Mark agents evasive, release every lease and claim whose deadline has passed;
-        returns the events."""
+        """Mark agents evasive, release every lease and claim whose deadline has passed,
+        trim messages past their age (at most once a second, with whatever batch comes:
+        an idle broker has nothing to hurry for); returns the events."""
         start = len(b.events)
+        if b.now.mono >= self.messages.next_sweep:
+            self.messages.sweep(b)
         if not self.deadlines.any_due(b.now.mono):  # every batch asks: answer without a generator
-            return []
+            return b.events[start:]
         for due, key in self.deadlines.due(b.now.mono):
             if due is Due.LEASE:
                 self.agents.end(b, key, "lease_expired")  # type: ignore[arg-type]
@@ -125,9 +148,11 @@ class Core:
         return self.deadlines.next()
 
     def recover(self, txn: Txn, now: Now) -> Recovery:
-        """After a (re)start: every lease and every claim TTL starts afresh. Returns what it
-        found and did, for the broker's start log."""
+        """After a (re)start: every lease and every claim TTL starts afresh; no agent has a
+        route until its client speaks. Returns what it found and did, for the broker's start
+        log."""
         self.deadlines.clear()
+        self.deliveries.routes.clear()
         b = self.batch(txn, now)
         trimmed = self.log.trim(b)
         moved = self.tasks.move_legacy_claims(txn)
@@ -145,6 +170,9 @@ class Core:
         record) it reads every claim kind's records."""
         self.claims.load(self.claims.records(txn) if claims is None else claims, now)
         self.agents.restart(txn, now)
+        # a route learned in a rolled-back batch would stop its pending messages from going
+        # out: every agent is attached again by its next heartbeat
+        self.deliveries.routes.clear()
 
     def checkpoint(self, txn: Txn) -> None:
         """On a clean shutdown: record which resources are claimed, so the next start reads

@@ -92,6 +92,8 @@ class Agents:
         self.claims = claims
         self.idle = IdleQueue()
         self.evasive: set[str] = set()
+        #: called with (batch, agent) when a lease ends, after its claims were released
+        self.on_end: list[Callable[[Batch, str], None]] = []
 
     def handlers(self) -> dict[str, Handler]:
         return {"register": self.register, "heartbeat": self.heartbeat, "unregister": self.unregister}
@@ -105,6 +107,8 @@ class Agents:
     @staticmethod
     def parse(raw: bytes) -> dict[str, Any]:
         record = loads(raw)
+        if "groups" not in record:  # written before messages existed
+            record["groups"] = []
         if "state" not in record:  # written before presence existed
             record.update({k: v for k, v in PRESENCE_DEFAULTS.items() if k not in record},
                           since=record["registered"], idle_order=record["lease"])
@@ -122,7 +126,7 @@ class Agents:
     def _new(self, b: Batch, agent: str, caps: list[str], metadata: dict[str, Any], ttl: float,
              implicit: bool = False) -> dict[str, Any]:
         lease = bump(b, b"token")
-        return {"id": agent, "capabilities": caps, "metadata": metadata, "ttl": ttl, "lease": lease,
+        return {"id": agent, "capabilities": caps, "groups": [], "metadata": metadata, "ttl": ttl, "lease": lease,
                 "registered": b.now.wall, "implicit": implicit, "completed": 0, "failed": 0,
                 **PRESENCE_DEFAULTS, "since": b.now.wall, "idle_order": bump(b, b"idle")}
 
@@ -202,6 +206,8 @@ class Agents:
         self.deadlines.drop(Due.EVASIVE, agent)
         self.evasive.discard(agent)
         self.idle.remove(agent)
+        for hook in self.on_end:
+            hook(b, agent)
         topic = "agent.expired" if reason == "lease_expired" else "agent.unregistered"
         body: dict[str, Any] = {"agent": agent, "released": released}
         if reason == "lease_expired":
@@ -236,6 +242,8 @@ class Agents:
         else:
             record.update(capabilities=body["capabilities"], metadata=body["metadata"], ttl=ttl,
                           implicit=False)
+        if body.get("groups") is not None:
+            record["groups"] = sorted(body["groups"])
         self.put(b, record)
         self.deadlines.set(Due.LEASE, agent, ttl, b.now.mono)
         self._beat(b, record)

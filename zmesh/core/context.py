@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..fields import DEFAULT_ACK_WAIT_S, DEFAULT_MESSAGE_MAX_AGE_S, DEFAULT_MESSAGE_RETENTION
+
 if TYPE_CHECKING:  # the store imports core.schema: no runtime import back
     from ..protocol import Event
     from ..store import Txn
@@ -37,6 +39,11 @@ class Settings:
 
     default_ttl: float = 30.0
     event_log_size: int = 100_000
+    #: seconds a requires_ack delivery waits for its ack when the message names none
+    ack_wait: float = DEFAULT_ACK_WAIT_S
+    #: messages kept per address, and how long a settled one is kept (seconds)
+    message_retention: int = DEFAULT_MESSAGE_RETENTION
+    message_max_age: float = DEFAULT_MESSAGE_MAX_AGE_S
 
 
 class Batch:
@@ -44,7 +51,7 @@ class Batch:
 
     __slots__ = ("txn", "now", "events", "pushes", "counters", "caller")
 
-    def __init__(self, txn: Txn, now: Now, caller: str | None = None) -> None:
+    def __init__(self, txn: Txn, now: Now, caller: Any = None) -> None:
         self.txn = txn
         self.now = now
         self.events: list[Event] = []

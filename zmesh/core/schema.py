@@ -30,6 +30,11 @@ TABLES: dict[str, int] = {
     "events": 0x17,      # seq (8 bytes BE) -> [topic, body]; COUNTER + name -> counter (8 bytes)
     "blockers": 0x18,    # blocker number (8 bytes BE) -> blocker record
     "open_blockers": 0x19,  # blocker number (8 bytes BE) -> b"" while it is open
+    "messages": 0x1A,    # message number (8 bytes BE) -> message record
+    "inbox": 0x1B,       # agent NUL message number -> that recipient's delivery record
+    "pending": 0x1C,     # agent NUL priority rank (1) message number -> b"": awaiting delivery
+    "streams": 0x1D,     # address NUL message number -> b"": messages by address (reads, retention)
+    "dead_letters": 0x1E,  # message number agent -> b"": deliveries that reached max_deliver
 }
 assert len(set(TABLES.values())) == len(TABLES), "two tables share a prefix byte"
 
@@ -136,6 +141,75 @@ def blocker_number(blocker: str) -> int | None:
 
 def blocker_key(number: int) -> bytes:
     return U64.pack(number)
+
+
+# ---------------------------------------------------------------- messages
+MESSAGE_ID_PREFIX = "msg-"
+#: a delivery awaiting its ack is a claim: ``dlv:<message number> <agent>``
+DELIVERY = b"dlv"
+
+
+def message_id(number: int) -> str:
+    return f"{MESSAGE_ID_PREFIX}{number}"
+
+
+def message_number(message: str) -> int | None:
+    """The number in a message id, or None when it is not one."""
+    digits = message[len(MESSAGE_ID_PREFIX):]
+    if not message.startswith(MESSAGE_ID_PREFIX) or not digits.isascii() or not digits.isdigit():
+        return None
+    number = int(digits)
+    return number if 0 < number < 2**63 and str(number) == digits else None
+
+
+def message_key(number: int) -> bytes:
+    return U64.pack(number)
+
+
+def inbox_key(agent: str, number: int | None = None) -> bytes:
+    """An agent's inbox entry for a message; without ``number``, the prefix of its inbox."""
+    return agent.encode() + b"\0" + (b"" if number is None else U64.pack(number))
+
+
+def parse_inbox_key(key: bytes) -> tuple[str, int]:
+    key = bytes(key)
+    return key[:-9].decode(), U64.unpack(key[-8:])[0]
+
+
+def pending_key(agent: str, rank: int | None = None, number: int = 0) -> bytes:
+    """A delivery waiting for its agent, in priority (rank 0 first) then arrival order;
+    without ``rank``, the prefix of the agent's waiting deliveries."""
+    head = agent.encode() + b"\0"
+    return head if rank is None else head + bytes((rank,)) + U64.pack(number)
+
+
+def parse_pending_key(key: bytes) -> tuple[str, int]:
+    """(agent, message number) of a pending key."""
+    key = bytes(key)
+    return key[:-10].decode(), U64.unpack(key[-8:])[0]
+
+
+def stream_key(address: str, number: int | None = None) -> bytes:
+    return address.encode() + b"\0" + (b"" if number is None else U64.pack(number))
+
+
+def dead_key(number: int, agent: str = "") -> bytes:
+    return U64.pack(number) + agent.encode()
+
+
+def parse_dead_key(key: bytes) -> tuple[int, str]:
+    key = bytes(key)
+    return U64.unpack(key[:8])[0], key[8:].decode()
+
+
+def delivery_key(number: int, agent: str) -> bytes:
+    """The resource key of a requires_ack delivery (no NUL: the claim index joins keys with it)."""
+    return resource_key(DELIVERY, f"{number} {agent}")
+
+
+def parse_delivery_key(key: bytes) -> tuple[int, str]:
+    number, _, agent = parse_resource(key)[1].partition(b" ")
+    return int(number), agent.decode()
 
 
 # ---------------------------------------------------------------- records
