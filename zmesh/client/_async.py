@@ -160,15 +160,9 @@ class AsyncClient(Api):
         self._push_tasks = [asyncio.create_task(self._pump()), asyncio.create_task(self._dispatch())]
 
     def _route(self, pushed: list[dict[str, Any]]) -> None:
-        for body in pushed:
-            try:
-                targets = self._inbox.route(body)
-            except (KeyError, TypeError) as exc:
-                log.warning("malformed push dropped: %s", exc)
-                continue
-            for target in targets:
-                assert self._dispatch_q is not None
-                self._dispatch_q.put_nowait(target)
+        for target in self._inbox.route_all(pushed):
+            assert self._dispatch_q is not None
+            self._dispatch_q.put_nowait(target)
         if self._inbox.buffer:
             self._arrived.set()
 
@@ -178,14 +172,14 @@ class AsyncClient(Api):
         while not self._closing:
             try:
                 async with self._lock:  # first what arrived before the task ran, then each wake-up
-                    while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                         try:
                             self._core.accept(await sock.recv_multipart())
                         except ProtocolError as exc:
                             log.warning("unreadable message from the broker dropped: %s", exc)
                     pushed = self._core.take_pushed()
                 self._route(pushed)
-                await sock.poll(flags=zmq.POLLIN)
+                await sock.poll()  # POLLIN
             except zmq.ZMQError as exc:
                 log.debug("push read: %s", exc)
                 return
@@ -249,8 +243,12 @@ class AsyncClient(Api):
         await self._receiving("request")
         cid = uuid.uuid4().hex
         got: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        def arrived(msg: Message) -> None:
+            if not got.done():
+                got.set_result(msg)
+
         with self._inbox.lock:
-            self._inbox.waiters[cid] = lambda m: got.done() or got.set_result(m)
+            self._inbox.waiters[cid] = arrived
         try:
             sent = await self.send(subject, body, to=agent, type="request", correlation_id=cid, **options)
             try:

@@ -205,8 +205,19 @@ class Inbox:
                 self.buffer.append(msg)
                 self.arrived.notify_all()
                 return []
+        assert waiter is not None
         waiter(msg)
         return []
+
+    def route_all(self, pushed: list[dict[str, Any]]) -> list[tuple[Callable[[Message], Any], Message]]:
+        """:meth:`route` for each push; a malformed one is dropped with a warning."""
+        targets = []
+        for body in pushed:
+            try:
+                targets += self.route(body)
+            except (KeyError, TypeError) as exc:
+                log.warning("malformed push dropped: %s", exc)
+        return targets
 
     def take(self) -> Message | None:
         with self.lock:

@@ -208,7 +208,7 @@ class Client(Api):
         dropped), so a push is never left unread when the lock is released (the socket's
         fd signals only new arrivals)."""
         try:
-            while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 try:
                     self._core.accept(recv_frames(sock, NOBLOCK))
                 except ProtocolError as exc:
@@ -218,19 +218,13 @@ class Client(Api):
         return self._core.take_pushed()
 
     def _route(self, pushed: list[dict[str, Any]]) -> None:
-        for body in pushed:
-            try:
-                targets = self._inbox.route(body)
-            except (KeyError, TypeError) as exc:
-                log.warning("malformed push dropped: %s", exc)
-                continue
-            for target in targets:
-                self._dispatch_q.put(target)
+        for target in self._inbox.route_all(pushed):
+            self._dispatch_q.put(target)
 
     def _pump(self) -> None:
         """Read pushes while no call is reading (woken by the socket's fd)."""
         with self._lock:
-            fd = self._socket().getsockopt(zmq.FD)
+            fd = int(self._socket().getsockopt(zmq.FD))
         assert self._wake is not None
         wake = self._wake[0]
         while not self._stop.is_set():
@@ -239,7 +233,7 @@ class Client(Api):
                     return
                 pushed = self._take_pushes(self._sock)
             self._route(pushed)
-            select.select([fd, wake], [], [])
+            select.select([fd, wake.fileno()], [], [])
 
     def _dispatch(self) -> None:
         """Run message callbacks one at a time, outside the socket lock."""
@@ -306,8 +300,12 @@ class Client(Api):
         cid = uuid.uuid4().hex
         done = threading.Event()
         box: list[Message] = []
+        def arrived(msg: Message) -> None:
+            box.append(msg)
+            done.set()
+
         with self._inbox.lock:
-            self._inbox.waiters[cid] = lambda m: (box.append(m), done.set())
+            self._inbox.waiters[cid] = arrived
         try:
             sent = self.send(subject, body, to=agent, type="request", correlation_id=cid, **options)
             if not done.wait(timeout):

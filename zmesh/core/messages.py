@@ -293,7 +293,7 @@ class Messages:
         excess = counter(b, b"stream:" + address.encode()) - self.settings.message_retention
         if excess <= 0:
             return
-        doomed = []
+        doomed: list[dict[str, Any]] = []
         for seen, (key, _) in enumerate(b.txn.scan("streams", prefix=stream_key(address))):
             if seen == TRIM_SCAN or len(doomed) == min(excess, TRIM_PER_SEND):
                 break
