@@ -70,3 +70,13 @@ def test_quick_bench_writes_markdown_json_and_plot(tmp_path: Path) -> None:
     assert "durability" in md and data["command"] in md
     png = (out / "latency.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_ab_runs_two_trees_brokers_in_alternation() -> None:
+    """bench.ab (what ANALYSIS.md quotes as "paired against" a commit): here both sides run
+    this tree, so the command and its output are exercised without a second checkout."""
+    proc = subprocess.run([sys.executable, "-m", "bench.ab", str(ROOT), str(ROOT), "--rounds", "2", "--pairs", "bc"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = proc.stdout.strip().splitlines()[0]
+    assert line.startswith("broadcast p95 A / B: median ") and line.count("=") == 2, line
