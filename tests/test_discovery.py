@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from zeroconf import ServiceInfo
 
-from zmesh import discovery
+from zmesh import interfaces
 from zmesh.discovery import (
     PROTO,
     SERVICE_TYPE,
@@ -149,16 +149,16 @@ down0\t00000000\t0100000A\t0002\t0\t0\t1\t00000000\t0\t0\t0
 
 
 def test_default_route_interface_lowest_metric_up_only() -> None:
-    assert discovery._default_route_interface(ROUTES) == "eth0"
+    assert interfaces.default_route_interface(ROUTES) == "eth0"
     only_subnets = "\n".join(ROUTES.splitlines()[:2])
-    assert discovery._default_route_interface(only_subnets) is None
-    assert discovery._default_route_interface("") is None
+    assert interfaces.default_route_interface(only_subnets) is None
+    assert interfaces.default_route_interface("") is None
 
 
 def test_default_interfaces_reads_route_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     routes = tmp_path / "route"
     routes.write_text(ROUTES.replace("eth0", "lo"))
-    monkeypatch.setattr(discovery, "_PROC_NET_ROUTE", str(routes))
+    monkeypatch.setattr(interfaces, "PROC_NET_ROUTE", str(routes))
     assert default_interfaces() == ["127.0.0.1"]
 
 
@@ -167,7 +167,7 @@ def test_default_interfaces_without_default_route_uses_all(
 ) -> None:
     routes = tmp_path / "route"
     routes.write_text(ROUTES.splitlines()[0] + "\n")
-    monkeypatch.setattr(discovery, "_PROC_NET_ROUTE", str(routes))
+    monkeypatch.setattr(interfaces, "PROC_NET_ROUTE", str(routes))
     got = default_interfaces()
     assert "127.0.0.1" in got
     assert got[-1] == "127.0.0.1"  # loopback last
@@ -180,17 +180,17 @@ def test_default_interfaces_real_table_is_ipv4() -> None:
 
 
 def test_choose_interfaces_explicit_env_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(discovery.ENV_INTERFACES, raising=False)
-    assert discovery._choose_interfaces(None) == (default_interfaces(), False)
-    monkeypatch.setenv(discovery.ENV_INTERFACES, " 10.9.9.9, ,fe80::1%lo ")
-    assert discovery._choose_interfaces(None) == (["10.9.9.9", "fe80::1%lo"], True)
+    monkeypatch.delenv(interfaces.ENV_INTERFACES, raising=False)
+    assert interfaces.choose_interfaces(None) == (default_interfaces(), False)
+    monkeypatch.setenv(interfaces.ENV_INTERFACES, " 10.9.9.9, ,fe80::1%lo ")
+    assert interfaces.choose_interfaces(None) == (["10.9.9.9", "fe80::1%lo"], True)
     # an explicit argument wins over the environment; interface names expand to their IPv4
-    assert discovery._choose_interfaces(["lo", "127.0.0.1"]) == (["127.0.0.1"], True)
+    assert interfaces.choose_interfaces(["lo", "127.0.0.1"]) == (["127.0.0.1"], True)
     with pytest.raises(ValueError, match="ZMESH_INTERFACES"):
-        monkeypatch.setenv(discovery.ENV_INTERFACES, "no-such-if0")
-        discovery._choose_interfaces(None)
+        monkeypatch.setenv(interfaces.ENV_INTERFACES, "no-such-if0")
+        interfaces.choose_interfaces(None)
     with pytest.raises(ValueError, match="empty list"):
-        discovery._choose_interfaces([])
+        interfaces.choose_interfaces([])
 
 
 def test_advertised_addresses_skip_loopback_unless_explicit() -> None:

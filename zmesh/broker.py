@@ -28,7 +28,6 @@ import socket
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -500,15 +499,18 @@ def _log_expiries(events: list[Event]) -> None:
                     len(lines) - EXPIRY_LINES_PER_PASS)
 
 
-@dataclass(frozen=True)
 class _Item:
-    """A decoded request and where to answer it."""
+    """A decoded request and where to answer it (a plain slotted class: one is made per
+    request, and a frozen dataclass costs a setattr call per field)."""
 
-    router: zmq.Socket
-    ident: bytes
-    body: bytes  #: the request's body frame as it came (for the retry fingerprint)
-    req: protocol.Request
-    lane: int
+    __slots__ = ("router", "ident", "body", "req", "lane")
+
+    def __init__(self, router: zmq.Socket, ident: bytes, body: bytes, req: protocol.Request, lane: int) -> None:
+        self.router = router
+        self.ident = ident
+        self.body = body  # the request's body frame as it came (for the retry fingerprint)
+        self.req = req
+        self.lane = lane
 
 
 def _lane(item: _Item) -> int:

@@ -31,18 +31,16 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import queue
 import re
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import ifaddr
 from zeroconf import (
     InterfaceChoice,
     IPVersion,
@@ -53,6 +51,7 @@ from zeroconf import (
 )
 
 from .errors import InvalidArgument, Unreachable, ZmeshError
+from .interfaces import ENV_INTERFACES, choose_interfaces, default_interfaces, local_networks
 
 __all__ = [
     "SERVICE_TYPE",
@@ -72,10 +71,7 @@ SERVICE_TYPE = "_zmesh._tcp.local."
 #: version of the TXT record layout; brokers with another value are ignored by this client
 PROTO = "1"
 #: environment variable with comma-separated interface addresses (or names) to use
-ENV_INTERFACES = "ZMESH_INTERFACES"
 
-_PROC_NET_ROUTE = "/proc/net/route"
-_RTF_UP = 0x0001
 #: once one broker is resolved, how long browse() keeps listening for the others
 _SETTLE = 0.5
 #: upper bound for one ServiceInfo.request (ms); a broker that does not answer its SRV/TXT/A
@@ -237,124 +233,6 @@ def broker_from_service_info(
     )
 
 
-# --------------------------------------------------------------------------- interfaces
-
-
-def _parse_hex_le(field: str) -> int:
-    return int(field, 16)
-
-
-def _default_route_interface(route_table: str) -> str | None:
-    """Name of the interface of the IPv4 default route with the lowest metric, from /proc/net/route text."""
-    best: tuple[int, str] | None = None
-    for line in route_table.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) < 8:
-            continue
-        iface, dest, _gateway, flags, _refcnt, _use, metric, mask = fields[:8]
-        try:
-            if _parse_hex_le(dest) != 0 or _parse_hex_le(mask) != 0:
-                continue
-            if not _parse_hex_le(flags) & _RTF_UP:
-                continue
-            rank = int(metric)
-        except ValueError:
-            continue
-        if best is None or rank < best[0]:
-            best = (rank, iface)
-    return best[1] if best else None
-
-
-def _ipv4_of(adapters: Iterable[Any], name: str | None = None) -> list[str]:
-    found: list[str] = []
-    for adapter in adapters:
-        if name is not None and adapter.name != name:
-            continue
-        for ip in adapter.ips:
-            if ip.is_IPv4 and ip.ip not in found:
-                found.append(ip.ip)
-    return found
-
-
-def default_interfaces() -> list[str]:
-    """IPv4 address(es) to run mDNS on when the caller did not choose.
-
-    The default-route interface is the one that reaches the LAN on almost every host, and
-    avoiding the others sidesteps python-zeroconf's trouble with Docker bridges and VPNs.
-    Nothing is sent to find it. Without a default route (or if that interface has no IPv4
-    address) every IPv4 address is returned, loopback last, as InterfaceChoice.All would use.
-    """
-    adapters = list(ifaddr.get_adapters())
-    try:
-        with open(_PROC_NET_ROUTE, encoding="ascii", errors="replace") as fh:
-            iface = _default_route_interface(fh.read())
-    except OSError:
-        iface = None
-    if iface is not None:
-        addrs = _ipv4_of(adapters, iface)
-        if addrs:
-            return addrs
-        log.debug("default-route interface %s has no IPv4 address; using all interfaces", iface)
-    every = _ipv4_of(adapters)
-    return sorted(every, key=lambda a: ipaddress.ip_address(a).is_loopback)
-
-
-def _expand(entries: Iterable[str], source: str) -> list[str]:
-    """Addresses pass through; anything else must be an interface name, replaced by its IPv4 addresses."""
-    result: list[str] = []
-    adapters: list[Any] | None = None
-    for raw in entries:
-        entry = raw.strip()
-        if not entry:
-            continue
-        try:
-            ipaddress.ip_address(entry)  # accepts %scope on IPv6
-        except ValueError:
-            if adapters is None:
-                adapters = list(ifaddr.get_adapters())
-            addrs = _ipv4_of(adapters, entry)
-            if not addrs:
-                raise ValueError(
-                    f"{source}: {entry!r} is neither an IP address nor an interface with an IPv4 address"
-                ) from None
-            result.extend(a for a in addrs if a not in result)
-        else:
-            if entry not in result:
-                result.append(entry)
-    return result
-
-
-def _choose_interfaces(interfaces: Sequence[str] | None) -> tuple[list[str], bool]:
-    """(addresses, explicitly chosen?) for a call's interfaces argument."""
-    if interfaces is not None:
-        chosen = _expand(interfaces, "interfaces")
-        if not chosen:
-            raise ValueError("interfaces: empty list; pass None to use the default-route interface")
-        return chosen, True
-    env = os.environ.get(ENV_INTERFACES, "").strip()
-    if env:
-        chosen = _expand(env.split(","), ENV_INTERFACES)
-        if chosen:
-            return chosen, True
-    return default_interfaces(), False
-
-
-def _local_networks(addresses: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    """Subnets of our chosen addresses, to prefer a broker address we can reach on-link."""
-    wanted = {a.partition("%")[0] for a in addresses}
-    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    try:
-        adapters = ifaddr.get_adapters()
-    except OSError:  # pragma: no cover - only a preference
-        return nets
-    for adapter in adapters:
-        for ip in adapter.ips:
-            addr = ip.ip if ip.is_IPv4 else ip.ip[0]
-            if addr in wanted:
-                nets.append(ipaddress.ip_network(f"{addr}/{ip.network_prefix}", strict=False))
-    return nets
-
-
 def _open_zeroconf(addresses: list[str]) -> Zeroconf:
     # An empty list would make zeroconf listen nowhere; no IPv4 at all means "let zeroconf try all".
     choice: list[str] | InterfaceChoice = addresses if addresses else InterfaceChoice.All
@@ -441,7 +319,7 @@ class Advertiser:
         with self._lock:
             if self._zc is not None:
                 return
-            chosen, explicit = _choose_interfaces(self._interfaces)
+            chosen, explicit = choose_interfaces(self._interfaces)
             advertised = self._advertised_addresses(chosen, explicit)
             info = ServiceInfo(
                 SERVICE_TYPE,
@@ -531,10 +409,10 @@ def _collect(
     loop, and blocking the browser's handler thread would delay other events).
     """
     try:
-        chosen, _explicit = _choose_interfaces(interfaces)
+        chosen, _explicit = choose_interfaces(interfaces)
     except ValueError as exc:
         raise InvalidArgument(str(exc), {"field": ENV_INTERFACES if interfaces is None else "interfaces"}) from None
-    networks = _local_networks(chosen)
+    networks = local_networks(chosen)
     try:
         zc = _open_zeroconf(chosen)
     except (OSError, RuntimeError, ValueError) as exc:
