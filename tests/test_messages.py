@@ -134,7 +134,7 @@ def test_watch_task_streams_a_tasks_notifications(broker: BrokerProcess, make_cl
         sender.notify_task("t9", step)
     assert [got.get(timeout=5).subject for _ in range(3)] == ["start", "50%", "done"]
     updates: queue.Queue[Any] = queue.Queue()
-    watcher.subscribe_task_updates(updates.put, task="t9")
+    watcher.subscribe_task_updates(updates.put, task="t9", since=watcher.hello()["seq"])
     sender.create_task("t9")
     sender.claim("t9")
     first, second = updates.get(timeout=5), updates.get(timeout=5)
