@@ -229,7 +229,14 @@ _BAD = st.one_of(
 )
 
 
-def _api_calls(c: Any) -> dict[str, Any]:
+def _short(v: Any) -> Any:
+    """A wait's bad value as it is, a valid one (or None: forever) cut to 10 ms."""
+    valid = v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                          and 0.01 <= v <= 3600)
+    return 0.01 if valid else v
+
+
+def _api_calls(c: Any, r: Any) -> dict[str, Any]:
     """Every public method of the API with one argument at a time replaced by a bad value."""
     return {
         "register": lambda v, w: c.register(v, capabilities=w),
@@ -260,14 +267,45 @@ def _api_calls(c: Any) -> dict[str, Any]:
         "client": lambda v, w: Client(c.endpoint, agent=v, ttl=w).close(),
         "client_args": lambda v, w: Client(c.endpoint, capabilities=v, timeout=w).close(),
         "client_meta": lambda v, w: Client(c.endpoint, metadata=v, heartbeat=w).close(),
+        # messages (issue 15); ``r`` is an agent: pushes reach only agents
+        "send": lambda v, w: c.send(v, w, to="a"),
+        "send_address": lambda v, w: c.send("s", to=v, group=w),
+        "send_options": lambda v, w: c.send("s", all=True, priority=v, tags=w),
+        "send_ack": lambda v, w: c.send("s", to="a", requires_ack=v, max_deliver=w),
+        "send_more": lambda v, w: c.send("s", to="a", context=v, expires_in=w),
+        "send_ids": lambda v, w: c.send("s", to="a", correlation_id=v, ack_wait=w, sender=v),
+        "broadcast": lambda v, w: c.broadcast(v, w),
+        "assign": lambda v, w: c.assign(v, w),
+        "assign_options": lambda v, w: c.assign("a", "t", ttl=v, queue=w),
+        "ack": lambda v, w: c.ack(v, note=w, agent="a"),
+        "ack_token": lambda v, w: c.ack("msg-1", token=v, agent=w),
+        "messages": lambda v, w: c.messages(agent=v, tail=w),
+        "message_page": lambda v, w: c.message_page(group=v, since=w),
+        "messages_filters": lambda v, w: c.messages(tag=v, priority=w),
+        "messages_more": lambda v, w: c.messages(since_ts=v, unread=w, agent="a"),
+        "message": lambda v, w: c.message(v),
+        "mark_read": lambda v, w: c.mark_read(v, agent=w),
+        "unacked": lambda v, w: c.unacked(agent=v, limit=w),
+        "dead_letters": lambda v, w: c.dead_letters(agent=v, limit=w),
+        "requeue": lambda v, w: c.requeue(v, agent=w),
+        "join": lambda v, w: c.join(v, agent=w),
+        "leave": lambda v, w: c.leave(v, agent=w),
+        "notify_task": lambda v, w: c.notify_task(v, "s", w),
+        "task_updates": lambda v, w: c.subscribe_task_updates(v, task=w),
+        "on_message": lambda v, w: r.on_message(v, w),
+        "on_task": lambda v, w: r.on_task(v, w),
+        "receive": lambda v, w: r.receive(timeout=_short(v)),
+        "request": lambda v, w: r.request(v, "s", w, timeout=0.05),
+        "request_timeout": lambda v, w: r.request("nobody", "s", timeout=_short(v)),
+        "reply": lambda v, w: r.reply(v, w),
     }
 
 
 def test_the_python_api_answers_bad_values_with_zmesh_errors_only(broker) -> None:
     """Every method, every argument, the classes of bad values the CLI table uses: the
     outcome is a result or a ZmeshError, never TypeError/ValueError/zmq/lmdb from us."""
-    with Client(broker.endpoint, timeout=2.0) as c:
-        calls = _api_calls(c)
+    with Client(broker.endpoint, timeout=2.0) as c, Client(broker.endpoint, agent="rx", timeout=2.0) as r:
+        calls = _api_calls(c, r)
         c.publish("first")  # events(since=0) then returns at once, whatever its timeout
 
         @settings(max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from .. import protocol
 from ..errors import InvalidArgument
 from ._inbox import Message
 from ._protocol import Call, _identity
@@ -137,7 +138,12 @@ class MessagesApi:
     def mark_read(self, messages: Iterable["Message | str"], *, agent: str | None = None) -> Any:
         if isinstance(messages, (str, Message)):
             messages = [messages]
-        ids = [message_ref(m)[0] for m in messages]
+        try:
+            refs = list(messages)
+        except TypeError:
+            raise InvalidArgument(f"messages must be message ids or Messages, not {type(messages).__name__}",
+                                  {"field": "ids"}) from None
+        ids = [message_ref(m)[0] for m in refs]
         return self._call(Call("mark_read", {"agent": self._agent(agent), "ids": ids}, _identity))
 
     def unacked(self, *, agent: str | None = None, limit: int = 1000) -> Any:
@@ -159,11 +165,16 @@ class MessagesApi:
     def leave(self, group: str, *, agent: str | None = None) -> Any:
         return self._call(Call("group_leave", {"agent": self._agent(agent), "group": group}, _identity))
 
-    def subscribe_task_updates(self, callback: Callable[[dict[str, Any]], Any], task: str | None = None) -> Any:
+    def subscribe_task_updates(self, callback: Callable[[dict[str, Any]], Any], task: str | None = None, *,
+                               since: int | None = None) -> Any:
         """Call ``callback({task_id, old_status, new_status, claimed_by, timestamp})`` for
-        every task change (of ``task`` only, when given), at least once, in order."""
+        every task change (of ``task`` only, when given), at least once, in order: the
+        changes after event ``since`` (a seq from ``hello()`` or a snapshot), else those after
+        the background subscription starts, which may be a moment after this call."""
         if not callable(callback):
             raise InvalidArgument("callback must be callable", {"field": "callback"})
+        if task is not None:
+            task = protocol.check_value(protocol.OPS["task_get"].by_name["task"], task)
 
         def on_event(event: "Event") -> Any:
             body = event.body
@@ -172,4 +183,4 @@ class MessagesApi:
             return callback({"task_id": body.get("task_id"), "old_status": body.get("old_status"),
                              "new_status": body.get("new_status"), "claimed_by": body.get("claimed_by"),
                              "timestamp": body.get("ts"), "topic": event.topic, "seq": event.seq})
-        return self.subscribe(on_event, topics=["task."])  # type: ignore[attr-defined]
+        return self.subscribe(on_event, topics=["task."], since=since)  # type: ignore[attr-defined]
