@@ -37,8 +37,8 @@ class Blocking:
 
         return lambda *args, **kw: self._run(invoke(*args, **kw))
 
-    def events(self, *args: Any, **kw: Any) -> Iterator[Event]:
-        agen = self._client.events(*args, **kw)
+    def _iterate(self, agen: Any) -> Iterator[Any]:
+        """An async generator of the client, iterated from this thread."""
         try:
             while True:
                 try:
@@ -48,16 +48,11 @@ class Blocking:
         finally:
             self._run(agen.aclose())
 
+    def events(self, *args: Any, **kw: Any) -> Iterator[Event]:
+        return self._iterate(self._client.events(*args, **kw))
+
     def watch(self, *args: Any, **kw: Any) -> Iterator[Any]:
-        agen = self._client.watch(*args, **kw)
-        try:
-            while True:
-                try:
-                    yield self._run(agen.__anext__())
-                except StopAsyncIteration:
-                    return
-        finally:
-            self._run(agen.aclose())
+        return self._iterate(self._client.watch(*args, **kw))
 
     def __enter__(self) -> "Blocking":
         self._run(self._client.connect())

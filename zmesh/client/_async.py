@@ -343,18 +343,26 @@ class AsyncClient(Api):
         check_callback(callback)
         check_flow_args(topics, since, None, 1.0)  # raise bad arguments here, not in the task
 
+        last = [since]
+
+        def deliver(event: Event) -> Any:
+            last[0] = event.seq  # resume after it even if the callback fails
+            return callback(event)
+        return self._resuming(lambda: self.events(topics, since=last[0]), deliver, "event", "event subscription")
+
+    def _resuming(self, stream: Callable[[], AsyncIterator[Any]], deliver: Callable[[Any], Any], item: str,
+                  what: str) -> "asyncio.Task[None]":
+        """See Client._resuming (``deliver`` may return an awaitable)."""
         async def run() -> None:
-            last = since
             while not self._closing:
                 try:
-                    async for event in self.events(topics, since=last):
-                        last = event.seq
+                    async for got in stream():
                         try:
-                            await _maybe_await(callback(event))
+                            await _maybe_await(deliver(got))
                         except Exception:
-                            log.exception("event callback failed")
+                            log.exception("%s callback failed", item)
                 except Unreachable as exc:
-                    log.warning("event subscription interrupted (%s); resuming", exc)
+                    log.warning("%s interrupted (%s); resuming", what, exc)
                     await asyncio.sleep(1.0)
 
         task = asyncio.create_task(run())
@@ -405,21 +413,7 @@ class AsyncClient(Api):
         in a task until aclose(); it recovers by itself from broker restarts."""
         check_callback(callback)
 
-        async def run() -> None:
-            while not self._closing:
-                try:
-                    async for roster, event in self.watch():
-                        try:
-                            await _maybe_await(callback(roster, event))
-                        except Exception:
-                            log.exception("watch callback failed")
-                except Unreachable as exc:
-                    log.warning("watch interrupted (%s); resuming", exc)
-                    await asyncio.sleep(1.0)
-
-        task = asyncio.create_task(run())
-        self._subs.append(task)
-        return task
+        return self._resuming(self.watch, lambda pair: callback(*pair), "watch", "watch")
 
 
 async def _maybe_await(value: Awaitable[Any] | Any) -> Any:

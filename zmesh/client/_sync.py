@@ -399,21 +399,31 @@ class Client(Api):
         check_callback(callback)
         check_flow_args(topics, since, None, 1.0)  # raise bad arguments here, not in the thread
 
+        last = [since]
+
+        def deliver(event: Event) -> None:
+            last[0] = event.seq  # resume after it even if the callback fails
+            callback(event)
+        return self._resuming(lambda: self.events(topics, since=last[0]), deliver, "event", "event subscription",
+                              "zmesh-events")
+
+    def _resuming(self, stream: Callable[[], Iterable[Any]], deliver: Callable[[Any], None], item: str,
+                  what: str, name: str) -> threading.Thread:
+        """A thread feeding ``deliver`` from ``stream()`` until close(), opening the stream
+        again after an outage; a callback bug is logged and does not end it."""
         def run() -> None:
-            last = since
             while not self._stop.is_set():
                 try:
-                    for event in self.events(topics, since=last):
-                        last = event.seq
+                    for got in stream():
                         try:
-                            callback(event)
-                        except Exception:  # a callback bug must not kill the subscription
-                            log.exception("event callback failed")
+                            deliver(got)
+                        except Exception:
+                            log.exception("%s callback failed", item)
                 except Unreachable as exc:
-                    log.warning("event subscription interrupted (%s); resuming", exc)
+                    log.warning("%s interrupted (%s); resuming", what, exc)
                     self._stop.wait(1.0)
 
-        thread = threading.Thread(target=run, daemon=True, name="zmesh-events")
+        thread = threading.Thread(target=run, daemon=True, name=name)
         thread.start()
         self._subs.append(thread)
         return thread
@@ -467,20 +477,5 @@ class Client(Api):
         snapshot (see watch) until close(); it recovers by itself from broker restarts."""
         check_callback(callback)
 
-        def run() -> None:
-            while not self._stop.is_set():
-                try:
-                    for roster, event in self.watch():
-                        try:
-                            callback(roster, event)
-                        except Exception:  # a callback bug must not end the coordinator
-                            log.exception("watch callback failed")
-                except Unreachable as exc:
-                    log.warning("watch interrupted (%s); resuming", exc)
-                    self._stop.wait(1.0)
-
-        thread = threading.Thread(target=run, daemon=True, name="zmesh-watch")
-        thread.start()
-        self._subs.append(thread)
-        return thread
+        return self._resuming(self.watch, lambda pair: callback(*pair), "watch", "watch", "zmesh-watch")
 

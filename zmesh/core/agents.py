@@ -107,8 +107,7 @@ class Agents:
     @staticmethod
     def parse(raw: bytes) -> dict[str, Any]:
         record = loads(raw)
-        if "groups" not in record:  # written before messages existed
-            record["groups"] = []
+        record.setdefault("groups", [])  # written before messages existed
         if "state" not in record:  # written before presence existed
             record.update({k: v for k, v in PRESENCE_DEFAULTS.items() if k not in record},
                           since=record["registered"], idle_order=record["lease"])
@@ -135,6 +134,10 @@ class Agents:
 
     def count(self) -> int:
         return len(self.deadlines.lease)
+
+    def live(self, agent: str) -> bool:
+        """Does ``agent`` hold a lease? (The volatile lease table mirrors the records.)"""
+        return agent in self.deadlines.lease
 
     def liveness(self, agent: str) -> str:
         return "evasive" if agent in self.evasive else "alive"

@@ -160,12 +160,11 @@ class Deliveries:
         Returns whether it was pushed."""
         entry = {"state": "pending", "deliveries": 0, "delivered_at": None, "read_at": None,
                  "acked_at": None, "note": None}
-        record = self.agents.get(b.txn, agent) if agent in self.routes else None
-        if record is None:
+        if agent not in self.routes or not self.agents.live(agent):
             self._put(b, agent, msg["n"], entry)
             self._pending(b, agent, msg, True)
             return False
-        self.deliver(b, agent, msg, entry, record, pending=False)
+        self.deliver(b, agent, msg, entry, pending=False)
         return True
 
     def attach(self, b: Batch, agent: str) -> None:
@@ -187,10 +186,7 @@ class Deliveries:
 
     def flush(self, b: Batch, agent: str) -> None:
         """Push everything pending for a connected agent, in priority then arrival order."""
-        if agent not in self.routes:
-            return
-        record = self.agents.get(b.txn, agent)
-        if record is None:
+        if agent not in self.routes or not self.agents.live(agent):
             return
         keys = [bytes(k) for k, _ in b.txn.scan("pending", prefix=pending_key(agent))]
         for key in keys:
@@ -199,12 +195,12 @@ class Deliveries:
             if msg is None or entry is None or entry["state"] != "pending":  # cannot happen: heal
                 b.txn.delete("pending", key)
                 continue
-            self.deliver(b, agent, msg, entry, record)
+            self.deliver(b, agent, msg, entry)
 
     def deliver(self, b: Batch, agent: str, msg: dict[str, Any], entry: dict[str, Any],
-                record: dict[str, Any], pending: bool = True) -> None:
-        """Hand one entry to the agent's connection (a claim first, for requires_ack);
-        ``pending``: it was waiting in the pending index."""
+                pending: bool = True) -> None:
+        """Hand one entry to a connected, live agent (a claim on its lease first, for
+        requires_ack); ``pending``: it was waiting in the pending index."""
         if pending:
             self._pending(b, agent, msg, False)
         if msg["expires_at"] is not None and msg["expires_at"] <= b.now.wall:
@@ -213,6 +209,8 @@ class Deliveries:
         extra = self.prepare(b, agent, msg) if self.prepare is not None else None
         token = None
         if msg["requires_ack"]:
+            record = self.agents.get(b.txn, agent)
+            assert record is not None, "deliver() is called for live agents only"
             token = self.claims.grant(b, delivery_key(msg["n"], agent), record, msg["ack_wait"])["token"]
         entry.update(state="delivered", deliveries=entry["deliveries"] + 1, delivered_at=b.now.wall)
         self._put(b, agent, msg["n"], entry)
