@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import Any, Callable
 
 import orjson
 
@@ -137,6 +138,20 @@ class Op:
 
     def __post_init__(self) -> None:
         self.by_name.update({f.name: f for f in self.fields})
+
+    @cached_property
+    def plan(self) -> tuple[Step, ...]:
+        """How a body from Python is checked, field by field (see :func:`plan`)."""
+        return plan(self.fields, wire=False)
+
+    @cached_property
+    def wire_plan(self) -> tuple[Step, ...]:
+        """How a body decoded from the wire is checked (JSON values need no re-encoding)."""
+        return plan(self.fields, wire=True)
+
+
+#: one field's check, ready to run: (name, required, default, copy the default, checker)
+Step = tuple[str, bool, Any, bool, Callable[[str, Any], Any]]
 
 
 # ---------------------------------------------------------------- validation
@@ -338,7 +353,25 @@ def escape_controls(text: str) -> str:
 
 def check_value(f: Field, value: Any, *, wire: bool = False) -> Any:
     """One field's value checked by its kind and range (the unit of validate)."""
-    value = (WIRE_KINDS if wire else KINDS)[f.kind](f.name, value)
+    return _limits(f, (WIRE_KINDS if wire else KINDS)[f.kind](f.name, value))
+
+
+def checker(f: Field, *, wire: bool = False) -> Callable[[str, Any], Any]:
+    """``check_value`` for one field, resolved once: the kind's validator itself when the
+    field has no choices or range (most fields), so a request pays one call per field."""
+    kind = (WIRE_KINDS if wire else KINDS)[f.kind]
+    if not f.choices and f.lo is None and f.hi is None:
+        return kind
+    return lambda name, value: _limits(f, kind(name, value))
+
+
+def plan(fields: tuple[Field, ...], *, wire: bool) -> tuple[Step, ...]:
+    """The op's fields as steps for protocol.validate; a mutable default is copied per body."""
+    return tuple((f.name, f.required, f.default, isinstance(f.default, (list, dict)), checker(f, wire=wire))
+                 for f in fields)
+
+
+def _limits(f: Field, value: Any) -> Any:
     if f.choices and value not in f.choices:
         raise BadRequest(f"field '{f.name}' must be one of {', '.join(f.choices)}", {"field": f.name})
     if f.lo is not None and value < f.lo or f.hi is not None and value > f.hi:

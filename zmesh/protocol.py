@@ -355,6 +355,9 @@ OPS: dict[str, Op] = {
     )
 }
 
+#: op name as it comes on the wire (ASCII bytes) -> op
+_OPS_BY_WIRE = {name.encode("ascii"): op for name, op in OPS.items()}
+
 #: ops that change durable state: the broker commits (and syncs) before replying
 WRITE_OPS = frozenset(name for name, op in OPS.items() if op.writes)
 
@@ -370,24 +373,24 @@ def validate(op: Op, body: Any, *, wire: bool = False) -> dict[str, Any]:
     Unknown fields are refused (a typo must not be silently ignored)."""
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object")
-    extra = set(body) - op.by_name.keys()
-    if extra:
-        name = sorted(extra)[0]
+    if not body.keys() <= op.by_name.keys():
+        name = sorted(set(body) - op.by_name.keys())[0]
         raise BadRequest(f"unknown field '{name}' for op '{op.name}'", {"field": name})
     out: dict[str, Any] = {}
-    for f in op.fields:
-        if f.name not in body or body[f.name] is None:
-            if f.required:
-                raise BadRequest(f"missing field '{f.name}' for op '{op.name}'", {"field": f.name})
-            out[f.name] = list(f.default) if isinstance(f.default, list) else (
-                dict(f.default) if isinstance(f.default, dict) else f.default)
-            continue
-        out[f.name] = check_value(f, body[f.name], wire=wire)
+    get = body.get
+    for name, required, default, copy, check in (op.wire_plan if wire else op.plan):
+        value = get(name)
+        if value is None:
+            if required:
+                raise BadRequest(f"missing field '{name}' for op '{op.name}'", {"field": name})
+            out[name] = default.copy() if copy else default
+        else:
+            out[name] = check(name, value)
     return out
 
 
 # ---------------------------------------------------------------- records and codecs
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Request:
     req_id: bytes
     op: str
@@ -431,7 +434,30 @@ def _split_request_header(header: bytes) -> tuple[bytes, bytes, bytes]:
 
 
 def decode_request(frames: list[bytes]) -> Request:
-    """Parse and validate one request; raise DecodeError naming the problem."""
+    """Parse and validate one request; raise DecodeError naming the problem.
+
+    A well-formed request takes the short path (one header check, one dict lookup for the
+    op); anything else goes through :func:`_refuse_request`, which says what is wrong."""
+    if len(frames) == MAX_FRAMES:
+        header, body_raw = frames
+        if header[:3] == VERSION and len(header) > 3:
+            end = 4 + header[3]
+            op = _OPS_BY_WIRE.get(header[4:end])
+            rid = header[end:]
+            if op is not None and 0 < len(rid) <= MAX_REQ_ID_BYTES \
+                    and len(header) + len(body_raw) <= MAX_MESSAGE_BYTES:
+                try:
+                    body = orjson.loads(body_raw) if body_raw else {}
+                except orjson.JSONDecodeError as exc:
+                    raise DecodeError(rid, BadRequest(f"body is not valid JSON: {exc}")) from None
+                try:
+                    return Request(rid, op.name, validate(op, body, wire=True))
+                except errors.RemoteError as exc:
+                    raise DecodeError(rid, exc) from None
+    return _refuse_request(frames)
+
+
+def _refuse_request(frames: list[bytes]) -> Request:
     size = sum(len(f) for f in frames)
     version, op_raw, rid = _split_request_header(frames[0]) if frames else (b"", b"", b"")
     req_id = rid if 0 < len(rid) <= MAX_REQ_ID_BYTES else b""
@@ -477,14 +503,14 @@ def encode_push(body_json: bytes) -> list[bytes]:
     return [VERSION + PUSH, body_json]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Reply:
     req_id: bytes
     ok: bool
     body: Any
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Push:
     """A message the broker pushed to this client's connection (not a reply)."""
 
@@ -514,9 +540,11 @@ def decode_reply(frames: list[bytes]) -> Reply:
     return incoming
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Event:
-    """One state change as published and stored in the event log."""
+    """One state change as published and stored in the event log. Read-only by contract
+    (not frozen: a frozen dataclass costs a setattr call per field, and one is made per
+    event on the broker's hot path)."""
 
     topic: str
     seq: int

@@ -21,9 +21,13 @@ from zmq.backend import Socket as _CSocket
 
 _send = _CSocket.send
 _recv = _CSocket.recv
+#: ``sock.getsockopt(opt)`` without the sugar's enum conversion of the option number
+get_option = _CSocket.get
 
 NOBLOCK = int(zmq.NOBLOCK)
 SNDMORE = int(zmq.SNDMORE)
+EVENTS = int(zmq.EVENTS)
+POLLIN = int(zmq.POLLIN)
 
 
 def send_frames(sock: zmq.Socket, frames: Sequence[bytes], flags: int = 0) -> None:

@@ -28,7 +28,7 @@ import fcntl
 import os
 import uuid
 from contextlib import contextmanager
-from typing import ContextManager, Iterator, Protocol
+from typing import Callable, ContextManager, Iterator, Protocol
 
 import lmdb
 
@@ -58,6 +58,11 @@ class Txn(Protocol):
 
     def delete(self, table: str, key: bytes) -> bool: ...
 
+    def before_commit(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` when the transaction is about to commit (never on an abort); the
+        transaction counts as changed, so it commits."""
+        ...
+
     def scan(self, table: str, start: bytes = b"", prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         """Ascending (key, value) pairs from ``start`` while keys begin with ``prefix``."""
         ...
@@ -82,11 +87,16 @@ class Store(Protocol):
 
 # ---------------------------------------------------------------- LMDB
 class LmdbTxn:
-    __slots__ = ("_txn", "dirty")
+    __slots__ = ("_txn", "dirty", "hooks")
 
     def __init__(self, txn: lmdb.Transaction) -> None:
         self._txn = txn
         self.dirty = False
+        self.hooks: list[Callable[[], None]] = []
+
+    def before_commit(self, hook: Callable[[], None]) -> None:
+        self.dirty = True
+        self.hooks.append(hook)
 
     def get(self, table: str, key: bytes) -> bytes | None:
         return self._txn.get(_PREFIX[table] + key)
@@ -221,29 +231,10 @@ class LmdbStore:
             txn.drop(db, delete=True)
         return version
 
-    @contextmanager
-    def write(self) -> Iterator[LmdbTxn]:
+    def write(self) -> "_Write":
         """One write transaction: committed (and synced per durability) if the block
         returns and something changed, aborted otherwise."""
-        txn = self.env.begin(write=True)
-        wrapped = LmdbTxn(txn)
-        try:
-            yield wrapped
-            if wrapped.dirty:
-                txn.commit()
-            else:
-                txn.abort()
-        except (lmdb.MapFullError, StoreFull):
-            txn.abort()
-            size = self.env.info()["map_size"] * 2
-            self.env.set_mapsize(size)
-            raise StoreFull(f"LMDB map was full; grown to {size} bytes: apply again") from None
-        except lmdb.Error as exc:
-            txn.abort()
-            raise StoreError(f"LMDB write failed in {self.path}: {exc}") from exc
-        except BaseException:
-            txn.abort()
-            raise
+        return _Write(self)
 
     @contextmanager
     def read(self) -> Iterator[LmdbTxn]:
@@ -258,6 +249,49 @@ class LmdbStore:
         self._lock.close()
 
 
+class _Write:
+    """``with store.write() as txn``: a plain class, not a generator context manager (the
+    broker opens one per pass; contextlib's machinery cost a few µs each)."""
+
+    __slots__ = ("_store", "_txn", "_wrapped")
+
+    def __init__(self, store: LmdbStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> LmdbTxn:
+        self._txn = self._store.env.begin(write=True)
+        self._wrapped = LmdbTxn(self._txn)
+        return self._wrapped
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        txn, wrapped = self._txn, self._wrapped
+        if kind is None:
+            try:
+                for hook in wrapped.hooks:
+                    hook()
+                if wrapped.dirty:
+                    txn.commit()
+                else:
+                    txn.abort()
+            except BaseException as error:  # a hook or the commit failed
+                txn.abort()
+                self._translate(error)
+                raise
+            return False
+        txn.abort()
+        self._translate(exc)
+        return False  # the block's own exception goes on as it is
+
+    def _translate(self, exc: BaseException | None) -> None:
+        """LMDB's failures as the store's: a full map grows and says apply again."""
+        if isinstance(exc, (lmdb.MapFullError, StoreFull)):
+            size = self._store.env.info()["map_size"] * 2
+            self._store.env.set_mapsize(size)
+            raise StoreFull(f"LMDB map was full; grown to {size} bytes: apply again") from None
+        if isinstance(exc, lmdb.Error):
+            raise StoreError(f"LMDB write failed in {self._store.path}: {exc}") from exc
+
+
 # ---------------------------------------------------------------- memory (tests, core bench)
 class MemoryTxn:
     def __init__(self, tables: dict[str, dict[bytes, bytes]], write: bool) -> None:
@@ -265,6 +299,11 @@ class MemoryTxn:
         self._mine: dict[str, dict[bytes, bytes]] = {}
         self._write = write
         self.dirty = False
+        self.hooks: list[Callable[[], None]] = []
+
+    def before_commit(self, hook: Callable[[], None]) -> None:
+        self.dirty = True
+        self.hooks.append(hook)
 
     def _t(self, table: str, for_write: bool = False) -> dict[bytes, bytes]:
         if table in self._mine:
@@ -316,6 +355,8 @@ class MemoryStore:
     def write(self) -> Iterator[MemoryTxn]:
         txn = MemoryTxn(self.tables, True)
         yield txn
+        for hook in txn.hooks:
+            hook()
         self.tables.update(txn._mine)
 
     @contextmanager

@@ -141,7 +141,12 @@ class Core:
         return b.events[start:]
 
     def last_seq(self, txn: Txn) -> int:
+        """The latest event's seq, in a transaction no batch is writing to."""
         return read_counter(txn, b"seq")
+
+    def seq(self, b: Batch) -> int:
+        """The latest event's seq as this batch sees it (counters are stored at commit)."""
+        return counter(b, b"seq")
 
     def next_deadline(self) -> float | None:
         """When expire() next has work (may be early, never late)."""

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the store imports core.schema: no runtime import back
     from ..store import Txn
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per request: a frozen one costs a setattr call per field
 class Now:
     """The caller's clock, read once per batch: ``mono`` for deadlines, ``wall`` for records."""
 
@@ -49,7 +49,7 @@ class Settings:
 class Batch:
     """The context every handler gets: one transaction's worth of work."""
 
-    __slots__ = ("txn", "now", "events", "pushes", "counters", "caller")
+    __slots__ = ("txn", "now", "events", "pushes", "counters", "written", "caller")
 
     def __init__(self, txn: Txn, now: Now, caller: Any = None) -> None:
         self.txn = txn
@@ -59,4 +59,7 @@ class Batch:
         #: counters read or written in this transaction (a batch of claims reads the same
         #: four: seq, token and two status counts); see eventlog
         self.counters: dict[bytes, int] = {}
+        #: counters changed in this batch: stored once, when the transaction commits (a
+        #: batch of claims moves seq and token once per claim, and stores each once)
+        self.written: set[bytes] = set()
         self.caller = caller

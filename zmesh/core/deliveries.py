@@ -51,7 +51,7 @@ PUBLIC = ("id", "n", "ts", "from", "to", "type", "category", "priority", "subjec
           "tags", "requires_ack", "correlation_id", "expires_at", "ack_wait", "max_deliver")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per request: a frozen one costs a setattr call per field
 class Push:
     """One message for one agent's connection, sent after the commit."""
 

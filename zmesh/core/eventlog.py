@@ -9,7 +9,9 @@ Rules it keeps:
   so there is no cursor walk per event.
 * Counters (``seq``, ``token``, ``order``, ``count:<status>``) only move through
   :func:`bump`/:func:`set_counter`; values read in a batch are cached on the batch, which
-  lives as long as its transaction (context.Batch).
+  lives as long as its transaction (context.Batch), and a changed counter is stored once,
+  just before the transaction commits (:func:`store_counters`; a rolled-back batch stores
+  none). Inside a batch, read counters with :func:`counter`, never from the transaction.
 * A replay never answers across a gap: ``since`` older than the log's start is
   ``snapshot_required``, ``since`` ahead of the last seq is ``bad_request``.
 """
@@ -43,8 +45,10 @@ def counter(b: Batch, name: bytes) -> int:
 
 
 def set_counter(b: Batch, name: bytes, value: int) -> None:
+    if not b.written:
+        b.txn.before_commit(lambda: store_counters(b))
     b.counters[name] = value
-    b.txn.put("events", COUNTER + name, U64.pack(value))
+    b.written.add(name)
 
 
 def bump(b: Batch, name: bytes, delta: int = 1) -> int:
@@ -56,8 +60,18 @@ def bump(b: Batch, name: bytes, delta: int = 1) -> int:
         value = U64.unpack(raw)[0] if raw else 0
     value += delta
     b.counters[name] = value
-    b.txn.put("events", COUNTER + name, U64.pack(value))
+    if not b.written:
+        b.txn.before_commit(lambda: store_counters(b))
+    b.written.add(name)
     return value
+
+
+def store_counters(b: Batch) -> None:
+    """Write every counter the batch changed (the transaction is about to commit)."""
+    put, counters = b.txn.put, b.counters
+    for name in b.written:
+        put("events", COUNTER + name, U64.pack(counters[name]))
+    b.written.clear()
 
 
 def all_counters(txn: Txn) -> dict[str, int]:
