@@ -250,7 +250,7 @@ class Broker:
             except zmq.Again:  # poll saw an edge that another read consumed
                 continue
             batch.append((router, frames, first))
-            if not _get(router, EVENTS) & POLLIN:
+            if not int(_get(router, EVENTS)) & POLLIN:
                 continue
             while len(batch) < MAX_BATCH:
                 try:

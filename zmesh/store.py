@@ -263,7 +263,7 @@ class _Write:
         self._wrapped = LmdbTxn(self._txn)
         return self._wrapped
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         txn, wrapped = self._txn, self._wrapped
         if kind is None:
             try:
@@ -277,10 +277,9 @@ class _Write:
                 txn.abort()
                 self._translate(error)
                 raise
-            return False
+            return
         txn.abort()
-        self._translate(exc)
-        return False  # the block's own exception goes on as it is
+        self._translate(exc)  # else the block's own exception goes on as it is
 
     def _translate(self, exc: BaseException | None) -> None:
         """LMDB's failures as the store's: a full map grows and says apply again."""
