@@ -5,7 +5,9 @@
   each body carrying the CLOCK_MONOTONIC stamp taken just before the call; latency is
   receipt minus stamp (send request -> commit -> push over the ROUTER -> the agent's
   client). The floor, in the same run: a raw ROUTER in the harness sending to a raw DEALER
-  in a worker, stamped the same way (one hop, no store).
+  in a worker, stamped the same way (one hop, no store); and the floor of any brokered
+  push: the same raw DEALERs on both ends of a Python ROUTER relay that forwards and does
+  nothing else (two hops, no store).
 * Priorities under a flood: 10,000 ``low`` messages pipelined to the agent on a raw DEALER
   (a window of requests in flight, as fast as the broker takes them), while the harness
   sends critical, high and normal messages in turn at a fixed rate and, on another
@@ -73,6 +75,32 @@ def raw_dealer_job(inbox: Any, endpoint: str, count: int, timeout: float) -> Ite
     yield {"hist": hist.encode(h), "got": got}
 
 
+def relay_job(inbox: Any, endpoint: str, count: int, timeout: float) -> Iterator[Any]:
+    """Pool job: the least a broker in the middle can be: a ROUTER that forwards each
+    message from the sender to the one receiver (the peer that said ``hi``), in Python,
+    with no decoding, no store and no reply. Two hops, like a push through zmesh."""
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(endpoint)
+    if not sock.poll(30_000):  # ready only once the receiver is known: nothing is sent before
+        raise TimeoutError("the receiver never said hi")
+    receiver, hello = sock.recv_multipart()
+    assert hello == b"hi", hello
+    yield None
+    relayed = 0
+    deadline = time.monotonic() + timeout
+    while relayed < count and time.monotonic() < deadline:
+        if not sock.poll(100):
+            continue
+        ident, payload = sock.recv_multipart()
+        sock.send_multipart([receiver, payload])
+        relayed += 1
+    sock.close(0)
+    yield {"relayed": relayed}
+
+
 def _paced(count: int, rate: float) -> Iterator[int]:
     start = time.monotonic()
     for i in range(count):
@@ -129,6 +157,32 @@ def raw_push_latency(pool: Any, count: int, rate: float) -> dict[str, Any]:
     h = hist.merge([got["hist"]])
     return {"latency_us": hist.summary(h), "hist": got["hist"], "sent": count, "lost": count - got["got"],
             "rate": round(achieved, 1)}
+
+
+def raw_relay_latency(pool: Any, count: int, rate: float) -> dict[str, Any]:
+    """The floor of any brokered push: a raw DEALER in the harness -> a Python ROUTER relay
+    in a worker (relay_job) -> a raw DEALER in another worker, stamped the same way."""
+    import zmq
+
+    from zmesh.testing import free_port
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    rnd = pool.start([("relay", (endpoint, count, 120.0)), ("rawdealer", (endpoint, count, 120.0))])
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        rnd.go()
+        pad = b"x" * 150
+        start = time.monotonic()
+        for _ in _paced(count, rate):
+            sock.send(time.monotonic_ns().to_bytes(8, "big") + pad)
+        achieved = count / (time.monotonic() - start)
+        _, got = rnd.results()
+    finally:
+        sock.close(0)
+    return {"latency_us": hist.summary(hist.merge([got["hist"]])), "hist": got["hist"], "sent": count,
+            "lost": count - got["got"], "rate": round(achieved, 1)}
 
 
 def _claims(endpoint: str, keys: list[str], out: list[int], stop: threading.Event | None = None) -> None:

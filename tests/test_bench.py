@@ -41,8 +41,8 @@ def test_quick_bench_writes_markdown_json_and_plot(tmp_path: Path) -> None:
     st = data["status_time"]
     assert st["agents"] >= 100 and all(st[op]["p50"] <= st[op]["p95"] for op in ("status", "agent_list", "snapshot"))
     assert all({"name", "measured", "goal", "met"} <= set(t) for t in data["targets"])
-    push = data["messages"]["push"]  # issue 15: push next to raw ROUTER -> DEALER, in one run
-    assert {k.split(":")[0] for k in push} == {"zmesh(none)", "zmesh(full)", "raw-zmq"}
+    push = data["messages"]["push"]  # issue 15: push next to raw ROUTER -> DEALER and a raw relay, in one run
+    assert {k.split(":")[0] for k in push} == {"zmesh(none)", "zmesh(full)", "raw-zmq", "raw-zmq relay"}
     for r in push.values():
         assert r["lost"] == 0 and r["latency_us"]["count"] == r["sent"] > 0
     flood = data["messages"]["flood"]
@@ -53,6 +53,7 @@ def test_quick_bench_writes_markdown_json_and_plot(tmp_path: Path) -> None:
     names = [t["name"] for t in data["targets"]]
     assert any(n.startswith("critical delivery p95 while") for n in names)
     assert any(n.startswith("claim p95 during the flood") for n in names)
+    assert any(n.startswith("push p95: zmesh(none) / raw two-hop relay") for n in names)
     for key in ("claim-full", "claim-fast", "thr16-full", "broadcast", "push", "agents", "store"):
         pair = data["paired"][key]  # measured in alternation: A B, then B A
         assert [r["first"] for r in pair["rounds"]] == ["a", "b"]
