@@ -222,3 +222,50 @@ def test_a_cut_sub_connection_loses_no_event_and_repeats_none(tmp_path: Path,
         watcher.close()
     finally:
         proxy.close()
+
+
+def test_receive_reads_in_its_own_thread_while_other_calls_take_the_pushes(broker: BrokerProcess) -> None:
+    """A Client with no callbacks has no push thread: receive() waits on the socket itself.
+    Calls made meanwhile from another thread read whatever arrives first (their reply or a
+    push) and must hand the push over: every message reaches receive(), none is stranded in
+    the buffer until the next call."""
+    sender = Client(broker.endpoint, timeout=5)
+    worker = Client(broker.endpoint, agent="direct", ttl=10, timeout=5)
+    try:
+        worker.connect()
+        assert worker.receive(timeout=0.05) is None
+        assert not worker._push_threads  # the point of the test: no push thread
+        stop = threading.Event()
+
+        def busy() -> None:  # the same client's socket, kept busy by another thread
+            while not stop.is_set():
+                worker.status()
+
+        caller = threading.Thread(target=busy)
+        caller.start()
+        try:
+            got = []
+            for i in range(50):
+                sender.send("n", {"i": i}, to="direct")
+                msg = worker.receive(timeout=5)
+                assert msg is not None, f"message {i} never reached receive()"
+                got.append(msg.body["i"])
+        finally:
+            stop.set()
+            caller.join(10)
+        assert got == list(range(50))
+    finally:
+        worker.close()
+        sender.close()
+
+
+def test_close_wakes_a_receive_waiting_on_the_socket(broker: BrokerProcess) -> None:
+    worker = Client(broker.endpoint, agent="closing", ttl=10, timeout=5)
+    worker.connect()
+    out: queue.Queue[Any] = queue.Queue()
+    waiting = threading.Thread(target=lambda: out.put(worker.receive(timeout=30)))
+    waiting.start()
+    wait_for(lambda: worker._direct == 1, 5)  # it is in select on the socket
+    worker.close()
+    waiting.join(5)
+    assert not waiting.is_alive() and out.get_nowait() is None

@@ -1,8 +1,9 @@
 """``Client``: the blocking driver of ClientCore (one DEALER guarded by a lock, a heartbeat
-thread, SUB sockets owned by the thread that iterates them; for an agent that asks for
-messages, a push thread that reads what the broker pushes while no call is reading, and a
-dispatch thread that runs message callbacks outside the lock, so a callback may call the
-client).
+thread, SUB sockets owned by the thread that iterates them; for an agent that registers
+message callbacks, a push thread that reads what the broker pushes while no call is reading,
+and a dispatch thread that runs the callbacks outside the lock, so a callback may call the
+client; an agent that only calls ``receive()`` reads its pushes in that call's own thread,
+one thread hand-over less per message).
 
 Rules: a client given an agent registers it (with its own TTL, capabilities and metadata)
 and starts the heartbeat before its first other request, whether or not ``connect()`` or
@@ -85,6 +86,10 @@ class Client(Api):
         self._dispatch_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._push_threads: list[threading.Thread] = []
         self._wake: tuple[socket.socket, socket.socket] | None = None
+        #: receive() calls waiting on the socket in their own thread (no push thread), and
+        #: the pair another thread writes to when it read a push for them
+        self._direct = 0
+        self._direct_wake: tuple[socket.socket, socket.socket] | None = None
 
     # ------------------------------------------------------------ lifecycle
     def connect(self) -> "Client":
@@ -129,10 +134,15 @@ class Client(Api):
                 self.unregister()
             except ZmeshError as exc:
                 log.warning("unregister of %s failed on close: %s", self.agent, exc)
+        self._wake_direct()  # a receive() waiting on the socket returns None
         with self._lock:
             if self._sock is not None:
                 self._sock.close(linger=0)
                 self._sock = None
+            if self._direct_wake is not None and not self._direct:
+                for end in self._direct_wake:
+                    end.close()
+                self._direct_wake = None
         self.connected = False
 
     @property
@@ -173,7 +183,7 @@ class Client(Api):
                 raise Unreachable(f"socket error talking to {self.endpoint}: {exc} (op {call.op})",
                                   {"endpoint": self.endpoint, "op": call.op}) from None
             finally:
-                pushed = self._take_pushes(sock) if self._push_threads else self._core.take_pushed()
+                pushed = self._take_pushes(sock) if self._push_threads or self._direct else self._core.take_pushed()
         if pushed:
             self._route(pushed)
         return self._core.result(call, reply)
@@ -220,6 +230,52 @@ class Client(Api):
     def _route(self, pushed: list[dict[str, Any]]) -> None:
         for target in self._inbox.route_all(pushed):
             self._dispatch_q.put(target)
+        if pushed and self._direct:  # a receive() waits on the socket, not on the inbox
+            self._wake_direct()
+
+    def _wake_direct(self) -> None:
+        pair = self._direct_wake
+        if pair is not None:
+            try:
+                pair[1].send(b"x")
+            except OSError:  # already signalled (buffer full), or closed
+                pass
+
+    def _read_here(self, left: float | None) -> bool:
+        """Wait up to ``left`` seconds for pushes in this thread (select on the socket's fd,
+        outside the lock, as the push thread does) and route what came. False when the
+        client was closed meanwhile."""
+        with self._lock:
+            sock = self._sock
+            if sock is None:
+                return False
+            pushed = self._take_pushes(sock)
+            if not pushed:
+                self._direct += 1
+                fd = int(sock.getsockopt(zmq.FD))
+                if self._direct_wake is None:
+                    self._direct_wake = socket.socketpair()
+                    for end in self._direct_wake:
+                        end.setblocking(False)
+                wake = self._direct_wake[0]
+        if not pushed:
+            try:
+                select.select([fd, wake], [], [], left)
+                while True:
+                    wake.recv(64)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except (OSError, ValueError):  # closed while waiting
+                return False
+            finally:
+                with self._lock:
+                    self._direct -= 1
+            with self._lock:
+                if self._sock is None:
+                    return False
+                pushed = self._take_pushes(self._sock)
+        self._route(pushed)
+        return True
 
     def _pump(self) -> None:
         """Read pushes while no call is reading (woken by the socket's fd)."""
@@ -247,15 +303,17 @@ class Client(Api):
             except Exception:  # a callback bug must not stop the others
                 log.exception("message callback failed for %s", msg.id)
 
-    def _receiving(self, what: str) -> None:
+    def _receiving(self, what: str, *, pump: bool = True) -> None:
         """Pushes are read while idle only once the client asks for messages: a client that
-        never does pays nothing per call (pushes that reach it wait in its buffer)."""
+        never does pays nothing per call (pushes that reach it wait in its buffer). Only
+        callbacks need the push thread (``pump``); receive() reads in its own thread."""
         if not self.agent:
             raise InvalidArgument(f"{what} needs an agent: messages are pushed to an agent's connection",
                                   {"field": "agent"})
         self.connect()
-        with self._connect_lock:
-            self._start_pushes()
+        if pump:
+            with self._connect_lock:
+                self._start_pushes()
 
     def on_message(self, callback: Callable[[Message], Any], filter: Any = None) -> Receiver:
         """Call ``callback(message)`` for every message pushed to this agent that matches
@@ -280,15 +338,21 @@ class Client(Api):
         """The next pushed message no receiver took, waiting up to ``timeout`` seconds
         (None: until one comes); None when none came."""
         timeout = check_timeout("timeout", timeout, allow_none=True)
-        self._receiving("receive")
+        self._receiving("receive", pump=False)
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._inbox.arrived:
-            while not self._inbox.buffer:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return None
-                self._inbox.arrived.wait(left)
-            return self._inbox.buffer.popleft()
+        while True:
+            msg = self._inbox.take()
+            if msg is not None:
+                return msg
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            if self._push_threads:  # callbacks run: the push thread reads, this one waits
+                with self._inbox.arrived:
+                    if not self._inbox.buffer:
+                        self._inbox.arrived.wait(left)
+            elif not self._read_here(left):
+                return None
 
     def request(self, agent: str, subject: str, body: Any = None, *, timeout: float = 5.0,
                 **options: Any) -> Message:
