@@ -260,7 +260,7 @@ class Client(Api):
                 wake = self._direct_wake[0]
         if not pushed:
             try:
-                select.select([fd, wake], [], [], left)
+                select.select([fd, wake.fileno()], [], [], left)
                 while True:
                     wake.recv(64)
             except (BlockingIOError, InterruptedError):
