@@ -298,6 +298,11 @@ def _api_calls(c: Any, r: Any) -> dict[str, Any]:
         "request": lambda v, w: r.request(v, "s", w, timeout=0.05),
         "request_timeout": lambda v, w: r.request("nobody", "s", timeout=_short(v)),
         "reply": lambda v, w: r.reply(v, w),
+        # path reservations (issue 16)
+        "reserve": lambda v, w: c.reserve(v, ttl=w, agent="a"),
+        "reserve_options": lambda v, w: c.reserve(["x/**"], shared=v, agent=w),
+        "release_paths": lambda v, w: c.release_paths(v, agent=w),
+        "reservations": lambda v, w: c.reservations(agent=v, path=w),
     }
 
 

@@ -58,6 +58,9 @@ VALID = {
     "msgstats": {},
     "group_join": {"agent": "a1", "group": "ops"},
     "group_leave": {"agent": "a1", "group": "ops"},
+    "reserve": {"agent": "a1", "paths": ["src/**/*.py", "docs/**"], "mode": "shared", "ttl": 60.0},
+    "release_paths": {"agent": "a1", "paths": ["src/**/*.py"]},
+    "reservations": {"agent": "a1", "path": "src/x.py"},
 }
 
 

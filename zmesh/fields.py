@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import orjson
 
+from . import globs
 from .errors import BadRequest, TooLarge
 
 # ---------------------------------------------------------------- limits (one place)
@@ -92,6 +93,10 @@ KIND_RULES = {
     "name": f"a string of 1..{MAX_NAME_CHARS} characters without control characters",
     "namelist": f"a list of up to {MAX_LIST_ITEMS} names (duplicates dropped)",
     "idlist": f"a list of up to {MAX_LIST_ITEMS} ids (duplicates dropped)",
+    "glob": f"a path pattern relative to the repository root, up to {globs.MAX_PATTERN_CHARS} characters: "
+            "* and ? inside a segment, ** as a whole segment (zero or more segments), a trailing / "
+            "for everything below; no .., [ ], { } or \\",
+    "globlist": f"a list of up to {MAX_LIST_ITEMS} path patterns (as glob; duplicates dropped)",
     "after": "empty, or an id (a paging cursor)",
     "text": f"a string of up to {MAX_TEXT_CHARS} characters (any, newlines included)",
     "int": "an integer, within the field's range",
@@ -239,6 +244,31 @@ def _check_list(name: str, value: Any, item) -> list[str]:
     return out
 
 
+def _check_glob(name: str, value: Any) -> str:
+    """A path pattern, in its canonical form (zmesh/globs.py says what one may be)."""
+    if not isinstance(value, str):
+        raise BadRequest(f"field '{name}' must be a path pattern (a string)", {"field": name})
+    _check_utf8(name, _plain(name, value))
+    try:
+        return globs.normalize(value)
+    except ValueError as exc:
+        raise BadRequest(f"field '{name}': {escape_controls(str(exc))} (pattern {escape_controls(value[:80])!r})",
+                         {"field": name}) from None
+
+
+def _check_globs(name: str, value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise BadRequest(f"field '{name}' must be a list of path patterns", {"field": name})
+    if len(value) > MAX_LIST_ITEMS:
+        raise TooLarge(f"field '{name}' has more than {MAX_LIST_ITEMS} items", {"field": name})
+    out: list[str] = []
+    for v in value:
+        pattern = _check_glob(name, v)
+        if pattern not in out:
+            out.append(pattern)
+    return out
+
+
 def _check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise BadRequest(f"field '{name}' must be true or false", {"field": name})
@@ -324,6 +354,8 @@ KINDS = {
     "bool": _check_bool,
     "namelist": lambda n, v: _check_list(n, v, _check_name),
     "idlist": lambda n, v: _check_list(n, v, _check_id),
+    "glob": _check_glob,
+    "globlist": _check_globs,
     "status": _check_status,
     "object": _check_object,
     "json": _check_json,

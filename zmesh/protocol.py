@@ -48,6 +48,7 @@ import orjson
 from . import errors
 from .errors import BadRequest, TooLarge, UnknownOp, UnsupportedVersion
 from .ops_messages import MESSAGE_OPS, MESSAGE_TOPICS
+from .ops_reservations import RESERVATION_OPS, RESERVATION_TOPICS
 # re-exported: protocol.X is how the rest of zmesh names them
 from .fields import (  # noqa: F401
     CONTROL_CHARS,
@@ -352,6 +353,7 @@ OPS: dict[str, Op] = {
             errors=("snapshot_required", "bad_request"),
         ),
         *MESSAGE_OPS,
+        *RESERVATION_OPS,
     )
 }
 
@@ -602,4 +604,5 @@ TOPICS: dict[str, str] = {
     "blocker.resolved": "a blocker was resolved",
     MESSAGE_PREFIX + "<topic>": "a message sent with `publish` (data, from)",
     **MESSAGE_TOPICS,
+    **RESERVATION_TOPICS,
 }

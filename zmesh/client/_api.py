@@ -264,6 +264,29 @@ class Api(MessagesApi):
         return self._call(Call("replay", {"since": since, "limit": limit,
                                           "topics": names("topics", topics)}, _identity))
 
+    # ------------------------------------------------------------ path reservations
+    def reserve(self, paths: Iterable[str], *, shared: bool = False, ttl: float | None = None,
+                agent: str | None = None) -> Any:
+        """Reserve path patterns (globs such as ``src/**/*.py``), all or none: exclusive by
+        default, ``shared=True`` to coexist with other shared holders. Returns
+        ``{agent, lease, reservations: [{pattern, mode, token, expires_in, renewed}]}``;
+        Conflict (naming the holder, its pattern and expiry) when another agent holds an
+        overlapping one that excludes this."""
+        return self._call(Call("reserve", {
+            "agent": self._agent(agent), "paths": names("paths", paths),
+            "mode": "shared" if check_bool("shared", shared) else "exclusive", "ttl": ttl}, _identity))
+
+    def release_paths(self, paths: Iterable[str] = (), *, agent: str | None = None) -> Any:
+        """Release the agent's reservations on ``paths`` (all of them when empty);
+        returns the released patterns."""
+        return self._call(Call("release_paths", {"agent": self._agent(agent), "paths": names("paths", paths)},
+                               lambda body: body["released"]))
+
+    def reservations(self, *, agent: str | None = None, path: str | None = None) -> Any:
+        """Reservations held now (a list): all, one agent's, or those overlapping ``path``."""
+        return self._call(Call("reservations", {"agent": agent, "path": path},
+                               lambda body: body["reservations"]))
+
 
 def _position(body: Any) -> int | None:
     return body["position"]

@@ -34,6 +34,7 @@ from .deliveries import Deliveries, Push
 from .eventlog import EventLog, all_counters, counter, read_counter
 from .messages import Messages
 from .presence import Presence
+from .reservations import Reservations
 from .tasks import HISTORY_LIMIT, TRANSITIONS, Tasks
 
 if TYPE_CHECKING:
@@ -83,12 +84,14 @@ class Core:
         self.tasks = Tasks(self.log, self.claims, self.agents, self.presence, self.blockers)
         self.deliveries = Deliveries(self.log, self.agents, self.claims)
         self.messages = Messages(self.settings, self.log, self.agents, self.tasks, self.deliveries)
+        self.reservations = Reservations(self.log, self.agents, self.claims)
         self.agents.on_end.append(self.deliveries.forget)
         for kind in kinds:
             self.claims.register(kind)
         self._handlers: dict[str, Callable[[Batch, dict[str, Any]], Any]] = {
             **self.agents.handlers(), **self.presence.handlers(), **self.blockers.handlers(),
             **self.tasks.handlers(), **self.deliveries.handlers(), **self.messages.handlers(),
+            **self.reservations.handlers(),
             "publish": self._publish, "status": self._status, "replay": self.log.replay,
             "snapshot": self._snapshot,
         }

@@ -143,6 +143,22 @@ def blocker_key(number: int) -> bytes:
     return U64.pack(number)
 
 
+# ---------------------------------------------------------------- path reservations
+#: a reservation is a claim in the claims table: ``path:<pattern> NUL <agent>`` (one record
+#: per pattern and holder: shared holders of one pattern coexist)
+PATH = b"path"
+
+
+def path_key(pattern: str, agent: str) -> bytes:
+    return PATH + b":" + pattern.encode() + b"\0" + agent.encode()
+
+
+def parse_path_key(key: bytes) -> tuple[str, str]:
+    """(pattern, agent) of a reservation's resource key."""
+    pattern, agent = bytes(key)[len(PATH) + 1:].split(b"\0", 1)
+    return pattern.decode(), agent.decode()
+
+
 # ---------------------------------------------------------------- messages
 MESSAGE_ID_PREFIX = "msg-"
 #: a delivery awaiting its ack is a claim: ``dlv:<message number> <agent>``

@@ -1,0 +1,92 @@
+"""Path reservations against a real broker process: eight processes race for one exclusive
+pattern (exactly one wins), overlap decides across clients, and a holder killed with SIGKILL
+loses its reservations within its lease TTL + 1 s."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from zmesh import Client
+from zmesh.errors import Conflict
+from zmesh.testing import BrokerProcess
+
+from .conftest import wait_for
+
+RACERS = 8
+
+
+def _racer(endpoint: str, agent: str, pattern: str, barrier: Any, out: Any) -> None:
+    with Client(endpoint, agent=agent, ttl=30, timeout=10) as c:
+        barrier.wait(30)
+        try:
+            got = c.reserve([pattern])
+            out.put((agent, "won", got["reservations"][0]["token"]))
+        except Conflict as exc:
+            out.put((agent, "lost", exc.details["holder"]))
+        barrier.wait(30)  # the winner holds on (closing unregisters) until every racer has tried
+
+
+def test_of_eight_racing_processes_exactly_one_reserves(broker: BrokerProcess) -> None:
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(RACERS), ctx.Queue()
+    procs = [ctx.Process(target=_racer, args=(broker.endpoint, f"racer-{i}", "src/**", barrier, out))
+             for i in range(RACERS)]
+    for p in procs:
+        p.start()
+    try:
+        results = [out.get(timeout=60) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+    winners = [r for r in results if r[1] == "won"]
+    assert len(winners) == 1, results
+    assert all(r[2] == winners[0][0] for r in results if r[1] == "lost")  # every loser names the winner
+
+
+def test_overlap_across_clients_and_release(broker: BrokerProcess) -> None:
+    with Client(broker.endpoint, agent="alice", ttl=10) as a, Client(broker.endpoint, agent="bob", ttl=10) as b:
+        a.reserve(["src/**/*.py"])
+        with pytest.raises(Conflict) as info:
+            b.reserve(["src/zmesh/cli/*.py", "docs/**"])
+        assert info.value.details["holder"] == "alice" and info.value.details["held_pattern"] == "src/**/*.py"
+        b.reserve(["src/**/*.md", "docs/**"])  # no .py file in either: no overlap
+        assert [(r["pattern"], r["agent"]) for r in b.reservations(path="src/x/y.py")] == [("src/**/*.py", "alice")]
+        assert a.release_paths() == ["src/**/*.py"]
+        b.reserve(["src/zmesh/cli/*.py"])
+
+
+_HOLDER = """
+import sys, time
+from zmesh import Client
+c = Client(sys.argv[1], agent="doomed", ttl=2.0, timeout=10).connect()
+c.reserve(["lib/**"])
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_holder_loses_its_reservations_within_its_ttl(broker: BrokerProcess) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, broker.endpoint], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with Client(broker.endpoint, agent="heir", ttl=10) as c:
+            with pytest.raises(Conflict):
+                c.reserve(["lib/core.py"])
+            os.kill(holder.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            wait_for(lambda: not c.reservations(agent="doomed"), timeout=3.0 + 2.0, what="the lease to lapse")
+            assert time.monotonic() - killed <= 2.0 + 1.0  # its TTL + 1 s
+            c.reserve(["lib/core.py"])
+    finally:
+        holder.kill()
+        holder.wait(10)

@@ -1,0 +1,145 @@
+"""Path reservations in the state machine (zmesh/core/reservations.py), on both stores, with a
+hand-driven clock: conflicts by pattern overlap, shared and exclusive, all or none, renewal,
+release, expiry with the lease and with their own TTL, and recovery after a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from zmesh import protocol
+from zmesh.errors import BadRequest, Conflict, NotFound
+
+from .test_core import T0, Harness
+
+
+@pytest.fixture(params=["memory", "lmdb"])
+def h(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    core = Harness(request.param, tmp_path / "data")
+    try:
+        yield core
+    finally:
+        core.close()
+
+
+def _topics(events: list[Any], prefix: str = "reservation.") -> list[tuple[str, str, str]]:
+    return [(e.topic, e.body["agent"], e.body["pattern"]) for e in events if e.topic.startswith(prefix)]
+
+
+def _held(h: Harness) -> dict[str, list[str]]:
+    with h.store.read() as txn:
+        return h.core.inspect(txn).held
+
+
+def test_exclusive_conflicts_with_any_overlap_and_shared_coexist(h: Harness) -> None:
+    h.do("reserve", agent="a", paths=["src/**/*.py"])
+    h.do("reserve", agent="b", paths=["docs/**", "src/**/*.md"])  # disjoint from a's
+    err = h.refused(Conflict, "reserve", agent="c", paths=["src/zmesh/broker.py"])
+    assert err.details["holder"] == "a" and err.details["held_pattern"] == "src/**/*.py"
+    assert "held exclusive by 'a'" in err.message and "it lapses in 10 s" in err.message
+    h.refused(Conflict, "reserve", agent="c", paths=["src/x.py"], mode="shared")  # shared vs exclusive
+    h.do("reserve", agent="c", paths=["lib/**"], mode="shared")
+    h.do("reserve", agent="d", paths=["lib/core.py"], mode="shared")  # shared + shared coexist
+    h.refused(Conflict, "reserve", agent="e", paths=["lib/core.py"])  # exclusive vs shared holders
+    h.refused(Conflict, "reserve", agent="a", paths=["src/zmesh/**"])  # src/zmesh/x.md is b's
+    h.do("reserve", agent="a", paths=["src/zmesh/*.py"])  # overlaps only its own reservation
+    assert _held(h) == {"a": ["path:src/**/*.py\x00a", "path:src/zmesh/*.py\x00a"],
+                        "b": ["path:docs/**\x00b", "path:src/**/*.md\x00b"],
+                        "c": ["path:lib/**\x00c"], "d": ["path:lib/core.py\x00d"]}
+
+
+def test_reserve_is_all_or_none(h: Harness) -> None:
+    h.do("reserve", agent="a", paths=["src/core.py"])
+    before = len(h.events)
+    err = h.refused(Conflict, "reserve", agent="b", paths=["docs/**", "src/*.py", "tests/**"])
+    assert err.details["pattern"] == "src/*.py"
+    assert len(h.events) == before and "b" not in _held(h)  # not even docs/** was granted
+    h.do("reserve", agent="b", paths=["docs/**", "tests/**"])
+
+
+def test_renew_keeps_the_token_and_a_mode_change_is_a_new_grant(h: Harness) -> None:
+    first = h.do("reserve", agent="a", paths=["src/**"], ttl=5)["reservations"][0]
+    assert (first["renewed"], first["expires_in"]) == (False, 5.0)
+    h.at(T0 + 3)
+    again = h.do("reserve", agent="a", paths=["src/**"], ttl=5)["reservations"][0]
+    assert again["token"] == first["token"] and again["renewed"] and again["expires_in"] == 5.0
+    assert h.expire(T0 + 6) == [] and _held(h) == {"a": ["path:src/**\x00a"]}  # renewed at T0+3
+    shared = h.do("reserve", agent="a", paths=["src/**"], mode="shared")["reservations"][0]
+    assert shared["token"] > first["token"] and not shared["renewed"]
+    assert _topics(h.events)[-2:] == [("reservation.released", "a", "src/**"), ("reservation.granted", "a", "src/**")]
+    h.do("reserve", agent="b", paths=["src/x"], mode="shared")  # a holds it shared now
+
+
+def test_release_named_or_all_and_not_found(h: Harness) -> None:
+    h.do("reserve", agent="a", paths=["a/**", "b/**", "c/**"])
+    err = h.refused(NotFound, "release_paths", agent="a", paths=["a/**", "z/**"])
+    assert err.details == {"agent": "a", "pattern": "z/**"}
+    assert h.do("release_paths", agent="a", paths=["b/"])["released"] == ["b/**"]  # canonical form
+    assert h.do("release_paths", agent="a")["released"] == ["a/**", "c/**"]
+    assert _held(h) == {}
+    assert [t for t in _topics(h.events) if t[0] == "reservation.released"] == [
+        ("reservation.released", "a", "b/**"), ("reservation.released", "a", "a/**"),
+        ("reservation.released", "a", "c/**")]
+    h.do("reserve", agent="b", paths=["**"])  # everything free again
+
+
+def test_a_lapsed_lease_or_ttl_ends_reservations(h: Harness) -> None:
+    h.do("register", agent="a", ttl=5)
+    h.do("reserve", agent="a", paths=["src/**"])
+    h.do("register", agent="b", ttl=30)
+    h.do("reserve", agent="b", paths=["docs/**"], ttl=2)
+    events = h.expire(T0 + 2.0, presence=True)
+    assert [(e.topic, e.body["reason"]) for e in events if e.topic.startswith("reservation.")] == [
+        ("reservation.expired", "claim_expired")]
+    events = h.expire(T0 + 5.5, presence=True)
+    gone = next(e for e in events if e.topic == "agent.expired")
+    assert gone.body["released"] == ["path:src/**"]
+    assert [(e.topic, e.body["pattern"], e.body["reason"]) for e in events if e.topic.startswith("reservation.")] == [
+        ("reservation.expired", "src/**", "lease_expired")]
+    assert _held(h) == {}
+    h.do("reserve", agent="c", paths=["src/main.py", "docs/x"])
+
+
+def test_unregister_ends_them_too(h: Harness) -> None:
+    h.do("reserve", agent="a", paths=["x/**"])
+    assert h.do("unregister", agent="a")["released"] == ["path:x/**"]
+    assert _topics(h.events)[-1] == ("reservation.expired", "a", "x/**")
+
+
+def test_list_filters_by_agent_and_overlap(h: Harness) -> None:
+    h.do("reserve", agent="a", paths=["src/**/*.py"], ttl=60)
+    h.do("reserve", agent="b", paths=["docs/**"], mode="shared")
+    every = h.do("reservations")["reservations"]
+    assert [(r["pattern"], r["agent"], r["mode"]) for r in every] == [
+        ("docs/**", "b", "shared"), ("src/**/*.py", "a", "exclusive")]
+    # the earlier of its own TTL and its agent's lease (the h's default TTL: 10 s)
+    assert every[1]["expires_in"] == 10.0 and every[1]["ttl"] == 60.0 and every[0]["ttl"] is None
+    assert [r["agent"] for r in h.do("reservations", agent="b")["reservations"]] == ["b"]
+    assert [r["agent"] for r in h.do("reservations", path="src/zmesh/x.py")["reservations"]] == ["a"]
+    assert h.do("reservations", path="src/README.md")["reservations"] == []
+
+
+@pytest.mark.parametrize("clean", [False, True], ids=["crash", "clean"])
+def test_reservations_survive_a_restart(h: Harness, clean: bool) -> None:
+    token = h.do("reserve", agent="a", paths=["src/**"], ttl=30)["reservations"][0]["token"]
+    h.restart(T0 + 100, clean=clean)
+    assert _held(h) == {"a": ["path:src/**\x00a"]}
+    err = h.refused(Conflict, "reserve", agent="b", paths=["src/x.py"])
+    assert err.details["token"] == token and err.details["expires_in"] == 10.0  # the lease's full TTL again
+
+
+@pytest.mark.parametrize("bad, why", [
+    ([], "at least one"), (["/abs"], "relative"), (["a/../b"], "'..'"), (["a[0]"], "character classes"),
+    (["a\nb"], "control characters"), ("src/**", "list of path patterns"), ([""], "must not be empty"),
+])
+def test_bad_patterns_are_refused_naming_the_field(h: Harness, bad: Any, why: str) -> None:
+    with pytest.raises(BadRequest, match=why) as info:
+        h.do("reserve", agent="a", paths=bad)
+    assert info.value.details["field"] == "paths"
+
+
+def test_the_wire_carries_canonical_patterns() -> None:
+    body = protocol.validate(protocol.OPS["reserve"], {"agent": "a", "paths": ["./src//x/", "src/x/**"]}, wire=True)
+    assert body["paths"] == ["src/x/**"]  # one pattern after normalizing: duplicates dropped
