@@ -143,3 +143,14 @@ def test_bad_patterns_are_refused_naming_the_field(h: Harness, bad: Any, why: st
 def test_the_wire_carries_canonical_patterns() -> None:
     body = protocol.validate(protocol.OPS["reserve"], {"agent": "a", "paths": ["./src//x/", "src/x/**"]}, wire=True)
     assert body["paths"] == ["src/x/**"]  # one pattern after normalizing: duplicates dropped
+
+
+def test_the_longest_pattern_and_agent_fit_an_lmdb_key(h: Harness) -> None:
+    """A 1,000-character pattern used to reach LMDB as a key above its 511 bytes (the
+    broker answered 'internal'); patterns are now capped so the longest ones fit."""
+    pattern, agent = "é" * 128, "a" * 200  # 256 bytes of UTF-8, 200 bytes
+    h.do("reserve", agent=agent, paths=[pattern])
+    assert h.do("reservations", agent=agent)["reservations"][0]["pattern"] == pattern
+    with pytest.raises(BadRequest, match="at most 256 bytes") as info:
+        h.do("reserve", agent="b", paths=["é" * 129])
+    assert info.value.details["field"] == "paths"

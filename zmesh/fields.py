@@ -93,7 +93,7 @@ KIND_RULES = {
     "name": f"a string of 1..{MAX_NAME_CHARS} characters without control characters",
     "namelist": f"a list of up to {MAX_LIST_ITEMS} names (duplicates dropped)",
     "idlist": f"a list of up to {MAX_LIST_ITEMS} ids (duplicates dropped)",
-    "glob": f"a path pattern relative to the repository root, up to {globs.MAX_PATTERN_CHARS} characters: "
+    "glob": f"a path pattern relative to the repository root, up to {globs.MAX_PATTERN_BYTES} bytes of UTF-8: "
             "* and ? inside a segment, ** as a whole segment (zero or more segments), a trailing / "
             "for everything below; no .., [ ], { } or \\",
     "globlist": f"a list of up to {MAX_LIST_ITEMS} path patterns (as glob; duplicates dropped)",

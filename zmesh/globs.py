@@ -25,8 +25,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-#: longest pattern accepted (characters), and most segments
-MAX_PATTERN_CHARS = 1024
+#: longest pattern accepted, in bytes of UTF-8: a reservation's key holds the pattern and an
+#: agent id (up to 200 bytes), and an LMDB key is at most 511 bytes; and most segments
+MAX_PATTERN_BYTES = 256
 MAX_SEGMENTS = 64
 #: characters a pattern may not contain: glob syntax zmesh does not implement, and what
 #: would make a segment ambiguous
@@ -42,8 +43,8 @@ def normalize(pattern: str) -> str:
         raise ValueError("a pattern must be a string")
     if not pattern:
         raise ValueError("a pattern must not be empty")
-    if len(pattern) > MAX_PATTERN_CHARS:
-        raise ValueError(f"a pattern is at most {MAX_PATTERN_CHARS} characters")
+    if len(pattern) > MAX_PATTERN_BYTES // 4 and len(pattern.encode("utf-8", "surrogatepass")) > MAX_PATTERN_BYTES:
+        raise ValueError(f"a pattern is at most {MAX_PATTERN_BYTES} bytes of UTF-8")
     for char, why in REFUSED.items():
         if char in pattern:
             raise ValueError(why)

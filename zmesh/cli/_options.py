@@ -31,7 +31,7 @@ class IdType(click.ParamType):
     """A string option checked by its protocol field kind (id, name, after, text, topic)."""
 
     name = "ID"
-    _NAMES = {"id": "ID", "after": "ID", "name": "NAME", "text": "TEXT", "topic": "TOPIC"}
+    _NAMES = {"id": "ID", "after": "ID", "name": "NAME", "text": "TEXT", "topic": "TOPIC", "glob": "PATTERN"}
 
     def __init__(self, kind: str = "id") -> None:
         self.kind = kind
@@ -41,7 +41,7 @@ class IdType(click.ParamType):
         try:
             return protocol.KINDS[self.kind]("value", value)
         except ZmeshError as exc:
-            self.fail(exc.message.replace("field 'value' ", ""), param, ctx)
+            self.fail(exc.message.replace("field 'value': ", "").replace("field 'value' ", ""), param, ctx)
 
 
 class Seconds(click.ParamType):
@@ -155,6 +155,8 @@ def field_type(field: protocol.Field) -> click.ParamType:
         return JsonValue()
     if field.kind == "topic":
         return IdType("topic")
+    if field.kind in ("glob", "globlist"):
+        return IdType("glob")
     raise AssertionError(f"no click type for field kind {field.kind}")  # pragma: no cover
 
 
@@ -162,7 +164,7 @@ def field_option(op: str, field: str, *decls: str, help: str | None = None,
                  **kw: Any) -> Callable[[Any], Any]:
     """``@click.option`` for the wire field ``op.field``: its type, range and doc."""
     spec = protocol.OPS[op].by_name[field]
-    if spec.kind in ("idlist", "namelist"):
+    if spec.kind in ("idlist", "namelist", "globlist"):
         kw.setdefault("multiple", True)
     if spec.required and "default" not in kw:
         kw.setdefault("required", True)
