@@ -24,6 +24,7 @@ Rules it keeps:
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Callable, Sequence
 
 #: longest pattern accepted, in bytes of UTF-8: a reservation's key holds the pattern and an
 #: agent id (up to 200 bytes), and an LMDB key is at most 511 bytes; and most segments
@@ -111,42 +112,26 @@ def _match_segment(seg: str, text: str) -> bool:
 
 # ---------------------------------------------------------------- overlap of two patterns
 def _overlap_path(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-    """A path both match, built segment by segment: state (i, j, some segment taken)."""
-    seen: set[tuple[int, int, bool]] = set()
-    stack = [(0, 0, False)]
-    while stack:
-        state = stack.pop()
-        if state in seen:
-            continue
-        seen.add(state)
-        i, j, some = state
-        if i == len(a) and j == len(b):
-            if some:
-                return True
-            continue
-        sa = a[i] if i < len(a) else None
-        sb = b[j] if j < len(b) else None
-        if sa == GLOBSTAR:
-            stack.append((i + 1, j, some))  # it matches no (more) segments
-        if sb == GLOBSTAR:
-            stack.append((i, j + 1, some))
-        if sa is None or sb is None:
-            continue
-        # one segment both accept: a ** stays where it is, any other pattern moves on
-        if sa == GLOBSTAR and sb == GLOBSTAR:
-            stack.append((i, j, True))
-        elif sa == GLOBSTAR:
-            stack.append((i, j + 1, True))  # sb is a segment pattern: some name matches it
-        elif sb == GLOBSTAR:
-            stack.append((i + 1, j, True))
-        elif segments_overlap(sa, sb):
-            stack.append((i + 1, j + 1, True))
-    return False
+    """Segment by segment: a ``**`` takes any number of segments, two segment patterns
+    share a segment when some name matches both."""
+    return _common(a, b, GLOBSTAR, segments_overlap)
 
 
 @lru_cache(maxsize=4096)
 def segments_overlap(a: str, b: str) -> bool:
     """Can one non-empty segment name match both segment patterns (``*``, ``?``, literals)?"""
+    return _common(a, b, "*", _same_char)
+
+
+def _same_char(x: str, y: str) -> bool:
+    return x == y or x == "?" or y == "?"
+
+
+def _common(a: Sequence[str], b: Sequence[str], star: str, accept: Callable[[str, str], bool]) -> bool:
+    """Is there a non-empty sequence of units that both token sequences match? ``star``
+    matches zero or more units; any other two tokens match one unit together when
+    ``accept`` says so (a star with any other token always can: a valid token matches some
+    unit). A search over states (i, j, a unit taken yet), each visited once."""
     seen: set[tuple[int, int, bool]] = set()
     stack = [(0, 0, False)]
     while stack:
@@ -159,16 +144,14 @@ def segments_overlap(a: str, b: str) -> bool:
             if some:
                 return True
             continue
-        ca = a[i] if i < len(a) else None
-        cb = b[j] if j < len(b) else None
-        if ca == "*":
-            stack.append((i + 1, j, some))  # the star takes nothing (more)
-        if cb == "*":
+        ta = a[i] if i < len(a) else None
+        tb = b[j] if j < len(b) else None
+        if ta == star:
+            stack.append((i + 1, j, some))  # it takes no (more) units
+        if tb == star:
             stack.append((i, j + 1, some))
-        if ca is None or cb is None:
+        if ta is None or tb is None:
             continue
-        # one character both accept: a star stays, anything else moves on
-        if ca != "*" and cb != "*" and ca != "?" and cb != "?" and ca != cb:
-            continue
-        stack.append((i if ca == "*" else i + 1, j if cb == "*" else j + 1, True))
+        if ta == star or tb == star or accept(ta, tb):  # one unit both take: a star stays
+            stack.append((i if ta == star else i + 1, j if tb == star else j + 1, True))
     return False
