@@ -26,6 +26,7 @@ def test_reserve_conflict_list_and_release(z: Cli) -> None:
         ("src/**/*.py", "exclusive", False), ("docs/**", "exclusive", False)]
     err = z.fails(1, "reserve", "src/zmesh/cli/x.py", "--agent", "bob", match="held exclusive by 'alice'")
     assert "src/**/*.py" in err.stderr and "lapses in" in err.stderr
+    z.fails(1, "reserve", "src/x.py", "--agent", "bob", "--wait", "0.3", match="held exclusive by 'alice'")
     assert z.ok("reserve", "src/**/*.md", "--shared", "--agent", "bob").startswith("src/**/*.md\tshared\ttoken ")
     listed = z.json("reservations", "--json")
     keys("reservations", listed)

@@ -303,6 +303,8 @@ def _api_calls(c: Any, r: Any) -> dict[str, Any]:
         "reserve_options": lambda v, w: c.reserve(["x/**"], shared=v, agent=w),
         "release_paths": lambda v, w: c.release_paths(v, agent=w),
         "reservations": lambda v, w: c.reservations(agent=v, path=w),
+        "reservation_state": lambda v, w: c.reservation_state(agent=v, path=w),
+        "reserve_wait": lambda v, w: c.reserve(["q/**"], wait=v, agent="a"),
     }
 
 

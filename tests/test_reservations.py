@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -90,3 +91,34 @@ def test_a_killed_holder_loses_its_reservations_within_its_ttl(broker: BrokerPro
     finally:
         holder.kill()
         holder.wait(10)
+
+
+def test_waiting_reserves_are_granted_first_come_first_served(broker: BrokerProcess) -> None:
+    """Over the wire: the broker holds the reply until the grant, longer than the client's
+    own timeout (the wait is added to it), and the queue keeps arrival order."""
+    with Client(broker.endpoint, agent="holder", ttl=10) as holder, Client(broker.endpoint, timeout=5) as ops:
+        holder.reserve(["src/**"])
+        got: dict[str, Any] = {}
+        order: list[str] = []
+
+        def wait_for_it(agent: str, pattern: str) -> None:
+            with Client(broker.endpoint, agent=agent, ttl=10, timeout=1.0) as c:
+                got[agent] = c.reserve([pattern], wait=20)
+                order.append(agent)
+                if agent == "first":
+                    c.release_paths()  # lets the second one through
+
+        first = threading.Thread(target=wait_for_it, args=("first", "src/**"))
+        first.start()
+        wait_for(lambda: [w["agent"] for w in ops.reservation_state()["waiting"]] == ["first"], what="first queued")
+        second = threading.Thread(target=wait_for_it, args=("second", "src/a.py"))
+        second.start()
+        wait_for(lambda: [w["agent"] for w in ops.reservation_state()["waiting"]] == ["first", "second"],
+                 what="second queued behind first")
+        time.sleep(1.5)  # longer than the waiters' client timeout (1 s): the wait extends it
+        holder.release_paths()
+        first.join(20)
+        second.join(20)
+        assert order == ["first", "second"], got
+        assert got["first"]["reservations"][0]["pattern"] == "src/**"
+        assert got["second"]["reservations"][0]["pattern"] == "src/a.py"

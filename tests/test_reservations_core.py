@@ -10,7 +10,8 @@ from typing import Any, Iterator
 import pytest
 
 from zmesh import protocol
-from zmesh.errors import BadRequest, Conflict, NotFound
+from zmesh.core import DEFERRED
+from zmesh.errors import BadRequest, Conflict, LeaseExpired, NotFound
 
 from .test_core import T0, Harness
 
@@ -154,3 +155,70 @@ def test_the_longest_pattern_and_agent_fit_an_lmdb_key(h: Harness) -> None:
     with pytest.raises(BadRequest, match="at most 256 bytes") as info:
         h.do("reserve", agent="b", paths=["é" * 129])
     assert info.value.details["field"] == "paths"
+
+
+# ---------------------------------------------------------------- the wait queue
+def _wait(h: Harness, ticket: str, agent: str, paths: list[str], wait_s: float, mode: str = "exclusive") -> Any:
+    """A reserve that may wait, as the broker sends it: with a request id and a ticket."""
+    with h.store.write() as txn:
+        b = h.core.batch(txn, h.now())
+        b.request_id, b.ticket = ticket.encode(), ticket
+        reply, events = h.core.handle(b, "reserve", protocol.validate(
+            protocol.OPS["reserve"], {"agent": agent, "paths": paths, "wait_s": wait_s, "mode": mode}))
+    h.events += events
+    return reply
+
+
+def _answers(h: Harness, mono: float | None = None, op: tuple[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One batch (an op, if given, then expiry) as the broker runs it; the answers it gave."""
+    if mono is not None:
+        h.mono = mono
+    with h.store.write() as txn:
+        b = h.core.batch(txn, h.now())
+        if op is not None:
+            h.core.handle(b, op[0], protocol.validate(protocol.OPS[op[0]], op[1]))
+        h.events += h.core.expire(b)
+    return dict(b.answers)
+
+
+def test_a_waiting_reserve_is_granted_when_the_holder_lets_go(h: Harness) -> None:
+    h.do("reserve", agent="a", paths=["src/**"])
+    assert _wait(h, "t1", "b", ["src/x.py"], 30) is DEFERRED
+    assert _wait(h, "t1", "b", ["src/x.py"], 30) is DEFERRED  # a retry keeps its place
+    assert len(h.core.reservations.waiting) == 1
+    got = _answers(h, op=("release_paths", {"agent": "a"}))
+    assert [r["pattern"] for r in got["t1"]["reservations"]] == ["src/x.py"]
+    assert _held(h) == {"b": ["path:src/x.py\x00b"]} and not h.core.reservations.waiting
+
+
+def test_the_queue_is_first_come_first_served(h: Harness) -> None:
+    h.do("reserve", agent="a", paths=["src/**"])
+    h.do("reserve", agent="z", paths=["lib/**"])
+    assert _wait(h, "first", "b", ["src/**", "lib/x"], 30) is DEFERRED  # needs both a's and z's
+    assert _wait(h, "second", "c", ["src/x.py"], 30) is DEFERRED
+    # a's release frees src/** but b still waits for lib/x: c must not overtake b on src/
+    assert _answers(h, op=("release_paths", {"agent": "a"})) == {}
+    err = h.refused(Conflict, "reserve", agent="d", paths=["src/y.py"])  # behind the queue, not around it
+    assert err.details["waiting"] == "b"
+    got = _answers(h, op=("release_paths", {"agent": "z"}))
+    assert list(got) == ["first"]  # b is granted; c now waits behind b's src/**
+    h.do("release_paths", agent="b")
+    assert list(_answers(h)) == ["second"]
+
+
+def test_a_wait_runs_out_with_the_conflict_as_it_stands(h: Harness) -> None:
+    h.do("reserve", agent="a", paths=["src/**"])
+    assert _wait(h, "t", "b", ["src/x.py"], 2) is DEFERRED
+    assert _answers(h, T0 + 1.9) == {}
+    got = _answers(h, T0 + 2.0)["t"]
+    assert isinstance(got, Conflict) and got.details["holder"] == "a"
+    assert not h.core.reservations.waiting and "b" not in _held(h)
+
+
+def test_a_waiter_whose_lease_ends_leaves_the_queue(h: Harness) -> None:
+    h.do("reserve", agent="a", paths=["src/**"])
+    h.do("register", agent="b", ttl=5)
+    assert _wait(h, "t", "b", ["src/x.py"], 60) is DEFERRED
+    assert _wait(h, "u", "c", ["src/y.py"], 60) is DEFERRED  # independent of b's (no overlap)
+    got = _answers(h, T0 + 5.5)
+    assert isinstance(got["t"], LeaseExpired) and not any(w.agent == "b" for w in h.core.reservations.waiting.values())

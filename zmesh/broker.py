@@ -35,7 +35,7 @@ import zmq
 from . import __version__, protocol
 from ._logging import RateLimited
 from .config import BrokerConfig
-from .core import Core, Now, Push, Settings
+from .core import DEFERRED, Core, Now, Push, Settings
 from .errors import Internal, RemoteError, StoreError
 from .protocol import DecodeError, Event
 from .sockets import EVENTS, NOBLOCK, POLLIN, get_option as _get, peer_address, recv_message, send_frames
@@ -386,11 +386,14 @@ class Broker:
                         replies.append((item.router, [ident, *cached[1]]))
                         continue
                 ctx.caller = ident
+                ctx.request_id, ctx.ticket = req.req_id, (item.router, ident, req.req_id, fingerprint, write)
                 try:
                     if req.op == "hello":
                         out = protocol.encode_reply(req.req_id, self._hello(ctx))
                     else:
                         body, _ = self.core.handle(ctx, req.op, req.body)
+                        if body is DEFERRED:  # it waits (a reserve with wait_s): answered later
+                            continue
                         if req.op == "status":
                             body.update(self._info())
                         elif req.op == "msgstats":
@@ -406,10 +409,16 @@ class Broker:
                 if write:
                     remember[req.req_id] = (fingerprint, out)
                 replies.append((item.router, [ident, *out]))
-            ctx.caller = None
+            ctx.caller = ctx.request_id = ctx.ticket = None
             # after the requests: heartbeats that queued while the broker was busy or
             # stalled count before any lease is judged lapsed
             expired = self.core.expire(ctx)
+            for (router, ident, req_id, fingerprint, write), answer in ctx.answers:  # requests that waited
+                out = (protocol.encode_error(req_id, answer) if isinstance(answer, RemoteError)
+                       else protocol.encode_reply(req_id, answer))
+                if write:
+                    remember[req_id] = (fingerprint, out)
+                replies.append((router, [ident, *out]))
             events, pushes = ctx.events, ctx.pushes
         dedup.update(remember)
         while len(dedup) > DEDUP_SIZE:

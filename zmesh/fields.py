@@ -43,6 +43,8 @@ MAX_TEXT_CHARS = 64 * 1024
 MAX_LIST_ITEMS = 256
 MAX_TTL_S = 7 * 24 * 3600.0
 MIN_TTL_S = 0.1
+#: longest a request may wait in a queue (a reserve with wait_s) before it is refused
+MAX_WAIT_S = 3600.0
 MAX_PRIORITY = 1_000_000
 MAX_ATTEMPTS = 1000
 MAX_LIST_LIMIT = 10_000

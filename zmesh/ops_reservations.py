@@ -11,7 +11,7 @@ Rules it keeps:
 
 from __future__ import annotations
 
-from .fields import MAX_TTL_S, MIN_TTL_S, Field, Op
+from .fields import MAX_TTL_S, MAX_WAIT_S, MIN_TTL_S, Field, Op
 
 #: how a reservation is held
 MODES = ("exclusive", "shared")
@@ -28,13 +28,18 @@ RESERVATION_OPS: tuple[Op, ...] = (
         "grant is a claim on the agent's lease (it goes when the lease lapses) with a fencing "
         "token and, with `ttl`, a deadline of its own. Reserving a pattern again renews it (same "
         "token; a new `ttl` restarts its deadline) or, in the other mode, grants it anew. "
-        "Refused with conflict naming the holder, its pattern, mode and expiry.",
+        "Refused with conflict naming the holder, its pattern, mode and expiry; with `wait_s` the "
+        "request waits instead, first come first served (a later request that overlaps an "
+        "earlier waiting one queues behind it), and is answered when granted or, after `wait_s`, "
+        "with the conflict as it stands then.",
         (
             _AGENT,
             Field("paths", "globlist", True, doc="patterns to reserve (at least one)"),
             Field("mode", "choice", default="exclusive", doc="exclusive or shared", choices=MODES),
             Field("ttl", "ttl", doc="seconds the reservations last unless renewed (default: as long as "
                   "the lease)", lo=MIN_TTL_S, hi=MAX_TTL_S),
+            Field("wait_s", "number", default=0.0, doc="seconds to wait in the queue when refused "
+                  "(0: refuse at once)", lo=0.0, hi=MAX_WAIT_S),
         ),
         writes=True,
         returns="{agent, lease, reservations: [{pattern, mode, token, expires_in, renewed}]}",
@@ -54,13 +59,13 @@ RESERVATION_OPS: tuple[Op, ...] = (
     ),
     Op(
         "reservations",
-        "Reservations held now, by pattern then agent: all, one agent's, or those overlapping a "
-        "path or pattern.",
+        "Reservations held now, by pattern then agent, and the reserves waiting in the queue, "
+        "first come first: all, one agent's, or those overlapping a path or pattern.",
         (
             Field("agent", "id", doc="only this agent's"),
             Field("path", "glob", doc="only those overlapping this path or pattern"),
         ),
-        returns="{reservations: [" + _RESERVATION + "]}",
+        returns="{reservations: [" + _RESERVATION + "], waiting: [{agent, paths, mode, gives_up_in}]}",
     ),
 )
 

@@ -87,7 +87,9 @@ JSON_SHAPES: dict[str, tuple[tuple[str, ...], str] | None] = {
     "group leave": (("agent", "groups"), "the agent's groups"),
     "reserve": (("agent", "lease", "reservations"), "`reservations`: each {pattern, mode, token, expires_in, renewed}"),
     "release-paths": (("agent", "released"), "the patterns released"),
-    "reservations": (("reservations",), "`reservations`: each {pattern, agent, mode, token, since, ttl, expires_in}"),
+    "reservations": (("reservations", "waiting"), "`reservations`: each {pattern, agent, mode, token, since, ttl, "
+                     "expires_in}; `waiting`: the reserves in the queue, first come first, each {agent, paths, "
+                     "mode, gives_up_in}"),
 }
 
 

@@ -26,14 +26,17 @@ def _expiry(expires_in: float | None) -> str:
 @click.argument("paths", nargs=-1, required=True, type=IdType("glob"))
 @click.option("--shared", is_flag=True, help="Hold them shared: other shared holders may overlap (exclusive by default).")
 @field_option("reserve", "ttl", metavar="SECONDS")
+@field_option("reserve", "wait_s", "--wait", "wait_s", metavar="SECONDS", default=0.0,
+              help="When refused, wait this long in the broker's first-come-first-served queue.")
 @field_option("reserve", "agent", help="The agent holding them (its lease holds them).")
 @json_flag
 @pass_ctx
-def reserve(ctx: Ctx, paths: tuple[str, ...], shared: bool, ttl: float | None, agent: str) -> None:
+def reserve(ctx: Ctx, paths: tuple[str, ...], shared: bool, ttl: float | None, wait_s: float, agent: str) -> None:
     """Reserve PATHS (glob patterns: * and ? inside a segment, ** for any depth, a trailing /
     for everything below) for AGENT, all or none. Exit 1 when another agent holds an
-    overlapping pattern that excludes this (the refusal names it and when it lapses)."""
-    reply = ctx.client().reserve(list(paths), shared=shared, ttl=ttl, agent=agent)
+    overlapping pattern that excludes this (the refusal names it and when it lapses), at
+    once or after --wait seconds in the queue."""
+    reply = ctx.client().reserve(list(paths), shared=shared, ttl=ttl, wait=wait_s, agent=agent)
     emit(ctx, reply, lambda d: [f"{esc(r['pattern'])}\t{r['mode']}\ttoken {r['token']}\t{_expiry(r['expires_in'])}"
                                 + ("\t(renewed)" if r["renewed"] else "") for r in d["reservations"]])
 
@@ -57,9 +60,11 @@ def release_paths(ctx: Ctx, paths: tuple[str, ...], agent: str) -> None:
 @json_flag
 @pass_ctx
 def reservations(ctx: Ctx, agent: str | None, path: str | None) -> None:
-    """Reservations held now, by pattern then agent."""
+    """Reservations held now, by pattern then agent; then the reserves waiting their turn."""
     def human(d: dict[str, Any]) -> list[str]:
-        return [f"{esc(r['pattern'])}\t{esc(r['agent'])}\t{r['mode']}\ttoken {r['token']}\t{_expiry(r['expires_in'])}"
+        held = [f"{esc(r['pattern'])}\t{esc(r['agent'])}\t{r['mode']}\ttoken {r['token']}\t{_expiry(r['expires_in'])}"
                 for r in d["reservations"]] or ["no reservations"]
+        return held + [f"waiting: {esc(w['agent'])}\t{w['mode']}\t{esc(' '.join(w['paths']))}\t"
+                       f"gives up in {w['gives_up_in']:g} s" for w in d["waiting"]]
 
-    emit(ctx, {"reservations": ctx.client().reservations(agent=agent, path=path)}, human)
+    emit(ctx, ctx.client().reservation_state(agent=agent, path=path), human)

@@ -266,15 +266,17 @@ class Api(MessagesApi):
 
     # ------------------------------------------------------------ path reservations
     def reserve(self, paths: Iterable[str], *, shared: bool = False, ttl: float | None = None,
-                agent: str | None = None) -> Any:
+                wait: float = 0.0, agent: str | None = None) -> Any:
         """Reserve path patterns (globs such as ``src/**/*.py``), all or none: exclusive by
         default, ``shared=True`` to coexist with other shared holders. Returns
         ``{agent, lease, reservations: [{pattern, mode, token, expires_in, renewed}]}``;
         Conflict (naming the holder, its pattern and expiry) when another agent holds an
-        overlapping one that excludes this."""
-        return self._call(Call("reserve", {
-            "agent": self._agent(agent), "paths": names("paths", paths),
-            "mode": "shared" if check_bool("shared", shared) else "exclusive", "ttl": ttl}, _identity))
+        overlapping one that excludes this, at once or, with ``wait`` seconds, when the
+        wait in the broker's first-come-first-served queue runs out."""
+        body = {"agent": self._agent(agent), "paths": names("paths", paths),
+                "mode": "shared" if check_bool("shared", shared) else "exclusive", "ttl": ttl, "wait_s": wait}
+        wait_s = protocol.check_value(protocol.OPS["reserve"].by_name["wait_s"], wait)
+        return self._call(Call("reserve", body, _identity, wait=wait_s))
 
     def release_paths(self, paths: Iterable[str] = (), *, agent: str | None = None) -> Any:
         """Release the agent's reservations on ``paths`` (all of them when empty);
@@ -286,6 +288,11 @@ class Api(MessagesApi):
         """Reservations held now (a list): all, one agent's, or those overlapping ``path``."""
         return self._call(Call("reservations", {"agent": agent, "path": path},
                                lambda body: body["reservations"]))
+
+    def reservation_state(self, *, agent: str | None = None, path: str | None = None) -> Any:
+        """One snapshot: ``{reservations: [...], waiting: [{agent, paths, mode, gives_up_in}]}``,
+        the reserves waiting in the broker's queue first come first."""
+        return self._call(Call("reservations", {"agent": agent, "path": path}, _identity))
 
 
 def _position(body: Any) -> int | None:

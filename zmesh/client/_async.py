@@ -125,7 +125,7 @@ class AsyncClient(Api):
             await self._discover()
         async with self._lock:
             sock = self._socket()
-            flow = self._core.exchange(call.op, call.body, self.endpoint)
+            flow = self._core.exchange(call.op, call.body, self.endpoint, call.wait)
             try:
                 action = next(flow)
                 while True:

@@ -67,6 +67,9 @@ class Call(Generic[T]):
     convert: Callable[[Any], T]
     #: turns some refusals into a result (claim: lost race -> None); re-raises the rest
     on_error: Callable[[RemoteError], T] | None = None
+    #: seconds the broker may hold the request before answering (a reserve's wait_s):
+    #: added to the client's timeout for this call
+    wait: float = 0.0
 
 
 def _identity(body: Any) -> Any:
@@ -123,24 +126,28 @@ class ClientCore:
     def new_req_id(self) -> bytes:
         return self._prefix + next(self._counter).to_bytes(8, "big")
 
-    def exchange(self, op: str, body: dict[str, Any], endpoint: str
+    def exchange(self, op: str, body: dict[str, Any], endpoint: str, wait: float = 0.0
                  ) -> Generator[Send | Recv, list[bytes] | None, Reply]:
+        """One request until its reply: resent with the same id every retry_interval (the
+        broker answers a retry from memory, and a waiting request keeps its place), given
+        up after the client's timeout plus ``wait``."""
         req_id = self.new_req_id()
         frames = protocol.prepare_request(req_id, op, body)  # raises before anything is sent
         start = self._clock()
+        timeout = self.timeout + wait
         yield Send(frames)
         next_send = start + self.retry_interval
         while True:
             now = self._clock()
-            if now - start >= self.timeout:
+            if now - start >= timeout:
                 raise Unreachable(
-                    f"no reply from the broker at {endpoint} within {self.timeout:g} s (op {op})",
+                    f"no reply from the broker at {endpoint} within {timeout:g} s (op {op})",
                     {"endpoint": endpoint, "op": op})
             if now >= next_send:
                 yield Send(frames)
                 next_send = now + self.retry_interval
                 continue
-            got = yield Recv(min(next_send, start + self.timeout) - now)
+            got = yield Recv(min(next_send, start + timeout) - now)
             if got is None:
                 continue
             reply = self.accept(got)

@@ -163,7 +163,7 @@ class Client(Api):
             self.connect()  # the agent's own lease, not an implicit one with the broker's TTL
         with self._lock:
             sock = self._socket()
-            flow = self._core.exchange(call.op, call.body, self.endpoint)
+            flow = self._core.exchange(call.op, call.body, self.endpoint, call.wait)
             try:
                 action = next(flow)
                 while True:

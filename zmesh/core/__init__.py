@@ -28,7 +28,7 @@ from .. import protocol
 from .agents import Agents
 from .blockers import Blockers
 from .claims import ClaimKind, Claims
-from .context import Batch, Now, Settings
+from .context import DEFERRED, Batch, Now, Settings
 from .deadlines import Deadlines, Due
 from .deliveries import Deliveries, Push
 from .eventlog import EventLog, all_counters, counter, read_counter
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from ..protocol import Event
     from ..store import Txn
 
-__all__ = ["Batch", "ClaimKind", "Core", "CoreState", "HISTORY_LIMIT", "Now", "Push", "Recovery",
+__all__ = ["Batch", "ClaimKind", "Core", "CoreState", "DEFERRED", "HISTORY_LIMIT", "Now", "Push", "Recovery",
            "Settings", "TRANSITIONS"]
 
 
@@ -128,19 +128,24 @@ class Core:
     def expire(self, b: Batch) -> list[Event]:
         """Mark agents evasive, release every lease and claim whose deadline has passed,
         trim messages past their age (at most once a second, with whatever batch comes:
-        an idle broker has nothing to hurry for); returns the events."""
+        an idle broker has nothing to hurry for), answer waiting reserves whose wait ran
+        out and grant those that may go now (their answers in ``b.answers``); returns the
+        events."""
         start = len(b.events)
         if b.now.mono >= self.messages.next_sweep:
             self.messages.sweep(b)
-        if not self.deadlines.any_due(b.now.mono):  # every batch asks: answer without a generator
-            return b.events[start:]
-        for due, key in self.deadlines.due(b.now.mono):
-            if due is Due.LEASE:
-                self.agents.end(b, key, "lease_expired")  # type: ignore[arg-type]
-            elif due is Due.EVASIVE:
-                self.agents.evade(b, key)  # type: ignore[arg-type]
-            else:
-                self.claims.expire(b, key)  # type: ignore[arg-type]
+        if self.deadlines.any_due(b.now.mono):  # every batch asks: answer without a generator
+            for due, key in self.deadlines.due(b.now.mono):
+                if due is Due.LEASE:
+                    self.agents.end(b, key, "lease_expired")  # type: ignore[arg-type]
+                elif due is Due.EVASIVE:
+                    self.agents.evade(b, key)  # type: ignore[arg-type]
+                elif due is Due.WAIT:
+                    self.reservations.gave_up(b, key)  # type: ignore[arg-type]
+                else:
+                    self.claims.expire(b, key)  # type: ignore[arg-type]
+        if self.reservations.freed:  # a reservation ended or a waiter left: the queue may move
+            self.reservations.retry(b)
         return b.events[start:]
 
     def last_seq(self, txn: Txn) -> int:
@@ -161,6 +166,7 @@ class Core:
         log."""
         self.deadlines.clear()
         self.deliveries.routes.clear()
+        self.reservations.waiting.clear()  # waiting requests did not survive: clients retry
         b = self.batch(txn, now)
         trimmed = self.log.trim(b)
         moved = self.tasks.move_legacy_claims(txn)

@@ -11,6 +11,10 @@ Rules it keeps:
   is never taken back: its seq is already in the log).
 * ``caller`` is the identity the transport vouched for (none until security lands);
   ``pushes`` collects direct deliveries the same way ``events`` collects broadcasts.
+* A request may wait (a reserve with ``wait_s``): its handler returns :data:`DEFERRED`, and
+  the answer comes in a later batch's ``answers`` as (``ticket``, reply body or
+  RemoteError). ``request_id`` and ``ticket`` are the current request's id and where its
+  answer goes, set by the broker per request and opaque to the core.
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ from ..fields import DEFAULT_ACK_WAIT_S, DEFAULT_MESSAGE_MAX_AGE_S, DEFAULT_MESS
 if TYPE_CHECKING:  # the store imports core.schema: no runtime import back
     from ..protocol import Event
     from ..store import Txn
+
+
+#: a handler's reply meaning "no answer yet": the request waits, its answer comes later
+DEFERRED: Any = type("Deferred", (), {"__repr__": lambda self: "DEFERRED"})()
 
 
 @dataclass(slots=True)  # one per request: a frozen one costs a setattr call per field
@@ -49,7 +57,8 @@ class Settings:
 class Batch:
     """The context every handler gets: one transaction's worth of work."""
 
-    __slots__ = ("txn", "now", "events", "pushes", "counters", "written", "caller")
+    __slots__ = ("txn", "now", "events", "pushes", "counters", "written", "caller", "request_id", "ticket",
+                 "answers")
 
     def __init__(self, txn: Txn, now: Now, caller: Any = None) -> None:
         self.txn = txn
@@ -63,3 +72,7 @@ class Batch:
         #: batch of claims moves seq and token once per claim, and stores each once)
         self.written: set[bytes] = set()
         self.caller = caller
+        self.request_id: bytes | None = None
+        self.ticket: Any = None
+        #: answers to requests that waited: (their ticket, reply body or RemoteError)
+        self.answers: list[tuple[Any, Any]] = []

@@ -21,7 +21,7 @@ import heapq
 from enum import IntEnum
 from typing import Iterator, Union
 
-Key = Union[str, bytes]
+Key = Union[str, bytes, int]
 
 
 class Due(IntEnum):
@@ -30,6 +30,7 @@ class Due(IntEnum):
     LEASE = 0  #: an agent's lease (key: agent id)
     CLAIM = 1  #: a claim's own TTL (key: resource key)
     EVASIVE = 2  #: an agent missed a heartbeat period (key: agent id); ends nothing
+    WAIT = 3  #: a request waiting in a queue gives up (key: its wait number)
 
 
 class Deadlines:

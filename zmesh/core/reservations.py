@@ -17,16 +17,26 @@ Rules it keeps:
   its deadline); in the other mode the old one is released and a new one granted.
 * Every grant and ending is an event: ``reservation.granted``, ``reservation.released``
   (the holder let go), ``reservation.expired`` (lease or TTL lapsed, or it unregistered).
+* A refused reserve with ``wait_s`` waits in one queue, first come first served: a request
+  that overlaps (in a conflicting mode) one queued before it waits behind it even when the
+  held reservations would let it through, so no waiter is overtaken forever. The queue is
+  tried again after every batch in which a reservation ended or a waiter left; a waiter is
+  answered when granted, when ``wait_s`` runs out (with the conflict as it stands), or when
+  its agent's lease ends. A retry of a waiting request (same request id) keeps its place.
+  The queue is volatile: after a broker restart, clients retry and queue again.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+import itertools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .. import globs
-from ..errors import BadRequest, Conflict, NotFound, RemoteError
+from ..errors import BadRequest, Conflict, LeaseExpired, NotFound, RemoteError
 from .claims import ClaimKind, Claims
-from .context import Batch
+from .context import DEFERRED, Batch
+from .deadlines import Due
 from .eventlog import EventLog
 from .schema import PATH, dumps, loads, parse_path_key, path_key
 
@@ -66,30 +76,81 @@ class PathKind(ClaimKind):
         return "path:" + parse_path_key(key)[0]
 
 
+@dataclass(slots=True)
+class Waiter:
+    """A reserve waiting its turn (volatile)."""
+
+    number: int
+    agent: str
+    patterns: list[str]
+    mode: str
+    ttl: float | None
+    request_id: bytes | None
+    ticket: Any
+
+
 class Reservations:
-    """The reserve, release_paths and reservations ops."""
+    """The reserve, release_paths and reservations ops, and the queue of waiting reserves."""
 
     def __init__(self, log: EventLog, agents: "Agents", claims: Claims) -> None:
         self.log = log
         self.agents = agents
         self.claims = claims
+        self.deadlines = claims.deadlines
         self.kind = PathKind(self)
         claims.register(self.kind)
+        #: waiting reserves in arrival order (dicts keep insertion order)
+        self.waiting: dict[int, Waiter] = {}
+        self._numbers = itertools.count(1)
+        #: something ended since the queue was last tried: try it after this batch
+        self.freed = False
+        agents.on_end.append(self._agent_ended)
 
     def handlers(self) -> dict[str, Handler]:
         return {"reserve": self.reserve, "release_paths": self.release_paths, "reservations": self.list_op}
 
     # ------------------------------------------------------------ ops
-    def reserve(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:
+    def reserve(self, b: Batch, body: dict[str, Any]) -> Any:
         agent_id, mode, ttl, patterns = body["agent"], body["mode"], body["ttl"], body["paths"]
         if not patterns:
             raise BadRequest("field 'paths' must name at least one pattern", {"field": "paths"})
-        held = {p: self.claims.get(b.txn, path_key(p, agent_id)) for p in patterns}
-        for pattern in patterns:  # all or none: every refusal before any write
-            refusal = self.kind.conflict(b, path_key(pattern, agent_id), agent_id,
-                                         {"pattern": pattern, "mode": mode})
+        if b.request_id is not None:  # a retry of a waiting request keeps its place
+            for waiter in self.waiting.values():
+                if waiter.request_id == b.request_id and waiter.agent == agent_id:
+                    waiter.ticket = b.ticket
+                    return DEFERRED
+        refusal = self._refusal(b, agent_id, patterns, mode, self.waiting.values())
+        if refusal is None:
+            return self._grant(b, agent_id, patterns, mode, ttl)
+        if not body["wait_s"] or b.ticket is None:
+            raise refusal
+        self.agents.ensure(b, agent_id, None)  # it waits on a lease, like any claim
+        number = next(self._numbers)
+        self.waiting[number] = Waiter(number, agent_id, patterns, mode, ttl, b.request_id, b.ticket)
+        self.deadlines.set(Due.WAIT, number, body["wait_s"], b.now.mono)
+        return DEFERRED
+
+    def _refusal(self, b: Batch, agent: str, patterns: list[str], mode: str,
+                 ahead: Iterable[Waiter]) -> RemoteError | None:
+        """Why ``agent`` may not have ``patterns`` now: a reservation held, or one queued
+        before it (None: it may). Reads only."""
+        for pattern in patterns:
+            refusal = self.kind.conflict(b, path_key(pattern, agent), agent, {"pattern": pattern, "mode": mode})
             if refusal is not None:
-                raise refusal
+                return refusal
+        for waiter in ahead:
+            if waiter.agent == agent or "exclusive" not in (mode, waiter.mode):
+                continue
+            for pattern in patterns:
+                other = next((p for p in waiter.patterns if globs.overlaps(pattern, p)), None)
+                if other is not None:
+                    return Conflict(f"'{pattern}' ({mode}) overlaps '{other}' that '{waiter.agent}' waits for "
+                                    f"({waiter.mode}), queued first", {"pattern": pattern, "waiting": waiter.agent,
+                                                                       "held_pattern": other, "held_mode": waiter.mode})
+        return None
+
+    def _grant(self, b: Batch, agent_id: str, patterns: list[str], mode: str, ttl: float | None) -> dict[str, Any]:
+        held = {p: self.claims.get(b.txn, path_key(p, agent_id)) for p in patterns}
         agent = self.agents.ensure(b, agent_id, None)
         out = []
         for pattern in patterns:
@@ -110,6 +171,45 @@ class Reservations:
             out.append({"pattern": pattern, "mode": mode, "token": claim["token"],
                         "expires_in": self.claims.expires_in(key, agent_id, b.now), "renewed": renewed})
         return {"agent": agent_id, "lease": agent["lease"], "reservations": out}
+
+    # ------------------------------------------------------------ the queue
+    def retry(self, b: Batch) -> None:
+        """After a batch in which something ended: grant every waiter that may go now, in
+        arrival order; one still refused holds back the later ones that overlap it."""
+        self.freed = False
+        ahead: list[Waiter] = []
+        for waiter in list(self.waiting.values()):
+            if self._refusal(b, waiter.agent, waiter.patterns, waiter.mode, ahead) is None:
+                self._leave(waiter)
+                b.answers.append((waiter.ticket, self._grant(b, waiter.agent, waiter.patterns, waiter.mode,
+                                                             waiter.ttl)))
+            else:
+                ahead.append(waiter)
+
+    def gave_up(self, b: Batch, number: int) -> None:
+        """Due.WAIT: the waiter's wait_s ran out; it is answered with the conflict as it
+        stands (behind whom it still waits)."""
+        waiter = self.waiting.get(number)
+        if waiter is None:
+            return
+        ahead = [w for w in self.waiting.values() if w.number < number]
+        refusal = self._refusal(b, waiter.agent, waiter.patterns, waiter.mode, ahead)
+        self._leave(waiter)
+        if refusal is None:  # freed in this very batch, before the queue was tried
+            b.answers.append((waiter.ticket, self._grant(b, waiter.agent, waiter.patterns, waiter.mode, waiter.ttl)))
+        else:
+            b.answers.append((waiter.ticket, refusal))
+
+    def _agent_ended(self, b: Batch, agent: str) -> None:
+        for waiter in [w for w in self.waiting.values() if w.agent == agent]:
+            self._leave(waiter)
+            b.answers.append((waiter.ticket, LeaseExpired(f"agent '{agent}''s lease ended while it waited for "
+                                                          f"{', '.join(waiter.patterns)}", {"agent": agent})))
+
+    def _leave(self, waiter: Waiter) -> None:
+        del self.waiting[waiter.number]
+        self.deadlines.drop(Due.WAIT, waiter.number)
+        self.freed = True  # those queued behind it may go now
 
     def release_paths(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:
         agent_id, patterns = body["agent"], body["paths"]
@@ -141,10 +241,16 @@ class Reservations:
             found.append({"pattern": claim["pattern"], "agent": claim["agent"], "mode": claim["mode"],
                           "token": claim["token"], "since": claim["since"], "ttl": claim["ttl"],
                           "expires_in": self.claims.expires_in(key, claim["agent"], b.now)})
-        return {"reservations": found}
+        waiting = [{"agent": w.agent, "paths": w.patterns, "mode": w.mode,
+                    "gives_up_in": self.deadlines.remaining(Due.WAIT, w.number, b.now.mono)}
+                   for w in self.waiting.values()
+                   if (agent is None or w.agent == agent)
+                   and (path is None or any(globs.overlaps(path, p) for p in w.patterns))]
+        return {"reservations": found, "waiting": waiting}
 
     # ------------------------------------------------------------ endings
     def ended(self, b: Batch, key: bytes, claim: dict[str, Any], reason: str) -> None:
+        self.freed = True
         topic = "reservation.released" if reason in ("released", "mode_changed") else "reservation.expired"
         self.log.emit(b, topic, {"agent": claim["agent"], "pattern": claim["pattern"], "token": claim["token"],
                                  "reason": reason})
