@@ -64,6 +64,7 @@ BASE: dict[str, list[str]] = {
     "msgstats": [],
     "group join": ["g", "--agent", "a"],
     "group leave": ["g", "--agent", "a"],
+    "wait": ["--agent", "a"],
     "reserve": ["src/**", "--agent", "a"],
     "release-paths": ["x/**", "--agent", "a"],
     "reservations": [],

@@ -73,6 +73,7 @@ from .fields import (  # noqa: F401
     MAX_TEXT_CHARS,
     MAX_TOPIC_CHARS,
     MAX_TTL_S,
+    MAX_WAIT_S,
     MESSAGE_PREFIX,
     MIN_TTL_S,
     Op,

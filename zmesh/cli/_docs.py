@@ -85,6 +85,9 @@ JSON_SHAPES: dict[str, tuple[tuple[str, ...], str] | None] = {
                  "`latency_ms` per priority {p50, p95, n}"),
     "group join": (("agent", "groups"), "the agent's groups"),
     "group leave": (("agent", "groups"), "the agent's groups"),
+    "wait": (("kind",), "`kind`: task, message or timeout; a task adds `task`, `claimed`, `claim` (the claim "
+             "as `task claim` prints it, or null) and `record` (the task); a message adds `message`; a timeout "
+             "adds `waited`"),
     "reserve": (("agent", "lease", "reservations"), "`reservations`: each {pattern, mode, token, expires_in, renewed}"),
     "release-paths": (("agent", "released"), "the patterns released"),
     "reservations": (("reservations", "waiting"), "`reservations`: each {pattern, agent, mode, token, since, ttl, "

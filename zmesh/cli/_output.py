@@ -33,14 +33,29 @@ class Ctx:
     json: bool
     timeout: float
     _client: Client | None = field(default=None, repr=False)
+    _agent: Client | None = field(default=None, repr=False)
+
+    def endpoint(self) -> str | None:
+        return self.broker or (None if self.discover else default_broker())
 
     def client(self) -> Client:
         if self._client is None:
-            endpoint = self.broker or (None if self.discover else default_broker())
-            self._client = Client(endpoint, timeout=self.timeout, heartbeat=False)
+            self._client = Client(self.endpoint(), timeout=self.timeout, heartbeat=False)
         return self._client
 
+    def agent_client(self, agent: str, capabilities: list[str], ttl: float | None) -> Client:
+        """A client that is the agent while the command runs: registered from this
+        connection (pushes reach it) and heartbeating. On exit it does not unregister: what
+        the agent holds stays on its lease, which lapses after its TTL unless renewed."""
+        if self._agent is None:
+            self._agent = Client(self.endpoint(), agent=agent, capabilities=capabilities, ttl=ttl,
+                                 timeout=self.timeout)
+        return self._agent
+
     def close(self) -> None:
+        if self._agent is not None:
+            self._agent.close(unregister=False)
+            self._agent = None
         if self._client is not None:
             self._client.close()
             self._client = None
