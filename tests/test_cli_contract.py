@@ -65,6 +65,8 @@ BASE: dict[str, list[str]] = {
     "group join": ["g", "--agent", "a"],
     "group leave": ["g", "--agent", "a"],
     "wait": ["--agent", "a"],
+    "hook stop": ["--agent", "a"],
+    "hook prompt": ["--agent", "a"],
     "reserve": ["src/**", "--agent", "a"],
     "release-paths": ["x/**", "--agent", "a"],
     "reservations": [],
