@@ -15,7 +15,9 @@ import re
 import select
 import signal
 import subprocess
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,9 @@ HUGE = "9" * 30
 OVERSIZED_JSON = "@" + str(Path(os.environ.get("TMPDIR", "/tmp")) / f"zmesh-oversized-{os.getpid()}.json")
 
 #: a valid command line per command; the option under test is added to (or replaces in) it
+#: a git repository of its own for the guard commands (never this project's: a bad value
+#: that got through would install a hook there); made by _guard_repo
+GUARD_REPO = Path(tempfile.gettempdir()) / f"zmesh-contract-repo-{os.getpid()}"
 BASE: dict[str, list[str]] = {
     "broker": ["--data", "/nonexistent/zmesh-test-data", "--no-discovery"],
     "events": ["--since", "0", "--count", "1"],
@@ -65,6 +70,8 @@ BASE: dict[str, list[str]] = {
     "group join": ["g", "--agent", "a"],
     "group leave": ["g", "--agent", "a"],
     "wait": ["--agent", "a"],
+    "guard install": ["--repo", str(GUARD_REPO)],
+    "guard check": ["--repo", str(GUARD_REPO)],
     "hook stop": ["--agent", "a"],
     "hook prompt": ["--agent", "a"],
     "reserve": ["src/**", "--agent", "a"],
@@ -156,6 +163,14 @@ def _argv(path: str, name: str, value: str) -> list[str]:
         names = [p.human_readable_name for p in cmd.params if isinstance(p, click.Argument)]
         cmd_args[names.index(name)] = value
     return ["--broker", UNREACHABLE, "--timeout", "0.5", *path.split(), *cmd_args]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _guard_repo() -> Any:
+    GUARD_REPO.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "init", "-q", str(GUARD_REPO)], check=True, timeout=30, stdin=subprocess.DEVNULL)
+    yield
+    shutil.rmtree(GUARD_REPO, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", autouse=True)

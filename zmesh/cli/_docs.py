@@ -85,6 +85,8 @@ JSON_SHAPES: dict[str, tuple[tuple[str, ...], str] | None] = {
                  "`latency_ms` per priority {p50, p95, n}"),
     "group join": (("agent", "groups"), "the agent's groups"),
     "group leave": (("agent", "groups"), "the agent's groups"),
+    "guard install": None,
+    "guard check": None,
     "hook stop": None,  # its stdout is the hook contract: {"decision": "block", "reason"} or nothing
     "hook prompt": None,  # {"hookSpecificOutput": {"hookEventName", "additionalContext"}} or nothing
     "wait": (("kind",), "`kind`: task, message or timeout; a task adds `task`, `claimed`, `claim` (the claim "
