@@ -1,10 +1,13 @@
-"""The README's two commands: .ci/run runs the test command verbatim, and the broker
-command starts a broker in a fresh clone with a new venv (embedded LMDB, no config file)."""
+"""The README's commands as written: .ci/run runs the test command verbatim, the broker
+command starts a broker in a fresh clone with a new venv (embedded LMDB, no config file),
+and the hook settings and the guard command work against a real broker."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from zmesh import Client
 from zmesh.testing import free_port, ping
 
 from .conftest import wait_for
@@ -60,3 +64,53 @@ def test_readme_broker_command_in_a_fresh_clone(tmp_path: Path) -> None:
         proc.wait(30)
         log.close()
     assert "zmesh broker ready" in (tmp_path / "run.log").read_text()
+
+
+def _section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def _zmesh(command: str, endpoint: str) -> list[str]:
+    """A README command line as this test runs it: this Python's zmesh, bound to the test's broker."""
+    words = shlex.split(command)
+    assert words[0] == "zmesh", command
+    return [sys.executable, "-m", "zmesh", "--broker", endpoint, *words[1:]]
+
+
+def test_the_readme_hook_settings_work_as_written(broker, tmp_path: Path) -> None:
+    """The Claude Code settings in the README, parsed as JSON, each command run as Claude Code
+    runs it (the event on stdin): the Stop hook blocks on work, the prompt hook injects."""
+    block = re.search(r"```json\n(.*?)```", _section("Coding-agent hooks"), re.S)
+    assert block is not None
+    settings = json.loads(block.group(1))["hooks"]
+    commands = {event: entry[0]["hooks"][0]["command"] for event, entry in settings.items()}
+    assert set(commands) == {"Stop", "UserPromptSubmit"}
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path))
+    env.pop("ZMESH_BROKER", None)
+    agent = _zmesh(commands["Stop"], broker.endpoint)[-1]
+    with Client(broker.endpoint) as ops:
+        ops.create_task("from-readme")
+        ops.send("urgent", to=agent, priority="critical")
+    stop = subprocess.run(_zmesh(commands["Stop"], broker.endpoint), input='{"session_id": "r", "stop_hook_active": false}',
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert stop.returncode == 0 and json.loads(stop.stdout)["decision"] == "block", stop.stderr
+    prompt = subprocess.run(_zmesh(commands["UserPromptSubmit"], broker.endpoint), input='{"session_id": "r"}',
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert prompt.returncode == 0 and "urgent" in json.loads(prompt.stdout)["hookSpecificOutput"]["additionalContext"]
+
+
+def test_the_readme_guard_command_works_as_written(broker, tmp_path: Path) -> None:
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+    block = re.search(r"```sh\n(.*?)```", _section("Git guard"), re.S)
+    assert block is not None
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True, timeout=30)
+    done = subprocess.run(_zmesh(block.group(1).strip(), broker.endpoint), cwd=repo, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "guard check" in (repo / ".git" / "hooks" / "pre-commit").read_text()
