@@ -4,6 +4,7 @@ loses its reservations within its lease TTL + 1 s."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing as mp
 import os
 import signal
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from zmesh import Client
+from zmesh import AsyncClient, Client
 from zmesh.errors import Conflict
 from zmesh.testing import BrokerProcess
 
@@ -68,7 +69,7 @@ def test_overlap_across_clients_and_release(broker: BrokerProcess) -> None:
 
 _HOLDER = """
 import sys, time
-from zmesh import Client
+from zmesh import AsyncClient, Client
 c = Client(sys.argv[1], agent="doomed", ttl=2.0, timeout=10).connect()
 c.reserve(["lib/**"])
 print("held", flush=True)
@@ -122,3 +123,21 @@ def test_waiting_reserves_are_granted_first_come_first_served(broker: BrokerProc
         assert order == ["first", "second"], got
         assert got["first"]["reservations"][0]["pattern"] == "src/**"
         assert got["second"]["reservations"][0]["pattern"] == "src/a.py"
+
+
+def test_the_async_client_waits_too(broker: BrokerProcess) -> None:
+    async def run() -> None:
+        async with AsyncClient(broker.endpoint, agent="async-holder", ttl=10) as holder, \
+                AsyncClient(broker.endpoint, agent="async-waiter", ttl=10, timeout=1.0) as waiter:
+            await holder.reserve(["pkg/**"])
+            with pytest.raises(Conflict):  # the wait runs out: the conflict as it stands
+                await waiter.reserve(["pkg/a.py"], wait=0.3)
+            pending = asyncio.ensure_future(waiter.reserve(["pkg/a.py"], wait=20))
+            while not (await holder.reservation_state())["waiting"]:
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(1.2)  # past the waiter's own timeout (1 s): the wait extends it
+            await holder.release_paths()
+            got = await asyncio.wait_for(pending, 20)
+            assert got["reservations"][0]["pattern"] == "pkg/a.py"
+
+    asyncio.run(run())
