@@ -89,3 +89,10 @@ def test_a_broker_that_is_away_never_blocks_a_commit(repo: Path) -> None:
 def test_not_a_repository_is_a_usage_error(tmp_path: Path) -> None:
     r = _zmesh("guard", "check", "--repo", str(tmp_path))
     assert r.returncode == 2 and "--repo" in r.stderr
+
+
+def test_a_bad_zmesh_agent_is_a_usage_error_naming_it(repo: Path) -> None:
+    _stage(repo, "x.py")
+    r = subprocess.run([sys.executable, "-m", "zmesh", "guard", "check", "--repo", str(repo)], capture_output=True,
+                       text=True, timeout=60, env=dict(clean_env(), ZMESH_AGENT="a\x1bb"), stdin=subprocess.DEVNULL)
+    assert r.returncode == 2 and "ZMESH_AGENT" in r.stderr and r.stderr.count("\n") == 1

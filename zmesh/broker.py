@@ -386,7 +386,7 @@ class Broker:
                         replies.append((item.router, [ident, *cached[1]]))
                         continue
                 ctx.caller = ident
-                ctx.request_id, ctx.ticket = req.req_id, (item.router, ident, req.req_id, fingerprint, write)
+                ctx.request_id, ctx.ticket = req.req_id, item  # where a deferred answer goes
                 try:
                     if req.op == "hello":
                         out = protocol.encode_reply(req.req_id, self._hello(ctx))
@@ -413,12 +413,12 @@ class Broker:
             # after the requests: heartbeats that queued while the broker was busy or
             # stalled count before any lease is judged lapsed
             expired = self.core.expire(ctx)
-            for (router, ident, req_id, fingerprint, write), answer in ctx.answers:  # requests that waited
+            for waited, answer in ctx.answers:  # requests that waited (writes: remembered for retries)
+                req_id = waited.req.req_id
                 out = (protocol.encode_error(req_id, answer) if isinstance(answer, RemoteError)
                        else protocol.encode_reply(req_id, answer))
-                if write:
-                    remember[req_id] = (fingerprint, out)
-                replies.append((router, [ident, *out]))
+                remember[req_id] = (hash((waited.req.op, waited.body)), out)
+                replies.append((waited.router, [waited.ident, *out]))
             events, pushes = ctx.events, ctx.pushes
         dedup.update(remember)
         while len(dedup) > DEDUP_SIZE:

@@ -49,9 +49,10 @@ DEFAULT_TTL_S = 30.0
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_EVENT_LOG = 100_000
 DEFAULT_DURABILITY = "full"
-#: ZMESH_* names read besides the settings': the file to load, the clients' broker, and
+#: ZMESH_* names read besides the settings': the file to load, the clients' broker, the
+#: committing agent and the mode of `zmesh guard` (ZMESH_AGENT, ZMESH_GUARD), and
 #: ZMESH_INTERFACES (a setting, also read by discovery in clients)
-OTHER_ENV = ("ZMESH_CONFIG", "ZMESH_BROKER", "ZMESH_INTERFACES")
+OTHER_ENV = ("ZMESH_CONFIG", "ZMESH_BROKER", "ZMESH_INTERFACES", "ZMESH_AGENT", "ZMESH_GUARD")
 _SECTION = "broker"
 _BOOLS = dict(zip(("1", "0", "true", "false", "yes", "no", "on", "off"), (True, False) * 4))
 

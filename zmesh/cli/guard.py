@@ -27,7 +27,7 @@ from pathlib import Path
 
 import click
 
-from .. import globs
+from .. import globs, protocol
 from ..client import Client
 from ..errors import UsageError, ZmeshError
 from . import main
@@ -107,7 +107,12 @@ def guard_check(ctx: Ctx, repo: Path, agent: str | None, timeout_s: float) -> No
         return
     if mode not in ("block", "warn"):
         raise UsageError(f"ZMESH_GUARD must be block, warn or off, not {mode!r}", {"field": "ZMESH_GUARD"})
-    me = agent or os.environ.get("ZMESH_AGENT") or None
+    me = agent
+    if me is None and os.environ.get("ZMESH_AGENT"):
+        try:
+            me = protocol.KINDS["id"]("ZMESH_AGENT", os.environ["ZMESH_AGENT"])
+        except ZmeshError as exc:
+            raise UsageError(exc.message, {"field": "ZMESH_AGENT"}) from None
     top = _repository(repo)
     try:  # paths relative to the top directory, as reservation patterns are
         staged = [p for p in _git(top, "diff", "--cached", "--name-only", "-z").split("\0") if p]
