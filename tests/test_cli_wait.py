@@ -117,3 +117,26 @@ def test_a_timeout_is_a_normal_answer(z: Cli) -> None:
     got = z.json("wait", "--agent", "idle-one", "--timeout", "0.5", "--json")
     assert got == {"kind": "timeout", "waited": 0.5}
     assert z.ok("wait", "--agent", "idle-one", "--timeout", "0.2").strip() == "nothing within 0.2 s"
+
+
+def test_an_agent_that_holds_a_task_can_still_wait(broker: BrokerProcess, ops: Client) -> None:
+    """The idle report is refused while the agent holds a task (found by a CI run in which an
+    assignment landed as the wait connected); the wait goes on and answers the next work."""
+    ops.create_task("held")
+    ops.claim("held", agent="busy-one", ttl=30)
+    w = Waiting(broker.endpoint, "--agent", "busy-one", "--timeout", "30")
+    try:
+        wait_for(lambda: _connected(ops, "busy-one"), timeout=20, what="the wait to connect")
+        ops.send("more", to="busy-one")
+        got = w.answer()
+    finally:
+        w.proc.kill()
+    assert got["kind"] == "message" and got["message"]["subject"] == "more"
+
+
+def _connected(ops: Client, agent: str) -> bool:
+    """The agent registered from the wait's connection (a message sent now is pushed to it)."""
+    try:
+        return ops.agent_info(agent)["implicit"] is False
+    except Exception:
+        return False

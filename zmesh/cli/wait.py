@@ -30,7 +30,7 @@ import click
 
 from .. import protocol
 from ..client import Client
-from ..errors import ZmeshError
+from ..errors import Conflict, ZmeshError
 from . import main
 from ._options import Seconds, field_option
 from ._output import Ctx, emit, esc, json_flag, pass_ctx
@@ -92,7 +92,10 @@ def wait(ctx: Ctx, agent: str, capability: tuple[str, ...], claim: bool, wait_s:
             found.put(("error", exc))
 
     threading.Thread(target=events, daemon=True, name="zmesh-wait-events").start()
-    client.idle(message="waiting for work")
+    try:
+        client.idle(message="waiting for work")
+    except Conflict:  # it holds a task already (one assigned as it connected): busy, and it waits all the same
+        pass
     deadline = time.monotonic() + wait_s
     answer: dict[str, Any] | None = None
     try:
