@@ -74,6 +74,7 @@ BASE: dict[str, list[str]] = {
     "guard check": ["--repo", str(GUARD_REPO)],
     "hook stop": ["--agent", "a"],
     "hook prompt": ["--agent", "a"],
+    "mcp": ["--agent", "a"],
     "reserve": ["src/**", "--agent", "a"],
     "release-paths": ["x/**", "--agent", "a"],
     "reservations": [],

@@ -1,0 +1,358 @@
+"""One agent on the mesh, held for a surface whose user cannot hold a socket: the MCP server
+(``zmesh mcp``: a coding agent's model calls tools) and, later, the HTTP gateway.
+
+Rules it keeps:
+
+* One session is one agent. It registers from its own connection with its own lease, and
+  AsyncClient keeps the lease alive. Closing the session unregisters the agent, so what it
+  held goes back at once.
+* The tokens stay here. The fencing token of every claim the agent holds and the delivery
+  token of every message pushed to it are kept by task id and message id. Callers pass ids
+  only: a model never copies a token.
+* Every broker call is shielded from cancellation. A call the broker answered is always
+  seen here, so a claim taken as the caller gives up is known, and it is released. It is
+  never left on a lease that the heartbeat keeps alive.
+* ``wait_for_work`` is event-driven, with no polling loop against the broker. A task-event
+  subscription (from the session's start, so none is missed) and the pushes to the agent
+  wake the waiters. A waiter clears its wake-up before it looks for work, so anything that
+  arrives while it looks wakes it again. A waiter that is cancelled releases what it claimed
+  in that call. A message a wait answers with stays unread (``read_messages`` reads it), so
+  an answer that never reached the caller loses nothing.
+* Results are small dicts, the same for every surface: task and message views, not the
+  broker's full records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Iterable
+
+import anyio
+import anyio.lowlevel
+
+from . import protocol
+from .client import AsyncClient
+from .client._inbox import Message
+from .errors import Conflict, InvalidArgument, ZmeshError
+
+log = logging.getLogger("zmesh.agent_session")
+
+#: task events after which a task may be claimable by a waiting agent
+WAKING = ("task.created", "task.available", "task.released", "task.failed")
+#: seconds between progress reports while wait_for_work waits
+PROGRESS_EVERY_S = 15.0
+#: longest text kept of a message body or task data in a view (results stay small)
+MAX_VIEW_CHARS = 4000
+
+Progress = Callable[[float, float], Awaitable[None]]
+
+
+@dataclass
+class Held:
+    """A claim this agent holds: the fencing token the caller never sees."""
+
+    token: int
+    expires_at: float | None
+
+
+def task_view(record: dict[str, Any] | None, task_id: str, *, claimed: bool,
+              expires_in: float | None = None) -> dict[str, Any]:
+    """What a caller needs of a task to work on it."""
+    record = record or {}
+    return {"id": task_id, "type": record.get("type", "task"), "priority": record.get("priority", 0),
+            "data": record.get("data"), "requires": list(record.get("requires") or ()),
+            "attempts": record.get("attempts", 0), "claimed": claimed,
+            "expires_in": expires_in if claimed else None}
+
+
+def message_view(body: dict[str, Any]) -> dict[str, Any]:
+    """What a caller needs of a message to act on it (the delivery token stays here)."""
+    context = body.get("context") or {}
+    return {"id": body["id"], "from": body.get("from"), "subject": body.get("subject", ""),
+            "body": body.get("body"), "priority": body.get("priority", "normal"),
+            "type": body.get("type", "message"), "requires_ack": bool(body.get("requires_ack")),
+            "correlation_id": body.get("correlation_id"), "task": context.get("task"), "ts": body.get("ts")}
+
+
+class AgentSession:
+    """One agent's connection, claims and inbox, driven by async calls (see the module rules)."""
+
+    def __init__(self, endpoint: str | None, agent: str, *, capabilities: Iterable[str] = (),
+                 ttl: float | None = None, timeout: float = 5.0) -> None:
+        self.agent = protocol.KINDS["id"]("agent", agent)
+        self.capabilities = sorted(set(protocol.KINDS["namelist"]("capabilities", list(capabilities))))
+        self.client = AsyncClient(endpoint, agent=self.agent, capabilities=self.capabilities, ttl=ttl,
+                                  timeout=timeout, on_lease_lost=self._lease_lost)
+        self.held: dict[str, Held] = {}
+        self.delivery_tokens: dict[str, int] = {}
+        self._assigned: deque[Message] = deque()
+        self._pushed: deque[Message] = deque()
+        self._waiters: set[asyncio.Event] = set()
+        self._events: asyncio.Task[None] | None = None
+        self._start_lock = asyncio.Lock()
+        self.started = False
+        self.leases_lost = 0
+        #: called (sync) with each assignment or message pushed while nobody waits (a channel)
+        self.on_idle_push: Callable[[str, Message], Any] | None = None
+
+    # ------------------------------------------------------------ life
+    async def start(self) -> None:
+        """Connect and register; idempotent, so a session whose broker was away at first
+        starts at its next call."""
+        async with self._start_lock:
+            if self.started:
+                return
+            await self.client.connect()
+            since = (await self.client.hello())["seq"]
+            self._events = self.client.subscribe(self._task_event, WAKING, since=since)
+            await self.client.on_task(self._arrived_task)
+            await self.client.on_message(self._arrived_message)
+            self.started = True
+            log.info("agent %s registered at %s (lease %s)", self.agent, self.client.endpoint, self.client.lease)
+
+    async def close(self) -> None:
+        """Unregister (the broker releases the agent's claims and reservations) and disconnect."""
+        with anyio.CancelScope(shield=True):
+            await self.client.aclose(unregister=self.started)
+        self.started = False
+
+    async def call(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+        """One broker call, started if needed and shielded from cancellation (module rules)."""
+        with anyio.CancelScope(shield=True):
+            await self.start()
+            return await fn(*args, **kwargs)
+
+    # ------------------------------------------------------------ what arrives
+    def _wake(self) -> None:
+        for event in self._waiters:
+            event.set()
+
+    def _task_event(self, _event: Any) -> None:
+        self._wake()
+
+    def _arrived_task(self, msg: Message) -> None:
+        claim = msg.claim
+        if claim is not None:
+            self.held[claim.task_id] = Held(claim.token, claim.expires_at)
+        self._assigned.append(msg)
+        self._delivered(msg, "task")
+
+    def _arrived_message(self, msg: Message) -> None:
+        if msg.token is not None:
+            self.delivery_tokens[msg.id] = msg.token
+        self._pushed.append(msg)
+        self._delivered(msg, "message")
+
+    def _delivered(self, msg: Message, kind: str) -> None:
+        if not self._waiters and self.on_idle_push is not None:
+            try:
+                self.on_idle_push(kind, msg)
+            except Exception:  # a relay bug must not lose the push: it stays queued for the next wait
+                log.exception("idle push relay failed for %s", msg.id)
+        self._wake()
+
+    def _lease_lost(self, _exc: ZmeshError) -> None:
+        self.leases_lost += 1
+        lost = sorted(self.held)
+        self.held.clear()
+        if lost:
+            log.warning("lease of %s lapsed; claims on %s went back to the queue", self.agent, ", ".join(lost))
+
+    # ------------------------------------------------------------ tasks
+    def _took(self, claim: Any) -> dict[str, Any]:
+        self.held[claim.task_id] = Held(claim.token, claim.expires_at)
+        return task_view(claim.task, claim.task_id, claimed=True, expires_in=claim.expires_in)
+
+    async def claim_next(self, ttl: float | None = None, taken: list[str] | None = None) -> dict[str, Any] | None:
+        """The best task for this agent, claimed; ``taken`` gets its id as soon as it is
+        granted (before any other await: a cancelled wait knows what to give back)."""
+        claim = await self.call(self.client.claim_next, ttl=ttl)
+        if claim is None:
+            return None
+        if taken is not None:
+            taken.append(claim.task_id)
+        return self._took(claim)
+
+    async def claim_task(self, task: str, ttl: float | None = None) -> dict[str, Any]:
+        return self._took(await self.call(self.client.try_claim, task, ttl=ttl))
+
+    def token(self, task: str) -> int | None:
+        held = self.held.get(task)
+        return None if held is None else held.token
+
+    async def complete(self, task: str, result: Any = None) -> dict[str, Any]:
+        record = await self.call(self.client.complete, task, token=self.token(task), result=result)
+        self.held.pop(task, None)
+        return {"task": task, "status": record.get("status", "completed")}
+
+    async def fail(self, task: str, error: str) -> dict[str, Any]:
+        record = await self.call(self.client.fail, task, token=self.token(task), error=error)
+        self.held.pop(task, None)
+        return {"task": task, "status": record.get("status"), "attempts": record.get("attempts")}
+
+    async def release(self, task: str) -> dict[str, Any]:
+        record = await self.call(self.client.release, task, token=self.token(task))
+        self.held.pop(task, None)
+        return {"task": task, "status": record.get("status", "available")}
+
+    async def _claimable(self) -> dict[str, Any] | None:
+        """The first available task this agent's capabilities cover, unclaimed (in the
+        order claim_next takes them: priority, then age)."""
+        caps = set(self.capabilities)
+        tasks = [t for t in await self.call(self.client.tasks, status="available", limit=protocol.MAX_LIST_LIMIT)
+                 if set(t["requires"]) <= caps]
+        tasks.sort(key=lambda t: (-t["priority"], t["created"]))
+        return task_view(tasks[0], tasks[0]["id"], claimed=False) if tasks else None
+
+    # ------------------------------------------------------------ waiting
+    async def _look(self, claim: bool, ttl: float | None, taken: list[str]) -> dict[str, Any] | None:
+        if self._assigned:
+            msg = self._assigned.popleft()
+            held = self.held.get(msg.task or "")
+            expires = None if held is None or held.expires_at is None else max(0.0, held.expires_at - time.time())
+            return {"kind": "task", "task": task_view(msg.context.get("task_record"), msg.task or "",
+                                                     claimed=held is not None, expires_in=expires),
+                    "assigned": True}
+        if self._pushed:  # left unread: an answer the caller never saw (cancelled) loses nothing
+            msg = self._pushed.popleft()
+            return {"kind": "message", "message": message_view(msg.raw)}
+        if claim:
+            view = await self.claim_next(ttl, taken)
+            if view is not None:
+                return {"kind": "task", "task": view, "assigned": False}
+            return None
+        view = await self._claimable()
+        return None if view is None else {"kind": "task", "task": view, "assigned": False}
+
+    async def wait_for_work(self, timeout_s: float, *, claim: bool = True, ttl: float | None = None,
+                            progress: Progress | None = None,
+                            progress_every: float = PROGRESS_EVERY_S) -> dict[str, Any]:
+        """Until a task is assigned to this agent or claimable by it (claimed when ``claim``),
+        or a message for it arrives, or ``timeout_s`` passes: ``{kind: task|message|timeout,
+        ...}``. The agent is idle while it waits (busy after a claim)."""
+        await self.call(self.client.hello)  # unreachable: raised here, before the agent is reported idle
+        if not self.held:
+            try:
+                await self.call(self.client.idle, message="waiting for work")
+            except Conflict:  # a claim arrived as the wait began: the agent is busy and the wait goes on
+                pass
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        deadline = start + timeout_s
+        next_progress = start + progress_every
+        wake = asyncio.Event()
+        self._waiters.add(wake)
+        taken: list[str] = []
+        answered = False
+        try:
+            while True:
+                wake.clear()
+                found = await self._look(claim, ttl, taken)
+                if found is not None:
+                    found["waited_s"] = round(loop.time() - start, 3)
+                    await anyio.lowlevel.checkpoint()  # a caller that gave up during the call ends here
+                    answered = True
+                    return found
+                now = loop.time()
+                if now >= deadline:
+                    answered = True
+                    return {"kind": "timeout", "waited_s": round(now - start, 3)}
+                if progress is not None and now >= next_progress:
+                    await progress(now - start, timeout_s)
+                    next_progress = now + progress_every
+                step = min(deadline, next_progress) - now if progress is not None else deadline - now
+                try:
+                    await asyncio.wait_for(wake.wait(), max(step, 0.0))
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            log.debug("wait of %s ends (answered: %s)", self.agent, answered)
+            self._waiters.discard(wake)
+            if not answered:  # cancelled: what this call claimed goes back
+                for task in taken:
+                    await self._give_back(task)
+
+    async def _give_back(self, task: str) -> None:
+        try:
+            await self.release(task)
+            log.info("wait for %s cancelled after claiming %s: released", self.agent, task)
+        except ZmeshError as exc:
+            log.warning("wait for %s cancelled after claiming %s; release failed (%s): it lapses "
+                        "with the claim", self.agent, task, exc.message)
+
+    async def surfaced(self, kind: str, msg: Message) -> None:
+        """A push shown by other means (a channel): no wait answers it again; a message is
+        marked read (the channel delivered it into the session)."""
+        queue = self._assigned if kind == "task" else self._pushed
+        try:
+            queue.remove(msg)
+        except ValueError:
+            return  # a wait took it first
+        if kind == "message":
+            await self.call(self.client.mark_read, [msg.id])
+
+    # ------------------------------------------------------------ presence, paths, messages
+    async def set_status(self, state: str, *, task: str | None = None, reason: str | None = None,
+                         message: str | None = None, cost: float | None = None) -> dict[str, Any]:
+        got = await self.call(self.client.report, state, task=task, reason=reason, message=message, cost=cost)
+        return {"agent": self.agent, "state": got.get("state", state), "position": got.get("position")}
+
+    async def reserve(self, paths: list[str], *, shared: bool = False, ttl: float | None = None,
+                      wait_s: float = 0.0) -> dict[str, Any]:
+        got = await self.call(self.client.reserve, paths, shared=shared, ttl=ttl, wait=wait_s)
+        return {"reservations": [{"pattern": r["pattern"], "mode": r["mode"], "expires_in": r["expires_in"]}
+                                 for r in got["reservations"]]}
+
+    async def release_paths(self, paths: list[str]) -> dict[str, Any]:
+        return {"released": await self.call(self.client.release_paths, paths)}
+
+    async def send(self, subject: str, body: Any = None, **address: Any) -> dict[str, Any]:
+        got = await self.call(self.client.send, subject, body, **address)
+        return {"id": got["id"], "addressed": got["addressed"], "online": got["online"], "queued": got["queued"]}
+
+    async def read_messages(self, *, limit: int, peek: bool = False) -> dict[str, Any]:
+        found = await self.call(self.client.messages, agent=self.agent, unread=True, limit=limit + 1)
+        more, found = len(found) > limit, found[:limit]
+        for body in found:
+            token = (body.get("delivery") or {}).get("token")
+            if token is not None:
+                self.delivery_tokens[body["id"]] = token
+        ids = {body["id"] for body in found}
+        if not peek and ids:
+            await self.call(self.client.mark_read, sorted(ids))
+            self._pushed = deque(m for m in self._pushed if m.id not in ids)
+        return {"messages": [message_view(body) for body in found], "more": more}
+
+    async def ack(self, message: str, note: str | None = None) -> dict[str, Any]:
+        got = await self.call(self.client.ack, message, token=self.delivery_tokens.get(message), note=note,
+                              agent=self.agent)
+        self.delivery_tokens.pop(message, None)
+        return {"id": got["id"], "acked": True, "already": bool(got.get("already"))}
+
+    async def agents(self) -> dict[str, Any]:
+        found = await self.call(self.client.agents)
+        return {"agents": [{"id": a["id"], "state": a["state"], "liveness": a["liveness"], "task": a["task"],
+                            "capabilities": a["capabilities"], "message": a["message"]} for a in found]}
+
+    async def whoami(self) -> dict[str, Any]:
+        mine = await self.call(self.client.reservations, agent=self.agent)
+        return {"agent": self.agent, "endpoint": self.client.endpoint, "lease": self.client.lease,
+                "capabilities": self.capabilities, "holding": sorted(self.held),
+                "reservations": [{"pattern": r["pattern"], "mode": r["mode"], "expires_in": r["expires_in"]}
+                                 for r in mine],
+                "unread_pushed": len(self._pushed) + len(self._assigned)}
+
+
+def check_address(to: str | None, group: str | None, capability: str | None, everyone: bool) -> dict[str, Any]:
+    """Exactly one address, named as the send op names it (a clear refusal otherwise)."""
+    given: dict[str, Any] = {k: v for k, v in (("to", to), ("group", group), ("capability", capability)) if v}
+    if everyone:
+        given["all"] = True
+    if len(given) != 1:
+        raise InvalidArgument("give exactly one address: to (an agent), group, capability or all",
+                              {"field": "to"})
+    return given
