@@ -442,3 +442,10 @@ def test_default_agent_is_env_else_host_and_directory(tmp_path: Path, monkeypatc
     assert len(name.encode()) <= protocol.MAX_ID_BYTES and "~" in name
     with pytest.raises(Exception, match="ZMESH_AGENT"):
         default_agent({"ZMESH_AGENT": "bad\x00name"})
+
+
+def test_docs_mcp_md_is_generated_from_the_server() -> None:
+    from zmesh.mcp_doc import render_markdown
+
+    assert (Path(__file__).resolve().parent.parent / "docs" / "MCP.md").read_text() == render_markdown(), \
+        "run: python docs/gen_mcp.py"

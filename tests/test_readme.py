@@ -1,6 +1,6 @@
 """The README's commands as written: .ci/run runs the test command verbatim, the broker
 command starts a broker in a fresh clone with a new venv (embedded LMDB, no config file),
-and the hook settings and the guard command work against a real broker."""
+and the hook settings, the guard command and the MCP setup work against a real broker."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,11 @@ from zmesh import Client
 from zmesh.testing import free_port, ping
 
 from .conftest import wait_for
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,3 +120,43 @@ def test_the_readme_guard_command_works_as_written(broker, tmp_path: Path) -> No
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "guard check" in (repo / ".git" / "hooks" / "pre-commit").read_text()
+
+
+def _mcp_whoami(argv: list[str], env: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run an MCP server command as a client would, over stdio: its whoami and tool schemas."""
+    import anyio
+    from mcp import StdioServerParameters
+    from mcp.client.session import ClientSession
+    from mcp.client.stdio import stdio_client
+
+    async def run() -> tuple[dict[str, Any], dict[str, Any]]:
+        params = StdioServerParameters(command=argv[0], args=argv[1:], env=env)
+        async with stdio_client(params) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                tools = {t.name: t.input_schema for t in (await session.list_tools()).tools}
+                who = await session.call_tool("whoami", {})
+                assert who.structured_content is not None
+                return who.structured_content, tools
+    return anyio.run(run)
+
+
+def test_the_readme_mcp_setup_works_as_written(broker) -> None:
+    """The Claude Code line and the Codex table in the README: the command each client would
+    start serves the tools as the agent named, and Codex's tool timeout outlasts the longest
+    wait the server allows."""
+    section = _section("Coding agents: `zmesh mcp`")
+    env = dict(os.environ)
+    env.pop("ZMESH_BROKER", None)
+    line = next(x for x in re.findall(r"```sh\n(.*?)```", section, re.S)[0].splitlines() if x.startswith("claude"))
+    words = shlex.split(line)
+    assert words[:3] == ["claude", "mcp", "add"] and "--" in words
+    who, _ = _mcp_whoami(_zmesh(shlex.join(words[words.index("--") + 1:]), broker.endpoint), env)
+    assert who["agent"] == "cc-1" and who["capabilities"] == ["python"]
+    block = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert block is not None
+    server = tomllib.loads(block.group(1))["mcp_servers"]["zmesh"]
+    who, tools = _mcp_whoami(_zmesh(shlex.join([server["command"], *server["args"]]), broker.endpoint), env)
+    assert who["agent"] == "codex-1"
+    longest = tools["wait_for_work"]["properties"]["timeout_s"]["maximum"]
+    assert server["tool_timeout_sec"] > longest, "a wait must end before Codex gives up on the call"

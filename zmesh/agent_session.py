@@ -36,13 +36,12 @@ import anyio.lowlevel
 
 from . import protocol
 from .client import AsyncClient
+from .client._api import WORK_EVENTS, first_claimable
 from .client._inbox import Message
 from .errors import Conflict, InvalidArgument, ZmeshError
 
 log = logging.getLogger("zmesh.agent_session")
 
-#: task events after which a task may be claimable by a waiting agent
-WAKING = ("task.created", "task.available", "task.released", "task.failed")
 #: seconds between progress reports while wait_for_work waits
 PROGRESS_EVERY_S = 15.0
 #: longest text kept of a message body or task data in a view (results stay small)
@@ -108,7 +107,7 @@ class AgentSession:
                 return
             await self.client.connect()
             since = (await self.client.hello())["seq"]
-            self._events = self.client.subscribe(self._task_event, WAKING, since=since)
+            self._events = self.client.subscribe(self._task_event, WORK_EVENTS, since=since)
             await self.client.on_task(self._arrived_task)
             await self.client.on_message(self._arrived_message)
             self.started = True
@@ -202,11 +201,9 @@ class AgentSession:
     async def _claimable(self) -> dict[str, Any] | None:
         """The first available task this agent's capabilities cover, unclaimed (in the
         order claim_next takes them: priority, then age)."""
-        caps = set(self.capabilities)
-        tasks = [t for t in await self.call(self.client.tasks, status="available", limit=protocol.MAX_LIST_LIMIT)
-                 if set(t["requires"]) <= caps]
-        tasks.sort(key=lambda t: (-t["priority"], t["created"]))
-        return task_view(tasks[0], tasks[0]["id"], claimed=False) if tasks else None
+        tasks = await self.call(self.client.tasks, status="available", limit=protocol.MAX_LIST_LIMIT)
+        first = first_claimable(tasks, self.capabilities)
+        return None if first is None else task_view(first, first["id"], claimed=False)
 
     # ------------------------------------------------------------ waiting
     async def _look(self, claim: bool, ttl: float | None, taken: list[str]) -> dict[str, Any] | None:

@@ -23,24 +23,25 @@ Rules it keeps:
   read and not answered again by a later wait. Without ``--channel`` nothing is pushed.
 """
 
+import hashlib
 import logging
 import os
 import socket
-import hashlib
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, AsyncIterator, Literal, Optional
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.stdio import stdio_server
-from pydantic import BaseModel, Field as PydField
+from pydantic import BaseModel
+from pydantic import Field as PydField
 from typing_extensions import TypedDict
 
 from . import __version__, protocol
 from .agent_session import PROGRESS_EVERY_S, AgentSession, check_address
 from .client._inbox import Message
 from .errors import ZmeshError
-from .fields import Field, MAX_ID_BYTES, MAX_LIST_ITEMS, MAX_NAME_CHARS, MAX_TEXT_CHARS
+from .fields import MAX_ID_BYTES, MAX_LIST_ITEMS, MAX_NAME_CHARS, MAX_TEXT_CHARS, Field
 from .globs import MAX_PATTERN_BYTES
 
 log = logging.getLogger("zmesh.mcp")
@@ -292,7 +293,9 @@ def build_server(session: AgentSession, *, wait_max: float = DEFAULT_WAIT_MAX_S,
                  "by it (claimed for you unless claim=false), or a message for it; or until timeout_s "
                  "passes. Returns {kind: task|message|timeout, task | message, waited_s}. Call it again "
                  "after a timeout. You are shown as idle while waiting and busy after a claim.")
-    async def wait_for_work(ctx: Context, timeout_s: Wait = wait_max, claim: bool = True,
+    async def wait_for_work(ctx: Context, timeout_s: Wait = wait_max,
+                            claim: Annotated[bool, PydField(description="claim the task found (false: only "
+                                                            "name it)")] = True,
                             ttl: field_arg("claim_next", "ttl", "seconds the claim lasts unless renewed "
                                            "(default: as long as this agent is connected)") = None
                             ) -> WorkResult:
@@ -306,7 +309,7 @@ def build_server(session: AgentSession, *, wait_max: float = DEFAULT_WAIT_MAX_S,
 
     @server.tool(description="Claim the best available task this agent can do (highest priority, then "
                  "oldest). Returns {claimed, task}; claimed=false when there is none (call wait_for_work).")
-    async def claim_next(ttl: field_arg("claim_next", "ttl") = None) -> ClaimResult:
+    async def claim_next(ttl: field_arg("claim", "ttl") = None) -> ClaimResult:
         try:
             view = await session.claim_next(ttl)
         except ZmeshError as exc:
@@ -363,7 +366,9 @@ def build_server(session: AgentSession, *, wait_max: float = DEFAULT_WAIT_MAX_S,
                  "src/**/*.py) before editing: exclusive unless shared=true, all or none. A conflict names "
                  "the holder; with wait_s the request queues (first come first served) until granted. "
                  "Reserving again renews. Returns {reservations: [{pattern, mode, expires_in}]}.")
-    async def reserve_paths(paths: field_arg("reserve", "paths"), shared: bool = False,
+    async def reserve_paths(paths: field_arg("reserve", "paths"),
+                            shared: Annotated[bool, PydField(description="shared (coexists with other "
+                                                             "shared holders) instead of exclusive")] = False,
                             ttl: field_arg("reserve", "ttl") = None,
                             wait_s: Annotated[float, PydField(ge=0.0, le=wait_max, allow_inf_nan=False,
                                                               description="seconds to queue for the paths "
@@ -386,7 +391,8 @@ def build_server(session: AgentSession, *, wait_max: float = DEFAULT_WAIT_MAX_S,
                  "all agents (exactly one of them). Returns {id, addressed, online, queued}.")
     async def send_message(subject: field_arg("send", "subject"), body: field_arg("send", "body") = None,
                            to: field_arg("send", "to") = None, group: field_arg("send", "group") = None,
-                           capability: field_arg("send", "capability") = None, all: bool = False,
+                           capability: field_arg("send", "capability") = None,
+                           all: Annotated[bool, PydField(description="address: every live agent")] = False,
                            priority: field_arg("send", "priority") = "normal",
                            requires_ack: field_arg("send", "requires_ack") = False,
                            correlation_id: field_arg("send", "correlation_id") = None) -> SendResult:
@@ -401,7 +407,8 @@ def build_server(session: AgentSession, *, wait_max: float = DEFAULT_WAIT_MAX_S,
                  "{messages, more}. Ack the ones that ask for it (requires_ack) with ack_message.")
     async def read_messages(limit: Annotated[int, PydField(ge=1, le=100, description="most messages to "
                                                            "return (1..100)")] = 20,
-                            peek: bool = False) -> ReadResult:
+                            peek: Annotated[bool, PydField(description="leave them unread")] = False
+                            ) -> ReadResult:
         try:
             return await session.read_messages(limit=limit, peek=peek)  # type: ignore[return-value]
         except ZmeshError as exc:

@@ -30,23 +30,15 @@ import click
 
 from .. import protocol
 from ..client import Client
+from ..client._api import WORK_EVENTS, first_claimable
 from ..errors import Conflict, ZmeshError
 from . import main
 from ._options import Seconds, field_option
 from ._output import Ctx, emit, esc, json_flag, pass_ctx
 from .tasks import claim_json
 
-#: task events after which a task may be claimable
-WAKING = ("task.created", "task.available", "task.released", "task.failed")
-
-
 def _claimable(client: Client, caps: set[str]) -> dict[str, Any] | None:
-    """The first available task these capabilities cover, without claiming it (the order
-    claim_next would take them in: priority, then age)."""
-    tasks = [t for t in client.tasks(status="available", limit=protocol.MAX_LIST_LIMIT)
-             if set(t["requires"]) <= caps]
-    tasks.sort(key=lambda t: (-t["priority"], t["created"]))
-    return tasks[0] if tasks else None
+    return first_claimable(client.tasks(status="available", limit=protocol.MAX_LIST_LIMIT), caps)
 
 
 def _work(client: Client, agent: str, caps: set[str], claim: bool, ttl: float | None) -> dict[str, Any] | None:
@@ -84,7 +76,7 @@ def wait(ctx: Ctx, agent: str, capability: tuple[str, ...], claim: bool, wait_s:
 
     def events() -> None:
         try:
-            for ev in client.events(WAKING, since=since, timeout=None):
+            for ev in client.events(WORK_EVENTS, since=since, timeout=None):
                 if stop.is_set():
                     return
                 found.put(("event", ev.topic))
