@@ -2,6 +2,6 @@
 
 from pathlib import Path
 
-from zmesh.mcp_doc import render_markdown
+from zmesh.adapters.mcp_doc import render_markdown
 
 Path(__file__).with_name("MCP.md").write_text(render_markdown())

@@ -21,8 +21,8 @@ from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPError
 
 from zmesh import Client, protocol
-from zmesh.agent_session import AgentSession
-from zmesh.mcp_server import DEFAULT_WAIT_MAX_S, TOOLS, default_agent
+from zmesh.adapters.session import AgentSession
+from zmesh.adapters.mcp import DEFAULT_WAIT_MAX_S, TOOLS, default_agent
 from zmesh.testing import BrokerProcess
 
 from .conftest import wait_for
@@ -445,7 +445,7 @@ def test_default_agent_is_env_else_host_and_directory(tmp_path: Path, monkeypatc
 
 
 def test_docs_mcp_md_is_generated_from_the_server() -> None:
-    from zmesh.mcp_doc import render_markdown
+    from zmesh.adapters.mcp_doc import render_markdown
 
     assert (Path(__file__).resolve().parent.parent / "docs" / "MCP.md").read_text() == render_markdown(), \
         "run: python docs/gen_mcp.py"

@@ -1,5 +1,5 @@
 """``zmesh mcp``: serve MCP over stdio as one agent (for Claude Code, Codex CLI and other MCP
-clients; see zmesh/mcp_server.py and docs/MCP.md).
+clients; see zmesh/adapters/mcp.py and docs/MCP.md).
 
 Rules: stdout belongs to the protocol, and every log line goes to stderr (INFO with -v).
 The agent is ``--agent``, else ``$ZMESH_AGENT``, else host:working-directory. The MCP SDK is
@@ -26,7 +26,7 @@ log = logging.getLogger("zmesh.cli")
 
 def _load() -> Any:
     try:
-        from .. import mcp_server
+        from ..adapters import mcp as mcp_server
     except ImportError as exc:
         raise UsageError(f"zmesh mcp needs the MCP SDK ({exc.name} is not installed): "
                          "pip install 'zmesh[mcp]'", {"field": "mcp"}) from None
@@ -59,7 +59,7 @@ def mcp(ctx: Ctx, agent: str | None, capability: tuple[str, ...], ttl: float | N
     mcp_server = _load()
     import anyio
 
-    from ..agent_session import AgentSession
+    from ..adapters.session import AgentSession
 
     try:
         name = agent or mcp_server.default_agent()

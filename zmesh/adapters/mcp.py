@@ -37,12 +37,11 @@ from pydantic import BaseModel
 from pydantic import Field as PydField
 from typing_extensions import TypedDict
 
-from . import __version__, protocol
-from .agent_session import PROGRESS_EVERY_S, AgentSession, check_address
-from .client._inbox import Message
-from .errors import ZmeshError
-from .fields import MAX_ID_BYTES, MAX_LIST_ITEMS, MAX_NAME_CHARS, MAX_TEXT_CHARS, Field
-from .globs import MAX_PATTERN_BYTES
+from .. import __version__, protocol
+from ..client._inbox import Message
+from ..errors import ZmeshError
+from .schemas import field_arg
+from .session import PROGRESS_EVERY_S, AgentSession, check_address
 
 log = logging.getLogger("zmesh.mcp")
 
@@ -82,42 +81,6 @@ NEXT = {
     "bad_request": "fix the argument named and call again",
     "too_large": "send less (a smaller body or fewer items)",
 }
-
-
-# ---------------------------------------------------------------- schemas from the op table
-def _json_type(f: Field) -> Any:
-    kind = f.kind
-    if kind in ("id", "after"):
-        return Annotated[str, PydField(min_length=1, max_length=MAX_ID_BYTES)]
-    if kind in ("name", "topic"):
-        return Annotated[str, PydField(min_length=1, max_length=MAX_NAME_CHARS)]
-    if kind == "text":
-        return Annotated[str, PydField(max_length=MAX_TEXT_CHARS)]
-    if kind == "glob":
-        return Annotated[str, PydField(min_length=1, max_length=MAX_PATTERN_BYTES)]
-    if kind in ("namelist", "idlist", "globlist"):
-        return Annotated[list[str], PydField(max_length=MAX_LIST_ITEMS)]
-    if kind == "int":
-        return Annotated[int, PydField(ge=f.lo, le=f.hi)]
-    if kind in ("ttl", "number"):
-        return Annotated[float, PydField(ge=f.lo, le=f.hi, allow_inf_nan=False)]
-    if kind == "choice":
-        return Literal[f.choices]  # type: ignore[valid-type]
-    if kind == "bool":
-        return bool
-    if kind == "object":
-        return dict[str, Any]
-    return Any  # json, payload: any JSON value (the broker checks the size)
-
-
-def field_arg(op: str, name: str, doc: str | None = None) -> Any:
-    """The type of a tool argument that is the field ``name`` of ``op``: the field's kind,
-    range and choices, and its doc as the description (``doc`` overrides it)."""
-    f = protocol.OPS[op].by_name[name]
-    base = _json_type(f)
-    optional = not f.required and f.default is None  # a field with a default takes it, never null
-    return Annotated[Optional[base] if optional else base,  # type: ignore[valid-type]
-                     PydField(description=doc or f.doc or protocol.KIND_RULES.get(f.kind, ""))]
 
 
 # ---------------------------------------------------------------- results (the contract)
@@ -230,7 +193,7 @@ def default_agent(env: dict[str, str] | None = None) -> str:
     if env.get("ZMESH_AGENT"):
         return protocol.KINDS["id"]("ZMESH_AGENT", env["ZMESH_AGENT"])
     name = f"{socket.gethostname()}:{os.getcwd()}"
-    if len(name.encode()) > MAX_ID_BYTES:
+    if len(name.encode()) > protocol.MAX_ID_BYTES:
         digest = hashlib.sha256(name.encode()).hexdigest()[:12]
         name = f"{socket.gethostname()[:80]}:{os.path.basename(os.getcwd())[:80]}~{digest}"
     return protocol.KINDS["id"]("agent", name)

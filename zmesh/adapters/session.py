@@ -34,11 +34,11 @@ from typing import Any, Awaitable, Callable, Iterable
 import anyio
 import anyio.lowlevel
 
-from . import protocol
-from .client import AsyncClient
-from .client._api import WORK_EVENTS, first_claimable
-from .client._inbox import Message
-from .errors import Conflict, InvalidArgument, ZmeshError
+from .. import protocol
+from ..client import AsyncClient
+from ..client._api import WORK_EVENTS, first_claimable
+from ..client._inbox import Message
+from ..errors import Conflict, InvalidArgument, ZmeshError
 
 log = logging.getLogger("zmesh.agent_session")
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .agent_session import PROGRESS_EVERY_S, AgentSession
-from .mcp_server import (
+from .mcp import (
     CHANNEL_METHOD,
     CHANNEL_PRIORITIES,
     DEFAULT_WAIT_MAX_S,
@@ -17,6 +16,7 @@ from .mcp_server import (
     TOOLS,
     build_server,
 )
+from .session import PROGRESS_EVERY_S, AgentSession
 
 INTRO = f"""# zmesh MCP server
 

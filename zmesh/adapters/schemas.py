@@ -1,0 +1,51 @@
+"""Argument types for the adapters, built from the op table: a tool or endpoint argument that
+is a protocol field gets that field's kind, range, length, choices and description, so a
+limit is written once (zmesh/fields.py) and the MCP tool schemas and the gateway's OpenAPI
+schema follow it.
+
+Rule: these types only describe and pre-check. The client still checks every value with
+the field's own validator before it is sent, and the broker checks it again.
+"""
+
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import Field as PydField
+
+from .. import protocol
+from ..fields import MAX_ID_BYTES, MAX_LIST_ITEMS, MAX_NAME_CHARS, MAX_TEXT_CHARS, Field
+from ..globs import MAX_PATTERN_BYTES
+
+
+def _json_type(f: Field) -> Any:
+    kind = f.kind
+    if kind in ("id", "after"):
+        return Annotated[str, PydField(min_length=1, max_length=MAX_ID_BYTES)]
+    if kind in ("name", "topic"):
+        return Annotated[str, PydField(min_length=1, max_length=MAX_NAME_CHARS)]
+    if kind == "text":
+        return Annotated[str, PydField(max_length=MAX_TEXT_CHARS)]
+    if kind == "glob":
+        return Annotated[str, PydField(min_length=1, max_length=MAX_PATTERN_BYTES)]
+    if kind in ("namelist", "idlist", "globlist"):
+        return Annotated[list[str], PydField(max_length=MAX_LIST_ITEMS)]
+    if kind == "int":
+        return Annotated[int, PydField(ge=f.lo, le=f.hi)]
+    if kind in ("ttl", "number"):
+        return Annotated[float, PydField(ge=f.lo, le=f.hi, allow_inf_nan=False)]
+    if kind == "choice":
+        return Literal[f.choices]  # type: ignore[valid-type]
+    if kind == "bool":
+        return bool
+    if kind == "object":
+        return dict[str, Any]
+    return Any  # json, payload: any JSON value (the broker checks the size)
+
+
+def field_arg(op: str, name: str, doc: str | None = None) -> Any:
+    """The type of a tool argument that is the field ``name`` of ``op``: the field's kind,
+    range and choices, and its doc as the description (``doc`` overrides it)."""
+    f = protocol.OPS[op].by_name[name]
+    base = _json_type(f)
+    optional = not f.required and f.default is None  # a field with a default takes it, never null
+    return Annotated[Optional[base] if optional else base,  # type: ignore[valid-type]
+                     PydField(description=doc or f.doc or protocol.KIND_RULES.get(f.kind, ""))]
