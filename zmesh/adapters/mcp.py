@@ -3,7 +3,7 @@ one agent on the mesh for a coding agent's model.
 
 Rules it keeps:
 
-* One process is one agent. :class:`zmesh.agent_session.AgentSession` registers it, keeps
+* One process is one agent. :class:`zmesh.adapters.session.AgentSession` registers it, keeps
   its lease, holds its fencing and delivery tokens, and unregisters it when stdin closes.
   The model passes task ids and message ids only.
 * The tools (:data:`TOOLS`) and their result shapes are a contract, and docs/MCP.md
@@ -43,7 +43,7 @@ from ..errors import ZmeshError
 from .schemas import field_arg
 from .session import PROGRESS_EVERY_S, AgentSession, check_address
 
-log = logging.getLogger("zmesh.mcp")
+log = logging.getLogger("zmesh.adapters.mcp")
 
 #: default and largest wait of wait_for_work and reserve_paths (fits Codex CLI's 60 s)
 DEFAULT_WAIT_MAX_S = 50.0

@@ -40,7 +40,7 @@ from ..client._api import WORK_EVENTS, first_claimable
 from ..client._inbox import Message
 from ..errors import Conflict, InvalidArgument, ZmeshError
 
-log = logging.getLogger("zmesh.agent_session")
+log = logging.getLogger("zmesh.adapters.session")
 
 #: seconds between progress reports while wait_for_work waits
 PROGRESS_EVERY_S = 15.0
