@@ -28,6 +28,7 @@ from click.testing import CliRunner
 from zmesh import protocol
 from zmesh.cli import EXIT_CODES, main
 from zmesh.cli._docs import JSON_SHAPES, commands, render_markdown
+from zmesh.cli.gateway import ListenType
 from zmesh.cli._options import EndpointType, IdType, JsonValue, Pattern, Seconds, Since
 from zmesh.testing import BrokerProcess, free_port
 
@@ -75,6 +76,7 @@ BASE: dict[str, list[str]] = {
     "hook stop": ["--agent", "a"],
     "hook prompt": ["--agent", "a"],
     "mcp": ["--agent", "a"],
+    "gateway": ["--listen", "127.0.0.1:7780"],
     "reserve": ["src/**", "--agent", "a"],
     "release-paths": ["x/**", "--agent", "a"],
     "reservations": [],
@@ -118,6 +120,9 @@ def bad_values(param: click.Parameter) -> list[str]:
         return ["", "bogus", "FULL"]
     if isinstance(t, EndpointType):
         return ["bogus", "127.0.0.1:7700", "http://127.0.0.1:7700", "tcp://host", "tcp://h:99999", ""]
+    if isinstance(t, ListenType):
+        return ["", "7780", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:99999", "127.0.0.1:abc", "bad host!:80",
+                "a\nb:80", "x" * 300 + ":80"]
     if isinstance(t, Since):
         return ["", "abc", "-5", "10x", "a\nb", "2026-13-45"]
     if isinstance(t, Pattern):

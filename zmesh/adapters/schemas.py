@@ -3,31 +3,47 @@ is a protocol field gets that field's kind, range, length, choices and descripti
 limit is written once (zmesh/fields.py) and the MCP tool schemas and the gateway's OpenAPI
 schema follow it.
 
-Rule: these types only describe and pre-check. The client still checks every value with
-the field's own validator before it is sent, and the broker checks it again.
+Rule: a string or list argument runs the field kind's own validator, so a refusal names the
+argument as the caller wrote it (``session_id``, not the wire's ``agent``). The client still
+checks every value before it is sent, and the broker checks it again.
 """
 
 from typing import Annotated, Any, Literal, Optional
 
+from pydantic import AfterValidator
 from pydantic import Field as PydField
 
 from .. import protocol
+from ..errors import ZmeshError
 from ..fields import MAX_ID_BYTES, MAX_LIST_ITEMS, MAX_NAME_CHARS, MAX_TEXT_CHARS, Field
 from ..globs import MAX_PATTERN_BYTES
+
+
+def _checked(kind: str) -> AfterValidator:
+    """The field kind's own validator (control characters, UTF-8 length, glob rules,
+    duplicates dropped), so a refusal names the argument as the caller wrote it."""
+    check = protocol.KINDS[kind]
+
+    def run(value: Any) -> Any:
+        try:
+            return check("value", value)
+        except ZmeshError as exc:
+            raise ValueError(exc.message.replace("field 'value': ", "").replace("field 'value' ", "")) from None
+    return AfterValidator(run)
 
 
 def _json_type(f: Field) -> Any:
     kind = f.kind
     if kind in ("id", "after"):
-        return Annotated[str, PydField(min_length=1, max_length=MAX_ID_BYTES)]
+        return Annotated[str, PydField(min_length=1, max_length=MAX_ID_BYTES), _checked(kind)]
     if kind in ("name", "topic"):
-        return Annotated[str, PydField(min_length=1, max_length=MAX_NAME_CHARS)]
+        return Annotated[str, PydField(min_length=1, max_length=MAX_NAME_CHARS), _checked(kind)]
     if kind == "text":
-        return Annotated[str, PydField(max_length=MAX_TEXT_CHARS)]
+        return Annotated[str, PydField(max_length=MAX_TEXT_CHARS), _checked(kind)]
     if kind == "glob":
-        return Annotated[str, PydField(min_length=1, max_length=MAX_PATTERN_BYTES)]
+        return Annotated[str, PydField(min_length=1, max_length=MAX_PATTERN_BYTES), _checked(kind)]
     if kind in ("namelist", "idlist", "globlist"):
-        return Annotated[list[str], PydField(max_length=MAX_LIST_ITEMS)]
+        return Annotated[list[str], PydField(max_length=MAX_LIST_ITEMS), _checked(kind)]
     if kind == "int":
         return Annotated[int, PydField(ge=f.lo, le=f.hi)]
     if kind in ("ttl", "number"):

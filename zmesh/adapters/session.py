@@ -81,11 +81,12 @@ class AgentSession:
     """One agent's connection, claims and inbox, driven by async calls (see the module rules)."""
 
     def __init__(self, endpoint: str | None, agent: str, *, capabilities: Iterable[str] = (),
-                 ttl: float | None = None, timeout: float = 5.0) -> None:
+                 ttl: float | None = None, timeout: float = 5.0, heartbeat: bool = True) -> None:
         self.agent = protocol.KINDS["id"]("agent", agent)
         self.capabilities = sorted(set(protocol.KINDS["namelist"]("capabilities", list(capabilities))))
+        #: False: the owner renews the lease (renew()); the HTTP gateway does on each request
         self.client = AsyncClient(endpoint, agent=self.agent, capabilities=self.capabilities, ttl=ttl,
-                                  timeout=timeout, on_lease_lost=self._lease_lost)
+                                  timeout=timeout, on_lease_lost=self._lease_lost, heartbeat=heartbeat)
         self.held: dict[str, Held] = {}
         self.delivery_tokens: dict[str, int] = {}
         self._assigned: deque[Message] = deque()
@@ -118,6 +119,27 @@ class AgentSession:
         with anyio.CancelScope(shield=True):
             await self.client.aclose(unregister=self.started)
         self.started = False
+
+    async def renew(self) -> None:
+        """Renew the agent's lease now (registering it again if it lapsed)."""
+        with anyio.CancelScope(shield=True):
+            await self.start()
+            await self.client.keepalive()
+
+    async def set_capabilities(self, capabilities: Iterable[str]) -> None:
+        """Register again with these capabilities (the lease and claims stay)."""
+        caps = sorted(set(protocol.KINDS["namelist"]("capabilities", list(capabilities))))
+        if caps == self.capabilities:
+            return
+        self.client._lease.capabilities = caps
+        self.capabilities = caps
+        if self.started:
+            await self.call(self.client.register, capabilities=caps, ttl=self.client._lease.ttl)
+
+    @property
+    def renew_every(self) -> float:
+        """Seconds between renewals that keep the lease alive."""
+        return self.client._lease.interval
 
     async def call(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
         """One broker call, started if needed and shielded from cancellation (module rules)."""

@@ -89,7 +89,8 @@ JSON_SHAPES: dict[str, tuple[tuple[str, ...], str] | None] = {
     "guard check": None,
     "hook stop": None,  # its stdout is the hook contract: {"decision": "block", "reason"} or nothing
     "hook prompt": None,
-    "mcp": None,  # its stdout is the MCP protocol (JSON-RPC); see docs/MCP.md  # {"hookSpecificOutput": {"hookEventName", "additionalContext"}} or nothing
+    "mcp": None,
+    "gateway": None,  # a server: its answers are HTTP (OpenAPI at /openapi.json)  # its stdout is the MCP protocol (JSON-RPC); see docs/MCP.md  # {"hookSpecificOutput": {"hookEventName", "additionalContext"}} or nothing
     "wait": (("kind",), "`kind`: task, message or timeout; a task adds `task`, `claimed`, `claim` (the claim "
              "as `task claim` prints it, or null) and `record` (the task); a message adds `message`; a timeout "
              "adds `waited`"),

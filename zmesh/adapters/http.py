@@ -1,0 +1,381 @@
+"""``zmesh gateway``: the predecessor notifier's HTTP API, and claim, complete and wait for work,
+for agents that speak neither ZeroMQ nor MCP (shell scripts with curl, other languages).
+
+Built on FastAPI (Starlette, pydantic) and served by uvicorn. FastAPI writes the OpenAPI
+schema (``/openapi.json``) and validates bodies from the same types the MCP tools use,
+which are typed from the op table (zmesh/adapters/schemas.py).
+
+Rules it keeps:
+
+* An HTTP agent is named by ``session_id``, the predecessor's word for the agent. The
+  gateway holds it as an AgentSession: one connection each, with its lease, its claim
+  tokens and its inbox. HTTP callers pass ids only, never tokens.
+* An agent's lease lives while it calls. Every request that names it renews the lease, and
+  an open wait renews it as it waits. An agent that stops calling for ``--ttl`` seconds
+  (default 300) loses its claims and reservations, as a dead ZeroMQ agent does. A session
+  left unused that long is closed.
+* Every input is checked where it enters. A body that is not JSON is 400. A field that
+  breaks its rule, is missing or is unknown is 422, and the answer names the field. A body
+  above the message limit is 413. The answer is always ``{code, message, field?}``.
+* Broker answers map onto HTTP statuses (:data:`STATUS`): a refusal is 404 or 409. A broker
+  that does not answer within ``--timeout`` is 503, never a hang.
+* The predecessor's body fields ``timestamp``, ``tasks_completed`` and ``waiting_since`` are
+  accepted for compatibility. The broker keeps its own counts and times, and the answer
+  lists these fields under ``ignored``.
+"""
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, AsyncIterator, Literal, Optional
+
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from pydantic import Field as PydField
+
+from .. import __version__, protocol
+from ..client import AsyncClient
+from ..errors import InvalidArgument, ZmeshError
+from .schemas import field_arg
+from .session import AgentSession, check_address
+
+log = logging.getLogger("zmesh.adapters.http")
+
+#: default lease TTL of an HTTP agent (the predecessor's claim TTL): it must call this often
+DEFAULT_HTTP_TTL_S = 300.0
+#: default and largest long-poll wait
+DEFAULT_WAIT_S = 30.0
+DEFAULT_WAIT_MAX_S = 300.0
+#: most HTTP agents held at once (each holds a connection and an event subscription)
+MAX_SESSIONS = 1000
+#: HTTP status of each zmesh error code (anything else: 500)
+STATUS = {
+    "invalid_argument": 422, "bad_request": 422, "usage": 422, "config": 422, "too_large": 413,
+    "not_found": 404, "conflict": 409, "not_owner": 409, "stale_token": 409, "claim_expired": 409,
+    "lease_expired": 409, "nothing_to_claim": 404, "unreachable": 503, "no_reply": 504,
+}
+#: predecessor body fields the broker keeps itself
+IGNORED = ("timestamp", "tasks_completed", "waiting_since")
+
+Agent = field_arg("register", "agent", "the agent (the predecessor's session id)")
+TaskId = field_arg("claim", "task", "task id")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Report(_Body):
+    """The predecessor notifier's body, with zmesh's additions (reason, requires)."""
+
+    session_id: Agent
+    status: Optional[Literal[protocol.REPORTS]] = PydField(  # type: ignore[valid-type]
+        None, description="the state again (the path says it; when given it must match)")
+    timestamp: Optional[float] = PydField(None, description="accepted; the broker keeps its own time")
+    last_task: field_arg("report", "task", "the task (required for busy and completed)") = None
+    capabilities: field_arg("register", "capabilities", "the agent's capabilities (registers it with them)") = None
+    cost_spent: field_arg("report", "cost") = None
+    tasks_completed: Optional[Annotated[int, PydField(ge=0)]] = PydField(
+        None, description="accepted; the broker counts completions itself")
+    waiting_since: Optional[float] = PydField(None, description="accepted; the broker keeps its own")
+    message: field_arg("report", "message") = None
+    reason: field_arg("report", "reason", "why (blocked, help); default: message") = None
+    requires: field_arg("report", "requires", "help: capabilities wanted of helpers") = None
+
+
+class Assign(_Body):
+    session_id: field_arg("assign", "agent", "the agent to assign the task to")
+    task_id: field_arg("assign", "task")
+    create: bool = PydField(False, description="create the task first (with data, priority, requires)")
+    data: field_arg("task_create", "data") = None
+    priority: field_arg("task_create", "priority") = 0
+    requires: field_arg("task_create", "requires") = None
+    ttl: field_arg("assign", "ttl") = None
+    queue: field_arg("assign", "queue") = False
+
+
+class Broadcast(_Body):
+    message: field_arg("send", "subject", "the message (one line)")
+    body: field_arg("send", "body") = None
+    session_id: field_arg("send", "from", "the sender") = None
+    priority: field_arg("send", "priority") = "normal"
+
+
+class Claim(_Body):
+    session_id: Agent
+    task_id: Optional[TaskId] = PydField(None, description="the task; without it the best available one")
+    ttl: field_arg("claim", "ttl") = None
+    capabilities: field_arg("register", "capabilities", "the agent's capabilities (registers it with them)") = None
+
+
+class Complete(_Body):
+    session_id: Agent
+    task_id: TaskId
+    result: field_arg("complete", "result", "what the task produced (any JSON)") = None
+
+
+class Fail(_Body):
+    session_id: Agent
+    task_id: TaskId
+    error: field_arg("fail", "error")
+
+
+class Release(_Body):
+    session_id: Agent
+    task_id: TaskId
+
+
+class Send(_Body):
+    session_id: Agent
+    subject: field_arg("send", "subject")
+    body: field_arg("send", "body") = None
+    to: field_arg("send", "to") = None
+    group: field_arg("send", "group") = None
+    capability: field_arg("send", "capability") = None
+    all: bool = PydField(False, description="address: every live agent")
+    priority: field_arg("send", "priority") = "normal"
+    requires_ack: field_arg("send", "requires_ack") = False
+
+
+class Ack(_Body):
+    session_id: Agent
+    message_id: field_arg("ack", "id")
+    note: field_arg("ack", "note") = None
+
+
+class Reserve(_Body):
+    session_id: Agent
+    paths: field_arg("reserve", "paths")
+    shared: bool = PydField(False, description="shared instead of exclusive")
+    ttl: field_arg("reserve", "ttl") = None
+    wait_s: Annotated[float, PydField(ge=0.0, le=DEFAULT_WAIT_MAX_S, allow_inf_nan=False,
+                                      description="seconds to queue for the paths when held")] = 0.0
+
+
+class ReleasePaths(_Body):
+    session_id: Agent
+    paths: field_arg("release_paths", "paths") = None
+
+
+def _error(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if field:
+        body["field"] = field
+    return JSONResponse(body, status_code=status)
+
+
+class Sessions:
+    """The HTTP agents the gateway holds (see the module rules)."""
+
+    def __init__(self, endpoint: str | None, *, ttl: float, timeout: float, limit: int = MAX_SESSIONS) -> None:
+        self.endpoint, self.ttl, self.timeout, self.limit = endpoint, ttl, timeout, limit
+        self._by_agent: dict[str, AgentSession] = {}
+        self._used: dict[str, float] = {}
+        self._waiting: dict[str, int] = {}
+        self._lock = asyncio.Lock()
+
+    async def get(self, agent: str, capabilities: list[str] | None = None) -> AgentSession:
+        """The agent's session, started, its lease renewed (registered with ``capabilities``
+        when given)."""
+        async with self._lock:
+            session = self._by_agent.get(agent)
+            if session is None:
+                if len(self._by_agent) >= self.limit:
+                    raise InvalidArgument(f"the gateway holds {self.limit} agents already; one must stop "
+                                          "calling for its TTL first", {"field": "session_id"})
+                session = AgentSession(self.endpoint, agent, capabilities=capabilities or (), ttl=self.ttl,
+                                       timeout=self.timeout, heartbeat=False)
+                self._by_agent[agent] = session
+        self._used[agent] = time.monotonic()
+        if capabilities is not None:
+            await session.set_capabilities(capabilities)
+        if session.started:
+            await session.renew()
+        else:
+            await session.start()
+        return session
+
+    @asynccontextmanager
+    async def waiting(self, session: AgentSession) -> AsyncIterator[None]:
+        """Keep the agent's lease alive while a wait is open."""
+        self._waiting[session.agent] = self._waiting.get(session.agent, 0) + 1
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(session.renew_every)
+                try:
+                    await session.renew()
+                except ZmeshError as exc:
+                    log.warning("lease renewal of %s during a wait failed: %s", session.agent, exc.message)
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            self._waiting[session.agent] -= 1
+            self._used[session.agent] = time.monotonic()
+
+    async def reap(self) -> None:
+        """Close sessions unused for their TTL (their lease lapsed at the broker already)."""
+        now = time.monotonic()
+        for agent in [a for a, t in self._used.items() if now - t > self.ttl and not self._waiting.get(a)]:
+            session = self._by_agent.pop(agent, None)
+            self._used.pop(agent, None)
+            if session is not None:
+                log.info("HTTP agent %s stopped calling for %g s; its session is closed", agent, self.ttl)
+                await session.client.aclose(unregister=False)
+
+    async def close(self) -> None:
+        for session in list(self._by_agent.values()):
+            await session.close()
+        self._by_agent.clear()
+
+
+def build_app(endpoint: str | None, *, ttl: float = DEFAULT_HTTP_TTL_S, timeout: float = 5.0,
+              wait_max: float = DEFAULT_WAIT_MAX_S, max_body: int = protocol.MAX_MESSAGE_BYTES) -> FastAPI:
+    """The gateway's ASGI app (the caller serves it)."""
+    sessions = Sessions(endpoint, ttl=ttl, timeout=timeout)
+    ops = AsyncClient(endpoint, timeout=timeout)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        async def reaper() -> None:
+            while True:
+                await asyncio.sleep(min(10.0, ttl / 2))
+                await sessions.reap()
+        task = asyncio.create_task(reaper())
+        try:
+            yield
+        finally:
+            task.cancel()
+            await sessions.close()
+            await ops.aclose()
+
+    app = FastAPI(title="zmesh gateway", version=__version__, lifespan=lifespan,
+                  description="HTTP for agents that speak neither ZeroMQ nor MCP: the predecessor "
+                              "notifier's API, claim and complete, and a long-poll wait for work.")
+
+    @app.exception_handler(ZmeshError)
+    async def zmesh_error(_request: Request, exc: ZmeshError) -> JSONResponse:
+        field = (exc.details or {}).get("field")
+        return _error(STATUS.get(exc.code, 500), exc.code, exc.message, field)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:  # a bug of ours: logged, one line out
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return _error(500, "internal", f"unexpected {type(exc).__name__} (the gateway's log has the traceback)")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        if first.get("type") == "json_invalid":
+            return _error(400, "bad_request", f"the body is not JSON: {first.get('msg', '')}")
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        field = ".".join(loc) or None
+        return _error(422, "invalid_argument", f"field '{field}': {first.get('msg', 'invalid')}", field)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Any) -> Any:
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > max_body):
+            return _error(413, "too_large", f"the body is above {max_body} bytes")
+        return await call_next(request)
+
+    # ---------------------------------------------------------- the predecessor's API
+    @app.post("/agent/{state}", summary="Report an agent's state (the predecessor notifier's call)")
+    async def report(state: Annotated[Literal[protocol.REPORTS], Path(description="the state")],  # type: ignore[valid-type]
+                     body: Report) -> dict[str, Any]:
+        if body.status is not None and body.status != state:
+            raise InvalidArgument(f"status '{body.status}' does not match the path's '{state}'", {"field": "status"})
+        if state in ("busy", "completed") and not body.last_task:
+            raise InvalidArgument(f"{state} needs last_task", {"field": "last_task"})
+        reason = body.reason or body.message
+        if state in ("blocked", "help") and not reason:
+            raise InvalidArgument(f"{state} needs a reason (reason or message)", {"field": "reason"})
+        session = await sessions.get(body.session_id, body.capabilities)
+        got = await session.call(session.client.report, state, task=body.last_task,
+                                 reason=reason if state in ("blocked", "help") else None,
+                                 message=body.message, cost=body.cost_spent, requires=body.requires or ())
+        got["ignored"] = [f for f in IGNORED if getattr(body, f) is not None]
+        return got  # type: ignore[no-any-return]
+
+    @app.get("/status", summary="Every agent, the idle queue, open blockers and task counts")
+    async def status() -> dict[str, Any]:
+        return await ops.status()  # type: ignore[no-any-return]
+
+    @app.post("/task/assign", summary="Assign a task to one agent (pushed to it at once)")
+    async def assign(body: Assign) -> dict[str, Any]:
+        if body.create:
+            await ops.create_task(body.task_id, data=body.data, priority=body.priority, requires=body.requires or ())
+        got = await ops.assign(body.session_id, body.task_id, ttl=body.ttl, queue=body.queue)
+        got.pop("token", None)  # the assignee's: its session holds it
+        return got  # type: ignore[no-any-return]
+
+    @app.post("/broadcast", summary="Send a message to every live agent")
+    async def broadcast(body: Broadcast) -> dict[str, Any]:
+        got = await ops.send(body.message, body.body, all=True, priority=body.priority, sender=body.session_id)
+        return {k: got[k] for k in ("id", "addressed", "online", "queued")}
+
+    # ---------------------------------------------------------- an HTTP agent's work
+    @app.post("/task/claim", summary="Claim a task by id, or the best available one")
+    async def claim(body: Claim) -> dict[str, Any]:
+        session = await sessions.get(body.session_id, body.capabilities)
+        if body.task_id:
+            return {"claimed": True, "task": await session.claim_task(body.task_id, body.ttl)}
+        view = await session.claim_next(body.ttl)
+        return {"claimed": view is not None, "task": view}
+
+    @app.post("/task/complete", summary="Complete a task the agent holds")
+    async def complete(body: Complete) -> dict[str, Any]:
+        return await (await sessions.get(body.session_id)).complete(body.task_id, body.result)
+
+    @app.post("/task/fail", summary="Report a failed attempt at a task the agent holds")
+    async def fail(body: Fail) -> dict[str, Any]:
+        return await (await sessions.get(body.session_id)).fail(body.task_id, body.error)
+
+    @app.post("/task/release", summary="Hand a task back to the queue unchanged")
+    async def release(body: Release) -> dict[str, Any]:
+        return await (await sessions.get(body.session_id)).release(body.task_id)
+
+    @app.get("/agent/{session_id}/wait", summary="Long-poll: wait until there is work for the agent")
+    async def wait(session_id: Annotated[str, Path(max_length=protocol.MAX_ID_BYTES)],
+                   timeout_s: Annotated[float, Query(ge=0.0, le=wait_max, allow_inf_nan=False)] = min(
+                       DEFAULT_WAIT_S, wait_max),
+                   claim: bool = True,
+                   capability: Annotated[Optional[list[str]], Query(max_length=protocol.MAX_LIST_ITEMS)] = None
+                   ) -> dict[str, Any]:
+        session = await sessions.get(protocol.KINDS["id"]("session_id", session_id), capability)
+        async with sessions.waiting(session):
+            return await session.wait_for_work(timeout_s, claim=claim)
+
+    @app.get("/agent/{session_id}/messages", summary="The agent's unread messages (marked read unless peek)")
+    async def messages(session_id: Annotated[str, Path(max_length=protocol.MAX_ID_BYTES)],
+                       limit: Annotated[int, Query(ge=1, le=1000)] = 100, peek: bool = False) -> dict[str, Any]:
+        session = await sessions.get(protocol.KINDS["id"]("session_id", session_id))
+        return await session.read_messages(limit=limit, peek=peek)
+
+    @app.post("/message/send", summary="Send a message to an agent, a group, a capability or all")
+    async def send(body: Send) -> dict[str, Any]:
+        address = check_address(body.to, body.group, body.capability, body.all)
+        session = await sessions.get(body.session_id)
+        return await session.send(body.subject, body.body, priority=body.priority,
+                                  requires_ack=body.requires_ack, **address)
+
+    @app.post("/message/ack", summary="Acknowledge a message")
+    async def ack(body: Ack) -> dict[str, Any]:
+        return await (await sessions.get(body.session_id)).ack(body.message_id, body.note)
+
+    @app.post("/paths/reserve", summary="Reserve path patterns (exclusive unless shared), all or none")
+    async def reserve(body: Reserve) -> dict[str, Any]:
+        session = await sessions.get(body.session_id)
+        return await session.reserve(body.paths, shared=body.shared, ttl=body.ttl, wait_s=body.wait_s)
+
+    @app.post("/paths/release", summary="Release the agent's reservations (all when paths is empty)")
+    async def release_paths(body: ReleasePaths) -> dict[str, Any]:
+        return await (await sessions.get(body.session_id)).release_paths(body.paths or [])
+
+    app.state.sessions = sessions
+    return app
