@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 import orjson
 
-from . import messages, paired, presence, report, workloads
+from . import agentic, messages, paired, presence, report, workloads
 from .systems import ProbeSystem, RawPubSub, System, ZmeshSystem
 
 HERE = Path(__file__).resolve().parent
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                   else {"latency": 2000, "throughput": 10_000, "broadcast": 2000, "push": 2000})
     pair_list = paired.pairs(not args.no_peers, store_dir="scale-store", agents=n_agents, tasks=n_store)
     n_state = 300 if quick else 3000
-    steps = len(csys) * (2 + len(clients)) + len(bsys) + 4 + 2 + 5 + len(pair_list) * rounds
+    steps = len(csys) * (2 + len(clients)) + len(bsys) + 4 + 2 + 5 + 4 + len(pair_list) * rounds
     from tqdm import tqdm
 
     bar = tqdm(total=steps, desc="bench", unit="step", file=sys.stderr, dynamic_ncols=True)
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 pool, system, info, results, n_bcast, bar, step))
         _presence(pool, work, results, n_state, bar, step)
         _messages(pool, work, results, quick, bar, step)
+        _agentic(pool, work, results, quick, not args.no_peers, bar, step)
         _scale(pool, work, results, n_lat, n_agents, n_store, bar, step)
 
         def tick(label: str) -> None:
@@ -226,6 +227,44 @@ def _messages(pool: workloads.Pool, work: Path, results: dict[str, Any], quick: 
     bar.update()
     step("messages: raw two-hop relay")
     out["push"][RELAY] = dict(messages.raw_relay_latency(pool, n_push, rate), durability="in memory")
+    bar.update()
+
+
+def _agentic(pool: workloads.Pool, work: Path, results: dict[str, Any], quick: bool, peers: bool, bar: Any,
+             step: Callable[[str], None]) -> None:
+    """Path reservations and waking an MCP agent, zmesh beside MCP Agent Mail (bench/agentic.py)."""
+    n_res, n_race, n_wake = (100, 20, 20) if quick else (2000, 200, 200)
+    out = results.setdefault("agentic", {"reserve": {}, "race": {}, "wake": {}})
+    zsys = ZmeshSystem("zmesh(full)", "full", level="full")
+    (work / "agentic").mkdir()
+    info = zsys.start(work / "agentic")
+    try:
+        step("agentic: zmesh reserve")
+        out["reserve"]["zmesh(full)"] = dict(agentic.zmesh_reserve(pool, info["endpoint"], n_res), durability="full")
+        bar.update()
+        step("agentic: zmesh 8-way race")
+        out["race"]["zmesh(full)"] = dict(agentic.zmesh_race(pool, info["endpoint"], n_race), durability="full")
+        bar.update()
+        step("agentic: zmesh mcp wake")
+        for kind, r in agentic.zmesh_wake(info["endpoint"], n_wake).items():
+            title = "task created" if kind == "task" else "message sent"
+            out["wake"][f"zmesh(full): {title} -> wait_for_work returns"] = dict(r, durability="full")
+        bar.update()
+    finally:
+        zsys.stop()
+    step("agentic: MCP Agent Mail")
+    if peers:
+        try:
+            am = agentic.agentmail(work / "agentmail", max(20, n_res // 10), max(10, n_race // 4), max(10, n_wake // 4))
+        except RuntimeError as exc:
+            results["skipped"][agentic.AGENTMAIL] = str(exc)
+        else:
+            results["versions"][agentic.AGENTMAIL] = am["version"]
+            durability = "SQLite + a git commit per write, no fsync"
+            out["reserve"][agentic.AGENTMAIL] = dict(am["reserve"], durability=durability)
+            out["race"][agentic.AGENTMAIL] = dict(am["race"], durability=durability)
+            out["wake"][f"{agentic.AGENTMAIL}: message sent -> fetch_inbox poll sees it "
+                        f"({am['wake']['poll_s'] * 1000:g} ms poll)"] = dict(am["wake"], durability=durability)
     bar.update()
 
 

@@ -164,6 +164,27 @@ def render(results: dict[str, Any]) -> str:
         for name, title in (("claims_quiet", "claims, no flood"), ("claims_flood", "claims during the flood")):
             r = fl[name]
             lines.append(_row(title, f"{r['claims']:,}", f"{r['claims']:,}", _lat(r["latency_us"])))
+    ag = results.get("agentic") or {}
+    if ag.get("reserve"):
+        lines += ["", "## Path reservations (1 agent reserves one exclusive path, then releases it)", "",
+                  "| system | durability | p50 | p95 | p99 | max | reserves | p95 vs zmesh |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        zbase = ag["reserve"].get("zmesh(full)", {}).get("latency_us", {}).get("p95")
+        for name, r in ag["reserve"].items():
+            s = r["latency_us"]
+            lines.append(_row(name, r["durability"], _lat(s), f"{r['ops']:,}", _ratio(s.get("p95"), zbase)))
+        lines += ["", "## 8 agents race for one exclusive path per round", "",
+                  "| system | rounds | exactly one granted | grants per round: rounds | p95 per attempt |",
+                  "|---|---:|---:|---|---:|"]
+        for name, r in ag["race"].items():
+            spread = ", ".join(f"{g}: {n}" for g, n in r["grants"].items())
+            p95 = (r.get("latency_us") or {}).get("p95")
+            lines.append(f"| {name} | {r['rounds']} | {r['exactly_one']} | {spread} | "
+                         f"{'-' if p95 is None else f'{p95:,}'} |")
+        lines += ["", "## Waking an idle MCP agent", "", "| path | durability | n | p50 | p95 | p99 | max |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for name, r in ag["wake"].items():
+            lines.append(_row(name, r["durability"], r["n"], _lat(r["latency_us"])))
     sc = results.get("scale", {})
     if sc:
         lines += ["", "## Scale (zmesh, durability full, 1 client claim latency)", "",

@@ -53,6 +53,19 @@ fi
 # plain redis (no [hiredis] extra): the harness measures the pure-Python client, as PEERS.md says
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check redis etcd3gw nats-py
 
+# MCP Agent Mail, the agent-native peer (PEERS.md): its own venv, since it pins an MCP SDK 1.x
+# and zmesh needs 2.x. It needs Python >= 3.11; without it the harness skips its rows and says why.
+AGENTMAIL_VENV="$(dirname "$0")/.venv-agentmail"
+if python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    if [ ! -x "$AGENTMAIL_VENV/bin/python" ]; then
+        python3 -m venv "$AGENTMAIL_VENV"
+    fi
+    "$AGENTMAIL_VENV/bin/python" -m pip install --quiet --disable-pip-version-check mcp-agent-mail \
+        || echo "mcp-agent-mail did not install; the benchmark will skip it"
+else
+    echo "python3 is older than 3.11: mcp-agent-mail cannot be installed; the benchmark will skip it"
+fi
+
 echo "--- versions"
 redis-server --version
 etcd --version | head -n 1

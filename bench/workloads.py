@@ -112,11 +112,13 @@ class Round:
 
 def _pool_main(index: int, inbox: Any, out: Any) -> None:
     out.put(("alive", index))
+    from .agentic import race_job, reserve_job
     from .messages import inbox_job, raw_dealer_job, relay_job
     from .presence import coordinator_job
 
     jobs = {"claim": _claim_job, "subscribe": _sub_job, "agents": _agents_job, "coordinator": coordinator_job,
-            "inbox": inbox_job, "rawdealer": raw_dealer_job, "relay": relay_job}
+            "inbox": inbox_job, "rawdealer": raw_dealer_job, "relay": relay_job, "reserve": reserve_job,
+            "race": race_job}
     while True:
         job = inbox.get()
         if job is None:

@@ -61,12 +61,22 @@ def test_quick_bench_writes_markdown_json_and_plot(tmp_path: Path) -> None:
         assert pair["median"] is not None and isinstance(pair["met"], bool)
         verdict = next(t for t in data["targets"] if t["name"] == pair["title"])
         assert verdict["met"] == pair["met"] and "alternating rounds" in verdict["measured"]
+    agentic = data["agentic"]  # issue 16: reservations and waking an MCP agent
+    r = agentic["reserve"]["zmesh(full)"]
+    assert r["latency_us"]["count"] == r["ops"] > 0
+    race = agentic["race"]["zmesh(full)"]
+    assert race["procs"] == 8 and race["exactly_one"] == race["rounds"] > 0 and race["grants"] == {"1": race["rounds"]}
+    wakes = {k.split(" -> ")[0] for k in agentic["wake"] if k.startswith("zmesh")}
+    assert wakes == {"zmesh(full): task created", "zmesh(full): message sent"}
+    for k, w in agentic["wake"].items():
+        assert w["latency_us"]["count"] == w["n"] > 0, k
+    assert "mcp-agent-mail" in agentic["race"] or "mcp-agent-mail" in data["skipped"]
     for peer, why in data["skipped"].items():  # a missing peer is reported, with its reason
         assert why, peer
     md = (out / "RESULTS.md").read_text()
     for heading in ("## Targets", "## Targets measured in alternation", "## Claim latency", "## Contended claims", "## Throughput", "## Broadcast", "## Scale",
                     "## State change -> coordinator", "## Reading the mesh", "## Push to a live agent",
-                    "## Delivery per priority"):
+                    "## Delivery per priority", "## Path reservations", "## 8 agents race", "## Waking an idle MCP agent"):
         assert heading in md
     assert "durability" in md and data["command"] in md
     png = (out / "latency.png").read_bytes()

@@ -134,6 +134,29 @@ def test_without_heartbeat_the_lease_lapses(broker, make_client) -> None:
             c.close(unregister=False)
 
 
+def test_keepalive_renews_and_registers_a_lapsed_lease_again(broker, make_client) -> None:
+    """keepalive() is the heartbeat, run by the owner (the HTTP gateway renews an agent's
+    lease on each request): it keeps the claim while called, and after a lapse it registers
+    the agent again and tells on_lease_lost."""
+    lost: list[Exception] = []
+    with make_client(broker.endpoint, timeout=2.0) as admin:
+        with make_client(broker.endpoint, agent="owner-run", ttl=0.4, heartbeat=False,
+                         on_lease_lost=lost.append) as c:
+            c.create_task("t1")
+            c.claim("t1")
+            end = time.monotonic() + 1.6  # four TTLs: only the keepalives can keep it
+            while time.monotonic() < end:
+                c.keepalive()
+                assert admin.task("t1")["owner"] == "owner-run"
+                time.sleep(0.1)
+            assert lost == []
+            wait_for(lambda: admin.task("t1")["status"] == "available", timeout=5, what="lease expiry")
+            c.keepalive()
+            assert len(lost) == 1 and isinstance(lost[0], zmesh.LeaseExpired)
+            assert [a["id"] for a in admin.agents()] == ["owner-run"]  # registered again
+            c.heartbeat(lease=c.lease)  # the new lease is live
+
+
 def test_unreachable_is_a_clear_error_after_the_timeout(make_client) -> None:
     c = make_client(f"tcp://127.0.0.1:{free_port()}", timeout=0.5)
     start = time.monotonic()

@@ -287,7 +287,9 @@ def test_tool_errors_say_what_to_do_next(broker: BrokerProcess) -> None:
             text = await error_text(s, "send_message", subject="hi")
             assert "exactly one address" in text
             text = await error_text(s, "reserve_paths", paths=["../etc/passwd"])
-            assert "paths" in text and "fix the argument" in text
+            assert "paths" in text and ".." in text  # the glob rule, named by the argument
+            text = await error_text(s, "claim_task", task="a\x1bb")
+            assert "task" in text and "control characters" in text
     anyio.run(run)
     boss.close()
 

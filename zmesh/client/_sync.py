@@ -396,19 +396,26 @@ class Client(Api):
         return receiver
 
     # ------------------------------------------------------------ heartbeat
+    def keepalive(self) -> None:
+        """Renew this client's own lease now, as the heartbeat thread does: for a client made
+        with ``heartbeat=False`` whose owner renews it. A lapsed lease is registered again and
+        ``on_lease_lost`` is told; its claims are gone. Raises what the broker answered."""
+        if not self.connected:
+            self.connect()
+            return
+        try:
+            self._call(self._lease.heartbeat_call())
+        except LeaseExpired as exc:
+            self._lease.lost += 1
+            log.warning("lease of %s lapsed; its claims were released; registering again", self.agent)
+            if self._on_lease_lost:
+                self._on_lease_lost(exc)
+            self._lease.registered(self._call(self._lease.register_call()))
+
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self._lease.interval):
             try:
-                self._call(self._lease.heartbeat_call())
-            except LeaseExpired as exc:
-                self._lease.lost += 1
-                log.warning("lease of %s lapsed; its claims were released; registering again", self.agent)
-                if self._on_lease_lost:
-                    self._on_lease_lost(exc)
-                try:
-                    self._lease.registered(self._call(self._lease.register_call()))
-                except ZmeshError as again:
-                    log.warning("re-register of %s failed: %s", self.agent, again)
+                self.keepalive()
             except ZmeshError as exc:
                 log.warning("heartbeat of %s failed: %s", self.agent, exc)
                 if self._on_hb_error:
