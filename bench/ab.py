@@ -4,8 +4,9 @@ Each TREE is a checkout of a commit (``git worktree add /tmp/a REV``). Both brok
 once, each from its own tree (its own ``zmesh`` package: the process starts in that tree
 with it on PYTHONPATH); the clients are this tree's. Rounds alternate A B / B A, as
 bench/paired.py does, so a change in machine load lands on both sides; the median ratio
-A / B is printed per workload: ``thr`` (16-client durable claims/s, higher is better) and
-``bc`` (broadcast p95 to 10 subscribers, durability none, lower is better). What
+A / B is printed per workload: ``thr`` (16-client durable claims/s, higher is better),
+``bc`` (broadcast p95 to 10 subscribers, durability none, lower is better) and ``cf``
+(1-client claim p95 at durability fast, lower is better). What
 bench/ANALYSIS.md quotes as "paired against" a commit was measured with this.
 """
 
@@ -55,7 +56,9 @@ def main() -> int:
     a, b = (str(Path(t).resolve()) for t in (args.a, args.b))
     every = [paired.Pair("thr", "16-client durable claims/s A / B", _tree(a, "full"), _tree(b, "full"),
                          "throughput16", 1.0, False),
-             paired.Pair("bc", "broadcast p95 A / B", _tree(a, "none"), _tree(b, "none"), "broadcast", 1.0, True)]
+             paired.Pair("bc", "broadcast p95 A / B", _tree(a, "none"), _tree(b, "none"), "broadcast", 1.0, True),
+             paired.Pair("cf", "claim p95 at durability fast A / B", _tree(a, "fast"), _tree(b, "fast"), "latency",
+                         1.0, True)]
     chosen = [p for p in every if p.key in args.pairs.split(",")]
     pool = workloads.Pool(16)
     results: dict[str, Any] = {"skipped": {}}

@@ -66,6 +66,20 @@ def wait_for(cond: Callable[[], object], timeout: float = 10.0, interval: float 
         time.sleep(interval)
 
 
+async def until(cond: Callable[[], object], what: str, timeout: float = 15.0, interval: float = 0.02) -> object:
+    """wait_for inside an event loop: poll ``cond`` without blocking the loop."""
+    import anyio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await anyio.sleep(interval)
+
+
 class Procs:
     """Child processes started by a test; every one is killed by PID at the end."""
 

@@ -25,7 +25,7 @@ from zmesh.adapters.session import AgentSession
 from zmesh.adapters.mcp import DEFAULT_WAIT_MAX_S, TOOLS, default_agent
 from zmesh.testing import BrokerProcess
 
-from .conftest import wait_for
+from .conftest import until, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,18 +54,6 @@ async def error_text(session: ClientSession, tool: str, **args: Any) -> str:
     result = await session.call_tool(tool, args)
     assert result.is_error, result.structured_content
     return result.content[0].text  # type: ignore[union-attr]
-
-
-async def until(cond: Any, what: str, timeout: float = 15.0) -> Any:
-    """Await a condition the test can observe (never a sleep that hopes)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await anyio.sleep(0.02)
 
 
 def agent_row(client: Client, agent: str) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ Rules it keeps:
   read and not answered again by a later wait. Without ``--channel`` nothing is pushed.
 """
 
+import functools
 import hashlib
 import logging
 import os
@@ -30,6 +31,7 @@ import socket
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, AsyncIterator, Literal, Optional
 
+import orjson
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.stdio import stdio_server
@@ -208,6 +210,18 @@ def _fail(exc: ZmeshError) -> _Failure:
     return _Failure(f"{exc.code}: {exc.message}" + (f" -> {hint}" if hint else ""))
 
 
+def _acting(fn: Any) -> Any:
+    """A tool body whose zmesh errors become tool errors with what to do next (the SDK reads
+    the signature through functools.wraps)."""
+    @functools.wraps(fn)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except ZmeshError as exc:
+            raise _fail(exc) from None
+    return run
+
+
 class _ChannelNotification(BaseModel):
     method: str = CHANNEL_METHOD
     params: dict[str, Any]
@@ -256,6 +270,7 @@ def build_server(session: AgentSession, *, wait_max: float = DEFAULT_WAIT_MAX_S,
                  "by it (claimed for you unless claim=false), or a message for it; or until timeout_s "
                  "passes. Returns {kind: task|message|timeout, task | message, waited_s}. Call it again "
                  "after a timeout. You are shown as idle while waiting and busy after a claim.")
+    @_acting
     async def wait_for_work(ctx: Context, timeout_s: Wait = wait_max,
                             claim: Annotated[bool, PydField(description="claim the task found (false: only "
                                                             "name it)")] = True,
@@ -264,71 +279,57 @@ def build_server(session: AgentSession, *, wait_max: float = DEFAULT_WAIT_MAX_S,
                             ) -> WorkResult:
         async def progress(done: float, total: float) -> None:
             await ctx.report_progress(done, total, f"waited {done:.0f} of {total:.0f} s for work")
-        try:
-            return await session.wait_for_work(timeout_s, claim=claim, ttl=ttl,  # type: ignore[return-value]
-                                               progress=progress, progress_every=progress_every)
-        except ZmeshError as exc:
-            raise _fail(exc) from None
+        return await session.wait_for_work(timeout_s, claim=claim, ttl=ttl,  # type: ignore[return-value]
+                                           progress=progress, progress_every=progress_every)
 
     @server.tool(description="Claim the best available task this agent can do (highest priority, then "
                  "oldest). Returns {claimed, task}; claimed=false when there is none (call wait_for_work).")
+    @_acting
     async def claim_next(ttl: field_arg("claim", "ttl") = None) -> ClaimResult:
-        try:
-            view = await session.claim_next(ttl)
-        except ZmeshError as exc:
-            raise _fail(exc) from None
+        view = await session.claim_next(ttl)
         return {"claimed": view is not None, "task": view}  # type: ignore[typeddict-item]
 
     @server.tool(description="Claim one task by id. Returns {claimed: true, task}; an error names the holder "
                  "when another agent has it.")
+    @_acting
     async def claim_task(task: field_arg("claim", "task"), ttl: field_arg("claim", "ttl") = None) -> ClaimResult:
-        try:
-            return {"claimed": True, "task": await session.claim_task(task, ttl)}  # type: ignore[typeddict-item]
-        except ZmeshError as exc:
-            raise _fail(exc) from None
+        return {"claimed": True, "task": await session.claim_task(task, ttl)}  # type: ignore[typeddict-item]
 
     @server.tool(description="Mark a task you hold done, with an optional result (any JSON). Returns "
                  "{task, status}.")
+    @_acting
     async def complete_task(task: field_arg("complete", "task"),
                             result: field_arg("complete", "result", "what the task produced (any JSON)") = None
                             ) -> TaskState:
-        try:
-            return await session.complete(task, result)  # type: ignore[return-value]
-        except ZmeshError as exc:
-            raise _fail(exc) from None
+        return await session.complete(task, result)  # type: ignore[return-value]
 
     @server.tool(description="Report that a task you hold failed, with the reason. It goes back to the queue "
                  "for another attempt, or is dead after its last one. Returns {task, status, attempts}.")
+    @_acting
     async def fail_task(task: field_arg("fail", "task"), error: field_arg("fail", "error")) -> TaskState:
-        try:
-            return await session.fail(task, error)  # type: ignore[return-value]
-        except ZmeshError as exc:
-            raise _fail(exc) from None
+        return await session.fail(task, error)  # type: ignore[return-value]
 
     @server.tool(description="Hand a task you hold back to the queue unchanged (no attempt counted). "
                  "Returns {task, status}.")
+    @_acting
     async def release_task(task: field_arg("release", "task")) -> TaskState:
-        try:
-            return await session.release(task)  # type: ignore[return-value]
-        except ZmeshError as exc:
-            raise _fail(exc) from None
+        return await session.release(task)  # type: ignore[return-value]
 
     @server.tool(description="Tell the mesh how you are: idle, busy (with task), blocked or help (with "
                  "reason), completed (with task). Returns {agent, state, position in the idle queue}.")
+    @_acting
     async def set_status(state: field_arg("report", "state"), task: field_arg("report", "task") = None,
                          reason: field_arg("report", "reason") = None,
                          message: field_arg("report", "message") = None,
                          cost: field_arg("report", "cost") = None) -> StatusResult:
-        try:
-            return await session.set_status(state, task=task, reason=reason,  # type: ignore[return-value]
-                                            message=message, cost=cost)
-        except ZmeshError as exc:
-            raise _fail(exc) from None
+        return await session.set_status(state, task=task, reason=reason,  # type: ignore[return-value]
+                                        message=message, cost=cost)
 
     @server.tool(description="Reserve path patterns (globs relative to the repository root, e.g. "
                  "src/**/*.py) before editing: exclusive unless shared=true, all or none. A conflict names "
                  "the holder; with wait_s the request queues (first come first served) until granted. "
                  "Reserving again renews. Returns {reservations: [{pattern, mode, expires_in}]}.")
+    @_acting
     async def reserve_paths(paths: field_arg("reserve", "paths"),
                             shared: Annotated[bool, PydField(description="shared (coexists with other "
                                                              "shared holders) instead of exclusive")] = False,
@@ -337,21 +338,17 @@ def build_server(session: AgentSession, *, wait_max: float = DEFAULT_WAIT_MAX_S,
                                                               description="seconds to queue for the paths "
                                                               f"when held (0..{wait_max:g}; 0: refuse at "
                                                               "once)")] = 0.0) -> ReserveResult:
-        try:
-            return await session.reserve(paths, shared=shared, ttl=ttl, wait_s=wait_s)  # type: ignore[return-value]
-        except ZmeshError as exc:
-            raise _fail(exc) from None
+        return await session.reserve(paths, shared=shared, ttl=ttl, wait_s=wait_s)  # type: ignore[return-value]
 
     @server.tool(description="Release your reservations on these patterns, or all of them when paths is "
                  "empty. Returns {released}.")
+    @_acting
     async def release_paths(paths: field_arg("release_paths", "paths") = None) -> ReleasePathsResult:
-        try:
-            return await session.release_paths(paths or [])  # type: ignore[return-value]
-        except ZmeshError as exc:
-            raise _fail(exc) from None
+        return await session.release_paths(paths or [])  # type: ignore[return-value]
 
     @server.tool(description="Send a message to one agent (to), a group, every agent with a capability, or "
                  "all agents (exactly one of them). Returns {id, addressed, online, queued}.")
+    @_acting
     async def send_message(subject: field_arg("send", "subject"), body: field_arg("send", "body") = None,
                            to: field_arg("send", "to") = None, group: field_arg("send", "group") = None,
                            capability: field_arg("send", "capability") = None,
@@ -359,47 +356,36 @@ def build_server(session: AgentSession, *, wait_max: float = DEFAULT_WAIT_MAX_S,
                            priority: field_arg("send", "priority") = "normal",
                            requires_ack: field_arg("send", "requires_ack") = False,
                            correlation_id: field_arg("send", "correlation_id") = None) -> SendResult:
-        try:
-            address = check_address(to, group, capability, all)
-            return await session.send(subject, body, priority=priority or "normal",  # type: ignore[return-value]
-                                      requires_ack=bool(requires_ack), correlation_id=correlation_id, **address)
-        except ZmeshError as exc:
-            raise _fail(exc) from None
+        address = check_address(to, group, capability, all)
+        return await session.send(subject, body, priority=priority or "normal",  # type: ignore[return-value]
+                                  requires_ack=bool(requires_ack), correlation_id=correlation_id, **address)
 
     @server.tool(description="Your unread messages, oldest first, marked read unless peek=true. Returns "
                  "{messages, more}. Ack the ones that ask for it (requires_ack) with ack_message.")
+    @_acting
     async def read_messages(limit: Annotated[int, PydField(ge=1, le=100, description="most messages to "
                                                            "return (1..100)")] = 20,
                             peek: Annotated[bool, PydField(description="leave them unread")] = False
                             ) -> ReadResult:
-        try:
-            return await session.read_messages(limit=limit, peek=peek)  # type: ignore[return-value]
-        except ZmeshError as exc:
-            raise _fail(exc) from None
+        return await session.read_messages(limit=limit, peek=peek)  # type: ignore[return-value]
 
     @server.tool(description="Acknowledge a message (required for messages with requires_ack, or they are "
                  "delivered again). Returns {id, acked, already}.")
+    @_acting
     async def ack_message(message: field_arg("ack", "id"), note: field_arg("ack", "note") = None) -> AckResult:
-        try:
-            return await session.ack(message, note)  # type: ignore[return-value]
-        except ZmeshError as exc:
-            raise _fail(exc) from None
+        return await session.ack(message, note)  # type: ignore[return-value]
 
     @server.tool(description="The agents on the mesh: id, state (idle, busy, blocked, help), liveness, task, "
                  "capabilities.")
+    @_acting
     async def list_agents() -> AgentsResult:
-        try:
-            return await session.agents()  # type: ignore[return-value]
-        except ZmeshError as exc:
-            raise _fail(exc) from None
+        return await session.agents()  # type: ignore[return-value]
 
     @server.tool(description="Who this agent is on the mesh: its id, broker, lease, capabilities, the tasks it "
                  "holds and its path reservations.")
+    @_acting
     async def whoami() -> WhoAmI:
-        try:
-            me = await session.whoami()
-        except ZmeshError as exc:
-            raise _fail(exc) from None
+        me = await session.whoami()
         return {**me, "wait_max_s": wait_max}  # type: ignore[typeddict-item]
 
     return server
@@ -420,7 +406,7 @@ def _relay(session: AgentSession, grab: _SessionGrab) -> Any:
         else:
             content = f"zmesh message {msg.id} from {msg.sender or '-'}: {msg.subject}"
             if msg.body is not None:
-                content += f"\n{msg.body!r}"[:2000]
+                content += "\n" + orjson.dumps(msg.body).decode()[:2000]
             meta = {"kind": "message", "id": msg.id, "priority": msg.priority, "sender": msg.sender or ""}
         await grab.session.send_notification(_ChannelNotification(params={"content": content, "meta": meta}))
         await session.surfaced(kind, msg)

@@ -12,6 +12,7 @@ and are bounded by the message limit.
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import math
 import re
 import sys
@@ -24,7 +25,17 @@ import orjson
 from .. import protocol
 from ..fields import escape_controls
 from ..endpoint import check_endpoint
-from ..errors import ZmeshError
+from ..errors import UsageError, ZmeshError
+
+
+def load_extra(module: str, extra: str, command: str) -> Any:
+    """The module of a command that needs an optional dependency (``zmesh[EXTRA]``); without
+    it, a usage error that says what to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise UsageError(f"zmesh {command} needs the extra '{extra}' ({exc.name} is not installed): "
+                         f"pip install 'zmesh[{extra}]'", {"field": command}) from None
 
 
 class IdType(click.ParamType):

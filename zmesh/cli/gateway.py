@@ -20,9 +20,9 @@ from typing import Any
 import click
 
 from .. import protocol
-from ..errors import BindError, UsageError
+from ..errors import BindError
 from . import main, setup_logging
-from ._options import Seconds
+from ._options import Seconds, load_extra
 from ._output import Ctx, pass_ctx
 
 log = logging.getLogger("zmesh.cli")
@@ -53,15 +53,6 @@ class ListenType(click.ParamType):
         return host, int(port)
 
 
-def _load() -> Any:
-    try:
-        from ..adapters import http
-    except ImportError as exc:
-        raise UsageError(f"zmesh gateway needs FastAPI and uvicorn ({exc.name} is not installed): "
-                         "pip install 'zmesh[gateway]'", {"field": "gateway"}) from None
-    return http
-
-
 def _loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -83,7 +74,7 @@ def gateway(ctx: Ctx, listen: tuple[str, int], ttl: float, wait_max: float, verb
     (/agent/STATE, /status, /task/assign, /broadcast), claim and complete, a long-poll wait
     for work, messages and path reservations. OpenAPI at /openapi.json."""
     setup_logging(verbose, zmesh_floor=logging.INFO)
-    http = _load()
+    http = load_extra("zmesh.adapters.http", "gateway", "gateway")
     import uvicorn
 
     host, port = listen

@@ -11,26 +11,16 @@ unregistered.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import click
 
 from .. import protocol
 from ..errors import UsageError, ZmeshError
 from . import main, setup_logging
-from ._options import IdType, Seconds, field_option
+from ._options import IdType, Seconds, field_option, load_extra
 from ._output import Ctx, pass_ctx
 
 log = logging.getLogger("zmesh.cli")
-
-
-def _load() -> Any:
-    try:
-        from ..adapters import mcp as mcp_server
-    except ImportError as exc:
-        raise UsageError(f"zmesh mcp needs the MCP SDK ({exc.name} is not installed): "
-                         "pip install 'zmesh[mcp]'", {"field": "mcp"}) from None
-    return mcp_server
 
 
 @main.command("mcp")
@@ -56,7 +46,7 @@ def mcp(ctx: Ctx, agent: str | None, capability: tuple[str, ...], ttl: float | N
     """Serve MCP over stdin/stdout as one agent on the mesh: tools to wait for work, claim,
     complete, reserve paths and message (docs/MCP.md). Ends when stdin closes."""
     setup_logging(verbose)
-    mcp_server = _load()
+    mcp_server = load_extra("zmesh.adapters.mcp", "mcp", "mcp")
     import anyio
 
     from ..adapters.session import AgentSession
