@@ -29,6 +29,7 @@ from zmesh import protocol
 from zmesh.cli import EXIT_CODES, main
 from zmesh.cli._docs import JSON_SHAPES, commands, render_markdown
 from zmesh.cli.gateway import ListenType
+from zmesh.cli.security import KeyDir, KeyName
 from zmesh.cli._options import EndpointType, IdType, JsonValue, Pattern, Seconds, Since
 from zmesh.testing import BrokerProcess, free_port
 
@@ -77,6 +78,7 @@ BASE: dict[str, list[str]] = {
     "hook prompt": ["--agent", "a"],
     "mcp": ["--agent", "a"],
     "gateway": ["--listen", "127.0.0.1:7780"],
+    "keygen": ["k", "--dir", str(GUARD_REPO / "keys")],
     "reserve": ["src/**", "--agent", "a"],
     "release-paths": ["x/**", "--agent", "a"],
     "reservations": [],
@@ -120,6 +122,10 @@ def bad_values(param: click.Parameter) -> list[str]:
         return ["", "bogus", "FULL"]
     if isinstance(t, EndpointType):
         return ["bogus", "127.0.0.1:7700", "http://127.0.0.1:7700", "tcp://host", "tcp://h:99999", ""]
+    if isinstance(t, KeyDir):
+        return ["", "/dev/null", "a\nb"]
+    if isinstance(t, KeyName):
+        return ["", "../x", "a/b", ".hidden", "x" * 65, "a\nb", "a b"]
     if isinstance(t, ListenType):
         return ["", "7780", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:99999", "127.0.0.1:abc", "bad host!:80",
                 "a\nb:80", "x" * 300 + ":80"]

@@ -28,6 +28,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict, deque
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -105,6 +106,7 @@ class Broker:
         self._wake_w.setblocking(False)
         self._running = False
         self._advertiser: Any = None
+        self._gate: Any = None  # the ZAP handler when secure (zmesh/zap.py)
         self._adv_thread: threading.Thread | None = None
         self.started = time.time()
         self.endpoints: list[str] = []
@@ -121,7 +123,36 @@ class Broker:
         self.latency: dict[str, deque[float]] = {p: deque(maxlen=LATENCY_SAMPLES) for p in protocol.PRIORITIES}
 
     # ------------------------------------------------------------ setup
+    def _start_gate(self) -> Any:
+        """With ``secure``: the broker's key pair (made on the first start when the default
+        path is used), the allow-list, and the ZAP handler started (zmesh/zap.py)."""
+        if not self.config.secure:
+            return None
+        from .errors import ConfigError
+        from .keys import AllowList, keygen, load_pair
+        from .zap import Gate
+
+        keys_dir = Path(self.config.data) / "keys"
+        key_file = Path(self.config.key_file or keys_dir / "broker.key_secret")
+        if not self.config.key_file and not key_file.exists():
+            keygen(keys_dir, "broker")
+            log.info("made the broker's key pair in %s (clients need %s as ZMESH_SERVER_KEY)", keys_dir,
+                     keys_dir / "broker.key")
+        pair = load_pair(key_file, "key_file")
+        allowed = Path(self.config.authorized_keys or keys_dir / "authorized")
+        if not allowed.is_dir():
+            if self.config.authorized_keys:
+                raise ConfigError(f"authorized_keys: {allowed} is not a directory", {"field": "authorized_keys"})
+            allowed.mkdir(parents=True, mode=0o700)
+        gate = Gate(self._ctx, pair, AllowList(allowed))
+        gate.begin()
+        if not gate.allowed_keys.keys():
+            log.warning("security on and no client key in %s: every client is refused until one is added",
+                        allowed)
+        return gate
+
     def bind(self) -> None:
+        self._gate = self._start_gate()
         binds = list(self.config.bind)
         pub_binds = list(self.config.pub_bind)
         if self.config.ipc:
@@ -139,6 +170,9 @@ class Broker:
         router.setsockopt(zmq.LINGER, 500)
         router.setsockopt(zmq.HEARTBEAT_IVL, 5_000)
         router.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15_000)
+        if self._gate is not None:
+            self._gate.secure(pub)
+            self._gate.secure(router)
         try:
             for sock, eps, bound in ((pub, pub_binds, self.pub_endpoints), (router, binds, self.endpoints)):
                 for ep in eps:
@@ -466,6 +500,9 @@ class Broker:
             self._pub = None
         self._wake_r.close()
         self._wake_w.close()
+        if self._gate is not None:
+            self._gate.stop()
+            self._gate = None
         self._remove_ipc_files()
         if self._recovered:  # a broker that never recovered knows no claims: write no index
             try:  # lets the next start skip reading every task (Core.checkpoint)

@@ -52,7 +52,8 @@ DEFAULT_DURABILITY = "full"
 #: ZMESH_* names read besides the settings': the file to load, the clients' broker, the
 #: committing agent and the mode of `zmesh guard` (ZMESH_AGENT, ZMESH_GUARD), and
 #: ZMESH_INTERFACES (a setting, also read by discovery in clients)
-OTHER_ENV = ("ZMESH_CONFIG", "ZMESH_BROKER", "ZMESH_INTERFACES", "ZMESH_AGENT", "ZMESH_GUARD")
+OTHER_ENV = ("ZMESH_CONFIG", "ZMESH_BROKER", "ZMESH_INTERFACES", "ZMESH_AGENT", "ZMESH_GUARD",
+             "ZMESH_SERVER_KEY", "ZMESH_KEY")
 _SECTION = "broker"
 _BOOLS = dict(zip(("1", "0", "true", "false", "yes", "no", "on", "off"), (True, False) * 4))
 
@@ -143,6 +144,12 @@ SETTINGS: tuple[Setting, ...] = (
             example='["192.168.1.10"]'),
     Setting("map_size", int, 1 << 33, "LMDB map size: the most the data may grow to",
             lo=1 << 20, hi=1 << 40, unit="bytes"),
+    Setting("secure", bool, False, "CurveZMQ on every endpoint: only clients whose public key is in "
+            "authorized_keys get in"),
+    Setting("key_file", str, lambda: "", "the broker's key pair, a .key_secret file of mode 0600 (empty: "
+            "DATA/keys/broker.key_secret, made on the first secure start)", lo=1, hi=4096, unit="path"),
+    Setting("authorized_keys", str, lambda: "", "directory of the client public keys allowed in, *.key files read "
+            "again when it changes (empty: DATA/keys/authorized)", lo=1, hi=4096, unit="path"),
 )
 _BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
@@ -169,6 +176,9 @@ class BrokerConfig:
     discovery: bool = _default("discovery")
     interfaces: list[str] = _default("interfaces")
     map_size: int = _default("map_size")
+    secure: bool = _default("secure")
+    key_file: str = _default("key_file")
+    authorized_keys: str = _default("authorized_keys")
     #: key -> where its value came from: "default", "file PATH", "env ZMESH_X" or "flag"
     sources: dict[str, str] = field(default_factory=lambda: dict.fromkeys(_BY_NAME, "default"),
                                     compare=False, repr=False)

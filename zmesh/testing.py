@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import zmq
 
@@ -30,11 +30,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ping(endpoint: str, timeout: float = 0.5) -> dict | None:
-    """hello over a throwaway DEALER; None if no answer within ``timeout``."""
+def ping(endpoint: str, timeout: float = 0.5, options: Sequence[tuple[int, Any]] = ()) -> dict | None:
+    """hello over a throwaway DEALER (``options``: CURVE client options for a secure
+    broker); None if no answer within ``timeout``."""
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    for option, value in options:
+        sock.setsockopt(option, value)
     try:
         sock.connect(endpoint)
         sock.send_multipart(protocol.encode_request(b"ping", "hello"))
@@ -55,6 +58,8 @@ class BrokerProcess:
     pub_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    #: CURVE client options the readiness ping uses (a secure broker answers nothing else)
+    curve: Sequence[tuple[int, Any]] = ()
 
     @property
     def endpoint(self) -> str:
@@ -85,7 +90,7 @@ class BrokerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"broker exited with {self.proc.returncode}:\n{self.log()}")
-            if ping(self.endpoint, 0.2) is not None:
+            if ping(self.endpoint, 0.2, self.curve) is not None:
                 return self
         self.kill()
         raise RuntimeError(f"broker did not answer within {timeout} s:\n{self.log()}")

@@ -141,7 +141,7 @@ def main(ctx: click.Context, broker: str | None, discover: bool, timeout: float,
 
 
 def _register() -> None:
-    from . import agents, events, gateway, guard, hooks, mcp, messages, reservations, serve, tasks, top, wait  # noqa: F401  (each module adds its commands to main)
+    from . import agents, events, gateway, guard, hooks, mcp, messages, reservations, security, serve, tasks, top, wait  # noqa: F401  (each module adds its commands to main)
 
 
 _register()

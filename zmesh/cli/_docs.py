@@ -90,7 +90,9 @@ JSON_SHAPES: dict[str, tuple[tuple[str, ...], str] | None] = {
     "hook stop": None,  # its stdout is the hook contract: {"decision": "block", "reason"} or nothing
     "hook prompt": None,
     "mcp": None,
-    "gateway": None,  # a server: its answers are HTTP (OpenAPI at /openapi.json)  # its stdout is the MCP protocol (JSON-RPC); see docs/MCP.md  # {"hookSpecificOutput": {"hookEventName", "additionalContext"}} or nothing
+    "gateway": None,
+    "keygen": (("public", "secret", "key", "fingerprint"), "the two files written, the public key in Z85 and its "
+               "fingerprint"),  # a server: its answers are HTTP (OpenAPI at /openapi.json)  # its stdout is the MCP protocol (JSON-RPC); see docs/MCP.md  # {"hookSpecificOutput": {"hookEventName", "additionalContext"}} or nothing
     "wait": (("kind",), "`kind`: task, message or timeout; a task adds `task`, `claimed`, `claim` (the claim "
              "as `task claim` prints it, or null) and `record` (the task); a message adds `message`; a timeout "
              "adds `waited`"),

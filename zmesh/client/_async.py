@@ -22,7 +22,7 @@ from ._events import Deliver, Poll, Sleep, check_callback, check_flow_args, new_
 from ._inbox import Inbox, Message, Receiver
 from ._roster import Roster
 from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Call, ClientCore, Recv, Send, connect_socket,
-                        default_endpoint, resolve_pub)
+                        curve_options, default_endpoint, resolve_pub)
 
 log = logging.getLogger("zmesh.client")
 
@@ -35,8 +35,10 @@ class AsyncClient(Api):
                  ttl: float | None = None, timeout: float = 5.0, heartbeat: bool = True,
                  on_lease_lost: Callable[[ZmeshError], Any] | None = None,
                  on_heartbeat_error: Callable[[ZmeshError], Any] | None = None,
-                 context: zmq.asyncio.Context | None = None) -> None:
+                 context: zmq.asyncio.Context | None = None, server_key: str | None = None,
+                 key: str | None = None) -> None:
         timeout = check_timeout("timeout", timeout)  # type: ignore[assignment]
+        self._curve = curve_options(server_key, key)
         self._lease = LeaseState(agent, capabilities, metadata, ttl)
         self._endpoint = default_endpoint(endpoint)
         self.agent = agent
@@ -115,7 +117,7 @@ class AsyncClient(Api):
 
     def _socket(self) -> zmq.asyncio.Socket:
         if self._sock is None:
-            self._sock = connect_socket(self._ctx, zmq.DEALER, DEALER_OPTIONS, self.endpoint)
+            self._sock = connect_socket(self._ctx, zmq.DEALER, DEALER_OPTIONS + self._curve, self.endpoint)
         return self._sock
 
     async def _call(self, call: Call[Any]) -> Any:  # type: ignore[override]
@@ -317,7 +319,7 @@ class AsyncClient(Api):
         check_flow_args(topics, since, timeout, idle_check, reconnect, on_connection)
         self.info = await self.hello()  # where "now" is, and the PUB endpoint
         flow = new_flow(topics, since, timeout, idle_check, reconnect, self.info["seq"], on_connection)
-        sub = connect_socket(self._ctx, zmq.SUB, SUB_OPTIONS, resolve_pub(self.endpoint, self.info["pub"]))
+        sub = connect_socket(self._ctx, zmq.SUB, SUB_OPTIONS + self._curve, resolve_pub(self.endpoint, self.info["pub"]))
         try:
             answer: Any = None
             error: ZmeshError | None = None

@@ -202,6 +202,29 @@ def connect_socket(ctx: Any, kind: int, options: Any, endpoint: str) -> Any:
     return sock
 
 
+def curve_options(server_key: str | None, key: str | None) -> tuple[tuple[int, Any], ...]:
+    """The socket options that make a client a CURVE client of a secure broker: from the
+    arguments, else $ZMESH_SERVER_KEY (the broker's public key: a file or Z85) and $ZMESH_KEY
+    (this client's .key_secret file). Neither: () (security off). One without the other is
+    refused, naming the missing one."""
+    from ..keys import load_pair, load_public
+
+    given = server_key is not None or key is not None  # arguments name arguments, env names env
+    server_field = "server_key" if given else "ZMESH_SERVER_KEY"
+    key_field = "key" if given else "ZMESH_KEY"
+    server_key = server_key if server_key is not None else (os.environ.get("ZMESH_SERVER_KEY") or None)
+    key = key if key is not None else (os.environ.get("ZMESH_KEY") or None)
+    if server_key is None and key is None:
+        return ()
+    if server_key is None or key is None:
+        missing = server_field if server_key is None else key_field
+        raise InvalidArgument(f"{missing} is needed too: a secure broker takes its public key and this client's "
+                              "key pair together", {"field": missing})
+    pair = load_pair(key, key_field)
+    return ((zmq.CURVE_SERVERKEY, load_public(server_key, server_field)), (zmq.CURVE_PUBLICKEY, pair.public),
+            (zmq.CURVE_SECRETKEY, pair.secret))
+
+
 def default_endpoint(endpoint: str | None) -> str | None:
     """The endpoint given, else $ZMESH_BROKER, else None (discover); checked either way."""
     if endpoint is not None:

@@ -32,7 +32,7 @@ from ._events import Deliver, Poll, Sleep, check_callback, check_flow_args, new_
 from ._inbox import Inbox, Message, Receiver
 from ._roster import Roster
 from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Call, ClientCore, Recv, Send, connect_socket,
-                        default_endpoint, resolve_pub)
+                        curve_options, default_endpoint, resolve_pub)
 
 log = logging.getLogger("zmesh.client")
 
@@ -63,8 +63,10 @@ class Client(Api):
                  ttl: float | None = None, timeout: float = 5.0, heartbeat: bool = True,
                  on_lease_lost: Callable[[ZmeshError], None] | None = None,
                  on_heartbeat_error: Callable[[ZmeshError], None] | None = None,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, server_key: str | None = None,
+                 key: str | None = None) -> None:
         timeout = check_timeout("timeout", timeout)  # type: ignore[assignment]
+        self._curve = curve_options(server_key, key)
         self._lease = LeaseState(agent, capabilities, metadata, ttl)
         self.endpoint = _discover(endpoint, timeout)
         self.agent = agent
@@ -152,7 +154,7 @@ class Client(Api):
     # ------------------------------------------------------------ the driver
     def _socket(self) -> zmq.Socket:
         if self._sock is None:
-            sock = connect_socket(self._ctx, zmq.DEALER, DEALER_OPTIONS, self.endpoint)
+            sock = connect_socket(self._ctx, zmq.DEALER, DEALER_OPTIONS + self._curve, self.endpoint)
             self._sock = sock
             self._poller = zmq.Poller()  # kept: Socket.poll would build one per call
             self._poller.register(sock, zmq.POLLIN)
@@ -434,7 +436,7 @@ class Client(Api):
         check_flow_args(topics, since, timeout, idle_check, reconnect, on_connection)
         self.info = self.hello()  # where "now" is, and the PUB endpoint
         flow = new_flow(topics, since, timeout, idle_check, reconnect, self.info["seq"], on_connection)
-        sub = connect_socket(self._ctx, zmq.SUB, SUB_OPTIONS, resolve_pub(self.endpoint, self.info["pub"]))
+        sub = connect_socket(self._ctx, zmq.SUB, SUB_OPTIONS + self._curve, resolve_pub(self.endpoint, self.info["pub"]))
         poller = zmq.Poller()  # kept: Socket.poll would build one per event
         poller.register(sub, zmq.POLLIN)
         try:

@@ -1,0 +1,256 @@
+"""Issue 17, CurveZMQ: a secure broker admits only the client keys on its allow-list, refuses
+the others with a log line naming the peer and the key, and nothing on the wire is
+plaintext. Real broker processes, real clients, a TCP relay that records the bytes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import zmq
+from click.testing import CliRunner
+
+import zmesh
+from zmesh import Client
+from zmesh.cli import main
+from zmesh.errors import ConfigError, InvalidArgument, Unreachable
+from zmesh.keys import AllowList, fingerprint, keygen, load_pair, load_public
+from zmesh.testing import BrokerProcess, free_port
+
+from .conftest import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Keys:
+    """A broker key pair and client key pairs, laid out as a secure broker expects."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.keys = self.data / "keys"
+        self.allowed = self.keys / "authorized"
+        self.allowed.mkdir(parents=True)
+        self.broker_public, self.broker_secret = keygen(self.keys, "broker")
+        self.clients = root / "clients"
+
+    def client(self, name: str, *, allow: bool = True) -> Path:
+        public, secret = keygen(self.clients, name)
+        if allow:
+            (self.allowed / public.name).write_bytes(public.read_bytes())
+        return secret
+
+    def curve(self, secret: Path) -> tuple[tuple[int, object], ...]:
+        from zmesh.client._protocol import curve_options
+
+        return curve_options(str(self.broker_public), str(secret))
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return Keys(tmp_path)
+
+
+@pytest.fixture
+def secure(keys: Keys) -> Iterator[BrokerProcess]:
+    ops = keys.client("ops")
+    b = BrokerProcess(keys.data, extra=("--secure",))
+    b.curve = keys.curve(ops)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+        b.kill()
+
+
+def test_an_allowed_client_works_and_events_come_encrypted(secure: BrokerProcess, keys: Keys) -> None:
+    alice = keys.client("alice")
+    with Client(secure.endpoint, agent="alice", server_key=str(keys.broker_public), key=str(alice)) as c:
+        c.create_task("t1")
+        claim = c.claim("t1")
+        c.complete("t1", token=claim.token)
+        # the PUB socket is CURVE too: a CURVE SUB reads events, a plain one nothing
+        ctx = zmq.Context.instance()
+        subs = {}
+        for name, options in (("curve", keys.curve(alice)), ("plain", ())):
+            sub = ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            for option, value in options:
+                sub.setsockopt(option, value)
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            sub.connect(secure.pub_endpoint)
+            subs[name] = sub
+        try:
+            wait_for(lambda: (c.create_task(f"t{time.monotonic_ns()}"), subs["curve"].poll(100))[1],
+                     what="an event on the CURVE subscriber")
+            assert subs["curve"].recv_multipart()[0].startswith(b"task.")
+            assert subs["plain"].poll(500) == 0
+        finally:
+            for sub in subs.values():
+                sub.close(0)
+
+
+def test_an_unknown_key_gets_nothing_and_the_broker_logs_it(secure: BrokerProcess, keys: Keys) -> None:
+    mallory = keys.client("mallory", allow=False)
+    c = Client(secure.endpoint, server_key=str(keys.broker_public), key=str(mallory), timeout=1.0)
+    with pytest.raises(Unreachable):
+        c.status()
+    c.close()
+    plain = Client(secure.endpoint, timeout=1.0)  # no CURVE at all: the handshake fails
+    with pytest.raises(Unreachable):
+        plain.status()
+    plain.close()
+    public = load_public(mallory.with_suffix(".key"), "key")
+    wait_for(lambda: fingerprint(public) in secure.log(), what="the refusal in the broker log")
+    line = next(x for x in secure.log().splitlines() if fingerprint(public) in x)
+    assert "refused a client with an unknown key" in line and "127.0.0.1" in line
+
+
+def test_a_key_added_to_the_directory_is_allowed_without_a_restart(secure: BrokerProcess, keys: Keys) -> None:
+    late = keys.client("late", allow=False)
+    c = Client(secure.endpoint, server_key=str(keys.broker_public), key=str(late), timeout=1.0)
+    with pytest.raises(Unreachable):
+        c.status()
+    c.close()
+    (keys.allowed / "late.key").write_bytes((keys.clients / "late.key").read_bytes())
+    with Client(secure.endpoint, server_key=str(keys.broker_public), key=str(late)) as ok:
+        assert ok.status()["agents"] == 0
+
+
+class Relay:
+    """A TCP relay on loopback that records every byte from the client to the broker."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = target_port
+        self.port = free_port()
+        self.seen = bytearray()
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self.stopping = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stopping:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, record: bool) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if record:
+                    self.seen += data
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.stopping = True
+        self.listener.close()
+
+
+@pytest.mark.parametrize("secured", [True, False], ids=["curve", "plain-control"])
+def test_traffic_on_the_wire_is_not_plaintext(keys: Keys, secured: bool) -> None:
+    ops = keys.client("ops")
+    b = BrokerProcess(keys.data, extra=("--secure",) if secured else ())
+    b.curve = keys.curve(ops) if secured else ()
+    b.start()
+    relay = Relay(b.port)
+    try:
+        options = {"server_key": str(keys.broker_public), "key": str(ops)} if secured else {}
+        with Client(f"tcp://127.0.0.1:{relay.port}", **options) as c:
+            c.create_task("secret-task-name", data={"password": "hunter2"})
+        assert relay.seen, "the relay carried the requests"
+        leaked = b"secret-task-name" in relay.seen or b"hunter2" in relay.seen
+        assert leaked is not secured  # the control shows the check can fail
+    finally:
+        relay.close()
+        b.stop()
+        b.kill()
+
+
+def test_half_a_configuration_is_refused_naming_what_is_missing(keys: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(InvalidArgument, match="key is needed"):
+        Client("tcp://127.0.0.1:1", server_key=str(keys.broker_public))
+    monkeypatch.setenv("ZMESH_SERVER_KEY", str(keys.broker_public))
+    with pytest.raises(InvalidArgument) as err:
+        Client("tcp://127.0.0.1:1")
+    assert err.value.details["field"] == "ZMESH_KEY"
+    monkeypatch.delenv("ZMESH_SERVER_KEY")
+    with pytest.raises(ConfigError, match="neither a key file nor a Z85"):
+        Client("tcp://127.0.0.1:1", server_key="nope", key=str(keys.client("x")))
+
+
+def test_a_secret_key_others_can_read_is_refused(keys: Keys) -> None:
+    secret = keys.client("loose")
+    secret.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        load_pair(secret, "key")
+    b = BrokerProcess(keys.data, extra=("--secure",))
+    keys.broker_secret.chmod(0o640)
+    done = subprocess.run(b.command(), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2 and "key_file" in done.stderr and "chmod 600" in done.stderr
+
+
+def test_a_first_secure_start_makes_the_broker_key(tmp_path: Path) -> None:
+    data = tmp_path / "fresh"
+    b = BrokerProcess(data, extra=("--secure",))
+    proc = subprocess.Popen(b.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (data / "keys" / "broker.key_secret").exists() and
+                 (data / "keys" / "authorized").is_dir(), timeout=30, what="the broker's keys")
+        mode = stat.S_IMODE((data / "keys" / "broker.key_secret").stat().st_mode)
+        assert mode == 0o600
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "every client is refused until one is added" in err
+
+
+def test_keygen_command(tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = runner.invoke(main, ["--json", "keygen", "alice", "--dir", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    import json
+
+    got = json.loads(out.stdout)
+    assert Path(got["secret"]).stat().st_mode & 0o777 == 0o600
+    assert got["fingerprint"] == fingerprint(got["key"].encode())
+    assert AllowList(tmp_path).allows(got["key"].encode()) == "alice.key"
+    again = runner.invoke(main, ["keygen", "alice", "--dir", str(tmp_path)])
+    assert again.exit_code == 2 and "--force" in again.stderr
+    assert runner.invoke(main, ["keygen", "alice", "--dir", str(tmp_path), "--force"]).exit_code == 0
+    bad = runner.invoke(main, ["keygen", "../x", "--dir", str(tmp_path)])
+    assert bad.exit_code == 2 and "NAME" in bad.stderr
+
+
+def test_the_cli_speaks_curve_from_the_environment(secure: BrokerProcess, keys: Keys) -> None:
+    ops = keys.client("cli")
+    env = dict(os.environ, ZMESH_SERVER_KEY=str(keys.broker_public), ZMESH_KEY=str(ops))
+    done = subprocess.run([sys.executable, "-m", "zmesh", "--broker", secure.endpoint, "task", "add", "c1"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "ZMESH_SERVER_KEY is not a zmesh setting" not in done.stderr
+    assert zmesh.__version__

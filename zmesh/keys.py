@@ -1,0 +1,155 @@
+"""CurveZMQ keys: making them, reading them, and the broker's list of allowed client keys.
+
+Rules it keeps:
+
+* Key files are ZeroMQ's own certificate format (pyzmq's ``zmq.auth``): ``NAME.key``
+  holds the public key, and ``NAME.key_secret`` holds both keys. A secret file is written
+  with mode 0600 and refused when others can read it (as ssh refuses such a key).
+* A key given where one enters (a flag, an env var, a config key, an argument) is a file
+  path or a 40-character Z85 public key. A bad one is a ConfigError naming the field and
+  the file, never a traceback.
+* A key is shown by its fingerprint: the first 16 hex digits of the SHA-256 of the public
+  key. Logs, refusals and (later) discovery records use it.
+* The allow-list is a directory of public key files. It is read again when the directory
+  changes, so a key added or removed takes effect with no restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+import zmq.auth
+
+from .errors import ConfigError
+
+#: a public key in Z85 text
+Z85_KEY_CHARS = 40
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """A CurveZMQ key pair (raw Z85 bytes, as libzmq's socket options take them)."""
+
+    public: bytes
+    secret: bytes
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.public)
+
+
+def fingerprint(public: bytes) -> str:
+    return hashlib.sha256(public).hexdigest()[:16]
+
+
+def keygen(directory: str | os.PathLike[str], name: str, *, force: bool = False) -> tuple[Path, Path]:
+    """Write NAME.key (public) and NAME.key_secret (0600) into ``directory``; refuses to
+    overwrite unless ``force``."""
+    folder = Path(directory)
+    public, secret = folder / f"{name}.key", folder / f"{name}.key_secret"
+    if not force:
+        for path in (public, secret):
+            if path.exists():
+                raise ConfigError(f"{path} exists; pass --force to replace it", {"field": "name"})
+    folder.mkdir(parents=True, exist_ok=True)
+    old = os.umask(0o077)
+    try:
+        zmq.auth.create_certificates(str(folder), name)
+    finally:
+        os.umask(old)
+    secret.chmod(0o600)
+    public.chmod(0o644)
+    return public, secret
+
+
+def _check_private(path: Path, field: str) -> None:
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{field}: {path} can be read by others (mode {stat.S_IMODE(mode):04o}); "
+                          f"chmod 600 {path}", {"field": field})
+
+
+def load_pair(path: str | os.PathLike[str], field: str) -> KeyPair:
+    """A key pair from a ``.key_secret`` file (its mode must be 0600 or stricter)."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{field}: no key file {file} (make one with `zmesh keygen`)", {"field": field})
+    _check_private(file, field)
+    try:
+        public, secret = zmq.auth.load_certificate(str(file))
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"{field}: {file} is not a zmesh key file: {exc}", {"field": field}) from None
+    if secret is None:
+        raise ConfigError(f"{field}: {file} holds only a public key; give the .key_secret file",
+                          {"field": field})
+    return KeyPair(public, secret)
+
+
+def load_public(value: str | os.PathLike[str], field: str) -> bytes:
+    """A public key from a key file or from its 40-character Z85 text."""
+    text = os.fspath(value)
+    if len(text) == Z85_KEY_CHARS and not Path(text).exists():
+        try:
+            zmq.utils.z85.decode(text.encode("ascii"))
+        except (ValueError, UnicodeEncodeError):
+            raise ConfigError(f"{field}: {text!r} is neither a key file nor a Z85 public key",
+                              {"field": field}) from None
+        return text.encode("ascii")
+    file = Path(text)
+    if not file.is_file():
+        raise ConfigError(f"{field}: {text!r} is neither a key file nor a Z85 public key", {"field": field})
+    try:
+        public, _secret = zmq.auth.load_certificate(str(file))
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"{field}: {file} is not a zmesh key file: {exc}", {"field": field}) from None
+    return public
+
+
+class AllowList:
+    """The client public keys allowed in: every ``*.key`` file in a directory (a
+    ``.key_secret`` file counts by its public half), read again when the directory
+    changes."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self._stamp: tuple[int, int] | None = None
+        self._keys: dict[bytes, str] = {}
+
+    def _changed(self) -> bool:
+        st = self.directory.stat()
+        stamp = (st.st_mtime_ns, st.st_ino)
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        return True
+
+    def keys(self) -> dict[bytes, str]:
+        """Allowed public key -> the file it came from."""
+        try:
+            if not self._changed():
+                return self._keys
+        except OSError:
+            self._keys, self._stamp = {}, None
+            return self._keys
+        keys: dict[bytes, str] = {}
+        for file in sorted(self.directory.glob("*.key*")):
+            if file.suffix not in (".key", ".key_secret"):
+                continue
+            if file.suffix == ".key_secret" and file.with_suffix(".key").exists():
+                continue  # the pair's public file names it
+            try:
+                public, _secret = zmq.auth.load_certificate(str(file))
+            except (ValueError, OSError):
+                continue  # a stray file is not a key: the count in the log shows what was read
+            keys[public] = file.name
+        self._keys = keys
+        return keys
+
+    def allows(self, public: bytes) -> str | None:
+        """The file that allows ``public`` (Z85), or None."""
+        return self.keys().get(public)

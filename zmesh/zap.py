@@ -1,0 +1,83 @@
+"""The broker's gate when security is on: CurveZMQ on its ROUTER and PUB sockets, and a ZAP
+handler (pyzmq's authenticator, in its own thread) that admits the client keys on the
+allow-list.
+
+Rules it keeps:
+
+* Every socket the broker binds gets the same server key pair and ZAP domain; the gate
+  starts before any bind, so no connection is ever taken unauthenticated.
+* A client whose key is not on the list gets nothing: the handshake fails before a single
+  request is read. The refusal is logged with the peer's address and the key's fingerprint,
+  at most once per key per interval (a client retrying cannot flood the log).
+* An admitted connection carries the client's Z85 public key as its ZAP User-Id, which
+  libzmq attaches to every message read from it (``frame.get("User-Id")``): the identity
+  a later step binds agents and roles to.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+
+from ._logging import RateLimited
+from .keys import AllowList, KeyPair, fingerprint
+
+log = logging.getLogger("zmesh.zap")
+
+#: the ZAP domain of the broker's sockets
+DOMAIN = "zmesh"
+
+
+class Gate(ThreadAuthenticator):
+    """pyzmq's thread authenticator with the allow-list as its CURVE check, and refusals
+    logged with the peer."""
+
+    def __init__(self, context: zmq.Context, keys: KeyPair, allow: AllowList) -> None:
+        super().__init__(context, log=logging.getLogger("zmesh.zap.auth"))
+        self.keys = keys
+        self.allowed_keys = allow
+        self.refused = 0
+        self._warn = RateLimited(log, 30.0)
+        self._peer = ""
+
+    def begin(self) -> None:
+        self.start()
+        self.configure_curve_callback(DOMAIN, credentials_provider=self)
+        log.info("security on: broker key %s, %d client keys allowed in %s", self.keys.fingerprint,
+                 len(self.allowed_keys.keys()), self.allowed_keys.directory)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """The CURVE check pyzmq asks (key in Z85)."""
+        name = self.allowed_keys.allows(key)
+        if name is None:
+            self.refused += 1
+            self._warn.warning(key.decode("ascii", "replace"), "refused a client with an unknown key %s (%s) "
+                               "from %s: it is not in %s", fingerprint(key), key.decode("ascii", "replace"),
+                               self._peer or "?", self.allowed_keys.directory)
+            return False
+        return True
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        # [version, request id, domain, address, identity, mechanism, credentials...]
+        self._peer = msg[3].decode("ascii", "replace") if len(msg) > 3 else ""
+        if len(msg) > 5 and msg[5] != b"CURVE":
+            self.refused += 1
+            self._warn.warning("mechanism:" + self._peer, "refused a client from %s without CURVE (%s): "
+                               "security is on", self._peer, msg[5].decode("ascii", "replace"))
+        await super().handle_zap_message(msg)
+
+    def secure(self, sock: zmq.Socket) -> None:
+        """Make ``sock`` a CURVE server in the gate's domain (before it binds)."""
+        sock.setsockopt(zmq.ZAP_DOMAIN, DOMAIN.encode())
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.keys.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self.keys.secret)
+
+
+def client_options(server_public: bytes, keys: KeyPair) -> tuple[tuple[int, Any], ...]:
+    """Socket options that make a client socket a CURVE client of a broker."""
+    return ((zmq.CURVE_SERVERKEY, server_public), (zmq.CURVE_PUBLICKEY, keys.public),
+            (zmq.CURVE_SECRETKEY, keys.secret))
