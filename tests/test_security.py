@@ -254,3 +254,35 @@ def test_the_cli_speaks_curve_from_the_environment(secure: BrokerProcess, keys: 
     assert done.returncode == 0, done.stderr
     assert "ZMESH_SERVER_KEY is not a zmesh setting" not in done.stderr
     assert zmesh.__version__
+
+
+def test_the_readme_security_commands_work_as_written(tmp_path: Path) -> None:
+    """The README's lines, run by bash in a fresh HOME: the broker (on free loopback ports,
+    the test's only addition, with ZMESH_BROKER pointing the client at them) makes its key,
+    keygen makes alice's, the copy allows her, and `zmesh status` gets in over CURVE."""
+    import re as _re
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = text.index("## Security: CurveZMQ\n")
+    block = _re.search(r"```sh\n(.*?)```", text[start:], _re.S)
+    assert block is not None
+    lines = [line.split("  #")[0].strip() for line in block.group(1).strip().splitlines()]
+    assert lines[0] == "zmesh broker --secure"
+    port, pub = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZMESH_")}
+    env.update(HOME=str(tmp_path), PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
+               ZMESH_BROKER=f"tcp://127.0.0.1:{port}", XDG_DATA_HOME=str(tmp_path / ".local" / "share"))
+    broker = subprocess.Popen(["bash", "-c", lines[0] + f" --no-discovery --bind tcp://127.0.0.1:{port} "
+                               f"--pub-bind tcp://127.0.0.1:{pub}"], env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        keys_dir = tmp_path / ".local" / "share" / "zmesh" / "keys"
+        wait_for(lambda: (keys_dir / "broker.key").exists() and (keys_dir / "authorized").is_dir(), timeout=60,
+                 what="the broker's key")
+        done = subprocess.run(["bash", "-ec", "\n".join(lines[1:])], env=env, capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stderr
+        assert "agents" in done.stdout.lower() or "tasks" in done.stdout.lower(), done.stdout
+    finally:
+        os.killpg(broker.pid, 15)
+        broker.wait(30)
