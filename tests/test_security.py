@@ -99,16 +99,20 @@ def test_an_allowed_client_works_and_events_come_encrypted(secure: BrokerProcess
                 sub.close(0)
 
 
+def refused(endpoint: str, **curve: str) -> None:
+    """A client with these keys (none: plain) gets no answer at all."""
+    c = Client(endpoint, timeout=1.0, **curve)
+    try:
+        with pytest.raises(Unreachable):
+            c.status()
+    finally:
+        c.close()
+
+
 def test_an_unknown_key_gets_nothing_and_the_broker_logs_it(secure: BrokerProcess, keys: Keys) -> None:
     mallory = keys.client("mallory", allow=False)
-    c = Client(secure.endpoint, server_key=str(keys.broker_public), key=str(mallory), timeout=1.0)
-    with pytest.raises(Unreachable):
-        c.status()
-    c.close()
-    plain = Client(secure.endpoint, timeout=1.0)  # no CURVE at all: the handshake fails
-    with pytest.raises(Unreachable):
-        plain.status()
-    plain.close()
+    refused(secure.endpoint, server_key=str(keys.broker_public), key=str(mallory))
+    refused(secure.endpoint)  # no CURVE at all: the handshake fails
     public = load_public(mallory.with_suffix(".key"), "key")
     wait_for(lambda: fingerprint(public) in secure.log(), what="the refusal in the broker log")
     line = next(x for x in secure.log().splitlines() if fingerprint(public) in x)
@@ -117,10 +121,7 @@ def test_an_unknown_key_gets_nothing_and_the_broker_logs_it(secure: BrokerProces
 
 def test_a_key_added_to_the_directory_is_allowed_without_a_restart(secure: BrokerProcess, keys: Keys) -> None:
     late = keys.client("late", allow=False)
-    c = Client(secure.endpoint, server_key=str(keys.broker_public), key=str(late), timeout=1.0)
-    with pytest.raises(Unreachable):
-        c.status()
-    c.close()
+    refused(secure.endpoint, server_key=str(keys.broker_public), key=str(late))
     (keys.allowed / "late.key").write_bytes((keys.clients / "late.key").read_bytes())
     with Client(secure.endpoint, server_key=str(keys.broker_public), key=str(late)) as ok:
         assert ok.status()["agents"] == 0
