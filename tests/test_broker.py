@@ -246,3 +246,18 @@ def test_an_upgrade_that_outgrows_the_map_grows_it_and_completes(tmp_path: Path)
             assert dict((bytes(k), bytes(v)) for k, v in txn.scan("tasks")) == tasks
     finally:
         store.close()
+
+
+def test_a_stop_before_the_loop_starts_is_not_lost(tmp_path: Path) -> None:
+    """A SIGTERM that lands while serve() is starting (its handler in, the loop not yet
+    running) used to be forgotten: serve() set the running flag after it, and the broker
+    served on until SIGKILL. Found by a test stopping a broker right after its start."""
+    cfg = BrokerConfig(data=str(tmp_path / "data"), bind=[f"tcp://127.0.0.1:{free_port()}"],
+                       pub_bind=[f"tcp://127.0.0.1:{free_port()}"], discovery=False)
+    b = Broker(cfg)
+    b.bind()
+    b.stop()  # as the signal handler would, before the loop
+    t = threading.Thread(target=b.serve, kwargs={"install_signals": False}, daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "serve() ignored a stop asked before its loop began"

@@ -217,17 +217,18 @@ def test_a_secret_key_others_can_read_is_refused(keys: Keys) -> None:
 def test_a_first_secure_start_makes_the_broker_key(tmp_path: Path) -> None:
     data = tmp_path / "fresh"
     b = BrokerProcess(data, extra=("--secure",))
-    proc = subprocess.Popen(b.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL)
+    log = tmp_path / "broker.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(b.command(), stdout=subprocess.DEVNULL, stderr=out, stdin=subprocess.DEVNULL)
     try:
-        wait_for(lambda: (data / "keys" / "broker.key_secret").exists() and
-                 (data / "keys" / "authorized").is_dir(), timeout=30, what="the broker's keys")
+        wait_for(lambda: "every client is refused until one is added" in log.read_text(), timeout=30,
+                 what="the warning that no client key is allowed yet")
+        assert (data / "keys" / "authorized").is_dir()
         mode = stat.S_IMODE((data / "keys" / "broker.key_secret").stat().st_mode)
         assert mode == 0o600
     finally:
         proc.terminate()
-        _, err = proc.communicate(timeout=30)
-    assert "every client is refused until one is added" in err
+        proc.wait(30)
 
 
 def test_keygen_command(tmp_path: Path) -> None:
@@ -287,3 +288,43 @@ def test_the_readme_security_commands_work_as_written(tmp_path: Path) -> None:
     finally:
         os.killpg(broker.pid, 15)
         broker.wait(30)
+
+
+def test_an_agent_belongs_to_the_key_that_registered_it(secure: BrokerProcess, keys: Keys) -> None:
+    """A second key cannot act as an agent registered by the first: claim, complete, ack,
+    unregister, report and send as it are refused (not_owner), and write nothing."""
+    a, b = keys.client("key-a"), keys.client("key-b")
+    curve_a = {"server_key": str(keys.broker_public), "key": str(a)}
+    curve_b = {"server_key": str(keys.broker_public), "key": str(b)}
+    with Client(secure.endpoint, agent="alice", **curve_a) as alice, Client(secure.endpoint, **curve_b) as other:
+        alice.create_task("t1")
+        alice.create_task("t2")
+        claim = alice.claim("t1")
+        for act in (lambda: other.claim("t2", agent="alice"),
+                    lambda: other.complete("t1", token=claim.token, agent="alice"),
+                    lambda: other.release("t1", agent="alice"),
+                    lambda: other.unregister("alice"),
+                    lambda: other.report("idle", agent="alice"),
+                    lambda: other.send("hi", to="bob", sender="alice"),
+                    lambda: other.register("alice"),
+                    lambda: other.reserve(["src/**"], agent="alice")):
+            with pytest.raises(zmesh.NotOwner, match="belongs to another key"):
+                act()
+        assert alice.task("t2")["status"] == "available" and alice.task("t1")["owner"] == "alice"
+        assert [x["id"] for x in alice.agents()] == ["alice"]
+        other.register("bob")  # its own agent: fine
+        alice.complete("t1", token=claim.token)
+    # a new connection with the same key is the same owner
+    with Client(secure.endpoint, **curve_a) as again:
+        again.create_task("t3")
+        assert again.claim("t3", agent="alice") is not None
+
+
+def test_every_op_that_names_an_agent_is_classified() -> None:
+    from zmesh import protocol
+    from zmesh.core.identity import ACTORS, NOT_ACTING
+
+    named = {name for name, op in protocol.OPS.items() if {"agent", "from"} & set(op.by_name)}
+    assert named == set(ACTORS) | NOT_ACTING and not set(ACTORS) & NOT_ACTING
+    for op, field in ACTORS.items():
+        assert field in protocol.OPS[op].by_name, (op, field)

@@ -105,6 +105,9 @@ class Broker:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._running = False
+        #: stop() was called: kept apart from _running, so a SIGTERM that lands while
+        #: serve() is starting (after the handler is in, before the loop) is not lost
+        self._stop_asked = False
         self._advertiser: Any = None
         self._gate: Any = None  # the ZAP handler when secure (zmesh/zap.py)
         self._adv_thread: threading.Thread | None = None
@@ -224,7 +227,8 @@ class Broker:
 
     # ------------------------------------------------------------ loop
     def stop(self) -> None:
-        """Safe from a signal handler or another thread."""
+        """Safe from a signal handler or another thread, and before serve() starts."""
+        self._stop_asked = True
         self._running = False
         try:
             self._wake_w.send(b"x")
@@ -252,7 +256,7 @@ class Broker:
                  self.store.broker_id, ",".join(self.endpoints), ",".join(self.pub_endpoints),
                  self.config.data, self.config.durability, os.getpid())
         try:
-            while self._running:
+            while self._running and not self._stop_asked:
                 deadline = min(self.core.next_deadline() or self._next_hb, self._next_hb)
                 timeout = 0.0 if self._low else max(0.0, deadline - time.monotonic()) * 1000
                 ready = dict(poller.poll(min(timeout, 60_000) + 1))
@@ -300,6 +304,7 @@ class Broker:
         answered at once (it changes nothing, so its reply waits for no commit)."""
         items: list[_Item] = []
         refused: list[tuple[zmq.Socket, list[bytes]]] = []
+        secure = self._gate is not None
         for router, frames, first in batch:
             ident, request = frames[0], frames[1:]
             try:
@@ -310,7 +315,8 @@ class Broker:
                 _limited.warning("bad:" + peer, "refused a request from %s: %s", peer, exc.error)
                 continue
             lane = _LANE[req.body["priority"]] if req.op in LANE_OPS else MAIN_LANE
-            items.append(_Item(router, ident, request[1], req, lane))
+            # secure: the key ZAP admitted the connection with (core/identity.py binds agents to it)
+            items.append(_Item(router, ident, request[1], req, lane, str(first.get("User-Id")) if secure else None))
         return items, refused
 
     def _pass(self, readable: list[zmq.Socket]) -> None:
@@ -419,7 +425,7 @@ class Broker:
                     if cached is not None and cached[0] == fingerprint:
                         replies.append((item.router, [ident, *cached[1]]))
                         continue
-                ctx.caller = ident
+                ctx.caller, ctx.key = ident, item.key
                 ctx.request_id, ctx.ticket = req.req_id, item  # where a deferred answer goes
                 try:
                     if req.op == "hello":
@@ -443,7 +449,7 @@ class Broker:
                 if write:
                     remember[req.req_id] = (fingerprint, out)
                 replies.append((item.router, [ident, *out]))
-            ctx.caller = ctx.request_id = ctx.ticket = None
+            ctx.caller = ctx.request_id = ctx.ticket = ctx.key = None
             # after the requests: heartbeats that queued while the broker was busy or
             # stalled count before any lease is judged lapsed
             expired = self.core.expire(ctx)
@@ -558,14 +564,16 @@ class _Item:
     """A decoded request and where to answer it (a plain slotted class: one is made per
     request, and a frozen dataclass costs a setattr call per field)."""
 
-    __slots__ = ("router", "ident", "body", "req", "lane")
+    __slots__ = ("router", "ident", "body", "req", "lane", "key")
 
-    def __init__(self, router: zmq.Socket, ident: bytes, body: bytes, req: protocol.Request, lane: int) -> None:
+    def __init__(self, router: zmq.Socket, ident: bytes, body: bytes, req: protocol.Request, lane: int,
+                 key: str | None = None) -> None:
         self.router = router
         self.ident = ident
         self.body = body  # the request's body frame as it came (for the retry fingerprint)
         self.req = req
         self.lane = lane
+        self.key = key  # the connection's authenticated key (ZAP User-Id) when secure
 
 
 def _lane(item: _Item) -> int:

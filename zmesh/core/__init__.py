@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .. import protocol
+from . import identity
 from .agents import Agents
 from .blockers import Blockers
 from .claims import ClaimKind, Claims
@@ -110,6 +111,8 @@ class Core:
         """Apply one validated request. Returns (reply body, events it appended).
         Raises a RemoteError when refused; a refused request has written nothing."""
         start = len(b.events)
+        if b.key is not None:  # security on: an agent acts only under the key it belongs to
+            identity.check(b, op, body, lambda agent: self.agents.get(b.txn, agent))
         reply = self._handlers[op](b, body)
         return reply, b.events[start:]
 

@@ -127,7 +127,7 @@ class Agents:
         lease = bump(b, b"token")
         return {"id": agent, "capabilities": caps, "groups": [], "metadata": metadata, "ttl": ttl, "lease": lease,
                 "registered": b.now.wall, "implicit": implicit, "completed": 0, "failed": 0,
-                **PRESENCE_DEFAULTS, "since": b.now.wall, "idle_order": bump(b, b"idle")}
+                **PRESENCE_DEFAULTS, "since": b.now.wall, "idle_order": bump(b, b"idle"), "key": b.key}
 
     def lease_remaining(self, agent: str, now: Now) -> float | None:
         return self.deadlines.remaining(Due.LEASE, agent, now.mono)
@@ -245,6 +245,8 @@ class Agents:
         else:
             record.update(capabilities=body["capabilities"], metadata=body["metadata"], ttl=ttl,
                           implicit=False)
+            if b.key is not None:  # a keyless record (made with security off) is bound now
+                record["key"] = b.key
         if body.get("groups") is not None:
             record["groups"] = sorted(body["groups"])
         self.put(b, record)

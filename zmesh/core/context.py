@@ -58,7 +58,7 @@ class Batch:
     """The context every handler gets: one transaction's worth of work."""
 
     __slots__ = ("txn", "now", "events", "pushes", "counters", "written", "caller", "request_id", "ticket",
-                 "answers")
+                 "answers", "key")
 
     def __init__(self, txn: Txn, now: Now, caller: Any = None) -> None:
         self.txn = txn
@@ -74,5 +74,8 @@ class Batch:
         self.caller = caller
         self.request_id: bytes | None = None
         self.ticket: Any = None
+        #: the current request's authenticated client key (Z85 text) when security is on,
+        #: else None (core/identity.py)
+        self.key: str | None = None
         #: answers to requests that waited: (their ticket, reply body or RemoteError)
         self.answers: list[tuple[Any, Any]] = []
