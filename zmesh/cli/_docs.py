@@ -27,7 +27,7 @@ REPORT_KEYS = ("agent", "state", "position", "helpers", "seq")
 #: keys of an agent as stats and agents print it (the broker's agent view)
 AGENT_KEYS = ("id", "capabilities", "groups", "metadata", "ttl", "lease", "registered", "implicit", "completed",
               "failed", "state", "since", "task", "last_task", "reason", "message", "cost", "blocker",
-              "liveness", "position", "expires_in", "waiting_since", "uptime", "claims")
+              "liveness", "position", "expires_in", "waiting_since", "uptime", "claims", "key")
 #: keys of a blocker
 BLOCKER_KEYS = ("id", "agent", "type", "description", "severity", "requires", "task", "status", "raised",
                 "resolved", "resolved_by", "resolution")
@@ -63,7 +63,8 @@ JSON_SHAPES: dict[str, tuple[tuple[str, ...], str] | None] = {
     "agents": (("agents", "idle_queue", "seq"), "`agents`: one object per agent (keys as `stats`); "
                                                 "`idle_queue`: idle agent ids in arrival order"),
     "helpers": (("helpers",), "the helpers, best cover first, then longest waiting"),
-    "stats": (AGENT_KEYS, "one agent: presence, liveness, lease, stats, claims held"),
+    "stats": (AGENT_KEYS, "one agent: presence, liveness, lease, stats, claims held, and `key`: the client key "
+              "it belongs to (Z85; null with security off)"),
     "blocker raise": (("blocker", "helpers", "seq"), "`blocker`: the blocker raised; `helpers`: who could help"),
     "blocker resolve": (BLOCKER_KEYS, "the blocker, now resolved"),
     "blocker ls": (("blockers", "more", "next_after"),
