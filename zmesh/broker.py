@@ -28,7 +28,6 @@ import socket
 import threading
 import time
 from collections import OrderedDict, deque
-from pathlib import Path
 from typing import Any
 
 import zmq
@@ -126,36 +125,11 @@ class Broker:
         self.latency: dict[str, deque[float]] = {p: deque(maxlen=LATENCY_SAMPLES) for p in protocol.PRIORITIES}
 
     # ------------------------------------------------------------ setup
-    def _start_gate(self) -> Any:
-        """With ``secure``: the broker's key pair (made on the first start when the default
-        path is used), the allow-list, and the ZAP handler started (zmesh/zap.py)."""
-        if not self.config.secure:
-            return None
-        from .errors import ConfigError
-        from .keys import AllowList, keygen, load_pair
-        from .zap import Gate
-
-        keys_dir = Path(self.config.data) / "keys"
-        key_file = Path(self.config.key_file or keys_dir / "broker.key_secret")
-        if not self.config.key_file and not key_file.exists():
-            keygen(keys_dir, "broker")
-            log.info("made the broker's key pair in %s (clients need %s as ZMESH_SERVER_KEY)", keys_dir,
-                     keys_dir / "broker.key")
-        pair = load_pair(key_file, "key_file")
-        allowed = Path(self.config.authorized_keys or keys_dir / "authorized")
-        if not allowed.is_dir():
-            if self.config.authorized_keys:
-                raise ConfigError(f"authorized_keys: {allowed} is not a directory", {"field": "authorized_keys"})
-            allowed.mkdir(parents=True, mode=0o700)
-        gate = Gate(self._ctx, pair, AllowList(allowed))
-        gate.begin()
-        if not gate.allowed_keys.keys():
-            log.warning("security on and no client key in %s: every client is refused until one is added",
-                        allowed)
-        return gate
-
     def bind(self) -> None:
-        self._gate = self._start_gate()
+        if self.config.secure:  # the gate starts before any bind: nothing is taken unauthenticated
+            from .zap import open_gate
+
+            self._gate = open_gate(self._ctx, self.config)
         binds = list(self.config.bind)
         pub_binds = list(self.config.pub_bind)
         if self.config.ipc:

@@ -74,16 +74,20 @@ def _check_private(path: Path, field: str) -> None:
                           f"chmod 600 {path}", {"field": field})
 
 
+def _read(file: Path, field: str) -> tuple[bytes, bytes | None]:
+    try:
+        return zmq.auth.load_certificate(str(file))
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"{field}: {file} is not a zmesh key file: {exc}", {"field": field}) from None
+
+
 def load_pair(path: str | os.PathLike[str], field: str) -> KeyPair:
     """A key pair from a ``.key_secret`` file (its mode must be 0600 or stricter)."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"{field}: no key file {file} (make one with `zmesh keygen`)", {"field": field})
     _check_private(file, field)
-    try:
-        public, secret = zmq.auth.load_certificate(str(file))
-    except (ValueError, OSError) as exc:
-        raise ConfigError(f"{field}: {file} is not a zmesh key file: {exc}", {"field": field}) from None
+    public, secret = _read(file, field)
     if secret is None:
         raise ConfigError(f"{field}: {file} holds only a public key; give the .key_secret file",
                           {"field": field})
@@ -103,11 +107,7 @@ def load_public(value: str | os.PathLike[str], field: str) -> bytes:
     file = Path(text)
     if not file.is_file():
         raise ConfigError(f"{field}: {text!r} is neither a key file nor a Z85 public key", {"field": field})
-    try:
-        public, _secret = zmq.auth.load_certificate(str(file))
-    except (ValueError, OSError) as exc:
-        raise ConfigError(f"{field}: {file} is not a zmesh key file: {exc}", {"field": field}) from None
-    return public
+    return _read(file, field)[0]
 
 
 class AllowList:

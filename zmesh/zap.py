@@ -17,13 +17,16 @@ Rules it keeps:
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from ._logging import RateLimited
-from .keys import AllowList, KeyPair, fingerprint
+from .config import BrokerConfig
+from .errors import ConfigError
+from .keys import AllowList, KeyPair, fingerprint, keygen, load_pair
 
 log = logging.getLogger("zmesh.zap")
 
@@ -75,6 +78,29 @@ class Gate(ThreadAuthenticator):
         sock.setsockopt(zmq.CURVE_SERVER, 1)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, self.keys.public)
         sock.setsockopt(zmq.CURVE_SECRETKEY, self.keys.secret)
+
+
+def open_gate(context: zmq.Context, config: BrokerConfig) -> Gate:
+    """The gate for a secure broker, started: its key pair (made on the first start when the
+    default path is used) and its allow-list directory (made empty, with a warning, when the
+    default one is missing; a configured one that is missing is a ConfigError)."""
+    keys_dir = Path(config.data) / "keys"
+    key_file = Path(config.key_file or keys_dir / "broker.key_secret")
+    if not config.key_file and not key_file.exists():
+        keygen(keys_dir, "broker")
+        log.info("made the broker's key pair in %s (clients need %s as ZMESH_SERVER_KEY)", keys_dir,
+                 keys_dir / "broker.key")
+    pair = load_pair(key_file, "key_file")
+    allowed = Path(config.authorized_keys or keys_dir / "authorized")
+    if not allowed.is_dir():
+        if config.authorized_keys:
+            raise ConfigError(f"authorized_keys: {allowed} is not a directory", {"field": "authorized_keys"})
+        allowed.mkdir(parents=True, mode=0o700)
+    gate = Gate(context, pair, AllowList(allowed))
+    gate.begin()
+    if not gate.allowed_keys.keys():
+        log.warning("security on and no client key in %s: every client is refused until one is added", allowed)
+    return gate
 
 
 def client_options(server_public: bytes, keys: KeyPair) -> tuple[tuple[int, Any], ...]:
