@@ -82,6 +82,9 @@ BASE: dict[str, list[str]] = {
     "reserve": ["src/**", "--agent", "a"],
     "release-paths": ["x/**", "--agent", "a"],
     "reservations": [],
+    "admin release": ["--task", "t1"],
+    "admin purge": ["t1"],
+    "admin requeue": ["t1"],
     "task add": ["t1"],
     "task claim": ["t1", "--agent", "a"],
     "task done": ["t1", "--agent", "a"],
@@ -301,7 +304,7 @@ def test_ls_says_when_more_follow_and_pages(z: Cli) -> None:
 def test_renew_extends_a_claim_and_a_lapsed_one_says_so(z: Cli) -> None:
     """Finding 9: `zmesh task renew` for shell jobs; a lapse is not a stale token."""
     z.ok("task", "add", "r")
-    c = z.json("task", "claim", "r", "--agent", "sh", "--ttl", "0.5", "--json")
+    c = z.json("task", "claim", "r", "--agent", "sh", "--ttl", "5", "--json")
     out = z.json("task", "renew", "r", "--agent", "sh", "--token", str(c["token"]), "--ttl", "60", "--json")
     assert out["token"] == c["token"] and out["expires_in"] > 30
     assert z.show("r")["expires_in"] > 30

@@ -61,6 +61,9 @@ VALID = {
     "reserve": {"agent": "a1", "paths": ["src/**/*.py", "docs/**"], "mode": "shared", "ttl": 60.0},
     "release_paths": {"agent": "a1", "paths": ["src/**/*.py"]},
     "reservations": {"agent": "a1", "path": "src/x.py"},
+    "admin_release": {"task": "t1", "reason": "stuck"},
+    "admin_purge": {"status": "dead", "limit": 10},
+    "admin_requeue": {"task": "t1"},
 }
 
 

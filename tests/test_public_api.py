@@ -11,7 +11,7 @@ from zmesh import AsyncClient, Client, errors
 
 def test_exported_members() -> None:
     expected = {"__version__", "Client", "AsyncClient", "Claim", "Roster", "ZmeshError", "RemoteError", "BadRequest",
-                "UnknownOp", "UnsupportedVersion", "TooLarge", "NotFound", "Conflict", "NotOwner",
+                "UnknownOp", "UnsupportedVersion", "TooLarge", "NotFound", "Conflict", "NotOwner", "Forbidden",
                 "StaleToken", "LeaseExpired", "SnapshotRequired", "Internal", "Unreachable",
                 "ProtocolError", "StoreError", "InvalidArgument", "ConfigError", "UsageError",
                 "ClaimExpired", "NothingToClaim"}

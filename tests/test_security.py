@@ -22,7 +22,7 @@ import zmesh
 from zmesh import Client
 from zmesh.cli import main
 from zmesh.errors import ConfigError, InvalidArgument, Unreachable
-from zmesh.keys import AllowList, fingerprint, keygen, load_pair, load_public
+from zmesh.keys import ROLE_DIRS, AllowList, fingerprint, keygen, load_pair, load_public
 from zmesh.testing import BrokerProcess, free_port
 
 from .conftest import wait_for
@@ -42,10 +42,12 @@ class Keys:
         self.broker_public, self.broker_secret = keygen(self.keys, "broker")
         self.clients = root / "clients"
 
-    def client(self, name: str, *, allow: bool = True) -> Path:
+    def client(self, name: str, *, allow: bool = True, role: str = "agent") -> Path:
         public, secret = keygen(self.clients, name)
         if allow:
-            (self.allowed / public.name).write_bytes(public.read_bytes())
+            folder = self.allowed / ROLE_DIRS[role]
+            folder.mkdir(exist_ok=True)
+            (folder / public.name).write_bytes(public.read_bytes())
         return secret
 
     def curve(self, secret: Path) -> tuple[tuple[int, object], ...]:
@@ -328,3 +330,55 @@ def test_every_op_that_names_an_agent_is_classified() -> None:
     assert named == set(ACTORS) | NOT_ACTING and not set(ACTORS) & NOT_ACTING
     for op, field in ACTORS.items():
         assert field in protocol.OPS[op].by_name, (op, field)
+
+
+def test_roles_observer_reads_admin_runs_admin_ops(secure: BrokerProcess, keys: Keys) -> None:
+    """An observer reads and cannot write; admin ops work for an admin key only; every
+    refusal is an audit event and a broker log line naming the key."""
+    curve = {"server_key": str(keys.broker_public)}
+    agent_key, observer_key = keys.client("worker"), keys.client("watcher", role="observer")
+    with Client(secure.endpoint, agent="w1", key=str(agent_key), **curve) as worker, \
+            Client(secure.endpoint, key=str(observer_key), **curve) as watcher:
+        worker.create_task("t1")
+        worker.claim("t1")
+        assert watcher.task("t1")["owner"] == "w1" and watcher.status()["tasks"]["claimed"] == 1
+        assert [t["id"] for t in watcher.tasks()] == ["t1"]
+        since = watcher.status()["seq"]
+        for act in (lambda: watcher.create_task("t2"), lambda: watcher.claim("t1", agent="spy"),
+                    lambda: watcher.publish("x", {"a": 1})):
+            with pytest.raises(zmesh.Forbidden, match="not allowed for role observer"):
+                act()
+        with pytest.raises(zmesh.Forbidden, match="admin op"):
+            worker.admin_release(task="t1")
+        assert worker.task("t1")["owner"] == "w1"
+        # an admin key copied in while the broker runs: its new connection is an admin
+        admin_key = keys.client("root", role="admin")
+        with Client(secure.endpoint, key=str(admin_key), **curve) as root:
+            assert root.admin_release(task="t1", reason="reassigning")["agent"] == "w1"
+            assert root.task("t1")["status"] == "available"
+            events = root.replay(since)["events"]
+    refusals = [e["body"] for e in events if e["topic"] == "audit.refused"]
+    observer_fp = fingerprint(load_public(observer_key.with_suffix(".key"), "key"))
+    agent_fp = fingerprint(load_public(agent_key.with_suffix(".key"), "key"))
+    assert [(r["key"], r["role"], r["op"]) for r in refusals] == [
+        (observer_fp, "observer", "task_create"), (agent_fp, "agent", "admin_release")]
+    [admin] = [e["body"] for e in events if e["topic"] == "audit.admin"]
+    assert admin["op"] == "admin_release" and admin["reason"] == "reassigning"
+    assert admin["key"] == fingerprint(load_public(admin_key.with_suffix(".key"), "key"))
+    wait_for(lambda: f"observer key {observer_fp}" in secure.log(), what="the refusal in the broker log")
+    assert f"refused op admin_release for a agent key {agent_fp}" in secure.log()
+
+
+def test_allow_list_roles(tmp_path: Path) -> None:
+    allowed = tmp_path / "authorized"
+    (allowed / "admins").mkdir(parents=True)
+    a_pub, _ = keygen(allowed, "a")
+    o_pub, _ = keygen(allowed / "observers", "o")
+    both, _ = keygen(tmp_path / "k", "both")
+    (allowed / "admins" / "both.key").write_bytes(both.read_bytes())
+    (allowed / "both.key").write_bytes(both.read_bytes())
+    listed = AllowList(allowed)
+    role = {name: listed.role(load_public(path, "k")) for name, path in (("a", a_pub), ("o", o_pub), ("both", both))}
+    assert role == {"a": "agent", "o": "observer", "both": "admin"}  # the highest role it was given
+    assert listed.doubled and fingerprint(load_public(both, "k")) in listed.doubled[0]
+    assert listed.allows(load_public(o_pub, "k")) == "observers/o.key"

@@ -39,6 +39,7 @@ from .core import DEFERRED, Core, Now, Push, Settings
 from .errors import Internal, RemoteError, StoreError
 from .protocol import DecodeError, Event
 from .sockets import EVENTS, NOBLOCK, POLLIN, get_option as _get, peer_address, recv_message, send_frames
+from .keys import fingerprint as key_fingerprint, split_user_id
 from .store import LmdbStore, Store, StoreFull
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ MAX_BATCH = 512
 DEDUP_SIZE = 100_000
 #: a batch (apply + commit + sync) slower than this is logged as a warning
 SLOW_COMMIT_S = 0.5
+
 #: lease/claim expiries logged one line each per pass; more become one summary line
 EXPIRY_LINES_PER_PASS = 20
 #: priority lanes: inside a pass, critical messages go first, then everything that is not
@@ -289,8 +291,11 @@ class Broker:
                 _limited.warning("bad:" + peer, "refused a request from %s: %s", peer, exc.error)
                 continue
             lane = _LANE[req.body["priority"]] if req.op in LANE_OPS else MAIN_LANE
-            # secure: the key ZAP admitted the connection with (core/identity.py binds agents to it)
-            items.append(_Item(router, ident, request[1], req, lane, str(first.get("User-Id")) if secure else None))
+            if secure:  # the role and key ZAP admitted the connection with (core/identity.py)
+                role, key = split_user_id(str(first.get("User-Id")))
+                items.append(_Item(router, ident, request[1], req, lane, key, role))
+            else:
+                items.append(_Item(router, ident, request[1], req, lane))
         return items, refused
 
     def _pass(self, readable: list[zmq.Socket]) -> None:
@@ -399,7 +404,7 @@ class Broker:
                     if cached is not None and cached[0] == fingerprint:
                         replies.append((item.router, [ident, *cached[1]]))
                         continue
-                ctx.caller, ctx.key = ident, item.key
+                ctx.caller, ctx.key, ctx.role = ident, item.key, item.role
                 ctx.request_id, ctx.ticket = req.req_id, item  # where a deferred answer goes
                 try:
                     if req.op == "hello":
@@ -415,6 +420,9 @@ class Broker:
                         out = protocol.encode_reply(req.req_id, body)
                 except RemoteError as exc:
                     out = protocol.encode_error(req.req_id, exc)
+                    if item.key is not None and _audited(exc):  # an operator reads refusals in the log
+                        _limited.warning("refused:" + item.key, "refused op %s for a %s key %s: %s", req.op,
+                                         item.role, key_fingerprint(item.key.encode()), exc)
                 except StoreError:
                     raise  # the store's trouble, not this request's: StoreFull re-applies
                 except Exception as exc:
@@ -423,7 +431,7 @@ class Broker:
                 if write:
                     remember[req.req_id] = (fingerprint, out)
                 replies.append((item.router, [ident, *out]))
-            ctx.caller = ctx.request_id = ctx.ticket = ctx.key = None
+            ctx.caller = ctx.request_id = ctx.ticket = ctx.key = ctx.role = None
             # after the requests: heartbeats that queued while the broker was busy or
             # stalled count before any lease is judged lapsed
             expired = self.core.expire(ctx)
@@ -538,16 +546,23 @@ class _Item:
     """A decoded request and where to answer it (a plain slotted class: one is made per
     request, and a frozen dataclass costs a setattr call per field)."""
 
-    __slots__ = ("router", "ident", "body", "req", "lane", "key")
+    __slots__ = ("router", "ident", "body", "req", "lane", "key", "role")
 
     def __init__(self, router: zmq.Socket, ident: bytes, body: bytes, req: protocol.Request, lane: int,
-                 key: str | None = None) -> None:
+                 key: str | None = None, role: str | None = None) -> None:
         self.router = router
         self.ident = ident
         self.body = body  # the request's body frame as it came (for the retry fingerprint)
         self.req = req
         self.lane = lane
         self.key = key  # the connection's authenticated key (ZAP User-Id) when secure
+        self.role = role  # and the role the allow-list gave that key
+
+
+def _audited(exc: RemoteError) -> bool:
+    """A refusal for who the caller is (core/identity.py: its role, or an agent of another
+    key), which the broker logs with the key; the core records it as an event too."""
+    return exc.code == "forbidden" or (exc.code == "not_owner" and exc.details.get("reason") == "key")
 
 
 def _lane(item: _Item) -> int:

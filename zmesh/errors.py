@@ -15,6 +15,7 @@
     │   ├── NotFound                not_found: no such task / agent
     │   ├── Conflict                conflict: lost a race, task not claimable, already exists
     │   ├── NotOwner                not_owner: the agent does not hold this claim
+    │   ├── Forbidden               forbidden: the connection's role may not run this op
     │   ├── StaleToken              stale_token: the fencing token is not the current one
     │   ├── LeaseExpired            lease_expired: the agent's lease lapsed (claims released)
     │   ├── ClaimExpired            claim_expired: the claim's own TTL lapsed (task released)
@@ -52,6 +53,7 @@ __all__ = [
     "NotFound",
     "Conflict",
     "NotOwner",
+    "Forbidden",
     "StaleToken",
     "LeaseExpired",
     "ClaimExpired",
@@ -150,6 +152,12 @@ class NotOwner(RemoteError):
     meaning = "the agent does not hold the claim it acts on"
 
 
+class Forbidden(RemoteError):
+    code = "forbidden"
+    meaning = ("the connection's key has a role that may not run this op (an observer writing, "
+               "an admin op from a non-admin); the refusal is audited")
+
+
 class StaleToken(RemoteError):
     code = "stale_token"
     meaning = "the fencing token is not the claim's current token"
@@ -216,6 +224,7 @@ WIRE_ERRORS: dict[str, type[RemoteError]] = {
         NotFound,
         Conflict,
         NotOwner,
+        Forbidden,
         StaleToken,
         LeaseExpired,
         ClaimExpired,

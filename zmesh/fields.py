@@ -141,6 +141,8 @@ class Op:
     writes: bool = False
     returns: str = ""
     errors: tuple[str, ...] = ()
+    #: True for an admin op: with security on, only a key in the admins directory may run it
+    admin: bool = False
     by_name: dict[str, Field] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -12,6 +12,10 @@ Rules it keeps:
   key. Logs, refusals and (later) discovery records use it.
 * The allow-list is a directory of public key files. It is read again when the directory
   changes, so a key added or removed takes effect with no restart.
+* A key's role is the directory it is in (:data:`ROLE_DIRS`): the allow-list directory
+  itself for agents, ``observers/`` and ``admins/`` inside it for the other two. A key in
+  more than one gets the highest role it was given (admin, then agent, then observer):
+  each placement was an operator's decision, and a warning names the key.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ from .errors import ConfigError
 
 #: a public key in Z85 text
 Z85_KEY_CHARS = 40
+
+#: role -> its directory inside the allow-list directory ("" is the directory itself);
+#: lowest role first. What each role may do is core/identity.py's business.
+ROLE_DIRS: dict[str, str] = {"observer": "observers", "agent": "", "admin": "admins"}
+ROLES = tuple(ROLE_DIRS)
 
 
 @dataclass(frozen=True)
@@ -110,46 +119,88 @@ def load_public(value: str | os.PathLike[str], field: str) -> bytes:
     return _read(file, field)[0]
 
 
+def user_id(role: str, key: str) -> str:
+    """The ZAP User-Id of an admitted connection: its role and its Z85 key."""
+    return f"{role}:{key}"
+
+
+def split_user_id(value: str) -> tuple[str, str]:
+    """(role, key) from a ZAP User-Id made by :func:`user_id` (a Z85 key may hold ``:``,
+    a role never does)."""
+    role, _, key = value.partition(":")
+    return role, key
+
+
 class AllowList:
-    """The client public keys allowed in: every ``*.key`` file in a directory (a
-    ``.key_secret`` file counts by its public half), read again when the directory
-    changes."""
+    """The client public keys allowed in, with their roles: every ``*.key`` file in the
+    directory and in its role subdirectories (a ``.key_secret`` file counts by its public
+    half), read again when one of those directories changes."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
-        self._stamp: tuple[int, int] | None = None
-        self._keys: dict[bytes, str] = {}
+        self._stamp: tuple[tuple[int, int], ...] | None = None
+        self._keys: dict[bytes, tuple[str, str]] = {}
+        #: keys found in more than one role directory (their highest role wins)
+        self.doubled: list[str] = []
 
     def _changed(self) -> bool:
-        st = self.directory.stat()
-        stamp = (st.st_mtime_ns, st.st_ino)
+        stamps = []
+        for sub in ROLE_DIRS.values():
+            try:
+                st = (self.directory / sub).stat()
+            except FileNotFoundError:
+                if not sub:
+                    raise
+                stamps.append((0, 0))
+                continue
+            stamps.append((st.st_mtime_ns, st.st_ino))
+        stamp = tuple(stamps)
         if stamp == self._stamp:
             return False
         self._stamp = stamp
         return True
 
-    def keys(self) -> dict[bytes, str]:
-        """Allowed public key -> the file it came from."""
+    def _read(self) -> dict[bytes, tuple[str, str]]:
+        keys: dict[bytes, tuple[str, str]] = {}
+        doubled = []
+        for role, sub in ROLE_DIRS.items():  # lowest first: a higher role replaces a lower one
+            folder = self.directory / sub
+            for file in sorted(folder.glob("*.key*")) if folder.is_dir() else ():
+                if file.suffix not in (".key", ".key_secret"):
+                    continue
+                if file.suffix == ".key_secret" and file.with_suffix(".key").exists():
+                    continue  # the pair's public file names it
+                try:
+                    public, _secret = zmq.auth.load_certificate(str(file))
+                except (ValueError, OSError):
+                    continue  # a stray file is not a key: the count in the log shows what was read
+                if public in keys:
+                    doubled.append(f"{fingerprint(public)} ({keys[public][0]}, {file.relative_to(self.directory)})")
+                keys[public] = (str(file.relative_to(self.directory)), role)
+        self.doubled = doubled
+        return keys
+
+    def entries(self) -> dict[bytes, tuple[str, str]]:
+        """Allowed public key -> (the file it came from, relative to the directory; its role)."""
         try:
             if not self._changed():
                 return self._keys
         except OSError:
             self._keys, self._stamp = {}, None
             return self._keys
-        keys: dict[bytes, str] = {}
-        for file in sorted(self.directory.glob("*.key*")):
-            if file.suffix not in (".key", ".key_secret"):
-                continue
-            if file.suffix == ".key_secret" and file.with_suffix(".key").exists():
-                continue  # the pair's public file names it
-            try:
-                public, _secret = zmq.auth.load_certificate(str(file))
-            except (ValueError, OSError):
-                continue  # a stray file is not a key: the count in the log shows what was read
-            keys[public] = file.name
-        self._keys = keys
-        return keys
+        self._keys = self._read()
+        return self._keys
+
+    def keys(self) -> dict[bytes, str]:
+        """Allowed public key -> the file it came from."""
+        return {key: entry[0] for key, entry in self.entries().items()}
 
     def allows(self, public: bytes) -> str | None:
         """The file that allows ``public`` (Z85), or None."""
-        return self.keys().get(public)
+        entry = self.entries().get(public)
+        return None if entry is None else entry[0]
+
+    def role(self, public: bytes) -> str | None:
+        """The role of ``public`` (Z85), or None when it is not allowed."""
+        entry = self.entries().get(public)
+        return None if entry is None else entry[1]

@@ -154,7 +154,8 @@ MESSAGE_OPS: tuple[Op, ...] = (
         (_ID, Field("agent", "id", doc="only this recipient")),
         writes=True,
         returns="{id, requeued: [agent ids]}",
-        errors=("not_found",),
+        errors=("not_found", "forbidden"),
+        admin=True,
     ),
     Op("msgstats", "Message counts: pending per priority, outstanding acks, dead letters, "
        "messages stored; the broker adds delivery latency p50/p95 per priority.", (),

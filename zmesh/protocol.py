@@ -47,7 +47,9 @@ import orjson
 
 from . import errors
 from .errors import BadRequest, TooLarge, UnknownOp, UnsupportedVersion
+from .ops_admin import ADMIN_OPS, ADMIN_TOPICS
 from .ops_messages import MESSAGE_OPS, MESSAGE_TOPICS
+from .ops_presence import BLOCKER_STATUSES, PRESENCE_OPS  # noqa: F401  (protocol.BLOCKER_STATUSES)
 from .ops_reservations import RESERVATION_OPS, RESERVATION_TOPICS
 # re-exported: protocol.X is how the rest of zmesh names them
 from .fields import (  # noqa: F401
@@ -105,9 +107,6 @@ _AGENT = Field("agent", "id", True, doc="agent id")
 _TASK = Field("task", "id", True, doc="task id")
 _TOKEN = Field("token", "int", doc="fencing token of the claim; when given it must be current", lo=1, hi=MAX_INT)
 _TTL = Field("ttl", "ttl", doc="seconds", lo=MIN_TTL_S, hi=MAX_TTL_S)
-_THRESHOLD = Field("threshold", "number", default=0.5, lo=0.0, hi=1.0,
-                   doc="share of `requires` a helper's capabilities must cover (0..1)")
-BLOCKER_STATUSES = ("open", "resolved", "all")
 
 OPS: dict[str, Op] = {
     op.name: op
@@ -248,84 +247,7 @@ OPS: dict[str, Op] = {
             ),
             returns="{tasks: [task], seq, more}",
         ),
-        Op(
-            "report",
-            "An agent reports its presence: `idle`; `busy` (task); `blocked` (reason); "
-            "`completed` (task: the agent is idle again and its tasks done count up, once per "
-            "task); `help` (reason). Each report is the event `agent.<state>`, published at "
-            "once, and renews the lease (an unknown agent gets one). An idle report answers "
-            "with the agent's place in the idle queue, a help report with the helpers found "
-            "for `requires`. Refused with conflict for idle and completed while the agent "
-            "holds a task claim (complete, fail or release it).",
-            (
-                _AGENT,
-                Field("state", "choice", True, doc="one of " + ", ".join(REPORTS), choices=REPORTS),
-                Field("task", "id", doc="the task (required for busy and completed)"),
-                Field("reason", "text", doc="why (required for blocked and help)"),
-                Field("message", "text", doc="a free note shown with the agent"),
-                Field("cost", "number", doc="cost spent so far: the agent's running total", lo=0, hi=MAX_COST),
-                Field("requires", "namelist", default=[], doc="help: capabilities wanted of helpers"),
-                _THRESHOLD,
-            ),
-            writes=True,
-            returns="{agent, state, position, helpers, seq}",
-            errors=("bad_request", "conflict"),
-        ),
-        Op("agent_get", "One agent: presence, liveness, stats (tasks done and failed, cost, "
-           "uptime) and the claims it holds.", (_AGENT,), returns="agent", errors=("not_found",)),
-        Op(
-            "helpers",
-            "Idle, alive agents whose capabilities cover at least `threshold` of `requires` "
-            "(every idle agent when `requires` is empty): best cover first, then longest waiting.",
-            (
-                Field("requires", "namelist", default=[], doc="capabilities wanted"),
-                _THRESHOLD,
-                Field("limit", "int", default=100, lo=1, hi=MAX_LIST_LIMIT),
-            ),
-            returns="{helpers: [{agent, cover, matched, missing, position, waiting_since}], seq}",
-        ),
-        Op(
-            "blocker_raise",
-            "An agent reports a blocker: it becomes `blocked`, `blocker.raised` is published at "
-            "once, and the answer names the helpers whose capabilities cover `requires`.",
-            (
-                _AGENT,
-                Field("type", "name", True, doc="kind of blocker (free name: dependency, access, review...)"),
-                Field("description", "text", True, doc="what blocks"),
-                Field("severity", "choice", default="medium", doc="one of " + ", ".join(SEVERITIES),
-                      choices=SEVERITIES),
-                Field("requires", "namelist", default=[], doc="capabilities a helper needs"),
-                Field("task", "id", doc="the task it blocks (must exist)"),
-                _THRESHOLD,
-            ),
-            writes=True,
-            returns="{blocker, helpers, seq}",
-            errors=("not_found",),
-        ),
-        Op(
-            "blocker_resolve",
-            "Resolve an open blocker: `blocker.resolved` is published; the agent that raised it "
-            "is no longer blocked by it (busy again if it holds a task, else idle).",
-            (
-                Field("blocker", "id", True, doc="blocker id"),
-                Field("agent", "id", doc="who resolved it"),
-                Field("resolution", "text", doc="how"),
-            ),
-            writes=True,
-            returns="blocker",
-            errors=("not_found", "conflict"),
-        ),
-        Op(
-            "blocker_list",
-            "Blockers, oldest first: open ones by default.",
-            (
-                Field("status", "choice", default="open", doc="open, resolved or all",
-                      choices=BLOCKER_STATUSES),
-                Field("after", "after", default="", doc="the last id of the previous page (empty: from the start)"),
-                Field("limit", "int", default=1000, lo=1, hi=MAX_LIST_LIMIT),
-            ),
-            returns="{blockers: [blocker], more, seq}",
-        ),
+        *PRESENCE_OPS,
         Op(
             "snapshot",
             "Everything a coordinator or dashboard starts from, in one reply taken at one "
@@ -355,6 +277,7 @@ OPS: dict[str, Op] = {
         ),
         *MESSAGE_OPS,
         *RESERVATION_OPS,
+        *ADMIN_OPS,
     )
 }
 
@@ -590,9 +513,10 @@ TOPICS: dict[str, str] = {
     "task.completed": "the owner completed a task",
     "task.failed": "the owner failed a task; it is available again (or see task.dead)",
     "task.dead": "a task failed max_attempts times",
-    "task.released": "a claim ended without completion: reason released, lease_expired, claim_expired or unregistered",
+    "task.released": "a claim ended without completion: reason released, lease_expired, claim_expired, "
+                     "unregistered or admin_released",
     "agent.registered": "an agent registered (or re-registered); state and position in the idle queue",
-    "agent.unregistered": "an agent unregistered",
+    "agent.unregistered": "an agent unregistered, or an admin ended its lease (reason admin_released)",
     "agent.expired": "an agent's lease lapsed; its claims were released (liveness `gone`)",
     "agent.idle": "an agent is idle: it reported so, or its last task claim ended (position in the idle queue)",
     "agent.busy": "an agent is busy: it reported so (task), or it claimed a task",
@@ -606,4 +530,5 @@ TOPICS: dict[str, str] = {
     MESSAGE_PREFIX + "<topic>": "a message sent with `publish` (data, from)",
     **MESSAGE_TOPICS,
     **RESERVATION_TOPICS,
+    **ADMIN_TOPICS,
 }

@@ -9,14 +9,18 @@ Rules it keeps:
 * A client whose key is not on the list gets nothing: the handshake fails before a single
   request is read. The refusal is logged with the peer's address and the key's fingerprint,
   at most once per key per interval (a client retrying cannot flood the log).
-* An admitted connection carries the client's Z85 public key as its ZAP User-Id, which
-  libzmq attaches to every message read from it (``frame.get("User-Id")``): the identity
-  a later step binds agents and roles to.
+* An admitted connection carries ``ROLE:KEY`` as its ZAP User-Id (the key's role from
+  the allow-list, then its Z85 public key), which libzmq attaches to every message read
+  from it (``frame.get("User-Id")``): the broker hands both to the core per request
+  (keys.user_id and keys.split_user_id are the two ends of that format). The role is
+  fixed when the connection is made: moving a key to another role directory takes effect
+  when its client connects again.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from ._logging import RateLimited
 from .config import BrokerConfig
 from .errors import ConfigError
-from .keys import AllowList, KeyPair, fingerprint, keygen, load_pair
+from .keys import AllowList, KeyPair, fingerprint, keygen, load_pair, user_id
 
 log = logging.getLogger("zmesh.zap")
 
@@ -49,8 +53,18 @@ class Gate(ThreadAuthenticator):
     def begin(self) -> None:
         self.start()
         self.configure_curve_callback(DOMAIN, credentials_provider=self)
-        log.info("security on: broker key %s, %d client keys allowed in %s", self.keys.fingerprint,
-                 len(self.allowed_keys.keys()), self.allowed_keys.directory)
+        roles = Counter(role for _file, role in self.allowed_keys.entries().values())
+        log.info("security on: broker key %s, client keys allowed in %s: %d agent, %d observer, %d admin",
+                 self.keys.fingerprint, self.allowed_keys.directory, roles["agent"], roles["observer"],
+                 roles["admin"])
+        for doubled in self.allowed_keys.doubled:
+            log.warning("a key is in more than one role directory, the highest role counts: %s", doubled)
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        """What libzmq attaches to every message of an admitted connection (pyzmq asks after
+        :meth:`callback` allowed the key; raw key bytes)."""
+        z85 = zmq.utils.z85.encode(client_public_key)
+        return user_id(self.allowed_keys.role(z85) or "agent", z85.decode("ascii"))
 
     def callback(self, domain: str, key: bytes) -> bool:
         """The CURVE check pyzmq asks (key in Z85)."""

@@ -34,7 +34,8 @@ EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 #: what each exit code means (README's table is tested against this)
 EXIT_CODES = {
     EXIT_OK: "ok",
-    EXIT_REFUSED: "refused or lost: not found, conflict, not owner, stale token, lapsed claim, nothing to claim",
+    EXIT_REFUSED: "refused or lost: not found, conflict, not owner, forbidden, stale token, lapsed claim, "
+                  "nothing to claim",
     EXIT_USAGE: "usage or invalid input: bad option or value, bad endpoint, bad configuration",
     EXIT_UNREACHABLE: "broker unreachable (no answer within --timeout)",
 }
@@ -141,7 +142,7 @@ def main(ctx: click.Context, broker: str | None, discover: bool, timeout: float,
 
 
 def _register() -> None:
-    from . import agents, events, gateway, guard, hooks, mcp, messages, reservations, security, serve, tasks, top, wait  # noqa: F401  (each module adds its commands to main)
+    from . import admin, agents, events, gateway, guard, hooks, mcp, messages, reservations, security, serve, tasks, top, wait  # noqa: F401  (each module adds its commands to main)
 
 
 _register()

@@ -89,11 +89,17 @@ JSON_SHAPES: dict[str, tuple[tuple[str, ...], str] | None] = {
     "guard install": None,
     "guard check": None,
     "hook stop": None,  # its stdout is the hook contract: {"decision": "block", "reason"} or nothing
-    "hook prompt": None,
-    "mcp": None,
-    "gateway": None,
+    "hook prompt": None,  # {"hookSpecificOutput": {"hookEventName", "additionalContext"}} or nothing
+    "mcp": None,  # its stdout is the MCP protocol (JSON-RPC); see docs/MCP.md
+    "gateway": None,  # a server: its answers are HTTP (OpenAPI at /openapi.json)
     "keygen": (("public", "secret", "key", "fingerprint"), "the two files written, the public key in Z85 and its "
-               "fingerprint"),  # a server: its answers are HTTP (OpenAPI at /openapi.json)  # its stdout is the MCP protocol (JSON-RPC); see docs/MCP.md  # {"hookSpecificOutput": {"hookEventName", "additionalContext"}} or nothing
+               "fingerprint"),
+    "admin release": (("task", "agent", "released"), "the task released (null with --agent), the agent that held "
+                      "it, and every resource released"),
+    "admin purge": (("purged", "kept"), "`purged`: the task ids deleted; `kept`: each {task, reason} a --status "
+                    "purge left (claimed, or tasks wait on it)"),
+    "admin requeue": (("requeued",), "`requeued`: the task ids put back in the pool; with --message: {id, "
+                      "requeued} (the recipients)"),
     "wait": (("kind",), "`kind`: task, message or timeout; a task adds `task`, `claimed`, `claim` (the claim "
              "as `task claim` prints it, or null) and `record` (the task); a message adds `message`; a timeout "
              "adds `waited`"),

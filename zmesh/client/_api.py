@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 from .. import protocol
 from ..errors import BadRequest, Conflict, InvalidArgument, RemoteError
+from ._admin_api import AdminApi
 from ._messages_api import MessagesApi
 from ._protocol import Call, _identity, _to_claim
 
@@ -29,7 +30,7 @@ MAX_TIMEOUT_S = 3600.0
 
 
 #: task events after which a task may be claimable by an agent waiting for work
-WORK_EVENTS = ("task.created", "task.available", "task.released", "task.failed")
+WORK_EVENTS = ("task.created", "task.available", "task.released", "task.failed", "task.requeued")
 
 
 def first_claimable(tasks: Iterable[dict[str, Any]], capabilities: Iterable[str]) -> dict[str, Any] | None:
@@ -76,8 +77,8 @@ def check_bool(field: str, value: Any) -> bool:
     return value
 
 
-class Api(MessagesApi):
-    """Every op, defined once (the message ops in MessagesApi)."""
+class Api(MessagesApi, AdminApi):
+    """Every op, defined once (the message ops in MessagesApi, the admin ops in AdminApi)."""
 
     agent: str | None
 

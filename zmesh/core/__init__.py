@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .. import protocol
-from . import identity
+from .admin import Admin
 from .agents import Agents
 from .blockers import Blockers
 from .claims import ClaimKind, Claims
@@ -33,6 +33,7 @@ from .context import DEFERRED, Batch, Now, Settings
 from .deadlines import Deadlines, Due
 from .deliveries import Deliveries, Push
 from .eventlog import EventLog, all_counters, counter, read_counter
+from .identity import Identity
 from .messages import Messages
 from .presence import Presence
 from .reservations import Reservations
@@ -86,13 +87,15 @@ class Core:
         self.deliveries = Deliveries(self.log, self.agents, self.claims)
         self.messages = Messages(self.settings, self.log, self.agents, self.tasks, self.deliveries)
         self.reservations = Reservations(self.log, self.agents, self.claims)
+        self.admin = Admin(self.log, self.tasks, self.agents, self.claims)
+        self.identity = Identity(self.log)
         self.agents.on_end.append(self.deliveries.forget)
         for kind in kinds:
             self.claims.register(kind)
         self._handlers: dict[str, Callable[[Batch, dict[str, Any]], Any]] = {
             **self.agents.handlers(), **self.presence.handlers(), **self.blockers.handlers(),
             **self.tasks.handlers(), **self.deliveries.handlers(), **self.messages.handlers(),
-            **self.reservations.handlers(),
+            **self.reservations.handlers(), **self.admin.handlers(),
             "publish": self._publish, "status": self._status, "replay": self.log.replay,
             "snapshot": self._snapshot,
         }
@@ -111,8 +114,8 @@ class Core:
         """Apply one validated request. Returns (reply body, events it appended).
         Raises a RemoteError when refused; a refused request has written nothing."""
         start = len(b.events)
-        if b.key is not None:  # security on: an agent acts only under the key it belongs to
-            identity.check(b, op, body, lambda agent: self.agents.get(b.txn, agent))
+        if b.key is not None:  # security on: the key's role, and an agent acts only under its own key
+            self.identity.check(b, op, body, lambda agent: self.agents.get(b.txn, agent))
         reply = self._handlers[op](b, body)
         return reply, b.events[start:]
 

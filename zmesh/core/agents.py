@@ -201,8 +201,8 @@ class Agents:
                                                "expires_in": None if remaining is None else round(remaining, 3)})
 
     def end(self, b: Batch, agent: str, reason: str) -> list[str]:
-        """The lease is over (``lease_expired`` or ``unregistered``): release every claim,
-        forget the agent."""
+        """The lease is over (``lease_expired``, ``unregistered`` or ``admin_released``):
+        release every claim, forget the agent."""
         released = self.claims.release_all(b, agent, reason)
         b.txn.delete("agents", agent_key(agent))
         self.deadlines.drop(Due.LEASE, agent)
@@ -215,6 +215,8 @@ class Agents:
         body: dict[str, Any] = {"agent": agent, "released": released}
         if reason == "lease_expired":
             body["liveness"] = "gone"
+        elif reason != "unregistered":  # an admin ended it (core/admin.py)
+            body["reason"] = reason
         self.log.emit(b, topic, body)
         return released
 

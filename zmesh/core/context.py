@@ -58,7 +58,7 @@ class Batch:
     """The context every handler gets: one transaction's worth of work."""
 
     __slots__ = ("txn", "now", "events", "pushes", "counters", "written", "caller", "request_id", "ticket",
-                 "answers", "key")
+                 "answers", "key", "role")
 
     def __init__(self, txn: Txn, now: Now, caller: Any = None) -> None:
         self.txn = txn
@@ -77,5 +77,7 @@ class Batch:
         #: the current request's authenticated client key (Z85 text) when security is on,
         #: else None (core/identity.py)
         self.key: str | None = None
+        #: and the role the allow-list gave that key (agent, observer, admin), else None
+        self.role: str | None = None
         #: answers to requests that waited: (their ticket, reply body or RemoteError)
         self.answers: list[tuple[Any, Any]] = []

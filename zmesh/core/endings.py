@@ -3,7 +3,7 @@
 Rules it keeps:
 
 * Every ending of a task claim is in the task's history (released, failed, lease_expired,
-  claim_expired, unregistered) or is its completion, so the refusal is read from the store
+  claim_expired, unregistered, admin_released) or is its completion, so the refusal is read from the store
   and never guessed; it reads only (a refused request writes nothing).
 * The agent's own lapse is ``lease_expired`` (its lease lapsed or it unregistered) or
   ``claim_expired`` (the claim's TTL); a release, failure or completion is ``stale_token``
@@ -28,6 +28,7 @@ ENDED = {
     "released": "'{agent}' released it",
     "failed": "'{agent}' reported it failed",
     "completed": "'{agent}' completed the task",
+    "admin_released": "an admin released '{agent}''s claim",
 }
 #: endings that are a lapse (the agent did not end the claim itself) -> the error to raise
 LAPSED: dict[str, type[RemoteError]] = {

@@ -7,7 +7,8 @@ Task states and the only transitions between them (the table is :data:`TRANSITIO
     claimed ──complete (owner, current token)──> completed
     claimed ──fail──> available            (attempts < max_attempts)
     claimed ──fail──> dead                 (attempts == max_attempts)
-    claimed ──release / lease or claim expiry / unregister──> available
+    claimed ──release / lease or claim expiry / unregister / admin release──> available
+    dead ──admin requeue──> available      (attempts back to 0)
 
 Rules it keeps:
 
@@ -62,6 +63,7 @@ TRANSITIONS: dict[tuple[str, str], tuple[str, ...]] = {
     ("claimed", "complete"): ("completed",),
     ("claimed", "fail"): ("available", "dead"),
     ("claimed", "release"): ("available",),
+    ("dead", "requeue"): ("available",),
 }
 
 #: entries kept in a task's history (how each claim that did not complete ended: released,
@@ -186,6 +188,20 @@ class Tasks:
             elif new in ("completed", "dead"):
                 txn.delete("ready", self.ready_key(task))
         txn.put("tasks", tid, dumps(task))
+
+    def delete(self, b: Batch, task: dict[str, Any]) -> None:
+        """Remove a task that is not claimed, with its index entries and its count (an
+        admin purge); what waits on it is the caller's to check."""
+        txn, status, tid = b.txn, task["status"], task_key(task["id"])
+        assert status != "claimed", "release a claim before deleting its task"
+        if status in BY_STATUS:
+            txn.delete("by_status", status_key(status, tid))
+        txn.delete("ready", self.ready_key(task))
+        if status == "waiting":  # it no longer waits on its dependencies
+            for dep in task["depends_on"]:
+                txn.delete("waiting_on", waiting_key(dep, task["id"]))
+        self._count(b, status, -1)
+        txn.delete("tasks", tid)
 
     @staticmethod
     def _count(b: Batch, status: str, delta: int) -> None:
