@@ -16,6 +16,23 @@ What the log tells an operator (logger ``zmesh.broker``): start (endpoints, reco
 was recovered and how long it took), each lease that lapsed and the claims it released,
 each claim whose own TTL lapsed, bad or oversized requests with the peer's address and the
 reason (rate-limited per peer), slow commits (rate-limited), stop.
+
+What one client can make the broker hold is bounded, so a flood or a stalled reader never
+grows its memory without limit and never starves the others:
+
+* **Fair share.** The ROUTER fair-queues its peers (libzmq reads one message from each
+  connection with input in turn), so a batch drained while one client floods holds every
+  other client's waiting request too: a flood costs the others at most one batch.
+* **Per-connection queues** are capped in messages (libzmq's high-water marks):
+  :data:`PEER_RCVHWM` requests waiting to be read (then TCP pushes back on the sender),
+  :data:`PEER_SNDHWM` replies and pushes not yet taken by a client (more are dropped: a
+  reply is re-sent from the retry cache when the client retries, a push stays pending in
+  the store), :data:`SUB_SNDHWM` events per subscriber (more are dropped for that
+  subscriber, which sees the gap in seq and replays from the event log).
+* **The broker's own buffers**: the retry cache is bounded in replies and bytes and keeps
+  right-sized copies (zmesh/retries.py); a batch is freed as soon as it is answered (the
+  store drops its commit hooks, which held it in a cycle); low-priority work deferred behind urgent work at most
+  :data:`LOW_BACKLOG` requests (beyond it, it is applied at once).
 """
 
 from __future__ import annotations
@@ -27,7 +44,7 @@ import signal
 import socket
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Any
 
 import zmq
@@ -40,6 +57,7 @@ from .errors import Internal, RemoteError, StoreError
 from .protocol import DecodeError, Event
 from .sockets import EVENTS, NOBLOCK, POLLIN, get_option as _get, peer_address, recv_message, send_frames
 from .keys import fingerprint as key_fingerprint, split_user_id
+from .retries import RetryCache
 from .store import LmdbStore, Store, StoreFull
 
 log = logging.getLogger(__name__)
@@ -48,8 +66,10 @@ _limited = RateLimited(log, interval=10.0)
 
 #: most requests applied in one transaction; bounds the latency a batch adds to its first request
 MAX_BATCH = 512
-#: replies to recent write requests kept for idempotent retries (by req_id)
-DEDUP_SIZE = 100_000
+#: per-connection message queues (see the module docstring)
+PEER_RCVHWM = 1_000
+PEER_SNDHWM = 1_000
+SUB_SNDHWM = 10_000
 #: a batch (apply + commit + sync) slower than this is logged as a warning
 SLOW_COMMIT_S = 0.5
 
@@ -64,6 +84,8 @@ _LANE = {p: i for i, p in enumerate(protocol.PRIORITIES)}
 MAIN_LANE = _LANE["high"]
 LOW_LANE = _LANE["low"]
 LOW_PER_PASS = 256
+#: low work deferred in memory at most; beyond it the oldest goes at once, a batch per pass
+LOW_BACKLOG = 4 * MAX_BATCH
 #: delivery latencies kept per priority for msgstats
 LATENCY_SAMPLES = 1000
 
@@ -101,7 +123,7 @@ class Broker:
         self._pub: zmq.Socket | None = None
         # req_id -> (fingerprint of op + body, reply frames): a retry is the same req_id
         # with the same request; another request reusing an id is not served a stale reply
-        self._dedup: OrderedDict[bytes, tuple[int, list[bytes]]] = OrderedDict()
+        self._dedup = RetryCache()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -138,14 +160,14 @@ class Broker:
             binds.append(ipc_endpoint(self.config.data, "zmesh.ipc"))
             pub_binds.append(ipc_endpoint(self.config.data, "zmesh-pub.ipc"))
         pub = self._ctx.socket(zmq.PUB)
-        pub.setsockopt(zmq.SNDHWM, 100_000)
+        pub.setsockopt(zmq.SNDHWM, SUB_SNDHWM)
         pub.setsockopt(zmq.LINGER, 0)
         router = self._ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         router.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
-        router.setsockopt(zmq.RCVHWM, 100_000)
-        router.setsockopt(zmq.SNDHWM, 100_000)
+        router.setsockopt(zmq.RCVHWM, PEER_RCVHWM)
+        router.setsockopt(zmq.SNDHWM, PEER_SNDHWM)
         router.setsockopt(zmq.LINGER, 500)
         router.setsockopt(zmq.HEARTBEAT_IVL, 5_000)
         router.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15_000)
@@ -311,9 +333,12 @@ class Broker:
         deadline = self.core.next_deadline()
         if urgent or (deadline is not None and deadline <= now):
             self._commit(urgent)
-        # low work goes when nothing more urgent came in this pass, or once it waited low_batch
-        if self._low and (not urgent or now - self._low[0][1] >= self.config.low_batch):
-            self._commit([self._low.popleft()[0] for _ in range(min(LOW_PER_PASS, len(self._low)))])
+        # low work goes when nothing more urgent came in this pass, or once it waited
+        # low_batch, or at once (a batch per pass) while more than LOW_BACKLOG wait
+        low = len(self._low)
+        if low and (not urgent or now - self._low[0][1] >= self.config.low_batch or low > LOW_BACKLOG):
+            take = MAX_BATCH if low > LOW_BACKLOG else min(LOW_PER_PASS, low)
+            self._commit([self._low.popleft()[0] for _ in range(min(take, low))])
 
     def _commit(self, items: list[_Item]) -> None:
         """Apply ``items`` (and expiry) in one transaction, then send what it produced:
@@ -442,9 +467,7 @@ class Broker:
                 remember[req_id] = (hash((waited.req.op, waited.body)), out)
                 replies.append((waited.router, [waited.ident, *out]))
             events, pushes = ctx.events, ctx.pushes
-        dedup.update(remember)
-        while len(dedup) > DEDUP_SIZE:
-            dedup.popitem(last=False)
+        dedup.add(remember)
         return replies, events, expired, pushes
 
     def _latency(self) -> dict[str, Any]:

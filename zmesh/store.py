@@ -264,6 +264,15 @@ class _Write:
         return self._wrapped
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        try:
+            self._finish(kind, exc)
+        finally:
+            # a hook usually holds the batch that holds this transaction: without this the
+            # batch (its events, its replies) waits for the cyclic GC, many batches at once
+            # under load (measured: 180 MB of events alive during an 8 KB publish flood)
+            self._wrapped.hooks.clear()
+
+    def _finish(self, kind: type[BaseException] | None, exc: BaseException | None) -> None:
         txn, wrapped = self._txn, self._wrapped
         if kind is None:
             try:
@@ -353,10 +362,13 @@ class MemoryStore:
     @contextmanager
     def write(self) -> Iterator[MemoryTxn]:
         txn = MemoryTxn(self.tables, True)
-        yield txn
-        for hook in txn.hooks:
-            hook()
-        self.tables.update(txn._mine)
+        try:
+            yield txn
+            for hook in txn.hooks:
+                hook()
+            self.tables.update(txn._mine)
+        finally:
+            txn.hooks.clear()  # as LmdbStore: no cycle through the batch
 
     @contextmanager
     def read(self) -> Iterator[MemoryTxn]:
