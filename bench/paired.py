@@ -52,6 +52,9 @@ def pairs(peers: bool, store_dir: str | None, agents: int, tasks: int) -> list[P
     def zmesh(level: str, durability: str = "") -> Callable[[], System]:
         return lambda: ZmeshSystem(f"zmesh({level})", durability or level, level=level)
 
+    def zmesh_secure(level: str) -> Callable[[], System]:
+        return lambda: ZmeshSystem(f"zmesh({level}, curve)", level, level=level, secure=True)
+
     def probe(name: str, mode: str, level: str) -> Callable[[], System]:
         return lambda: ProbeSystem(name, level, mode=mode, level=level)
 
@@ -72,6 +75,10 @@ def pairs(peers: bool, store_dir: str | None, agents: int, tasks: int) -> list[P
              "broadcast", 2.0, True),
         Pair("push", "push to a live agent p95: zmesh(none) / raw ROUTER->DEALER", zmesh("none"),
              lambda: RawPush("raw-zmq-router-dealer", "in memory", kinds=frozenset({"push"})), "push", 2.0, True),
+        Pair("curve-claim", "claim p95 with CurveZMQ on / off: zmesh(full, --secure) / zmesh(full)",
+             zmesh_secure("full"), zmesh("full"), "latency", 1.25, True),
+        Pair("curve-thr", "16-client durable throughput with CurveZMQ on / off: zmesh(full, --secure) / zmesh(full)",
+             zmesh_secure("full"), zmesh("full"), "throughput16", 0.8, False),
         Pair("agents", f"claim p95 with {agents:,} agents heartbeating / the same broker without them",
              zmesh("full"), zmesh("full"), "agents", 1.5, True),
     ]

@@ -133,6 +133,9 @@ class System:
 class ZmeshSystem(System):
     level: str = "full"
     extra: tuple[str, ...] = ()
+    #: CurveZMQ on (``zmesh broker --secure``): the harness makes the broker's key pair and
+    #: one client key on its allow-list; every bench client of this system uses that key
+    secure: bool = False
 
     def start(self, workdir: Path) -> dict[str, Any]:
         import zmesh
@@ -141,23 +144,51 @@ class ZmeshSystem(System):
         port, pub = free_port(), free_port()
         data = workdir / f"zmesh-{self.level}"
         ep = f"tcp://127.0.0.1:{port}"
+        keys: dict[str, str] = {}
+        extra = list(self.extra)
+        if self.secure:
+            from zmesh.keys import keygen
+
+            broker_public, _ = keygen(data / "keys", "broker", force=True)
+            client_public, client_secret = keygen(workdir / "client-keys", "bench", force=True)
+            (data / "keys" / "authorized").mkdir(parents=True, exist_ok=True)
+            (data / "keys" / "authorized" / client_public.name).write_bytes(client_public.read_bytes())
+            keys = {"server_key": str(broker_public), "key": str(client_secret)}
+            extra.append("--secure")
         cmd = [sys.executable, "-m", "zmesh", "broker", "--data", str(data), "--bind", ep,
                "--pub-bind", f"tcp://127.0.0.1:{pub}", "--no-discovery", "--durability", self.level,
-               "--ttl", "60", *self.extra]
-        self.servers.append(Server(cmd, workdir / f"zmesh-{self.level}.log").start(lambda: ping(ep, 0.2) is not None))
-        return {"kind": "zmesh", "endpoint": ep, "pub": f"tcp://127.0.0.1:{pub}", "data": str(data)}
+               "--ttl", "60", *extra]
+        options = curve_sockopts(keys)
+        self.servers.append(Server(cmd, workdir / f"zmesh-{self.level}.log").start(
+            lambda: ping(ep, 0.2, options) is not None))
+        return {"kind": "zmesh", "endpoint": ep, "pub": f"tcp://127.0.0.1:{pub}", "data": str(data), **keys}
 
     def prepare(self, info: dict[str, Any], keys: list[str]) -> None:
-        create_tasks(info["endpoint"], keys)
+        create_tasks(info["endpoint"], keys, info)
 
 
-def create_tasks(endpoint: str, keys: list[str]) -> None:
+def curve(info: dict[str, Any]) -> dict[str, str]:
+    """The Client arguments for a secure zmesh system ({} when security is off)."""
+    return {k: info[k] for k in ("server_key", "key") if k in info}
+
+
+def curve_sockopts(info: dict[str, Any]) -> tuple[tuple[int, Any], ...]:
+    """The socket options of a CURVE client of a secure zmesh system (() when off)."""
+    from zmesh.client._protocol import curve_options
+
+    args = curve(info)
+    return curve_options(args["server_key"], args["key"]) if args else ()
+
+
+def create_tasks(endpoint: str, keys: list[str], info: dict[str, Any] | None = None) -> None:
     """Create tasks fast: many requests in flight on one DEALER (group commit batches them)."""
     from zmesh import protocol
 
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    for option, value in curve_sockopts(info or {}):
+        sock.setsockopt(option, value)
     sock.connect(endpoint)
     prefix = uuid.uuid4().bytes  # request ids are unique per request (retries reuse them)
     try:
@@ -221,7 +252,7 @@ class ZmeshClaim:
     def __init__(self, info: dict[str, Any], agent: str) -> None:
         from zmesh import Client
 
-        self.client = Client(info["endpoint"], agent=agent, ttl=60, timeout=30).connect()
+        self.client = Client(info["endpoint"], agent=agent, ttl=60, timeout=30, **curve(info)).connect()
 
     def claim(self, key: str, ttl: float) -> bool:
         return self.client.claim(key, ttl=ttl) is not None
@@ -254,7 +285,7 @@ class ZmeshPublisher:
     def __init__(self, info: dict[str, Any]) -> None:
         from zmesh import Client
 
-        self.client = Client(info["endpoint"], timeout=30).connect()
+        self.client = Client(info["endpoint"], timeout=30, **curve(info)).connect()
 
     def publish(self, payload: bytes) -> None:
         self.client.publish("bench", payload[:8].hex() + payload[8:].decode("latin-1"))
@@ -267,7 +298,7 @@ class ZmeshSubscriber:
     def __init__(self, info: dict[str, Any]) -> None:
         from zmesh import Client
 
-        self.client = Client(info["endpoint"], timeout=30).connect()
+        self.client = Client(info["endpoint"], timeout=30, **curve(info)).connect()
         self.client.hello()
         self.events = self.client.events(["msg.bench"], timeout=5.0)
 
