@@ -52,10 +52,12 @@ class Gateway:
         return self.log_path.read_text(errors="replace")
 
     def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-                timeout: float = 30) -> tuple[int, Any]:
+                timeout: float = 30, token: str | None = None) -> tuple[int, Any]:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"content-type": "application/json"})
+        headers = {"content-type": "application/json"}
+        if token is not None:
+            headers["authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, json.loads(resp.read())
@@ -307,3 +309,67 @@ def test_the_readme_curl_lines_work_as_written(gw: Gateway, ops: Client) -> None
         status, got = gw.request("POST" if body is not None else "GET", path,
                                  raw=None if body is None else body.encode(), timeout=60)
         assert status == 200, (line, status, got)
+
+
+# ---------------------------------------------------------------- bearer tokens
+ALICE_TOKEN, OPS_TOKEN = "alice-token-0123456789", "ops-token-0123456789abcdef"
+
+
+def test_tokens_name_the_agent_a_caller_may_act_as(broker: BrokerProcess, tmp_path: Path, ops: Client) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"# who may call\n{ALICE_TOKEN} alice\n\n{OPS_TOKEN} *\n")
+    tokens.chmod(0o600)
+    g = Gateway(broker, tmp_path, "--tokens", str(tokens))
+    try:
+        ops.create_task("t1")
+        # no token, a bad scheme, an unknown token: 401, and nothing happened
+        for token in (None, "", "wrong-token-0123456789"):
+            status, got = g.request("POST", "/task/claim", {"session_id": "alice", "task_id": "t1"}, token=token)
+            assert (status, got["code"], got["field"]) == (401, "unauthorized", "Authorization"), got
+        assert ops.task("t1")["status"] == "available" and agent_row(ops, "alice") is None
+        # the schema stays open
+        with urllib.request.urlopen(g.base + "/openapi.json", timeout=5) as resp:
+            assert resp.status == 200
+        # alice's token acts as alice only
+        status, got = g.request("POST", "/task/claim", {"session_id": "alice", "task_id": "t1"}, token=ALICE_TOKEN)
+        assert status == 200 and got["claimed"], got
+        status, got = g.request("POST", "/task/complete", {"session_id": "bob", "task_id": "t1"}, token=ALICE_TOKEN)
+        assert (status, got["code"]) == (403, "forbidden") and "agent 'bob'" in got["message"], got
+        status, got = g.request("GET", "/agent/bob/messages", token=ALICE_TOKEN)
+        assert status == 403, got
+        status, got = g.request("POST", "/task/assign", {"session_id": "alice", "task_id": "t2", "create": True},
+                                token=ALICE_TOKEN)
+        assert status == 403 and "gateway's own calls" in got["message"], got
+        assert g.request("GET", "/status", token=ALICE_TOKEN)[0] == 200  # reading is any token's
+        # the * token acts as anyone and makes the gateway's own calls
+        status, got = g.request("POST", "/task/assign", {"session_id": "alice", "task_id": "t2", "create": True},
+                                token=OPS_TOKEN)
+        assert status == 200, got
+        assert ops.task("t2")["owner"] == "alice"
+        assert g.request("POST", "/task/complete", {"session_id": "alice", "task_id": "t1"}, token=OPS_TOKEN)[0] == 200
+    finally:
+        g.stop()
+
+
+@pytest.mark.parametrize("content, mode, match", [
+    (f"{ALICE_TOKEN} alice\n", 0o644, "can be read by others"),
+    ("short alice\n", 0o600, "at least 16 printable characters"),
+    (f"{ALICE_TOKEN}\n", 0o600, "want 'TOKEN AGENT'"),
+    (f"{ALICE_TOKEN} alice\n{ALICE_TOKEN} bob\n", 0o600, "line 2: this token is given twice"),
+    ("# nothing\n", 0o600, "holds no token"),
+])
+def test_a_bad_tokens_file_is_refused_at_start(tmp_path: Path, content: str, mode: int, match: str) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(content)
+    tokens.chmod(mode)
+    done = subprocess.run([sys.executable, "-m", "zmesh", "gateway", "--listen", f"127.0.0.1:{free_port()}",
+                           "--tokens", str(tokens)], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 2, done.stderr
+    assert match in done.stderr and "--tokens" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_non_loopback_listen_needs_tokens_or_no_auth(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "zmesh", "gateway", "--listen", f"0.0.0.0:{free_port()}"],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2 and "--tokens" in done.stderr and "--no-auth" in done.stderr, done.stderr

@@ -129,15 +129,15 @@ def test_a_flooding_client_does_not_starve_the_others(broker_factory: Callable[.
 
 
 def test_replies_nobody_reads_do_not_grow_the_broker(broker_factory: Callable[..., BrokerProcess]) -> None:
-    """20,000 requests for 40-task pages from a connection that never reads: the broker
+    """60,000 requests for 4-task pages from a connection that never reads: the broker
     answers them all, keeps at most PEER_SNDHWM replies queued, and stays serving."""
     b = broker_factory(durability="none")
     with Client(b.endpoint, timeout=30) as c:
-        for i in range(40):
-            c.create_task(f"task-{i:03d}", data={"pad": "x" * 600})
-        reply = len(orjson.dumps({"tasks": c.tasks(limit=40)}))
+        for i in range(4):
+            c.create_task(f"task-{i:03d}", data={"pad": "x" * 800})
+        reply = len(orjson.dumps({"tasks": c.tasks(limit=4)}))
         base_requests = int(c.status()["requests"])
-    count = 20_000
+    count = 60_000
     unbounded = count * reply
     ceiling = 100 * MB
     assert unbounded > 2 * ceiling and PEER_SNDHWM * reply < ceiling / 2, "the check could not fail"
@@ -145,7 +145,7 @@ def test_replies_nobody_reads_do_not_grow_the_broker(broker_factory: Callable[..
     sock = dealer(b.endpoint, RCVHWM=1, RCVBUF=4096, SNDHWM=0)
     try:
         for n in range(count):
-            sock.send_multipart(request(n, "task_list", {"limit": 40}))
+            sock.send_multipart(request(n, "task_list", {"limit": 4}))
         wait_for(lambda: served(b.endpoint) >= base_requests + count, timeout=120,
                  what="the broker to answer the whole flood")
         grown = rss_anon(b.pid) - before
@@ -153,6 +153,27 @@ def test_replies_nobody_reads_do_not_grow_the_broker(broker_factory: Callable[..
         print(f"replies nobody reads: the broker grew {grown / MB:.0f} MB (unbounded: {unbounded / MB:.0f} MB)")
         with Client(b.endpoint, timeout=30) as other:
             other.create_task("after")  # and it still serves
+    finally:
+        sock.close(0)
+
+
+def test_a_pipelining_client_loses_no_reply(broker_factory: Callable[..., BrokerProcess]) -> None:
+    """A client that keeps 5,000 requests in flight (the bench's task loader keeps 2,000)
+    and reads as it goes gets every reply: a burst of replies to one peer stays under
+    PEER_SNDHWM."""
+    b = broker_factory(durability="none")
+    sock = dealer(b.endpoint)
+    count, window, answered, sent = 50_000, 5_000, 0, 0
+    assert window < PEER_SNDHWM
+    try:
+        while answered < count:
+            while sent < count and sent - answered < window:
+                sock.send_multipart(request(sent, "task_create", {"id": f"t{sent}"}))
+                sent += 1
+            assert sock.poll(30_000), f"no reply after {answered} of {count}: replies were dropped"
+            reply = protocol.decode_reply(sock.recv_multipart())
+            assert reply.ok, reply.body
+            answered += 1
     finally:
         sock.close(0)
 

@@ -27,7 +27,7 @@ grows its memory without limit and never starves the others:
   :data:`PEER_RCVHWM` requests waiting to be read (then TCP pushes back on the sender),
   :data:`PEER_SNDHWM` replies and pushes not yet taken by a client (more are dropped: a
   reply is re-sent from the retry cache when the client retries, a push stays pending in
-  the store), :data:`SUB_SNDHWM` events per subscriber (more are dropped for that
+  the store; so a connection keeps fewer requests than that in flight), :data:`SUB_SNDHWM` events per subscriber (more are dropped for that
   subscriber, which sees the gap in seq and replays from the event log).
 * **The broker's own buffers**: the retry cache is bounded in replies and bytes and keeps
   right-sized copies (zmesh/retries.py); a batch is freed as soon as it is answered (the
@@ -68,7 +68,7 @@ _limited = RateLimited(log, interval=10.0)
 MAX_BATCH = 512
 #: per-connection message queues (see the module docstring)
 PEER_RCVHWM = 1_000
-PEER_SNDHWM = 1_000
+PEER_SNDHWM = 10_000  # well above a burst of replies to one peer (a batch is at most MAX_BATCH)
 SUB_SNDHWM = 10_000
 #: a batch (apply + commit + sync) slower than this is logged as a warning
 SLOW_COMMIT_S = 0.5

@@ -76,7 +76,8 @@ def keygen(directory: str | os.PathLike[str], name: str, *, force: bool = False)
     return public, secret
 
 
-def _check_private(path: Path, field: str) -> None:
+def check_private(path: Path, field: str) -> None:
+    """Refuse a secret file (a key, the gateway's tokens) that the group or others can read."""
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(f"{field}: {path} can be read by others (mode {stat.S_IMODE(mode):04o}); "
@@ -95,7 +96,7 @@ def load_pair(path: str | os.PathLike[str], field: str) -> KeyPair:
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"{field}: no key file {file} (make one with `zmesh keygen`)", {"field": field})
-    _check_private(file, field)
+    check_private(file, field)
     public, secret = _read(file, field)
     if secret is None:
         raise ConfigError(f"{field}: {file} holds only a public key; give the .key_secret file",

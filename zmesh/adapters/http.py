@@ -19,6 +19,9 @@ Rules it keeps:
   above the message limit is 413. The answer is always ``{code, message, field?}``.
 * Broker answers map onto HTTP statuses (:data:`STATUS`): a refusal is 404 or 409. A broker
   that does not answer within ``--timeout`` is 503, never a hang.
+* With a tokens file every call carries a bearer token, and acts only as the agent its
+  token names (zmesh/adapters/http_auth.py): 401 without a known token, 403 as another
+  agent.
 * The predecessor's body fields ``timestamp``, ``tasks_completed`` and ``waiting_since`` are
   accepted for compatibility. The broker keeps its own counts and times, and the answer
   lists these fields under ``ignored``.
@@ -39,6 +42,7 @@ from pydantic import Field as PydField
 from .. import __version__, protocol
 from ..client import AsyncClient
 from ..errors import InvalidArgument, ZmeshError
+from .http_auth import CALLER, OPEN_PATHS, Tokens, Unauthorized, allow
 from .schemas import field_arg
 from .session import AgentSession, check_address
 
@@ -56,6 +60,7 @@ STATUS = {
     "invalid_argument": 422, "bad_request": 422, "usage": 422, "config": 422, "too_large": 413,
     "not_found": 404, "conflict": 409, "not_owner": 409, "stale_token": 409, "claim_expired": 409,
     "lease_expired": 409, "nothing_to_claim": 404, "unreachable": 503, "no_reply": 504,
+    "unauthorized": 401, "forbidden": 403,
 }
 #: predecessor body fields the broker keeps itself
 IGNORED = ("timestamp", "tasks_completed", "waiting_since")
@@ -179,7 +184,8 @@ class Sessions:
 
     async def get(self, agent: str, capabilities: list[str] | None = None) -> AgentSession:
         """The agent's session, started, its lease renewed (registered with ``capabilities``
-        when given)."""
+        when given). Refused unless the request's token may act as ``agent``."""
+        allow(agent)
         async with self._lock:
             session = self._by_agent.get(agent)
             if session is None:
@@ -235,8 +241,10 @@ class Sessions:
 
 
 def build_app(endpoint: str | None, *, ttl: float = DEFAULT_HTTP_TTL_S, timeout: float = 5.0,
-              wait_max: float = DEFAULT_WAIT_MAX_S, max_body: int = protocol.MAX_MESSAGE_BYTES) -> FastAPI:
-    """The gateway's ASGI app (the caller serves it)."""
+              wait_max: float = DEFAULT_WAIT_MAX_S, max_body: int = protocol.MAX_MESSAGE_BYTES,
+              tokens: Tokens | None = None) -> FastAPI:
+    """The gateway's ASGI app (the caller serves it); with ``tokens``, every call needs a
+    bearer token (zmesh/adapters/http_auth.py)."""
     sessions = Sessions(endpoint, ttl=ttl, timeout=timeout)
     ops = AsyncClient(endpoint, timeout=timeout)
 
@@ -284,6 +292,17 @@ def build_app(endpoint: str | None, *, ttl: float = DEFAULT_HTTP_TTL_S, timeout:
             return _error(413, "too_large", f"the body is above {max_body} bytes")
         return await call_next(request)
 
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next: Any) -> Any:
+        if tokens is not None and request.url.path not in OPEN_PATHS:
+            try:
+                CALLER.set(tokens.caller(request.headers.get("authorization")))
+            except Unauthorized as exc:
+                response = _error(401, exc.code, exc.message, "Authorization")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
+        return await call_next(request)
+
     # ---------------------------------------------------------- the predecessor's API
     @app.post("/agent/{state}", summary="Report an agent's state (the predecessor notifier's call)")
     async def report(state: Annotated[Literal[protocol.REPORTS], Path(description="the state")],  # type: ignore[valid-type]
@@ -308,6 +327,7 @@ def build_app(endpoint: str | None, *, ttl: float = DEFAULT_HTTP_TTL_S, timeout:
 
     @app.post("/task/assign", summary="Assign a task to one agent (pushed to it at once)")
     async def assign(body: Assign) -> dict[str, Any]:
+        allow(None)  # the gateway's own call: it assigns for whoever calls
         if body.create:
             await ops.create_task(body.task_id, data=body.data, priority=body.priority, requires=body.requires or ())
         got = await ops.assign(body.session_id, body.task_id, ttl=body.ttl, queue=body.queue)
@@ -316,6 +336,7 @@ def build_app(endpoint: str | None, *, ttl: float = DEFAULT_HTTP_TTL_S, timeout:
 
     @app.post("/broadcast", summary="Send a message to every live agent")
     async def broadcast(body: Broadcast) -> dict[str, Any]:
+        allow(body.session_id)  # sent as that agent
         got = await ops.send(body.message, body.body, all=True, priority=body.priority, sender=body.session_id)
         return {k: got[k] for k in ("id", "addressed", "online", "queued")}
 

@@ -3,8 +3,10 @@ SIGINT/SIGTERM.
 
 Rules: ``--listen`` is checked where it enters (HOST:PORT, a port 1..65535, an IP address or
 a host name), and bound before anything starts: an address in use is exit 1 naming it, as
-for the broker. The gateway has no authentication yet, so an address other than loopback is
-logged as a warning. FastAPI and uvicorn are an optional dependency (``pip install
+for the broker. ``--tokens FILE`` makes every call carry a bearer token that names the
+agent it may act as (zmesh/adapters/http_auth.py). An address other than loopback without
+tokens is refused (exit 2) unless ``--no-auth`` says so on purpose, and then logged as a
+warning. FastAPI and uvicorn are an optional dependency (``pip install
 'zmesh[gateway]'``): without them the command is a usage error that says what to install.
 Logs go to stderr (INFO by default, -v for debug). uvicorn's access log is off unless -v.
 """
@@ -20,7 +22,7 @@ from typing import Any
 import click
 
 from .. import protocol
-from ..errors import BindError
+from ..errors import BindError, UsageError
 from . import main, setup_logging
 from ._options import Seconds, load_extra
 from ._output import Ctx, pass_ctx
@@ -67,9 +69,15 @@ def _loopback(host: str) -> bool:
               help="Lease TTL of an HTTP agent: it must call at least this often, or its claims go back.")
 @click.option("--wait-max", type=Seconds(1.0, protocol.MAX_WAIT_S), default=300.0, show_default=True,
               help="Longest long-poll wait (GET /agent/ID/wait).")
+@click.option("--tokens", "tokens_file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Bearer tokens, one 'TOKEN AGENT' per line (AGENT an agent id, or * for any agent and "
+                   "/task/assign); the file must not be readable by others.")
+@click.option("--no-auth", is_flag=True, help="Serve a non-loopback --listen without tokens (anyone who "
+                                               "reaches it acts as any agent).")
 @click.option("-v", "--verbose", count=True, help="Debug logging and the HTTP access log.")
 @pass_ctx
-def gateway(ctx: Ctx, listen: tuple[str, int], ttl: float, wait_max: float, verbose: int) -> None:
+def gateway(ctx: Ctx, listen: tuple[str, int], ttl: float, wait_max: float, tokens_file: str | None,
+            no_auth: bool, verbose: int) -> None:
     """Serve HTTP for agents that speak neither ZeroMQ nor MCP: the predecessor notifier's API
     (/agent/STATE, /status, /task/assign, /broadcast), claim and complete, a long-poll wait
     for work, messages and path reservations. OpenAPI at /openapi.json."""
@@ -77,12 +85,20 @@ def gateway(ctx: Ctx, listen: tuple[str, int], ttl: float, wait_max: float, verb
     http = load_extra("zmesh.adapters.http", "gateway", "gateway")
     import uvicorn
 
+    from ..adapters.http_auth import Tokens
+
     host, port = listen
-    if not _loopback(host):
-        log.warning("the gateway listens on %s, not loopback, and has no authentication yet: anyone who "
+    tokens = Tokens.load(tokens_file) if tokens_file is not None else None
+    if tokens is None and not _loopback(host):
+        if not no_auth:
+            raise UsageError(f"--listen {host}:{port} is not loopback: give --tokens FILE, or --no-auth to let "
+                             "anyone who reaches it act as any agent", {"field": "--tokens"})
+        log.warning("the gateway listens on %s, not loopback, without tokens (--no-auth): anyone who "
                     "reaches it can act as any agent", host)
     sock = _bind(host, port)  # here, so an address in use is a clear error before anything starts
-    app = http.build_app(ctx.endpoint(), ttl=ttl, timeout=ctx.timeout, wait_max=wait_max)
+    app = http.build_app(ctx.endpoint(), ttl=ttl, timeout=ctx.timeout, wait_max=wait_max, tokens=tokens)
+    if tokens is not None:
+        log.info("gateway calls need a bearer token: %d token(s) from %s", len(tokens), tokens_file)
     config = uvicorn.Config(app, log_config=None, access_log=verbose > 0,
                             log_level="debug" if verbose > 1 else "info", lifespan="on")
     log.info("zmesh gateway on http://%s:%d for broker %s", host, port, ctx.endpoint() or "(discovery)")
