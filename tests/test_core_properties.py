@@ -381,6 +381,38 @@ class CoreMachine(PresenceModel, RuleBasedStateMachine):
             [("task.released", "released")]
         self.check_topics(out[1], ["task.released", *topics])
 
+    @rule(i=task_index, known_=known)
+    def admin_release(self, i: int, known_: bool) -> None:
+        """An admin force-releases a task claim: it ends like a release, but the holder's
+        lease is not touched, and the task's history says an admin ended it."""
+        tid = self.tid(i, known_)
+        t = self.tasks.get(tid)
+        expect = NotFound if t is None else (None if t.status == "claimed" else Conflict)
+        out = self.run(expect, "admin_release", task=tid, reason="stuck")
+        if expect is not None:
+            return
+        assert t is not None and t.owner is not None
+        owner = t.owner
+        self.end_claim(t, "available", "admin_released")
+        topics = self.claim_ended(owner, tid, completed=False)
+        assert [(e.body["reason"], e.body["agent"]) for e in out[1] if e.topic == "task.released"] == \
+            [("admin_released", owner)]
+        self.check_topics(out[1], ["task.released", "audit.admin", *topics])
+
+    @rule(i=task_index, known_=known)
+    def admin_requeue(self, i: int, known_: bool) -> None:
+        """An admin puts a dead task back in the pool with its attempts at zero."""
+        tid = self.tid(i, known_)
+        t = self.tasks.get(tid)
+        expect = NotFound if t is None else (None if t.status == "dead" else Conflict)
+        out = self.run(expect, "admin_requeue", task=tid)
+        if expect is not None:
+            return
+        assert t is not None
+        t.status, t.attempts = "available", 0
+        assert (out[0]["status"], out[0]["attempts"]) == ("available", 0)
+        self.check_topics(out[1], ["task.requeued", "audit.admin"])
+
     @rule(i=task_index, known_=known, who_=who, mode=token_mode, ttl=TTLS)
     def renew(self, i: int, known_: bool, who_: str, mode: str, ttl: float | None) -> None:
         tid, t, agent, token = self.pick(i, known_, who_, mode)
