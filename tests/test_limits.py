@@ -47,6 +47,24 @@ def request(n: int, op: str, body: dict) -> list[bytes]:
     return protocol.encode_request(b"r%d" % n, op, body)
 
 
+def pipeline(endpoint: str, count: int, body: Callable[[int], tuple[str, dict]], window: int = 500) -> None:
+    """``count`` requests (``body(n)`` is the op and body of the n-th), ``window`` of them in
+    flight on one DEALER, each reply read and checked ok; a missing reply fails."""
+    sock = dealer(endpoint)
+    answered = sent = 0
+    try:
+        while answered < count:
+            while sent < count and sent - answered < window:
+                sock.send_multipart(request(sent, *body(sent)))
+                sent += 1
+            assert sock.poll(30_000), f"no reply after {answered} of {count}: replies were dropped"
+            reply = protocol.decode_reply(sock.recv_multipart())
+            assert reply.ok, reply.body
+            answered += 1
+    finally:
+        sock.close(0)
+
+
 def served(endpoint: str) -> int:
     """Requests the broker has applied (its status counter)."""
     with Client(endpoint, timeout=30) as c:
@@ -71,18 +89,7 @@ def test_write_replies_kept_for_retries_cost_their_size(broker_factory: Callable
     replies' size, not orjson's 4 KiB buffers (437 MB measured before, 54 MB after)."""
     b = broker_factory(durability="none")
     before = rss_anon(b.pid)
-    sock = dealer(b.endpoint)
-    count, answered, sent = 150_000, 0, 0
-    try:
-        while answered < count:
-            while sent < count and sent - answered < 500:
-                sock.send_multipart(request(sent, "publish", {"topic": "small", "data": 1}))
-                sent += 1
-            if sock.poll(10_000):
-                sock.recv_multipart()
-                answered += 1
-    finally:
-        sock.close(0)
+    pipeline(b.endpoint, 150_000, lambda n: ("publish", {"topic": "small", "data": 1}))
     grown = rss_anon(b.pid) - before
     print(f"retry cache of small writes: the broker grew {grown / MB:.0f} MB")
     assert grown < 150 * MB, f"the broker grew {grown / MB:.0f} MB keeping 100,000 small replies"
@@ -162,20 +169,9 @@ def test_a_pipelining_client_loses_no_reply(broker_factory: Callable[..., Broker
     and reads as it goes gets every reply: a burst of replies to one peer stays under
     PEER_SNDHWM."""
     b = broker_factory(durability="none")
-    sock = dealer(b.endpoint)
-    count, window, answered, sent = 50_000, 5_000, 0, 0
+    window = 5_000
     assert window < PEER_SNDHWM
-    try:
-        while answered < count:
-            while sent < count and sent - answered < window:
-                sock.send_multipart(request(sent, "task_create", {"id": f"t{sent}"}))
-                sent += 1
-            assert sock.poll(30_000), f"no reply after {answered} of {count}: replies were dropped"
-            reply = protocol.decode_reply(sock.recv_multipart())
-            assert reply.ok, reply.body
-            answered += 1
-    finally:
-        sock.close(0)
+    pipeline(b.endpoint, 50_000, lambda n: ("task_create", {"id": f"t{n}"}), window)
 
 
 # ---------------------------------------------------------------- a subscriber that stops reading
@@ -217,19 +213,8 @@ def test_a_subscriber_that_stops_reading_does_not_grow_the_broker(
             wait_for(lambda: reading.poll(50) and stalled.poll(0), timeout=30, what="the subscriptions")
             reader.start()
             before = rss_anon(b.pid)
-            sock = dealer(b.endpoint)
             pad = "x" * size
-            answered = sent = 0
-            try:
-                while answered < count:
-                    while sent < count and sent - answered < 500:
-                        sock.send_multipart(request(sent, "publish", {"topic": "bulk", "data": pad}))
-                        sent += 1
-                    if sock.poll(10_000):
-                        sock.recv_multipart()
-                        answered += 1
-            finally:
-                sock.close(0)
+            pipeline(b.endpoint, count, lambda n: ("publish", {"topic": "bulk", "data": pad}))
             grown = rss_anon(b.pid) - before
             assert grown < ceiling, f"the broker grew {grown / MB:.0f} MB for a subscriber that reads nothing"
             print(f"stalled subscriber: the broker grew {grown / MB:.0f} MB (events: {count * size / MB:.0f} MB)")
