@@ -10,30 +10,49 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import select
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 from zeroconf import ServiceInfo
 
 from zmesh import interfaces
 from zmesh.discovery import (
+    ENV_KNOWN_HOSTS,
     PROTO,
     SERVICE_TYPE,
     Advertiser,
     BrokerInfo,
+    Browse,
+    KnownHosts,
+    Pin,
+    Pinned,
+    Trust,
     broker_from_service_info,
+    decide,
     default_interfaces,
+    default_known_hosts,
+    find_broker,
+    known_hosts_file,
     parse_service,
+    pick,
+    txt_properties,
 )
+from zmesh.discovery import trust as trust_mod
+from zmesh.errors import ConfigError, InvalidArgument, Unreachable, UntrustedBroker, exit_code
+from zmesh.keys import fingerprint
 
 REPO = Path(__file__).resolve().parent.parent
 BROKER_ID = "abc123def4567890"
@@ -135,6 +154,225 @@ def test_broker_from_service_info_roundtrip() -> None:
     assert broker_from_service_info(info) == BrokerInfo(
         broker_id=BROKER_ID, host="10.213.0.1", port=7700, pub_port=7701, version="9.9"
     )
+
+
+# --------------------------------------------------------------------------- mesh and key in the record
+
+KEY_A = zmq.curve_keypair()[0].decode()
+KEY_B = zmq.curve_keypair()[0].decode()
+
+
+def test_parse_service_mesh_and_key() -> None:
+    b = parse_service(_props(mesh="lab", key=KEY_A), addresses=["10.1.2.3"], port=7700)
+    assert (b.mesh, b.key) == ("lab", KEY_A)
+    assert b.fingerprint == fingerprint(KEY_A.encode()) and len(b.fingerprint) == 16
+    # a broker older than meshes belongs to the default mesh; no key (or an empty one) is security off
+    old = parse_service(_props(), addresses=["10.1.2.3"], port=7700)
+    assert (old.mesh, old.key, old.fingerprint) == ("default", None, None)
+    assert parse_service(_props(key=""), addresses=["10.1.2.3"], port=7700).key is None
+
+
+@pytest.mark.parametrize(
+    ("props", "match"),
+    [
+        (_props(mesh="Lab"), "not a mesh name"),
+        (_props(mesh=""), "not a mesh name"),
+        (_props(mesh="a b"), "not a mesh name"),
+        (_props(mesh=None), "'mesh' has no value"),
+        (_props(key="short"), "not a CurveZMQ public key"),
+        (_props(key="~" * 40), "not valid Z85"),
+        (_props(key=None), "'key' has no value"),
+        (_props(id="x" * 65), "longer than 64"),
+        (_props(id="a b"), "control characters or spaces"),
+        (_props(version="1\x1b[31m"), "control characters"),
+        ({**_props(), "ID": "other"}, "given twice"),
+        ({**_props(), b"\xff": b"1"}, "name is not UTF-8"),
+    ],
+)
+def test_parse_service_rejects_bad_mesh_key_and_fields(props: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        parse_service(props, addresses=["10.0.0.1"], port=1)
+
+
+def test_advertised_record_parses_back_with_mesh_and_key() -> None:
+    props = txt_properties(broker_id=BROKER_ID, pub_port=7701, version="1", mesh="lab", key=KEY_A)
+    info = ServiceInfo(SERVICE_TYPE, f"zmesh-abc.{SERVICE_TYPE}", port=7700, properties=props,
+                       server="host.local.", parsed_addresses=["10.213.0.1"])
+    got = broker_from_service_info(info)
+    assert (got.mesh, got.key, got.broker_id) == ("lab", KEY_A, BROKER_ID)
+    plain = txt_properties(broker_id=BROKER_ID, pub_port=7701, version="1", mesh="default", key=None)
+    assert "key" not in plain and plain["proto"] == PROTO == "1"
+
+
+def test_advertiser_checks_its_mesh() -> None:
+    with pytest.raises(InvalidArgument, match="not a mesh name"):
+        Advertiser(broker_id="x", port=1, pub_port=2, version="1", mesh="Lab")
+
+
+def _b(broker_id: str, key: str | None = None, mesh: str = "lab", port: int = 7700) -> BrokerInfo:
+    return BrokerInfo(broker_id=broker_id, host="10.0.0.9", port=port, pub_port=port + 1, version="1", mesh=mesh,
+                      key=key)
+
+
+def test_two_brokers_of_one_mesh_pick_the_lowest_id_and_warn(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "zmesh.discovery")
+    first, second = _b("bbb"), _b("aaa", port=7800)
+    assert pick([first, second], "lab") is second
+    assert pick([second, first], "lab") is second  # whatever order the answers came in
+    assert "2 brokers serve mesh 'lab'" in caplog.text and "aaa at tcp://10.0.0.9:7800" in caplog.text
+    assert "bbb at tcp://10.0.0.9:7700" in caplog.text
+    caplog.clear()
+    assert pick([first], "solo") is first and caplog.text == ""
+
+
+# --------------------------------------------------------------------------- pinning decisions
+
+
+def _config_pin(key: str) -> Pin:
+    return Pin(key, "ZMESH_SERVER_KEY", "ZMESH_SERVER_KEY")
+
+
+def test_decide_pinned_by_config_refuses_another_key_naming_both() -> None:
+    trust = Trust("lab", _config_pin(KEY_A), "ZMESH_KEY")
+    with pytest.raises(UntrustedBroker) as exc:
+        decide([_b("spoof", KEY_B)], trust, trust.pin)
+    msg = exc.value.message
+    assert fingerprint(KEY_A.encode()) in msg and fingerprint(KEY_B.encode()) in msg
+    assert msg == (f"refused broker spoof at tcp://10.0.0.9:7700 of mesh 'lab': it has key "
+                   f"{fingerprint(KEY_B.encode())}, not the key {fingerprint(KEY_A.encode())} pinned by ZMESH_SERVER_KEY")
+    assert exc.value.code == "untrusted_broker" and exit_code(exc.value) == 1
+    assert exc.value.details["field"] == "ZMESH_SERVER_KEY"
+    with pytest.raises(UntrustedBroker, match=r"it has no key \(security off\), not the key"):
+        decide([_b("plain")], trust, trust.pin)
+
+
+def test_decide_pinned_joins_the_right_broker_beside_a_spoofer(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "zmesh.discovery")
+    trust = Trust("lab", _config_pin(KEY_A), "ZMESH_KEY")
+    real, spoof = _b("zzz", KEY_A), _b("aaa", KEY_B)  # the spoofer even has the lower id
+    assert decide([spoof, real], trust, trust.pin) is real
+    assert "refused broker aaa" in caplog.text and fingerprint(KEY_B.encode()) in caplog.text
+
+
+def test_decide_known_hosts_pin_names_the_line_to_remove(tmp_path: Path) -> None:
+    hosts = KnownHosts(tmp_path / "known_hosts")
+    line = hosts.pin("lab", KEY_A)
+    pin = Pin.from_line(hosts, line)
+    with pytest.raises(UntrustedBroker) as exc:
+        decide([_b("new", KEY_B)], Trust("lab", None, "ZMESH_KEY", hosts), pin)
+    assert exc.value.message.endswith(f"not the key {fingerprint(KEY_A.encode())} pinned on first use in "
+                                      f"{tmp_path / 'known_hosts'} line 3; if the broker's key changed on purpose, "
+                                      "remove that line")
+    assert fingerprint(KEY_B.encode()) in exc.value.message
+
+
+def test_decide_first_use_needs_a_key_pair_and_a_key_pair_needs_security() -> None:
+    with pytest.raises(ConfigError) as exc:
+        decide([_b("sec", KEY_A)], Trust("lab"), None)
+    assert "set ZMESH_KEY" in exc.value.message and exc.value.details["field"] == "ZMESH_KEY"
+    assert exit_code(exc.value) == 2
+    with pytest.raises(UntrustedBroker, match="this client has a key pair .ZMESH_KEY., so it expects a secure "
+                                              "broker; unset ZMESH_KEY"):
+        decide([_b("plain")], Trust("lab", None, "ZMESH_KEY"), None)
+    # security off on both sides: as before pinning existed
+    plain = _b("plain")
+    assert decide([plain], Trust("lab"), None) is plain
+    # a client with a key pair prefers the secure broker of two
+    secure = _b("zzz", KEY_A)
+    assert decide([_b("aaa"), secure], Trust("lab", None, "ZMESH_KEY"), None) is secure
+
+
+def test_find_broker_pins_on_first_use_then_refuses_another_key(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trust on first use end to end, with the browse replaced (no packet is sent)."""
+    answers: list[BrokerInfo] = []
+    monkeypatch.setattr(trust_mod, "collect", lambda *a, accept, **k: Browse(
+        [b for b in answers if accept(b)], [b for b in answers if not accept(b)], ["10.0.0.1"]))
+    hosts = KnownHosts(tmp_path / "kh" / "known_hosts")
+    trust = Trust("lab", None, "ZMESH_KEY", hosts)
+    answers[:] = [_b("real", KEY_A), _b("other-mesh", KEY_B, mesh="prod")]
+    broker, pin = find_broker(trust, 1.0)
+    assert broker.broker_id == "real" and pin is not None and pin.key == KEY_A
+    assert hosts.get("lab") == Pinned("lab", KEY_A, 3)
+    assert "prod" not in hosts.entries()  # only the mesh joined is pinned
+    assert stat.S_IMODE((tmp_path / "kh").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "kh" / "known_hosts").stat().st_mode) == 0o600
+    answers[:] = [_b("spoof", KEY_B)]
+    with pytest.raises(UntrustedBroker, match="known_hosts line 3; if the broker's key changed"):
+        find_broker(trust, 1.0)
+    answers[:] = [_b("x", KEY_B, mesh="prod")]
+    with pytest.raises(Unreachable, match=r"no zmesh broker of mesh 'lab' .* \(brokers of mesh 'prod' answered\)"):
+        find_broker(trust, 1.0)
+
+
+# --------------------------------------------------------------------------- known hosts
+
+
+def test_known_hosts_pins_once_per_mesh(tmp_path: Path) -> None:
+    hosts = KnownHosts(tmp_path / "known_hosts")
+    assert hosts.entries() == {}
+    assert hosts.pin("lab", KEY_A, "broker b1") == Pinned("lab", KEY_A, 3)
+    assert hosts.pin("lab", KEY_B) == Pinned("lab", KEY_A, 3)  # the first pin stays
+    assert hosts.pin("prod", KEY_B) == Pinned("prod", KEY_B, 4)
+    lines = (tmp_path / "known_hosts").read_text().splitlines()
+    assert lines[0].startswith("# zmesh known hosts") and lines[2] == f"lab {KEY_A}  # broker b1"
+    assert not list(tmp_path.glob(".known_hosts.*")), "no temporary file left behind"
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("lab\n", "line 1: expected 'MESH KEY'"),
+    (f"# c\n\nLab {KEY_A}\n", "line 3: 'Lab' is not a mesh name"),
+    ("lab notakey\n", "line 1: 'notakey' is not a broker key"),
+    (f"lab {KEY_A}\nlab {KEY_B}\n", r"mesh 'lab' is pinned twice with two keys \(lines 1 and 2\)"),
+])
+def test_known_hosts_bad_lines_are_config_errors_naming_the_line(tmp_path: Path, text: str, match: str) -> None:
+    path = tmp_path / "known_hosts"
+    path.write_text(text)
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match=match) as exc:
+        KnownHosts(path, "ZMESH_KNOWN_HOSTS").entries()
+    assert exc.value.message.startswith(f"ZMESH_KNOWN_HOSTS: {path}: ")
+    assert exc.value.details["field"] == "ZMESH_KNOWN_HOSTS"
+
+
+def test_known_hosts_same_key_twice_is_fine_and_others_may_not_write(tmp_path: Path) -> None:
+    path = tmp_path / "known_hosts"
+    path.write_text(f"lab {KEY_A} first\nlab {KEY_A} again\n")
+    path.chmod(0o600)
+    assert KnownHosts(path).get("lab") == Pinned("lab", KEY_A, 1)
+    path.chmod(0o666)
+    with pytest.raises(ConfigError, match="others can write it .mode 0666.; chmod 600"):
+        KnownHosts(path).get("lab")
+
+
+def test_known_hosts_concurrent_pins_all_land_and_agree(tmp_path: Path) -> None:
+    hosts_path = tmp_path / "known_hosts"
+    meshes = [f"m{i}" for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda m: KnownHosts(hosts_path).pin(m, KEY_A), meshes))
+        keys = [zmq.curve_keypair()[0].decode() for _ in range(8)]
+        got = list(pool.map(lambda k: KnownHosts(hosts_path).pin("race", k), keys))
+    entries = KnownHosts(hosts_path).entries()
+    assert set(entries) == {*meshes, "race"}
+    assert {p.key for p in got} == {entries["race"].key}, "every racer got the one pin that landed"
+
+
+def test_known_hosts_file_location(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_KNOWN_HOSTS, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    assert default_known_hosts() == str(tmp_path / "cfg" / "zmesh" / "known_hosts")
+    assert known_hosts_file(None).path == tmp_path / "cfg" / "zmesh" / "known_hosts"
+    monkeypatch.setenv(ENV_KNOWN_HOSTS, str(tmp_path / "kh"))
+    got = known_hosts_file(None)
+    assert (got.path, got.field) == (tmp_path / "kh", ENV_KNOWN_HOSTS)
+    assert known_hosts_file(tmp_path / "arg").field == "known_hosts"
+    for bad, field in (("", ENV_KNOWN_HOSTS), ("a\nb", ENV_KNOWN_HOSTS)):
+        monkeypatch.setenv(ENV_KNOWN_HOSTS, bad)
+        with pytest.raises(InvalidArgument) as exc:
+            known_hosts_file(None)
+        assert exc.value.details == {"field": field}
+    with pytest.raises(InvalidArgument, match="is a directory"):
+        known_hosts_file(tmp_path)
 
 
 # --------------------------------------------------------------------------- interfaces
@@ -403,7 +641,7 @@ def test_discover_unreachable_when_nobody_answers(lo_ns: str) -> None:
     assert out["ok"] is False
     assert out["code"] == "unreachable"
     assert out["message"] == (
-        "no zmesh broker answered on the LAN within 3.0 s (zeroconf _zmesh._tcp.local.); "
+        "no zmesh broker of mesh 'default' answered on the LAN within 3.0 s (zeroconf _zmesh._tcp.local.); "
         "pass --broker or set ZMESH_BROKER"
     )
     assert out["details"]["interfaces"] == ["127.0.0.1"]  # no default route: every interface = lo
@@ -425,7 +663,8 @@ print(json.dumps({"addresses": addresses, "broker": dataclasses.asdict(b),
 """
     out = _run_json(lo_ns, code)
     assert out["addresses"] == ["127.0.0.1"]
-    assert out["broker"] == {"broker_id": "loopy", "host": "127.0.0.1", "port": 7800, "pub_port": 7801, "version": "v"}
+    assert out["broker"] == {"broker_id": "loopy", "host": "127.0.0.1", "port": 7800, "pub_port": 7801, "version": "v",
+                             "mesh": "default", "key": None}
     assert out["threads"] == ["MainThread"]
 
 
@@ -453,6 +692,8 @@ def test_lan_discover_browse_and_goodbye(lan: dict[str, str]) -> None:
             "port": 7700,
             "pub_port": 7701,
             "version": "0.0-test",
+            "mesh": "default",
+            "key": None,
         }
         assert out["endpoint"] == f"tcp://{lan['addr_a']}:7700"
         assert out["elapsed"] < 3
@@ -463,7 +704,8 @@ def test_lan_discover_browse_and_goodbye(lan: dict[str, str]) -> None:
         assert pinned["ok"] is True and pinned["broker"]["broker_id"] == BROKER_ID
         other = _run_json(b, DISCOVER, json.dumps({"timeout": 1.0, "broker_id": "someone-else"}))
         assert other["ok"] is False
-        assert other["message"].startswith("no zmesh broker with id someone-else answered on the LAN within 1.0 s")
+        assert other["message"].startswith(
+            "no zmesh broker of mesh 'default' with id someone-else answered on the LAN within 1.0 s")
 
         listed = _run_json(b, BROWSE, "2")
         assert [x["broker_id"] for x in listed["brokers"]] == [BROKER_ID]

@@ -1,30 +1,27 @@
-"""Find zmesh brokers on the LAN with zeroconf (mDNS / DNS-SD), so agents need no configuration.
+"""zeroconf (mDNS / DNS-SD) on the wire: the broker's Advertiser, and the browser clients and
+``zmesh discover`` use. The record's format is record.py's; which broker a client trusts is
+trust.py's.
 
-A broker advertises one ``_zmesh._tcp.local.`` service: the SRV record carries its ROUTER port,
-the A records its addresses, and the TXT record ``id`` (broker id), ``pub`` (PUB port),
-``proto`` (discovery record format, ``"1"``) and ``version`` (zmesh version). Clients browse
-for that type and turn the first (or every) answer into a :class:`BrokerInfo`.
-
-Design notes:
+Rules it keeps:
 
 * **One interface by default.** python-zeroconf on ``InterfaceChoice.All`` joins the multicast
   group on every interface. On hosts with many interfaces (Docker bridges, veths, VPN tunnels)
   that has known problems: answers carry addresses unreachable from the asker, send errors are
   logged per interface and per packet, and startup gets slow. So by default we only use the
-  IPv4 address(es) of the interface that holds the default route, found by reading
-  ``/proc/net/route`` and the interface addresses (via ``ifaddr``, which zeroconf already
-  depends on) -- no packet is sent to find it. Without a default route we fall back to every
-  interface, like ``InterfaceChoice.All``. ``ZMESH_INTERFACES`` (comma-separated addresses or
-  interface names) or an explicit ``interfaces`` argument overrides the choice.
+  IPv4 address(es) of the interface that holds the default route (interfaces.py; no packet
+  is sent to find it). ``ZMESH_INTERFACES`` or an explicit ``interfaces`` argument overrides it.
 * **Synchronous API.** We use :class:`zeroconf.Zeroconf`, which runs its own event-loop thread,
   so callers (the broker, the CLI, plain scripts) need no asyncio. Every instance created here
   is closed before the call returns (or in :meth:`Advertiser.close`), so no thread leaks.
 * **Unregister says goodbye.** :meth:`Advertiser.close` unregisters the service, which sends
   TTL-0 records, so browsers drop a stopped broker at once instead of after the record TTL.
-* **mDNS is not authenticated.** Anyone on the link can advertise ``_zmesh._tcp`` with any
-  ``id``. Discovery is only a convenience to find an endpoint; a later step should pin the
-  expected ``broker_id`` (``discover(broker_id=...)`` is the hook) and/or authenticate the
-  broker (e.g. CURVE server key in TXT, checked against a pinned key).
+* **A bad record is skipped, never fatal.** Anyone on the link can advertise
+  ``_zmesh._tcp``; a record that does not parse is logged (at most once a minute per
+  service name) and ignored.
+* **Listen a little longer than the first answer.** Responders answer one query within
+  about 120 ms of each other (RFC 6762's random delay), so after the first matching broker
+  the browser listens ``settle`` seconds more: enough to see a second broker of the same
+  mesh, and to choose between them the same way every time.
 """
 
 from __future__ import annotations
@@ -36,10 +33,9 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
 
 from zeroconf import (
     InterfaceChoice,
@@ -50,174 +46,26 @@ from zeroconf import (
     Zeroconf,
 )
 
-from .errors import InvalidArgument, Unreachable, ZmeshError
-from .interfaces import ENV_INTERFACES, choose_interfaces, default_interfaces, local_networks
+from .._logging import RateLimited
+from ..errors import InvalidArgument, Unreachable, ZmeshError
+from ..interfaces import ENV_INTERFACES, choose_interfaces, local_networks
+from ..mesh import DEFAULT_MESH, check_mesh, resolve_mesh
+from ..keys import fingerprint
+from .record import SERVICE_TYPE, BrokerInfo, check_port, parse_service, pick, txt_properties
 
-__all__ = [
-    "SERVICE_TYPE",
-    "PROTO",
-    "BrokerInfo",
-    "Advertiser",
-    "browse",
-    "discover",
-    "default_interfaces",
-    "parse_service",
-    "broker_from_service_info",
-]
+__all__ = ["Advertiser", "Browse", "collect", "browse", "discover", "broker_from_service_info"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("zmesh.discovery")
 
-SERVICE_TYPE = "_zmesh._tcp.local."
-#: version of the TXT record layout; brokers with another value are ignored by this client
-PROTO = "1"
-#: environment variable with comma-separated interface addresses (or names) to use
-
-#: once one broker is resolved, how long browse() keeps listening for the others
-_SETTLE = 0.5
+#: once one broker is resolved, how long browse() (a listing) keeps listening for the others
+BROWSE_SETTLE_S = 0.5
+#: ... and how long a client choosing its broker does (answers to one query come within ~120 ms)
+DISCOVER_SETTLE_S = 0.25
 #: upper bound for one ServiceInfo.request (ms); a broker that does not answer its SRV/TXT/A
 #: within this is retried while the overall timeout allows
 _RESOLVE_MS = 1500
 _MAX_LABEL = 63
-
-
-# --------------------------------------------------------------------------- BrokerInfo
-
-
-@dataclass(frozen=True)
-class BrokerInfo:
-    """How to reach one broker, as its advertisement described it."""
-
-    broker_id: str
-    host: str
-    port: int
-    pub_port: int
-    version: str
-
-    @property
-    def endpoint(self) -> str:
-        """ZeroMQ endpoint of the broker's ROUTER socket."""
-        return f"tcp://{_bracket(self.host)}:{self.port}"
-
-    @property
-    def pub_endpoint(self) -> str:
-        """ZeroMQ endpoint of the broker's PUB socket."""
-        return f"tcp://{_bracket(self.host)}:{self.pub_port}"
-
-
-def _bracket(host: str) -> str:
-    """IPv6 literals need brackets in a tcp:// endpoint; tolerate hosts given without them."""
-    if ":" in host and not host.startswith("["):
-        return f"[{host}]"
-    return host
-
-
-# --------------------------------------------------------------------------- TXT parsing
-
-
-def _text(value: bytes | str | None, key: str) -> str:
-    if value is None:
-        raise ValueError(f"TXT property {key!r} has no value")
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"TXT property {key!r} is not UTF-8") from exc
-    return str(value)
-
-
-def _port(value: Any, what: str) -> int:
-    try:
-        port = int(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} is not a port number: {value!r}") from exc
-    if not 0 < port < 65536:
-        raise ValueError(f"{what} out of range: {port}")
-    return port
-
-
-def _format_host(address: str) -> str:
-    """Turn a zeroconf address string into the HOST part of tcp://HOST:PORT.
-
-    zeroconf scopes link-local IPv6 addresses by interface index (``fe80::1%2``); libzmq
-    resolves interface names more reliably than bare numbers, so the index becomes a name.
-    """
-    addr, _, scope = address.partition("%")
-    ip = ipaddress.ip_address(addr)
-    if ip.version == 4:
-        return str(ip)
-    if scope and ip.is_link_local:
-        if scope.isdigit():
-            try:
-                scope = socket.if_indextoname(int(scope))
-            except OSError:
-                pass
-        return f"[{ip}%{scope}]"
-    return f"[{ip}]"
-
-
-def _host_rank(address: str, local_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> int:
-    """Lower is better: prefer an on-link IPv4 address, loopback only as a last resort."""
-    ip = ipaddress.ip_address(address.partition("%")[0])
-    on_link = any(ip.version == net.version and ip in net for net in local_networks)
-    if ip.is_loopback:
-        return 6
-    if ip.version == 4:
-        return 0 if on_link else 1
-    if ip.is_link_local:
-        # without a scope the address is unusable on a multi-interface host
-        return 4 if "%" in address else 5
-    return 2 if on_link else 3
-
-
-def parse_service(
-    properties: Mapping[bytes | str, bytes | str | None],
-    *,
-    addresses: Sequence[str],
-    port: int | None,
-    local_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
-) -> BrokerInfo:
-    """Build a BrokerInfo from the raw parts of an advertisement.
-
-    Kept free of zeroconf objects so the validation of untrusted (spoofable) TXT data can be
-    tested on its own. Raises ValueError when the record is not a usable zmesh broker.
-    """
-    props: dict[str, bytes | str | None] = {}
-    for key, value in properties.items():
-        name = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
-        props[name.lower()] = value
-    proto = _text(props.get("proto"), "proto") if "proto" in props else None
-    if proto != PROTO:
-        raise ValueError(f"unsupported discovery proto {proto!r} (this client speaks {PROTO!r})")
-    if "id" not in props:
-        raise ValueError("TXT property 'id' missing")
-    broker_id = _text(props["id"], "id").strip()
-    if not broker_id:
-        raise ValueError("TXT property 'id' is empty")
-    if "pub" not in props:
-        raise ValueError("TXT property 'pub' missing")
-    pub_port = _port(_text(props["pub"], "pub"), "TXT property 'pub'")
-    raw_version = props.get("version")
-    version = _text(raw_version, "version") if raw_version is not None else ""
-    router_port = _port(port, "SRV port")
-
-    usable: list[str] = []
-    for address in addresses:
-        try:
-            ipaddress.ip_address(address.partition("%")[0])
-        except ValueError:
-            log.debug("ignoring bad address %r of broker %s", address, broker_id)
-            continue
-        usable.append(address)
-    if not usable:
-        raise ValueError(f"broker {broker_id} advertised no address")
-    best = min(usable, key=lambda a: _host_rank(a, local_networks))  # min() is stable: keeps zeroconf order on ties
-    return BrokerInfo(
-        broker_id=broker_id,
-        host=_format_host(best),
-        port=router_port,
-        pub_port=pub_port,
-        version=version,
-    )
+_bad = RateLimited(log, 60.0)
 
 
 def broker_from_service_info(
@@ -266,13 +114,18 @@ class Advertiser:
         version: str,
         interfaces: list[str] | None = None,
         name: str | None = None,
+        mesh: str = DEFAULT_MESH,
+        key: str | None = None,
     ) -> None:
         if not broker_id:
             raise ValueError("broker_id must not be empty")
         self.broker_id = broker_id
-        self.port = _port(port, "port")
-        self.pub_port = _port(pub_port, "pub_port")
+        self.port = check_port(port, "port")
+        self.pub_port = check_port(pub_port, "pub_port")
         self.version = version
+        self.mesh = check_mesh(mesh)
+        #: the broker's public key in Z85 when it is secure (clients pin it)
+        self.key = key
         self._interfaces = interfaces
         instance = name or f"zmesh-{broker_id[:12]}"
         if instance.endswith("." + SERVICE_TYPE):
@@ -325,12 +178,8 @@ class Advertiser:
                 SERVICE_TYPE,
                 f"{self._instance}.{SERVICE_TYPE}",
                 port=self.port,
-                properties={
-                    "id": self.broker_id,
-                    "pub": str(self.pub_port),
-                    "proto": PROTO,
-                    "version": self.version,
-                },
+                properties=txt_properties(broker_id=self.broker_id, pub_port=self.pub_port,
+                                          version=self.version, mesh=self.mesh, key=self.key),
                 server=_server_name(),
                 parsed_addresses=advertised,
             )
@@ -352,12 +201,14 @@ class Advertiser:
             self._zc = zc
             self._info = info
             log.info(
-                "advertising zmesh broker %s as %r on %s (port %d, pub %d)",
+                "advertising zmesh broker %s of mesh '%s' as %r on %s (port %d, pub %d, key %s)",
                 self.broker_id,
+                self.mesh,
                 info.name,
                 advertised,
                 self.port,
                 self.pub_port,
+                fingerprint(self.key.encode("ascii")) if self.key else "none: security off",
             )
 
     def close(self) -> None:
@@ -396,14 +247,25 @@ class Advertiser:
 # --------------------------------------------------------------------------- browsing
 
 
-def _collect(
+@dataclass
+class Browse:
+    """What one browse saw: the brokers it was asked for, the others that answered
+    (another mesh, another id), and the addresses zeroconf ran on."""
+
+    brokers: list[BrokerInfo] = field(default_factory=list)
+    others: list[BrokerInfo] = field(default_factory=list)
+    interfaces: list[str] = field(default_factory=list)
+
+
+def collect(
     timeout: float,
-    interfaces: Sequence[str] | None,
+    interfaces: Sequence[str] | None = None,
     *,
-    broker_id: str | None,
-    first_only: bool,
-) -> tuple[list[BrokerInfo], list[str]]:
-    """Browse for up to ``timeout`` seconds; returns (matching brokers, zeroconf addresses used).
+    accept: Callable[[BrokerInfo], bool] | None = None,
+    settle: float = BROWSE_SETTLE_S,
+) -> Browse:
+    """Browse for up to ``timeout`` seconds, or ``settle`` seconds after the first broker
+    ``accept`` takes (all, without ``accept``).
 
     Resolution happens on the calling thread (ServiceInfo.request must not run on zeroconf's
     loop, and blocking the browser's handler thread would delay other events).
@@ -427,6 +289,7 @@ def _collect(
         events.put((name, state_change))
 
     found: dict[str, BrokerInfo] = {}
+    others: dict[str, BrokerInfo] = {}
     pending: set[str] = set()
     browser: ServiceBrowser | None = None
     deadline = time.monotonic() + max(0.0, timeout)
@@ -448,6 +311,7 @@ def _collect(
             for name, change in batch:
                 if change is ServiceStateChange.Removed:
                     pending.discard(name)
+                    others.pop(name, None)
                     if found.pop(name, None) is not None:
                         log.debug("zmesh broker %s said goodbye", name)
                 else:
@@ -464,32 +328,43 @@ def _collect(
                 try:
                     broker = broker_from_service_info(info, networks)
                 except ValueError as exc:
-                    log.info("ignoring zeroconf service %s: %s", name, exc)
+                    _bad.warning(name, "ignoring zeroconf service %r: %s", name, exc)
                     continue
-                if broker_id is not None and broker.broker_id != broker_id:
-                    log.debug("skipping broker %s (looking for %s)", broker.broker_id, broker_id)
+                if accept is not None and not accept(broker):
+                    others[name] = broker
                     continue
                 found[name] = broker
-                if first_only:
-                    return [broker], chosen
                 if settle_until is None:
-                    settle_until = time.monotonic() + _SETTLE
+                    settle_until = time.monotonic() + settle
     finally:
         if browser is not None:
             browser.cancel()
         zc.close()
-    return sorted(found.values(), key=lambda b: (b.broker_id, b.host, b.port)), chosen
+    order = lambda b: (b.mesh, b.broker_id, b.host, b.port)  # noqa: E731
+    return Browse(sorted(found.values(), key=order), sorted(others.values(), key=order), chosen)
 
 
 def browse(timeout: float = 2.0, *, interfaces: list[str] | None = None) -> list[BrokerInfo]:
-    """All brokers that answered within ``timeout`` seconds.
+    """Every broker (of every mesh) that answered within ``timeout`` seconds.
 
-    Returns ``_SETTLE`` seconds after the first broker resolves instead of waiting the whole
-    timeout: brokers answer the same multicast query together, so later ones are rare and a
-    CLI listing should not sit idle. An empty list means nobody answered.
+    Returns ``BROWSE_SETTLE_S`` seconds after the first broker resolves instead of waiting the
+    whole timeout: brokers answer the same multicast query together, so later ones are rare
+    and a CLI listing should not sit idle. An empty list means nobody answered.
     """
-    brokers, _ = _collect(timeout, interfaces, broker_id=None, first_only=False)
-    return brokers
+    return collect(timeout, interfaces).brokers
+
+
+def unreachable(mesh: str, timeout: float, seen: Browse, broker_id: str | None = None) -> Unreachable:
+    """No broker of ``mesh`` answered: the error, naming the meshes that did answer."""
+    which = f"zmesh broker of mesh '{mesh}'" + (f" with id {broker_id}" if broker_id is not None else "")
+    others = sorted({b.mesh for b in seen.others})
+    heard = f" (brokers of mesh {', '.join(repr(m) for m in others)} answered)" if others else ""
+    return Unreachable(
+        f"no {which} answered on the LAN within {float(timeout)} s (zeroconf {SERVICE_TYPE}){heard}; "
+        "pass --broker or set ZMESH_BROKER",
+        {"timeout": float(timeout), "service_type": SERVICE_TYPE, "interfaces": seen.interfaces,
+         "mesh": mesh, "broker_id": broker_id, "other_meshes": others},
+    )
 
 
 def discover(
@@ -497,22 +372,17 @@ def discover(
     *,
     interfaces: list[str] | None = None,
     broker_id: str | None = None,
+    mesh: str | None = None,
 ) -> BrokerInfo:
-    """The first broker found (with ``broker_id`` if given, to pin one broker on a shared LAN).
-
+    """The broker of ``mesh`` (default: $ZMESH_MESH, else ``default``; with ``broker_id``
+    if given). Two brokers of one mesh: the lowest broker id, with a warning (record.pick).
     Raises Unreachable when none answers in time, naming the ways to skip discovery.
-    """
-    brokers, chosen = _collect(timeout, interfaces, broker_id=broker_id, first_only=True)
-    if brokers:
-        return brokers[0]
-    which = f"zmesh broker with id {broker_id}" if broker_id is not None else "zmesh broker"
-    raise Unreachable(
-        f"no {which} answered on the LAN within {float(timeout)} s (zeroconf {SERVICE_TYPE}); "
-        "pass --broker or set ZMESH_BROKER",
-        {
-            "timeout": float(timeout),
-            "service_type": SERVICE_TYPE,
-            "interfaces": chosen,
-            "broker_id": broker_id,
-        },
-    )
+
+    This is the plain lookup, with no key pinning: a client checks the key it finds
+    (trust.find_broker)."""
+    mesh = resolve_mesh(mesh)
+    seen = collect(timeout, interfaces, settle=DISCOVER_SETTLE_S,
+                   accept=lambda b: b.mesh == mesh and (broker_id is None or b.broker_id == broker_id))
+    if not seen.brokers:
+        raise unreachable(mesh, timeout, seen, broker_id)
+    return pick(seen.brokers, mesh)
