@@ -8,6 +8,7 @@ addresses exist nowhere else, and every namespace and process is removed at the 
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -28,7 +29,7 @@ import pytest
 import zmq
 from zeroconf import ServiceInfo
 
-from zmesh import interfaces
+from zmesh import AsyncClient, Client, interfaces
 from zmesh.discovery import (
     ENV_KNOWN_HOSTS,
     PROTO,
@@ -52,7 +53,11 @@ from zmesh.discovery import (
 )
 from zmesh.discovery import trust as trust_mod
 from zmesh.errors import ConfigError, InvalidArgument, Unreachable, UntrustedBroker, exit_code
+from zmesh.client._finder import Finder
 from zmesh.keys import fingerprint
+from zmesh.testing import BrokerProcess
+
+from .conftest import until, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 BROKER_ID = "abc123def4567890"
@@ -373,6 +378,120 @@ def test_known_hosts_file_location(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert exc.value.details == {"field": field}
     with pytest.raises(InvalidArgument, match="is a directory"):
         known_hosts_file(tmp_path)
+
+
+def test_a_client_checks_mesh_and_keys_before_any_packet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(*a: Any, **k: Any) -> Any:
+        raise AssertionError("discovery ran before the arguments were checked")
+
+    monkeypatch.setattr(trust_mod, "collect", no_network)
+    monkeypatch.delenv("ZMESH_BROKER", raising=False)
+    monkeypatch.setenv(ENV_KNOWN_HOSTS, str(tmp_path / "kh"))
+    with pytest.raises(InvalidArgument, match="mesh: 'Lab' is not a mesh name"):
+        Client(mesh="Lab")
+    monkeypatch.setenv("ZMESH_MESH", "a b")
+    with pytest.raises(InvalidArgument, match="ZMESH_MESH: 'a b' is not a mesh name"):
+        Client()
+    monkeypatch.delenv("ZMESH_MESH")
+    with pytest.raises(InvalidArgument, match="key is needed too"):
+        Client(server_key=KEY_A)  # a pinned broker key without this client's key pair
+    with pytest.raises(InvalidArgument, match="known_hosts: .* is a directory"):
+        Client(known_hosts=str(tmp_path))
+    with pytest.raises(InvalidArgument, match="mesh: 'Lab' is not a mesh name"):
+        AsyncClient(mesh="Lab")
+
+
+# --------------------------------------------------------------------------- following a moved broker
+
+
+@pytest.fixture
+def fake_discovery(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """Discovery replaced by what the test says the LAN answers now (no packet is sent);
+    ``calls`` counts the finds. The netns tests below run the real thing."""
+    state: dict[str, Any] = {"broker": None, "calls": 0}
+
+    def find(self: Finder, timeout: float) -> tuple[str, tuple[tuple[int, Any], ...]]:
+        state["calls"] += 1
+        broker = state["broker"]
+        if broker is None:
+            raise Unreachable("no zmesh broker of mesh 'default' answered (fake)")
+        self.broker = broker
+        return broker.endpoint, ()
+
+    monkeypatch.setattr(Finder, "find", find)
+    monkeypatch.delenv("ZMESH_BROKER", raising=False)
+    yield state
+
+
+def _info(b: BrokerProcess) -> BrokerInfo:
+    return BrokerInfo(broker_id="b", host="127.0.0.1", port=b.port, pub_port=b.pub_port, version="")
+
+
+def test_a_discovered_client_follows_its_broker_to_another_port(
+        tmp_path: Path, fake_discovery: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "zmesh.client")
+    first = BrokerProcess(tmp_path / "data").start()
+    second: BrokerProcess | None = None
+    fake_discovery["broker"] = _info(first)
+    c = Client(agent="w", timeout=1.0)
+    pinned = Client(first.endpoint, timeout=0.5)  # given an endpoint: it never moves
+    try:
+        got: list[str] = []
+        c.subscribe(lambda ev: got.append(ev.topic), ["msg."], since=0)
+        c.publish("one")
+        wait_for(lambda: "msg.one" in got, what="the first event")
+        first.stop()
+        second = BrokerProcess(first.data).start()  # the same data on other (free) ports
+        assert (second.port, second.pub_port) != (first.port, first.pub_port)
+        fake_discovery["broker"] = _info(second)
+        seq = c.publish("two")  # times out at the old port, finds the new one, is sent again
+        assert seq > 0 and c.endpoint == second.endpoint
+        assert f"moved from {first.endpoint} to {second.endpoint}" in caplog.text
+        wait_for(lambda: "msg.two" in got, timeout=20, what="the event stream to follow the broker")
+        assert c.stats("w")["id"] == "w"  # the agent's lease came along (the broker restored it)
+        calls = fake_discovery["calls"]
+        with pytest.raises(Unreachable):
+            pinned.status()
+        assert fake_discovery["calls"] == calls and pinned.endpoint == first.endpoint
+    finally:
+        c.close()
+        pinned.close()
+        for b in (first, second):
+            if b is not None:
+                b.stop()
+                b.kill()
+
+
+def test_an_async_discovered_client_follows_its_broker(tmp_path: Path, fake_discovery: dict[str, Any]) -> None:
+    first = BrokerProcess(tmp_path / "data").start()
+    second: BrokerProcess | None = None
+    fake_discovery["broker"] = _info(first)
+
+    async def run() -> None:
+        nonlocal second
+        got: list[str] = []
+        async with AsyncClient(agent="aw", timeout=1.0) as c:
+            c.subscribe(lambda ev: got.append(ev.topic), ["msg."], since=0)
+            received: list[Any] = []
+            await c.on_message(received.append)
+            await c.publish("one")
+            await until(lambda: "msg.one" in got, "the first event")
+            first.stop()
+            second = await asyncio.to_thread(lambda: BrokerProcess(first.data).start())
+            fake_discovery["broker"] = _info(second)
+            assert await c.publish("two") > 0
+            assert c.endpoint == second.endpoint
+            await until(lambda: "msg.two" in got, "the event stream to follow the broker", timeout=20)
+            await c.send("hello", to="aw")  # a push reaches the agent on its new connection
+            await until(lambda: received, "the push after the move")
+
+    try:
+        asyncio.run(run())
+    finally:
+        for b in (first, second):
+            if b is not None:
+                b.stop()
+                b.kill()
 
 
 # --------------------------------------------------------------------------- interfaces

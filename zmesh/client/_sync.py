@@ -31,19 +31,11 @@ from ._api import NO_CONNECT_OPS, Api, LeaseState, check_bool, check_timeout
 from ._events import Deliver, Poll, Sleep, check_callback, check_flow_args, new_flow
 from ._inbox import Inbox, Message, Receiver
 from ._roster import Roster
+from ._finder import Finder
 from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Call, ClientCore, Recv, Send, connect_socket,
-                        curve_options, default_endpoint, resolve_pub)
+                        curve_settings, default_endpoint, resolve_pub)
 
 log = logging.getLogger("zmesh.client")
-
-
-def _discover(endpoint: str | None, timeout: float) -> str:
-    endpoint = default_endpoint(endpoint)
-    if endpoint:
-        return endpoint
-    from ..discovery import discover
-
-    return discover(timeout=min(timeout, 3.0)).endpoint
 
 
 class Client(Api):
@@ -51,7 +43,11 @@ class Client(Api):
     request) and a background thread heartbeats every ttl/3 so the lease (and every claim
     on it) stays alive.
 
-    ``endpoint`` None means ``$ZMESH_BROKER``, else zeroconf discovery on the LAN.
+    ``endpoint`` None means ``$ZMESH_BROKER``, else zeroconf discovery on the LAN of a broker
+    of ``mesh`` (else ``$ZMESH_MESH``, else ``default``), its key checked against
+    ``server_key`` or the pin in ``known_hosts`` (zmesh/discovery/trust.py). A client made by
+    discovery follows its broker: when a request gets no answer it looks for the mesh again
+    and, if the broker is elsewhere now, moves there and sends the request again.
     ``timeout`` bounds every call (seconds); a silent broker raises Unreachable.
     ``on_lease_lost(err)`` is called from the heartbeat thread when the broker says the lease
     lapsed (its claims are gone); the client then registers again.
@@ -64,11 +60,19 @@ class Client(Api):
                  on_lease_lost: Callable[[ZmeshError], None] | None = None,
                  on_heartbeat_error: Callable[[ZmeshError], None] | None = None,
                  context: zmq.Context | None = None, server_key: str | None = None,
-                 key: str | None = None) -> None:
+                 key: str | None = None, mesh: str | None = None, known_hosts: str | None = None) -> None:
         timeout = check_timeout("timeout", timeout)  # type: ignore[assignment]
-        self._curve = curve_options(server_key, key)
+        curve = curve_settings(server_key, key)
         self._lease = LeaseState(agent, capabilities, metadata, ttl)
-        self.endpoint = _discover(endpoint, timeout)
+        endpoint = default_endpoint(endpoint)
+        #: set when the broker was found by discovery: the client follows it when it moves
+        self._finder: Finder | None = None
+        if endpoint is None:
+            self._finder = Finder(mesh, curve, known_hosts)
+            endpoint, self._curve = self._finder.find(timeout)
+        else:
+            self._curve = curve.options()
+        self.endpoint: str = endpoint
         self.agent = agent
         self._core = ClientCore(timeout=timeout)
         self._ctx = context or zmq.Context.instance()
@@ -163,9 +167,48 @@ class Client(Api):
     def _call(self, call: Call[Any]) -> Any:
         if not self.connected and self.agent and call.op not in NO_CONNECT_OPS:
             self.connect()  # the agent's own lease, not an implicit one with the broker's TTL
+        req_id = self._core.new_req_id()
+        dialled = self.endpoint
+        try:
+            return self._exchange(call, req_id)
+        except Unreachable:
+            if not self._moved(dialled):
+                raise
+        return self._exchange(call, req_id)  # the same request, to where the broker is now
+
+    def _moved(self, dialled: str) -> bool:
+        """After a request to ``dialled`` went unanswered: look for this client's mesh again;
+        if its broker is elsewhere now, switch the socket there and say so. False when the
+        client was given its endpoint, is closing, or the broker is where it was (or nowhere)."""
+        if self._finder is None or self._stop.is_set():
+            return False
+        with self._lock:
+            old = self.endpoint
+            if old != dialled:
+                return True  # another thread followed the broker meanwhile
+            try:
+                endpoint, curve = self._finder.find(self._core.timeout)
+            except Unreachable as exc:
+                log.info("broker at %s silent and no broker of mesh '%s' answered discovery: %s", old,
+                         self._finder.mesh, exc.message)
+                return False
+            if endpoint == old:
+                return False
+            if self._sock is not None:
+                self._sock.close(linger=0)
+                self._sock = None
+            self.endpoint, self._curve = endpoint, curve
+            self._socket()
+            log.info("broker of mesh '%s' moved from %s to %s (broker %s); following it", self._finder.mesh, old,
+                     endpoint, self._finder.broker.broker_id if self._finder.broker else "?")
+        self._wake_pump()
+        self._wake_direct()
+        return True
+
+    def _exchange(self, call: Call[Any], req_id: bytes) -> Any:
         with self._lock:
             sock = self._socket()
-            flow = self._core.exchange(call.op, call.body, self.endpoint, call.wait)
+            flow = self._core.exchange(call.op, call.body, self.endpoint, call.wait, req_id)
             try:
                 action = next(flow)
                 while True:
@@ -195,6 +238,7 @@ class Client(Api):
         if self._push_threads:
             return
         self._wake = socket.socketpair()
+        self._wake[0].setblocking(False)
         name = f"zmesh-push-{self.agent}"
         self._push_threads = [threading.Thread(target=self._pump, daemon=True, name=name),
                               threading.Thread(target=self._dispatch, daemon=True, name=name + "-callbacks")]
@@ -279,19 +323,37 @@ class Client(Api):
         self._route(pushed)
         return True
 
+    def _wake_pump(self) -> None:
+        """Make the push thread look at the socket again (it was replaced: the broker moved)."""
+        pair = self._wake
+        if pair is not None:
+            try:
+                pair[1].send(b"m")
+            except OSError:  # already signalled, or closed
+                pass
+
     def _pump(self) -> None:
-        """Read pushes while no call is reading (woken by the socket's fd)."""
-        with self._lock:
-            fd = int(self._socket().getsockopt(zmq.FD))
+        """Read pushes while no call is reading (woken by the socket's fd, or by the wake
+        pair when the client closes or the socket is replaced)."""
         assert self._wake is not None
         wake = self._wake[0]
+        with self._lock:
+            self._socket()
         while not self._stop.is_set():
             with self._lock:  # first what arrived before the thread ran, then each wake-up
                 if self._sock is None:
                     return
+                fd = int(self._sock.getsockopt(zmq.FD))
                 pushed = self._take_pushes(self._sock)
             self._route(pushed)
-            select.select([fd, wake.fileno()], [], [])
+            try:
+                select.select([fd, wake.fileno()], [], [])
+                while True:
+                    wake.recv(64)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except (OSError, ValueError):  # the socket was replaced (and closed) meanwhile
+                continue
 
     def _dispatch(self) -> None:
         """Run message callbacks one at a time, outside the socket lock."""
@@ -436,7 +498,8 @@ class Client(Api):
         check_flow_args(topics, since, timeout, idle_check, reconnect, on_connection)
         self.info = self.hello()  # where "now" is, and the PUB endpoint
         flow = new_flow(topics, since, timeout, idle_check, reconnect, self.info["seq"], on_connection)
-        sub = connect_socket(self._ctx, zmq.SUB, SUB_OPTIONS + self._curve, resolve_pub(self.endpoint, self.info["pub"]))
+        dialled = self.endpoint
+        sub = connect_socket(self._ctx, zmq.SUB, SUB_OPTIONS + self._curve, resolve_pub(dialled, self.info["pub"]))
         poller = zmq.Poller()  # kept: Socket.poll would build one per event
         poller.register(sub, zmq.POLLIN)
         try:
@@ -460,10 +523,31 @@ class Client(Api):
                         answer = self._call(action)
                     except ZmeshError as exc:
                         error = exc
+                    if self.endpoint != dialled:  # the client followed its broker: so does the SUB
+                        moved = self._resubscribe()
+                        if moved is not None:
+                            sub.close(linger=0)
+                            sub, dialled = moved
+                            poller = zmq.Poller()
+                            poller.register(sub, zmq.POLLIN)
         except zmq.ZMQError as exc:
             raise Unreachable(f"event socket error: {exc}", {"endpoint": self.endpoint}) from None
         finally:
             sub.close(linger=0)
+
+    def _resubscribe(self) -> tuple[zmq.Socket, str] | None:
+        """A SUB socket on the PUB endpoint of the broker the client moved to (asked with
+        hello), and the endpoint it belongs to; None if that broker did not answer (the
+        stream tries again after its next call)."""
+        try:
+            self.info = self.hello()
+        except ZmeshError as exc:
+            log.info("event stream: the broker at %s did not answer hello yet (%s)", self.endpoint, exc.message)
+            return None
+        dialled = self.endpoint  # where the hello was answered
+        pub = resolve_pub(dialled, self.info["pub"])
+        log.info("event stream follows the broker to %s", pub)
+        return connect_socket(self._ctx, zmq.SUB, SUB_OPTIONS + self._curve, pub), dialled
 
     def subscribe(self, callback: Callable[[Event], None], topics: Iterable[str] = (), *,
                   since: int | None = None) -> threading.Thread:
