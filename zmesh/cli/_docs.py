@@ -92,6 +92,9 @@ JSON_SHAPES: dict[str, tuple[tuple[str, ...], str] | None] = {
     "hook prompt": None,
     "mcp": None,
     "gateway": None,
+    "discover": (("brokers",), "`brokers`: each {mesh, broker_id, endpoint, pub_endpoint, key (Z85, null: "
+                 "security off), fingerprint, version, preferred (the one its mesh's clients join when several "
+                 "serve it)}; none answered is exit 3"),
     "keygen": (("public", "secret", "key", "fingerprint"), "the two files written, the public key in Z85 and its "
                "fingerprint"),  # a server: its answers are HTTP (OpenAPI at /openapi.json)  # its stdout is the MCP protocol (JSON-RPC); see docs/MCP.md  # {"hookSpecificOutput": {"hookEventName", "additionalContext"}} or nothing
     "wait": (("kind",), "`kind`: task, message or timeout; a task adds `task`, `claimed`, `claim` (the claim "

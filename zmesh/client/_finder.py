@@ -16,13 +16,13 @@ Rules it keeps:
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..discovery.known_hosts import known_hosts_file
-from ..discovery.record import BrokerInfo
-from ..discovery.trust import Pin, Trust, find_broker
 from ..mesh import resolve_mesh
 from ._protocol import Curve
+
+if TYPE_CHECKING:
+    from ..discovery.record import BrokerInfo
 
 log = logging.getLogger("zmesh.client")
 
@@ -35,6 +35,9 @@ class Finder:
 
     def __init__(self, mesh: str | None, curve: Curve, known_hosts: str | None = None,
                  interfaces: list[str] | None = None) -> None:
+        from ..discovery.known_hosts import known_hosts_file
+        from ..discovery.trust import Pin, Trust  # zeroconf: loaded by the clients that discover
+
         self.mesh = resolve_mesh(mesh)
         self._curve = curve
         if curve.server is not None and curve.pair is None:
@@ -51,6 +54,8 @@ class Finder:
     def find(self, timeout: float) -> tuple[str, tuple[tuple[int, Any], ...]]:
         """The endpoint of this client's broker and the socket options to reach it; raises
         Unreachable (none of the mesh answered), UntrustedBroker or ConfigError."""
+        from ..discovery.trust import Trust, find_broker
+
         broker, pin = find_broker(self._trust, min(timeout, MAX_DISCOVERY_S), self._interfaces)
         if self._trust.pin is None:
             # from now on the client follows only a broker with the key it joined (or, with

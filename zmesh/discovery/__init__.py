@@ -21,16 +21,35 @@ Rules it keeps (each module keeps its part):
 * **On the wire** (mdns.py): one interface by default (the default route's; interfaces.py),
   every zeroconf instance closed before its call returns, a goodbye on unregister.
 
-``from zmesh.discovery import ...`` keeps working for every name below.
+``from zmesh.discovery import ...`` keeps working for every name below (each is loaded on
+first use: importing the package does not import zeroconf).
 """
 
 from __future__ import annotations
 
-from ..interfaces import default_interfaces
-from .known_hosts import ENV_KNOWN_HOSTS, KnownHosts, Pinned, default_known_hosts, known_hosts_file
-from .mdns import Advertiser, Browse, broker_from_service_info, browse, collect, discover
-from .record import PROTO, SERVICE_TYPE, BrokerInfo, parse_service, pick, txt_properties
-from .trust import Pin, Trust, decide, find_broker
+import importlib
+from typing import Any
+
+#: name -> the module that defines it; loaded on first use, so a client that never
+#: discovers (or the CLI starting) does not import zeroconf
+_WHERE = {
+    "default_interfaces": "..interfaces",
+    **dict.fromkeys(("ENV_KNOWN_HOSTS", "KnownHosts", "Pinned", "default_known_hosts", "known_hosts_file"),
+                    ".known_hosts"),
+    **dict.fromkeys(("Advertiser", "Browse", "broker_from_service_info", "browse", "collect", "discover"), ".mdns"),
+    **dict.fromkeys(("PROTO", "SERVICE_TYPE", "BrokerInfo", "parse_service", "pick", "txt_properties"), ".record"),
+    **dict.fromkeys(("Pin", "Trust", "decide", "find_broker"), ".trust"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "SERVICE_TYPE",
