@@ -13,13 +13,16 @@ import ipaddress
 import json
 import logging
 import os
-import select
+import queue
+import re
 import shutil
 import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,7 +32,9 @@ import pytest
 import zmq
 from zeroconf import ServiceInfo
 
+import zmesh
 from zmesh import AsyncClient, Client, interfaces
+from zmesh.cli._docs import JSON_SHAPES
 from zmesh.discovery import (
     ENV_KNOWN_HOSTS,
     PROTO,
@@ -54,7 +59,7 @@ from zmesh.discovery import (
 from zmesh.discovery import trust as trust_mod
 from zmesh.errors import ConfigError, InvalidArgument, Unreachable, UntrustedBroker, exit_code
 from zmesh.client._finder import Finder
-from zmesh.keys import fingerprint
+from zmesh.keys import fingerprint, keygen, load_public
 from zmesh.testing import BrokerProcess
 
 from .conftest import until, wait_for
@@ -620,26 +625,53 @@ def _stop(proc: subprocess.Popen[str]) -> None:
             stream.close()
 
 
+#: proc -> the queue its stdout reader thread fills (None at end of file)
+_READERS: weakref.WeakKeyDictionary[subprocess.Popen[str], queue.SimpleQueue[str | None]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _stdout_lines(proc: subprocess.Popen[str]) -> queue.SimpleQueue[str | None]:
+    """proc's stdout lines, read by a thread of their own: select() on a buffered pipe would
+    miss a second line that arrived in the same read as the first."""
+    lines = _READERS.get(proc)
+    if lines is None:
+        lines = _READERS[proc] = queue.SimpleQueue()
+        out = proc.stdout
+        assert out is not None
+
+        def pump() -> None:
+            try:
+                for line in out:
+                    lines.put(line)
+            except (OSError, ValueError):  # closed by the test
+                pass
+            lines.put(None)
+
+        threading.Thread(target=pump, daemon=True, name=f"stdout-{proc.pid}").start()
+    return lines
+
+
 def _read_json_line(proc: subprocess.Popen[str], timeout: float, want: str) -> dict[str, Any]:
-    """Next JSON line from proc's stdout containing key ``want``, within timeout."""
-    assert proc.stdout is not None
+    """Next JSON line from proc's stdout containing key ``want`` (any line: ""), within timeout."""
+    lines = _stdout_lines(proc)
     deadline = time.monotonic() + timeout
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             raise AssertionError(f"no {want!r} line from pid {proc.pid} within {timeout} s")
-        ready, _, _ = select.select([proc.stdout], [], [], left)
-        if not ready:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
             continue
-        line = proc.stdout.readline()
-        if not line:
+        if line is None:
+            lines.put(None)  # end of file stays the answer
             err = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
             raise AssertionError(f"pid {proc.pid} closed stdout before {want!r}; rc={proc.poll()} {err}")
         try:
             msg = json.loads(line)
         except ValueError:
             continue
-        if want in msg:
+        if not want or want in msg:
             return msg
 
 
@@ -851,3 +883,315 @@ def test_lan_discover_browse_and_goodbye(lan: dict[str, str]) -> None:
     finally:
         for proc in procs:
             _stop(proc)
+
+
+# --------------------------------------------------------------------------- issue 17 across namespaces
+
+
+class NsBroker:
+    """``zmesh broker`` with discovery on, inside a namespace, logging to a file; stopped by PID."""
+
+    def __init__(self, ns: str, data: Path, port: int, pub_port: int, *extra: str) -> None:
+        self.ns, self.data, self.port, self.pub_port, self.extra = ns, data, port, pub_port, extra
+        self.log = data.parent / f"{data.name}-{port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.broker_id = ""
+
+    def start(self, timeout: float = 30) -> "NsBroker":
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns, sys.executable, "-m", "zmesh", "broker", "--data", str(self.data),
+                 "--bind", f"tcp://*:{self.port}", "--pub-bind", f"tcp://*:{self.pub_port}", "--no-ipc", *self.extra],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=_env(PYTHONUNBUFFERED="1"),
+                cwd=REPO)
+        deadline = time.monotonic() + timeout
+        while "advertising zmesh broker" not in self.text():
+            assert self.proc.poll() is None, f"broker exited with {self.proc.returncode}:\n{self.text()}"
+            assert time.monotonic() < deadline, f"broker not advertised within {timeout} s:\n{self.text()}"
+            time.sleep(0.05)  # polling a log file for a condition, with a deadline
+        self.broker_id = re.findall(r"zmesh broker ready: id=(\S+)", self.text())[-1]
+        return self
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        return self.proc.returncode
+
+
+FREE_PORTS = """
+import json, socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("0.0.0.0", 0))
+print(json.dumps([s.getsockname()[1] for s in socks]))
+"""
+
+SPOOF = """
+import json, sys
+from zmesh.discovery import Advertiser
+adv = Advertiser(broker_id=sys.argv[1], port=int(sys.argv[2]), pub_port=int(sys.argv[2]) + 1, version="0.1.0",
+                 mesh=sys.argv[3], key=sys.argv[4])
+try:
+    adv.start()
+    print(json.dumps({"ready": True}), flush=True)
+    sys.stdin.read()
+finally:
+    adv.close()
+"""
+
+#: a long-lived agent (Client or AsyncClient, made with no endpoint) driven by lines on stdin:
+#: "publish TOPIC" publishes and answers with the broker's status; events come as {"event"}
+WALKER = """
+import asyncio, faulthandler, json, logging, signal, sys, threading
+from zmesh import AsyncClient, Client, ZmeshError
+faulthandler.register(signal.SIGTERM, chain=True)  # a walker stopped by the test shows where it was
+logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+mode, mesh = sys.argv[1], sys.argv[2]
+lock = threading.Lock()
+def say(**kw):
+    with lock:
+        print(json.dumps(kw), flush=True)
+if mode == "sync":
+    c = Client(mesh=mesh, agent="walker", timeout=1.5)
+    c.subscribe(lambda ev: say(event=ev.topic), ["msg."], since=0)
+    say(ready=c.endpoint)
+    for line in sys.stdin:
+        try:
+            c.publish(line.split()[1])
+            say(status=c.status()["broker_id"], endpoint=c.endpoint)
+        except ZmeshError as exc:
+            say(error=exc.code, message=exc.message)
+    c.close()
+else:
+    async def main():
+        async with AsyncClient(mesh=mesh, agent="awalker", timeout=1.5) as c:
+            c.subscribe(lambda ev: say(event=ev.topic), ["msg."], since=0)
+            say(ready=c.endpoint)
+            while line := await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline):
+                try:
+                    await c.publish(line.split()[1])
+                    say(status=(await c.status())["broker_id"], endpoint=c.endpoint)
+                except ZmeshError as exc:
+                    say(error=exc.code, message=exc.message)
+    asyncio.run(main())
+"""
+
+
+def _free_ports(ns: str, n: int) -> list[int]:
+    ports = json.loads(subprocess.run(_in_ns(ns, FREE_PORTS, str(n)), capture_output=True, text=True, check=True,
+                                      timeout=20, env=_env(), cwd=REPO).stdout)
+    assert len(set(ports)) == n
+    return ports
+
+
+def _zmesh(ns: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m zmesh ARGS`` in a namespace (killed and reaped if it overruns)."""
+    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "zmesh", *args], capture_output=True,
+                          text=True, timeout=60, env=_env(**env), cwd=REPO, stdin=subprocess.DEVNULL)
+
+
+def _stop_all(procs: list[Any]) -> None:
+    for proc in procs:
+        if isinstance(proc, NsBroker):
+            proc.stop()
+        else:
+            _stop(proc)
+
+
+@netns
+def test_lan_a_client_finds_the_broker_with_no_address(lan: dict[str, str], tmp_path: Path) -> None:
+    """Issue 17 acceptance: an agent in one namespace finds the broker in another over the
+    veth with no address given; `zmesh discover` lists it."""
+    port, pub = _free_ports(lan["a"], 2)
+    broker = NsBroker(lan["a"], tmp_path / "data", port, pub)
+    try:
+        broker.start()
+        r = _zmesh(lan["b"], "--discover", "--json", "status", ZMESH_KNOWN_HOSTS=str(tmp_path / "kh"))
+        assert r.returncode == 0, r.stderr
+        status = json.loads(r.stdout)
+        assert status["broker_id"] == broker.broker_id
+        r = _zmesh(lan["b"], "discover", "--json")
+        assert r.returncode == 0, r.stderr
+        listed = json.loads(r.stdout)
+        assert tuple(listed) == JSON_SHAPES["discover"][0]  # type: ignore[index]
+        assert listed["brokers"] == [{
+            "mesh": "default", "broker_id": broker.broker_id, "endpoint": f"tcp://{lan['addr_a']}:{port}",
+            "pub_endpoint": f"tcp://{lan['addr_a']}:{pub}", "key": None, "fingerprint": None,
+            "version": zmesh.__version__, "preferred": True}]
+        text = _zmesh(lan["b"], "discover")
+        assert text.stdout == (f"default\t{broker.broker_id}\ttcp://{lan['addr_a']}:{port}\tkey none\t"
+                               f"zmesh {zmesh.__version__}\n")
+        assert not (tmp_path / "kh").exists(), "a broker with security off is never pinned"
+    finally:
+        assert broker.stop() == 0, broker.text()
+    r = _zmesh(lan["b"], "discover", "--timeout", "1", "--json")
+    assert r.returncode == 3 and json.loads(r.stderr)["code"] == "unreachable", r
+
+
+@netns
+def test_lan_meshes_stay_apart_and_two_brokers_of_one_mesh_pick_the_lowest_id(
+        lan: dict[str, str], tmp_path: Path) -> None:
+    """Issue 17 acceptance: two meshes on one segment stay apart; two brokers of one mesh:
+    every client joins the lowest broker id and says so."""
+    ports = _free_ports(lan["a"], 6)
+    red1 = NsBroker(lan["a"], tmp_path / "red1", ports[0], ports[1], "--mesh", "red")
+    red2 = NsBroker(lan["a"], tmp_path / "red2", ports[2], ports[3], "--mesh", "red")
+    blue = NsBroker(lan["a"], tmp_path / "blue", ports[4], ports[5], "--mesh", "blue")
+    try:
+        for b in (red1, red2, blue):
+            b.start()
+        for _ in range(3):  # a client of each mesh joins only its mesh's broker, every time
+            r = _zmesh(lan["b"], "--mesh", "blue", "--json", "status")
+            assert r.returncode == 0 and json.loads(r.stdout)["broker_id"] == blue.broker_id, r.stderr
+            r = _zmesh(lan["b"], "--discover", "--json", "status", ZMESH_MESH="red")
+            lowest = min(red1, red2, key=lambda b: b.broker_id)
+            assert r.returncode == 0 and json.loads(r.stdout)["broker_id"] == lowest.broker_id, r.stderr
+            assert "2 brokers serve mesh 'red'" in r.stderr and red1.broker_id in r.stderr \
+                and red2.broker_id in r.stderr
+        r = _zmesh(lan["b"], "--mesh", "green", "--timeout", "1", "status")
+        assert r.returncode == 3 and "no zmesh broker of mesh 'green'" in r.stderr, r.stderr
+        assert "(brokers of mesh 'blue', 'red' answered)" in r.stderr
+        listed = json.loads(_zmesh(lan["b"], "discover", "--json").stdout)["brokers"]
+        assert {(b["mesh"], b["broker_id"], b["preferred"]) for b in listed} == {
+            ("blue", blue.broker_id, True), ("red", lowest.broker_id, True),
+            ("red", max(red1, red2, key=lambda b: b.broker_id).broker_id, False)}
+        only = json.loads(_zmesh(lan["b"], "--mesh", "blue", "discover", "--json").stdout)["brokers"]
+        assert [b["broker_id"] for b in only] == [blue.broker_id]
+    finally:
+        for b in (red1, red2, blue):
+            assert b.stop() == 0, b.text()
+
+
+@netns
+def test_lan_a_pinned_client_refuses_a_spoofing_broker(lan: dict[str, str], tmp_path: Path) -> None:
+    """Issue 17 acceptance: a broker advertising the same mesh with another key is refused by
+    a pinned client (pinned by ZMESH_SERVER_KEY, and pinned on first use), naming both keys."""
+    data = tmp_path / "data"
+    keygen(data / "keys", "broker")
+    _pub, client_secret = keygen(tmp_path / "client", "alice")
+    (data / "keys" / "authorized").mkdir(mode=0o700)
+    shutil.copy(tmp_path / "client" / "alice.key", data / "keys" / "authorized" / "alice.key")
+    real_key = load_public(data / "keys" / "broker.key", "test").decode()
+    fake_key = zmq.curve_keypair()[0].decode()
+    real_fp, fake_fp = fingerprint(real_key.encode()), fingerprint(fake_key.encode())
+    hosts = tmp_path / "cfg" / "known_hosts"
+    pinned = {"ZMESH_SERVER_KEY": real_key, "ZMESH_KEY": str(client_secret), "ZMESH_KNOWN_HOSTS": str(hosts)}
+    tofu = {"ZMESH_KEY": str(client_secret), "ZMESH_KNOWN_HOSTS": str(hosts)}
+    port, pub, fake_port = _free_ports(lan["a"], 3)
+    broker = NsBroker(lan["a"], data, port, pub, "--mesh", "sec", "--secure")
+    procs: list[Any] = [broker]
+    try:
+        spoof = _popen(lan["a"], SPOOF, "aaaa-spoof", str(fake_port), "sec", fake_key)
+        procs.append(spoof)
+        _read_json_line(spoof, 20, "ready")
+        # the spoofer alone: refused, naming both keys
+        r = _zmesh(lan["b"], "--mesh", "sec", "--json", "status", **pinned)
+        assert r.returncode == 1, r
+        err = json.loads(r.stderr.strip().splitlines()[-1])
+        assert err["code"] == "untrusted_broker" and real_fp in err["message"] and fake_fp in err["message"], err
+        assert err["message"] == (f"refused broker aaaa-spoof at tcp://{lan['addr_a']}:{fake_port} of mesh 'sec': "
+                                  f"it has key {fake_fp}, not the key {real_fp} pinned by ZMESH_SERVER_KEY")
+        # beside the real broker: the pinned client joins the real one (the spoofer's id is lower)
+        broker.start()
+        r = _zmesh(lan["b"], "--mesh", "sec", "--json", "status", **pinned)
+        assert r.returncode == 0 and json.loads(r.stdout)["broker_id"] == broker.broker_id, r.stderr
+        assert "refused broker aaaa-spoof" in r.stderr
+        # trust on first use: the spoofer gone, the client pins the real broker's key ...
+        assert spoof.stdin is not None
+        spoof.stdin.close()
+        assert spoof.wait(timeout=15) == 0
+        r = _zmesh(lan["b"], "--mesh", "sec", "--json", "status", **tofu)
+        assert r.returncode == 0 and json.loads(r.stdout)["broker_id"] == broker.broker_id, r.stderr
+        assert f"pinned mesh 'sec' to the key {real_fp}" in r.stderr
+        assert hosts.read_text().splitlines()[2].startswith(f"sec {real_key}  # broker {broker.broker_id} at ")
+        # ... and refuses the spoofer when it comes back and the real broker is gone
+        assert broker.stop() == 0, broker.text()
+        spoof = _popen(lan["a"], SPOOF, "aaaa-spoof", str(fake_port), "sec", fake_key)
+        procs.append(spoof)
+        _read_json_line(spoof, 20, "ready")
+        r = _zmesh(lan["b"], "--mesh", "sec", "--json", "status", **tofu)
+        assert r.returncode == 1, r
+        err = json.loads(r.stderr.strip().splitlines()[-1])
+        assert err["code"] == "untrusted_broker" and fake_fp in err["message"] and real_fp in err["message"]
+        assert f"pinned on first use in {hosts} line 3; if the broker's key changed on purpose, remove that line" \
+            in err["message"]
+        # a client with no key pair of its own is told to set ZMESH_KEY (exit 2)
+        r = _zmesh(lan["b"], "--mesh", "sec", "status", ZMESH_KNOWN_HOSTS=str(tmp_path / "other"))
+        assert r.returncode == 2 and "set ZMESH_KEY" in r.stderr, r
+    finally:
+        _stop_all(procs)
+
+
+def _line(proc: subprocess.Popen[str], want: str, events: set[str], timeout: float = 30) -> dict[str, Any]:
+    """The walker's next line with ``want``; the events it printed meanwhile go to ``events``."""
+    while True:
+        got = _read_json_line(proc, timeout, "")
+        assert "error" not in got, got
+        if "event" in got:
+            events.add(got["event"])
+        if want in got:
+            return got
+
+
+@netns
+def test_lan_a_broker_restarted_on_another_port_is_followed(lan: dict[str, str], tmp_path: Path) -> None:
+    """Issue 17 acceptance: a broker restarted on another port is found again by its connected
+    clients (Client and AsyncClient), requests and event subscriptions alike, with no action
+    by the agent."""
+    p1, q1, p2, q2 = _free_ports(lan["a"], 4)
+    data = tmp_path / "data"
+    first = NsBroker(lan["a"], data, p1, q1, "--mesh", "move")
+    second = NsBroker(lan["a"], data, p2, q2, "--mesh", "move")
+    procs: list[Any] = [first, second]
+    logs = {mode: open(tmp_path / f"{mode}.log", "w+") for mode in ("sync", "async")}
+    try:
+        first.start()
+        walkers = {}
+        for mode in ("sync", "async"):
+            walkers[mode] = subprocess.Popen(_in_ns(lan["b"], WALKER, mode, "move"), stdin=subprocess.PIPE,
+                                             stdout=subprocess.PIPE, stderr=logs[mode], text=True, env=_env(),
+                                             cwd=REPO)
+            procs.append(walkers[mode])
+        events: dict[str, set[str]] = {"sync": set(), "async": set()}
+        for mode, w in walkers.items():
+            assert _line(w, "ready", events[mode])["ready"] == f"tcp://{lan['addr_a']}:{p1}"
+            assert w.stdin is not None
+            w.stdin.write(f"publish one-{mode}\n")
+            w.stdin.flush()
+            assert _line(w, "status", events[mode]) == {"status": first.broker_id,
+                                                        "endpoint": f"tcp://{lan['addr_a']}:{p1}"}
+        assert first.stop() == 0, first.text()
+        second.start()  # the same data (the same broker id) on other ports
+        assert second.broker_id == first.broker_id
+        for mode, w in walkers.items():
+            assert w.stdin is not None
+            w.stdin.write(f"publish two-{mode}\n")
+            w.stdin.flush()
+            assert _line(w, "status", events[mode]) == {"status": second.broker_id,
+                                                        "endpoint": f"tcp://{lan['addr_a']}:{p2}"}
+        for mode, w in walkers.items():  # the subscriptions followed too: both see every event
+            while not {"msg.one-sync", "msg.one-async", "msg.two-sync", "msg.two-async"} <= events[mode]:
+                _line(w, "event", events[mode])
+        for mode, w in walkers.items():
+            assert w.stdin is not None
+            w.stdin.close()
+            assert w.wait(timeout=30) == 0
+            logs[mode].seek(0)
+            log_text = logs[mode].read()
+            assert (f"broker of mesh 'move' moved from tcp://{lan['addr_a']}:{p1} to tcp://{lan['addr_a']}:{p2}"
+                    in log_text), log_text
+            assert f"event stream follows the broker to tcp://{lan['addr_a']}:{q2}" in log_text
+    finally:
+        _stop_all(procs)
+        for f in logs.values():
+            f.close()
