@@ -1008,6 +1008,34 @@ def _stop_all(procs: list[Any]) -> None:
             _stop(proc)
 
 
+ONLY_5353 = """
+import json, sys, time
+from zmesh.discovery import discover, mdns
+real = mdns._open_zeroconf
+def no_querier(addresses, *, unicast=False):
+    if unicast:  # as if a firewall dropped the answers to the querier's ephemeral port
+        raise OSError("querier blocked by the test")
+    return real(addresses)
+mdns._open_zeroconf = no_querier
+t0 = time.monotonic()
+b = discover(timeout=5)
+print(json.dumps({"broker_id": b.broker_id, "elapsed": time.monotonic() - t0}))
+"""
+
+
+@netns
+def test_lan_discovery_works_through_port_5353_alone(lan: dict[str, str]) -> None:
+    """The browser on 5353 finds the broker when the ephemeral-port querier hears nothing (a
+    firewall that lets only mDNS's port in)."""
+    adv = _popen(lan["a"], ADVERTISE, BROKER_ID)
+    try:
+        _read_json_line(adv, 15, "ready")
+        out = _run_json(lan["b"], ONLY_5353)
+        assert out["broker_id"] == BROKER_ID and out["elapsed"] < 3, out
+    finally:
+        _stop(adv)
+
+
 @netns
 def test_lan_a_client_finds_the_broker_with_no_address(lan: dict[str, str], tmp_path: Path) -> None:
     """Issue 17 acceptance: an agent in one namespace finds the broker in another over the

@@ -11,7 +11,7 @@ Rules it keeps (each module keeps its part):
   its mesh (argument, else ``$ZMESH_MESH``, else ``default``).
 * **Two brokers for one mesh**: every client joins the one with the lowest broker id (then
   the lowest endpoint), whatever order the answers came in, and logs a warning naming them
-  all (record.pick). The browser listens 0.25 s past the first answer so it sees them.
+  all (record.pick). The browser listens 0.15 s past the first answer so it sees them.
 * **Pinning** (trust.py, known_hosts.py): a broker's key is checked against
   ``ZMESH_SERVER_KEY``, else against the key pinned for the mesh on first use in the
   known-hosts file; another key (or none) is refused naming both fingerprints.

@@ -18,10 +18,16 @@ Rules it keeps:
 * **A bad record is skipped, never fatal.** Anyone on the link can advertise
   ``_zmesh._tcp``; a record that does not parse is logged (at most once a minute per
   service name) and ignored.
-* **Listen a little longer than the first answer.** Responders answer one query within
-  about 120 ms of each other (RFC 6762's random delay), so after the first matching broker
-  the browser listens ``settle`` seconds more: enough to see a second broker of the same
-  mesh, and to choose between them the same way every time.
+* **Browse from an ephemeral port, and listen on 5353 too.** The browser runs a one-shot
+  querier (``unicast=True``: RFC 6762's legacy unicast, section 6.7), which responders answer
+  at once, straight to its port, instead of after a 20-120 ms random delay (or a second, for
+  a record they multicast less than a second ago); on the broker's own host that answer
+  cannot go to another process bound to port 5353 either. Beside it a plain browser on 5353
+  hears the multicast answers, for a host whose firewall lets only port 5353 in. Whichever
+  hears a broker first resolves it.
+* **Listen a little longer than the first answer.** Every broker answers the same query at
+  once, so after the first matching one the browser listens ``settle`` seconds more: enough
+  to see a second broker of the same mesh, and to choose between them the same way every time.
 """
 
 from __future__ import annotations
@@ -59,8 +65,8 @@ log = logging.getLogger("zmesh.discovery")
 
 #: once one broker is resolved, how long browse() (a listing) keeps listening for the others
 BROWSE_SETTLE_S = 0.5
-#: ... and how long a client choosing its broker does (answers to one query come within ~120 ms)
-DISCOVER_SETTLE_S = 0.25
+#: ... and how long a client choosing its broker does (brokers answer a query at once)
+DISCOVER_SETTLE_S = 0.15
 #: upper bound for one ServiceInfo.request (ms); a broker that does not answer its SRV/TXT/A
 #: within this is retried while the overall timeout allows
 _RESOLVE_MS = 1500
@@ -81,11 +87,13 @@ def broker_from_service_info(
     )
 
 
-def _open_zeroconf(addresses: list[str]) -> Zeroconf:
+def _open_zeroconf(addresses: list[str], *, unicast: bool = False) -> Zeroconf:
+    """A responder on port 5353 (an advertiser), or with ``unicast`` a querier on an
+    ephemeral port whose answers come straight back to it (a browse)."""
     # An empty list would make zeroconf listen nowhere; no IPv4 at all means "let zeroconf try all".
     choice: list[str] | InterfaceChoice = addresses if addresses else InterfaceChoice.All
-    log.debug("starting zeroconf on %s", choice)
-    return Zeroconf(interfaces=choice)  # type: ignore[arg-type]
+    log.debug("starting zeroconf on %s%s", choice, " (querier)" if unicast else "")
+    return Zeroconf(interfaces=choice, unicast=unicast)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- Advertiser
@@ -275,56 +283,60 @@ def collect(
     except ValueError as exc:
         raise InvalidArgument(str(exc), {"field": ENV_INTERFACES if interfaces is None else "interfaces"}) from None
     networks = local_networks(chosen)
-    try:
-        zc = _open_zeroconf(chosen)
-    except (OSError, RuntimeError, ValueError) as exc:
+    zcs: list[Zeroconf] = []
+    failures: list[str] = []
+    for unicast in (True, False):  # the fast querier, and a listener on 5353 a firewall lets answers reach
+        try:
+            zcs.append(_open_zeroconf(chosen, unicast=unicast))
+        except (OSError, RuntimeError, ValueError) as exc:
+            failures.append(str(exc))
+    if not zcs:
         raise Unreachable(
-            f"cannot browse for zmesh brokers: zeroconf failed to start on {chosen or 'all interfaces'}: {exc}",
-            {"interfaces": chosen, "service_type": SERVICE_TYPE},
-        ) from exc
+            f"cannot browse for zmesh brokers: zeroconf failed to start on {chosen or 'all interfaces'}: "
+            f"{failures[0]}", {"interfaces": chosen, "service_type": SERVICE_TYPE})
 
-    events: queue.SimpleQueue[tuple[str, ServiceStateChange]] = queue.SimpleQueue()
+    events: queue.SimpleQueue[tuple[Zeroconf, str, ServiceStateChange]] = queue.SimpleQueue()
 
     def on_change(zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange) -> None:
-        events.put((name, state_change))
+        events.put((zeroconf, name, state_change))
 
     found: dict[str, BrokerInfo] = {}
     others: dict[str, BrokerInfo] = {}
-    pending: set[str] = set()
-    browser: ServiceBrowser | None = None
+    pending: dict[str, Zeroconf] = {}  # service name -> the zeroconf that heard of it (resolves it)
+    browsers: list[ServiceBrowser] = []
     deadline = time.monotonic() + max(0.0, timeout)
     settle_until: float | None = None
     try:
-        browser = ServiceBrowser(zc, SERVICE_TYPE, handlers=[on_change])
+        browsers += [ServiceBrowser(zc, SERVICE_TYPE, handlers=[on_change]) for zc in zcs]
         while True:
             now = time.monotonic()
             end = deadline if settle_until is None else min(deadline, settle_until)
             if now >= end:
                 break
-            batch: list[tuple[str, ServiceStateChange]] = []
+            batch: list[tuple[Zeroconf, str, ServiceStateChange]] = []
             try:
                 batch.append(events.get(timeout=min(0.1, end - now)))
                 while True:  # drain every queued event before resolving
                     batch.append(events.get_nowait())
             except queue.Empty:
                 pass
-            for name, change in batch:
+            for zc, name, change in batch:
                 if change is ServiceStateChange.Removed:
-                    pending.discard(name)
+                    pending.pop(name, None)
                     others.pop(name, None)
                     if found.pop(name, None) is not None:
                         log.debug("zmesh broker %s said goodbye", name)
-                else:
-                    pending.add(name)
+                elif name not in found and name not in others:
+                    pending.setdefault(name, zc)
             for name in sorted(pending):
                 remaining_ms = int((deadline - time.monotonic()) * 1000)
                 if remaining_ms <= 0:
                     break
                 info = ServiceInfo(SERVICE_TYPE, name)
-                if not info.request(zc, min(remaining_ms, _RESOLVE_MS)):
+                if not info.request(pending[name], min(remaining_ms, _RESOLVE_MS)):
                     log.debug("zmesh service %s did not resolve yet", name)
                     continue
-                pending.discard(name)
+                del pending[name]
                 try:
                     broker = broker_from_service_info(info, networks)
                 except ValueError as exc:
@@ -337,9 +349,10 @@ def collect(
                 if settle_until is None:
                     settle_until = time.monotonic() + settle
     finally:
-        if browser is not None:
+        for browser in browsers:
             browser.cancel()
-        zc.close()
+        for zc in zcs:
+            zc.close()
     order = lambda b: (b.mesh, b.broker_id, b.host, b.port)  # noqa: E731
     return Browse(sorted(found.values(), key=order), sorted(others.values(), key=order), chosen)
 
