@@ -14,6 +14,8 @@ Rules it keeps:
   never a crash): every property decodes as UTF-8, none is given twice, ``id`` is 1..64
   printable characters without spaces, ports are 1..65535, ``version`` is at most 64
   printable characters, ``mesh`` follows the mesh-name rule, ``key`` is valid Z85.
+* Two brokers of one mesh: :func:`pick` joins the lowest broker id (then endpoint), the same
+  choice on every client whatever order the answers came in, and warns naming them all.
 * Kept free of zeroconf, so the parsing of untrusted data is tested on its own.
 """
 
