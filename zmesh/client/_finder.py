@@ -15,7 +15,6 @@ Rules it keeps:
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 from ..mesh import resolve_mesh
@@ -23,8 +22,6 @@ from ._protocol import Curve
 
 if TYPE_CHECKING:
     from ..discovery.record import BrokerInfo
-
-log = logging.getLogger("zmesh.client")
 
 #: a discovery never takes longer than this, whatever the client's timeout
 MAX_DISCOVERY_S = 3.0
