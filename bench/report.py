@@ -185,6 +185,13 @@ def render(results: dict[str, Any]) -> str:
                   "|---|---|---:|---:|---:|---:|---:|"]
         for name, r in ag["wake"].items():
             lines.append(_row(name, r["durability"], r["n"], _lat(r["latency_us"])))
+    dj = results.get("discovery")
+    if dj:
+        lines += ["", f"## Joining by discovery ({dj['where']}; {dj['n']} client starts in a row)", "",
+                  f"From `Client(mesh=...)` with no endpoint to the broker's first reply. Reference: {dj['reference']}.",
+                  "", "| measured | p50 | p95 | p99 | max |", "|---|---:|---:|---:|---:|",
+                  _row("client start -> broker found (Client returned)", _lat(dj["joined_us"])),
+                  _row("client start -> first reply (hello)", _lat(dj["latency_us"]))]
     sc = results.get("scale", {})
     if sc:
         lines += ["", "## Scale (zmesh, durability full, 1 client claim latency)", "",

@@ -30,7 +30,7 @@ from zmesh.cli import EXIT_CODES, main
 from zmesh.cli._docs import JSON_SHAPES, commands, render_markdown
 from zmesh.cli.gateway import ListenType
 from zmesh.cli.security import KeyDir, KeyName
-from zmesh.cli._options import EndpointType, IdType, JsonValue, Pattern, Seconds, Since
+from zmesh.cli._options import EndpointType, IdType, JsonValue, MeshName, Pattern, Seconds, Since
 from zmesh.testing import BrokerProcess, free_port
 
 from .conftest import ROOT, wait_for
@@ -46,6 +46,7 @@ OVERSIZED_JSON = "@" + str(Path(os.environ.get("TMPDIR", "/tmp")) / f"zmesh-over
 GUARD_REPO = Path(tempfile.gettempdir()) / f"zmesh-contract-repo-{os.getpid()}"
 BASE: dict[str, list[str]] = {
     "broker": ["--data", "/nonexistent/zmesh-test-data", "--no-discovery"],
+    "discover": ["--timeout", "0.5"],
     "events": ["--since", "0", "--count", "1"],
     "publish": ["topic"],
     "status": [],
@@ -136,6 +137,8 @@ def bad_values(param: click.Parameter) -> list[str]:
         return ["", "abc", "-5", "10x", "a\nb", "2026-13-45"]
     if isinstance(t, Pattern):
         return ["(", "[a", "a{2,1}"]
+    if isinstance(t, MeshName):
+        return ["", "Lab", "a b", "-x", ".x", "x" * 64, "a\nb", "caf\u00e9", "a/b"]
     if isinstance(t, click.Path):  # --config: a file that is not there or not TOML
         return ["/nonexistent/zmesh.toml", "/"]
     if t is click.STRING and param.name == "data":  # broker --data: a path
@@ -152,7 +155,7 @@ def _cases() -> list[tuple[str, str, str]]:
             for value in bad_values(param):
                 cases.append((path, _name(param), value))
     for param in main.params:
-        if param.name in ("broker", "timeout"):
+        if param.name in ("broker", "timeout", "mesh"):
             for value in bad_values(param):
                 cases.append(("", _name(param), value))
     return cases
@@ -235,6 +238,20 @@ def test_a_sample_as_real_processes(argv: list[str]) -> None:
     assert r.returncode == 2, r
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stdout == ""
+
+
+def test_mesh_and_broker_exclude_each_other() -> None:
+    r = run("--mesh", "lab", "--broker", UNREACHABLE, "status")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stdout == "", r
+    assert "--mesh joins a broker found by discovery and --broker names one" in r.stderr
+    r = run("--mesh", "lab", "status", env=clean_env(ZMESH_BROKER=UNREACHABLE))
+    assert r.returncode == 2 and "ZMESH_BROKER names one" in r.stderr and "unset ZMESH_BROKER" in r.stderr, r
+    # a bad ZMESH_MESH or ZMESH_KNOWN_HOSTS is refused before any packet (ZMESH_INTERFACES keeps a
+    # discovery that ran anyway on loopback)
+    r = run("--discover", "status", env=clean_env(ZMESH_MESH="Lab", ZMESH_INTERFACES="127.0.0.1"))
+    assert r.returncode == 2 and r.stderr.startswith("zmesh: invalid_argument: ZMESH_MESH: 'Lab' is not a mesh"), r
+    r = run("--discover", "status", env=clean_env(ZMESH_KNOWN_HOSTS="", ZMESH_INTERFACES="127.0.0.1"))
+    assert r.returncode == 2 and "ZMESH_KNOWN_HOSTS: '' is not a file path" in r.stderr, r
 
 
 def test_a_bad_zmesh_broker_is_exit_2_naming_it() -> None:

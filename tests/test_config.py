@@ -60,6 +60,8 @@ BAD_FILE: dict[str, list[str]] = {
     "secure": _BAD_BOOLS,
     "key_file": ['""', "3", "true", '["/k"]', '"a\\u0001b"', '"a\\nb"'],
     "authorized_keys": ['""', "3", "true", '["/k"]', '"a\\u0001b"', '"a\\nb"'],
+    "mesh": ['""', '"Lab"', '"a b"', '"-x"', '".x"', '"x/y"', '"' + "x" * 64 + '"', "3", "true", '["lab"]',
+             '"l\\u0001b"', '"la\\nb"', '"caf\\u00e9"'],
 }
 _BAD_ENV_BOOLS = ["", "  ", "maybe", "2", "truee", "y", "t", "\x01", "nan", "-1", "0.0"]
 _BAD_ENV_ENDPOINTS = ["", ",", " , ", "tcp://*:x", "udp://*:1", "tcp://*:7700 tcp://*:7701",
@@ -84,6 +86,7 @@ BAD_ENV: dict[str, list[str]] = {
     "secure": _BAD_ENV_BOOLS,
     "key_file": ["", "   ", "a\x01b"],
     "authorized_keys": ["", "   ", "a\x01b"],
+    "mesh": ["", "   ", "Lab", "a b", "-x", "x" * 64, "l\x01b", "caf\u00e9", "lab,prod"],
 }
 
 
@@ -172,6 +175,7 @@ def test_bad_env_value_is_refused(tmp_path: Path, name: str, bad: str | None) ->
     ("event_log_size", 1.0), ("event_log_size", 0), ("map_size", 10**400), ("ipc", 1),
     ("discovery", "no"), ("bind", "tcp://*:7700"), ("bind", ["tcp://*:x"]), ("pub_bind", [1]),
     ("durability", "slow"), ("data", ""), ("data", 3), ("interfaces", "eth0"), ("interfaces", ["a\nb"]),
+    ("mesh", "Lab"), ("mesh", 3), ("mesh", ""), ("mesh", ["lab"]),
 ])
 def test_bad_flag_is_refused(tmp_path: Path, name: str, bad: Any) -> None:
     flags = {name: bad} if name == "data" else {name: bad, "data": str(tmp_path)}
@@ -246,6 +250,7 @@ low_batch = 0
 secure = true
 key_file = "{tmp_path}/k/broker.key_secret"
 authorized_keys = "{tmp_path}/k/allowed"
+mesh = "lab-2.east_1"
 """)
     cfg = BrokerConfig.load(path, env={})
     assert cfg == BrokerConfig(data=f"{tmp_path}/d", bind=["tcp://127.0.0.1:7800", "ipc:///tmp/z.ipc"],
@@ -253,7 +258,7 @@ authorized_keys = "{tmp_path}/k/allowed"
                                event_log_size=10, discovery=False, interfaces=["127.0.0.1", "lo"],
                                map_size=1 << 20, ack_wait=2.0, message_retention=50, message_max_age=3600.0,
                                low_batch=0.0, secure=True, key_file=f"{tmp_path}/k/broker.key_secret",
-                               authorized_keys=f"{tmp_path}/k/allowed")
+                               authorized_keys=f"{tmp_path}/k/allowed", mesh="lab-2.east_1")
     assert type(cfg.ack_wait) is float and type(cfg.message_retention) is int
     assert type(cfg.default_ttl) is float and type(cfg.event_log_size) is int
     assert cfg.sources == dict.fromkeys(NAMES, f"file {path}")
@@ -266,12 +271,14 @@ def test_good_env_values_load_with_their_types(tmp_path: Path) -> None:
         "ZMESH_EVENT_LOG_SIZE": "1_000", "ZMESH_MAP_SIZE": "1099511627776", "ZMESH_DURABILITY": "none",
         "ZMESH_INTERFACES": "lo", "ZMESH_PUB_BIND": "tcp://*:7801", "ZMESH_ACK_WAIT": "1.5",
         "ZMESH_MESSAGE_RETENTION": "10_000", "ZMESH_MESSAGE_MAX_AGE": "86400", "ZMESH_LOW_BATCH": "0.25",
-        "ZMESH_SECURE": "on", "ZMESH_KEY_FILE": "/k/b.key_secret", "ZMESH_AUTHORIZED_KEYS": "/k/allowed"})
+        "ZMESH_SECURE": "on", "ZMESH_KEY_FILE": "/k/b.key_secret", "ZMESH_AUTHORIZED_KEYS": "/k/allowed",
+        "ZMESH_MESH": " lab "})
     assert (cfg.bind, cfg.pub_bind) == (["tcp://127.0.0.1:7800", "ipc:///tmp/z.ipc"], ["tcp://*:7801"])
     assert (cfg.ipc, cfg.discovery, cfg.durability, cfg.interfaces) == (False, True, "none", ["lo"])
     assert (cfg.default_ttl, cfg.event_log_size, cfg.map_size) == (2.5, 1000, 1 << 40)
     assert (cfg.ack_wait, cfg.message_retention, cfg.message_max_age, cfg.low_batch) == (1.5, 10_000, 86400.0, 0.25)
     assert (cfg.secure, cfg.key_file, cfg.authorized_keys) == (True, "/k/b.key_secret", "/k/allowed")
+    assert cfg.mesh == "lab"
     assert cfg.sources == {s.name: f"env {s.env}" for s in SETTINGS}
 
 
@@ -304,6 +311,14 @@ def test_precedence_file_env_flags_and_sources(tmp_path: Path) -> None:
     other = _write(tmp_path, f'[broker]\ndata = "{tmp_path}"\ndefault_ttl = 7\n', "other.toml")
     assert BrokerConfig.load(other, env={"ZMESH_CONFIG": path}).default_ttl == 7.0
     assert cfg == BrokerConfig(**{f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "sources"})
+
+
+def test_a_bad_mesh_says_the_rule(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        BrokerConfig.load(env={"ZMESH_DATA": str(tmp_path), "ZMESH_MESH": "Lab"})
+    assert exc.value.message == ("ZMESH_MESH='Lab': is not a mesh name: must be 1..63 lowercase letters, digits, "
+                                 "'-', '_' or '.', starting with a letter or digit")
+    assert BrokerConfig.load(env={"ZMESH_DATA": str(tmp_path)}).mesh == "default"
 
 
 def test_data_tilde_is_expanded(tmp_path: Path) -> None:
@@ -403,7 +418,8 @@ def test_ipc_path_too_long_is_refused_unless_ipc_is_off(tmp_path: Path) -> None:
 def test_known_and_unknown_env() -> None:
     known = known_env()
     assert {s.env for s in SETTINGS} <= known
-    assert {"ZMESH_CONFIG", "ZMESH_BROKER", "ZMESH_INTERFACES", "ZMESH_DEFAULT_TTL"} <= known
+    assert {"ZMESH_CONFIG", "ZMESH_BROKER", "ZMESH_INTERFACES", "ZMESH_DEFAULT_TTL", "ZMESH_MESH",
+            "ZMESH_KNOWN_HOSTS", "ZMESH_SERVER_KEY", "ZMESH_KEY"} <= known
     env = {"ZMESH_DEFUALT_TTL": "3", "ZMESH_BROKER": "tcp://h:1", "ZMESH_DATA": "/x", "HOME": "/h",
            "ZMESH_BINDS": "x", "zmesh_lower": "1"}
     assert unknown_env(env) == ["ZMESH_BINDS", "ZMESH_DEFUALT_TTL"]

@@ -213,7 +213,8 @@ class Broker:
             self._advertiser = Advertiser(
                 broker_id=self.store.broker_id, port=int(tcp[0].rsplit(":", 1)[1]),
                 pub_port=int(pub_tcp[0].rsplit(":", 1)[1]), version=__version__,
-                interfaces=self.config.interfaces or None)
+                interfaces=self.config.interfaces or None, mesh=self.config.mesh,
+                key=self._gate.keys.public.decode("ascii") if self._gate is not None else None)
             self._advertiser.start()
         except Exception as exc:  # discovery is a convenience; the broker serves without it
             log.warning("zeroconf advertisement failed (%s); clients need --broker", exc)

@@ -36,6 +36,7 @@ else:  # pragma: no cover
 from .endpoint import MAX_IPC_PATH_BYTES, check_endpoint
 from .errors import ConfigError, InvalidArgument
 from .protocol import MAX_TTL_S, MIN_TTL_S, escape_controls, number_text
+from .mesh import DEFAULT_MESH, RULE as MESH_RULE, check_mesh
 from .fields import DEFAULT_ACK_WAIT_S, DEFAULT_LOW_BATCH_S, DEFAULT_MESSAGE_MAX_AGE_S, DEFAULT_MESSAGE_RETENTION
 from .store import DURABILITY
 
@@ -50,10 +51,11 @@ DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_EVENT_LOG = 100_000
 DEFAULT_DURABILITY = "full"
 #: ZMESH_* names read besides the settings': the file to load, the clients' broker, the
-#: committing agent and the mode of `zmesh guard` (ZMESH_AGENT, ZMESH_GUARD), and
-#: ZMESH_INTERFACES (a setting, also read by discovery in clients)
+#: committing agent and the mode of `zmesh guard` (ZMESH_AGENT, ZMESH_GUARD),
+#: ZMESH_INTERFACES (a setting, also read by discovery in clients), the clients' keys and
+#: their known-hosts file (ZMESH_KNOWN_HOSTS; ZMESH_MESH is a setting clients read too)
 OTHER_ENV = ("ZMESH_CONFIG", "ZMESH_BROKER", "ZMESH_INTERFACES", "ZMESH_AGENT", "ZMESH_GUARD",
-             "ZMESH_SERVER_KEY", "ZMESH_KEY")
+             "ZMESH_SERVER_KEY", "ZMESH_KEY", "ZMESH_KNOWN_HOSTS")
 _SECTION = "broker"
 _BOOLS = dict(zip(("1", "0", "true", "false", "yes", "no", "on", "off"), (True, False) * 4))
 
@@ -78,6 +80,13 @@ def _interface(value: str, name: str) -> None:
                               "name without whitespace or control characters")
 
 
+def _mesh(value: str, name: str) -> None:
+    try:
+        check_mesh(value, name)
+    except InvalidArgument:
+        raise InvalidArgument(f"is not a mesh name: must be {MESH_RULE}") from None
+
+
 @dataclass(frozen=True)
 class Setting:
     """One key: ``lo``/``hi`` bound a number's value, or a string's or list's length."""
@@ -90,7 +99,7 @@ class Setting:
     hi: float | None = None
     choices: tuple[str, ...] = ()
     unit: str = ""  # what the value counts, for messages ("seconds", "endpoints")
-    item: Callable[[str, str], None] | None = None  # checks one list item, raises InvalidArgument
+    item: Callable[[str, str], None] | None = None  # checks a str value or one list item, raises InvalidArgument
     example: str = ""  # a good file value, for the message of a wrong type
 
     @property
@@ -142,6 +151,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("interfaces", list, (), "addresses or interface names to advertise on (empty: default route's)",
             lo=0, hi=64, unit="addresses or interface names", item=_interface,
             example='["192.168.1.10"]'),
+    Setting("mesh", str, DEFAULT_MESH, "the mesh this broker serves, in its discovery record: clients join the "
+            "brokers of their mesh (ZMESH_MESH or --mesh too)", lo=1, hi=63, unit="mesh name", item=_mesh),
     Setting("map_size", int, 1 << 33, "LMDB map size: the most the data may grow to",
             lo=1 << 20, hi=1 << 40, unit="bytes"),
     Setting("secure", bool, False, "CurveZMQ on every endpoint: only clients whose public key is in "
@@ -175,6 +186,7 @@ class BrokerConfig:
     low_batch: float = _default("low_batch")
     discovery: bool = _default("discovery")
     interfaces: list[str] = _default("interfaces")
+    mesh: str = _default("mesh")
     map_size: int = _default("map_size")
     secure: bool = _default("secure")
     key_file: str = _default("key_file")
@@ -292,6 +304,11 @@ def _check(s: Setting, value: Any, where: str, source: str) -> Any:
         if not isinstance(value, str) or not value.isprintable() or (s.choices and value not in s.choices) \
                 or (s.lo is not None and not s.lo <= len(value) <= s.hi):  # type: ignore[operator]
             raise bad
+        if s.item is not None:
+            try:
+                s.item(value, s.name)
+            except InvalidArgument as exc:
+                raise _fail(f"{where}: {exc.message}", s.name, source) from None
         return value
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value) \
             or not s.lo <= len(value) <= s.hi:  # type: ignore[operator]

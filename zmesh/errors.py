@@ -23,6 +23,7 @@
     │   └── Internal                internal: a broker bug; the broker keeps running
     ├── NothingToClaim              nothing_to_claim: no available task matches (CLI ``task next``)
     ├── Unreachable                 unreachable: no reply from the broker within the timeout
+    ├── UntrustedBroker             untrusted_broker: a discovered broker's key is not the pinned one
     ├── ProtocolError               protocol: the broker's reply could not be understood
     ├── StoreError                  store: the data directory cannot be opened or used
     └── BindError                   bind: the broker cannot bind an endpoint (address in use)
@@ -62,6 +63,7 @@ __all__ = [
     "NothingToClaim",
     "NoReply",
     "Unreachable",
+    "UntrustedBroker",
     "ProtocolError",
     "StoreError",
     "BindError",
@@ -196,6 +198,12 @@ class NoReply(ZmeshError):
 class Unreachable(ZmeshError):
     code = "unreachable"
     meaning = "the broker did not answer within the timeout"
+
+
+class UntrustedBroker(ZmeshError):
+    code = "untrusted_broker"
+    meaning = ("a broker found by discovery has another key than the one pinned for its mesh (or none); "
+               "the client refused it")
 
 
 class ProtocolError(ZmeshError):

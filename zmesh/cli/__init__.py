@@ -23,12 +23,15 @@ import click
 
 from .. import __version__
 from ..config import DEFAULT_TIMEOUT_S, unknown_env
+from ..mesh import ENV_MESH
 
 from ..errors import UsageError, ZmeshError, exit_code
-from ._options import EndpointType, Seconds
+from ._options import EndpointType, MeshName, Seconds
 from ._output import JSON_META, Ctx, error, json_flag
 
 log = logging.getLogger("zmesh.cli")
+#: ctx.meta key: the ZMESH_MESH value --mesh replaced (restored when the command ends)
+_MESH_META = "zmesh.mesh_before"
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 #: what each exit code means (README's table is tested against this)
@@ -98,6 +101,12 @@ class _Root(click.Group):
             obj = ctx.find_object(Ctx)
             if obj is not None:
                 obj.close()
+            if _MESH_META in ctx.meta:  # --mesh set ZMESH_MESH for the command only
+                before = ctx.meta.pop(_MESH_META)
+                if before is None:
+                    os.environ.pop(ENV_MESH, None)
+                else:
+                    os.environ[ENV_MESH] = before
 
 
 def _silence_stdout() -> None:
@@ -126,6 +135,8 @@ def setup_logging(verbose: int, *, zmesh_floor: int = logging.WARNING) -> None:
               help="Broker endpoint, tcp://HOST:PORT or ipc://PATH (env ZMESH_BROKER; "
                    "default tcp://127.0.0.1:7700).")
 @click.option("--discover", is_flag=True, help="Find the broker on the LAN with zeroconf.")
+@click.option("--mesh", type=MeshName(), help="Join the broker of this mesh, found on the LAN with zeroconf (implies "
+              "--discover; not with --broker/ZMESH_BROKER). Default: env ZMESH_MESH, else 'default'.")
 @json_flag
 @click.option("--timeout", type=Seconds(0.1, 3600), default=DEFAULT_TIMEOUT_S, show_default=True,
               help="Seconds to wait for the broker's answer before exit 3.")
@@ -133,16 +144,27 @@ def setup_logging(verbose: int, *, zmesh_floor: int = logging.WARNING) -> None:
 @click.version_option(__version__, "-V", "--version", prog_name="zmesh",
                       help="Show the client version and exit (`zmesh version` asks the broker too).")
 @click.pass_context
-def main(ctx: click.Context, broker: str | None, discover: bool, timeout: float, verbose: int) -> None:
+def main(ctx: click.Context, broker: str | None, discover: bool, mesh: str | None, timeout: float,
+         verbose: int) -> None:
     """zmesh: real-time coordination for agents (lease broker, task claims, events)."""
     setup_logging(verbose)
+    if mesh is not None:
+        if broker is not None:
+            given = "ZMESH_BROKER" if ctx.get_parameter_source("broker") == click.core.ParameterSource.ENVIRONMENT \
+                else "--broker"
+            raise click.UsageError(f"--mesh joins a broker found by discovery and {given} names one: give only one "
+                                   f"of them{' (unset ZMESH_BROKER)' if given == 'ZMESH_BROKER' else ''}", ctx)
+        # every client the command makes (the MCP server's and the gateway's too) joins that mesh
+        ctx.meta[_MESH_META] = os.environ.get(ENV_MESH)
+        os.environ[ENV_MESH] = mesh
+        discover = True
     ctx.obj = Ctx(broker, discover, bool(ctx.meta.get(JSON_META)), timeout)
     for name in unknown_env(os.environ):
         log.warning("%s is not a zmesh setting (a typo?); it is ignored", name)
 
 
 def _register() -> None:
-    from . import admin, agents, events, gateway, guard, hooks, mcp, messages, reservations, security, serve, tasks, top, wait  # noqa: F401  (each module adds its commands to main)
+    from . import admin, agents, discover, events, gateway, guard, hooks, mcp, messages, reservations, security, serve, tasks, top, wait  # noqa: F401  (each module adds its commands to main)
 
 
 _register()

@@ -92,6 +92,9 @@ JSON_SHAPES: dict[str, tuple[tuple[str, ...], str] | None] = {
     "hook prompt": None,  # {"hookSpecificOutput": {"hookEventName", "additionalContext"}} or nothing
     "mcp": None,  # its stdout is the MCP protocol (JSON-RPC); see docs/MCP.md
     "gateway": None,  # a server: its answers are HTTP (OpenAPI at /openapi.json)
+    "discover": (("brokers",), "`brokers`: each {mesh, broker_id, endpoint, pub_endpoint, key (Z85, null: "
+                 "security off), fingerprint, version, preferred (the one its mesh's clients join when several "
+                 "serve it)}; none answered is exit 3"),
     "keygen": (("public", "secret", "key", "fingerprint"), "the two files written, the public key in Z85 and its "
                "fingerprint"),
     "admin release": (("task", "agent", "released"), "the task released (null with --agent), the agent that held "

@@ -230,3 +230,17 @@ class Pattern(click.ParamType):
             return re.compile(value)
         except (re.error, OverflowError, RecursionError) as exc:
             self.fail(f"{escape_controls(str(value))[:40]!r} is not a regular expression: {exc}", param, ctx)
+
+
+class MeshName(click.ParamType):
+    """A mesh name (zmesh/mesh.py's rule), checked where it enters."""
+
+    name = "MESH"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from ..mesh import RULE, check_mesh
+
+        try:
+            return check_mesh(value)
+        except ZmeshError:
+            self.fail(f"{escape_controls(str(value))[:70]!r} is not a mesh name: must be {RULE}", param, ctx)

@@ -16,7 +16,7 @@ from ..config import BrokerConfig
 from ..errors import BindError
 from ..store import DURABILITY
 from . import main, setup_logging
-from ._options import EndpointType, Seconds
+from ._options import EndpointType, MeshName, Seconds
 
 
 @main.command()
@@ -29,6 +29,8 @@ from ._options import EndpointType, Seconds
               help="Do not also bind ipc:// endpoints in the data directory (env ZMESH_IPC=0).")
 @click.option("--no-discovery", is_flag=True, default=None,
               help="Do not advertise on the LAN with zeroconf (env ZMESH_DISCOVERY=0).")
+@click.option("--mesh", type=MeshName(), help="The mesh this broker serves, in its discovery record: clients join "
+              "the brokers of their mesh (env ZMESH_MESH; default 'default').")
 @click.option("--secure", is_flag=True, default=None,
               help="CurveZMQ on every endpoint; only clients whose key is in authorized_keys get in (env "
                    "ZMESH_SECURE=1; keys: see `zmesh keygen`).")
@@ -41,7 +43,7 @@ from ._options import EndpointType, Seconds
 @click.option("-v", "--verbose", count=True, help="Debug logging (also accepted before `broker`).")
 @click.pass_context
 def broker(ctx: click.Context, data: str | None, bind: tuple[str, ...], pub_bind: tuple[str, ...],
-           no_ipc: bool | None, no_discovery: bool | None, secure: bool | None, durability: str | None,
+           no_ipc: bool | None, no_discovery: bool | None, mesh: str | None, secure: bool | None, durability: str | None,
            ttl: float | None,
            config_path: str | None, verbose: int) -> None:
     """Run the lease broker until SIGINT/SIGTERM."""
@@ -53,7 +55,7 @@ def broker(ctx: click.Context, data: str | None, bind: tuple[str, ...], pub_bind
         config_path, data=data, bind=list(bind), pub_bind=list(pub_bind),
         ipc=None if no_ipc is None else not no_ipc,
         discovery=None if no_discovery is None else not no_discovery,
-        durability=durability, default_ttl=ttl, secure=secure)
+        durability=durability, default_ttl=ttl, secure=secure, mesh=mesh)
     server = Broker(config)
     try:
         server.bind()

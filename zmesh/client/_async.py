@@ -21,14 +21,16 @@ from ._api import NO_CONNECT_OPS, Api, LeaseState, check_bool, check_timeout
 from ._events import Deliver, Poll, Sleep, check_callback, check_flow_args, new_flow
 from ._inbox import Inbox, Message, Receiver
 from ._roster import Roster
+from ._finder import Finder
 from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Call, ClientCore, Recv, Send, connect_socket,
-                        curve_options, default_endpoint, resolve_pub)
+                        curve_settings, default_endpoint, resolve_pub)
 
 log = logging.getLogger("zmesh.client")
 
 
 class AsyncClient(Api):
-    """The asyncio twin of :class:`zmesh.Client` (see it for the arguments)."""
+    """The asyncio twin of :class:`zmesh.Client` (see it for the arguments). With no endpoint
+    the broker is discovered on connect (or the first call), and followed when it moves."""
 
     def __init__(self, endpoint: str | None = None, *, agent: str | None = None,
                  capabilities: Iterable[str] = (), metadata: dict[str, Any] | None = None,
@@ -36,11 +38,18 @@ class AsyncClient(Api):
                  on_lease_lost: Callable[[ZmeshError], Any] | None = None,
                  on_heartbeat_error: Callable[[ZmeshError], Any] | None = None,
                  context: zmq.asyncio.Context | None = None, server_key: str | None = None,
-                 key: str | None = None) -> None:
+                 key: str | None = None, mesh: str | None = None, known_hosts: str | None = None) -> None:
         timeout = check_timeout("timeout", timeout)  # type: ignore[assignment]
-        self._curve = curve_options(server_key, key)
+        curve = curve_settings(server_key, key)
         self._lease = LeaseState(agent, capabilities, metadata, ttl)
         self._endpoint = default_endpoint(endpoint)
+        #: set when the broker is found by discovery: the client follows it when it moves
+        self._finder: Finder | None = None
+        self._curve: tuple[tuple[int, Any], ...] = ()
+        if self._endpoint is None:
+            self._finder = Finder(mesh, curve, known_hosts)  # checked now; the broker is found on connect
+        else:
+            self._curve = curve.options()
         self.agent = agent
         self._core = ClientCore(timeout=timeout)
         self._ctx = context or zmq.asyncio.Context.instance()
@@ -125,9 +134,47 @@ class AsyncClient(Api):
             await self.connect()  # the agent's own lease, not an implicit one with the broker's TTL
         elif not self._endpoint:
             await self._discover()
+        req_id = self._core.new_req_id()
+        dialled = self.endpoint
+        try:
+            return await self._exchange(call, req_id)
+        except Unreachable:
+            if not await self._moved(dialled):
+                raise
+        return await self._exchange(call, req_id)  # the same request, to where the broker is now
+
+    async def _moved(self, dialled: str) -> bool:
+        """See Client._moved."""
+        if self._finder is None or self._closing:
+            return False
+        async with self._lock:
+            old = self.endpoint
+            if old != dialled:
+                return True  # another task followed the broker meanwhile
+            try:
+                endpoint, curve = await self._find()
+            except Unreachable as exc:
+                log.info("broker at %s silent and no broker of mesh '%s' answered discovery: %s", old,
+                         self._finder.mesh, exc.message)
+                return False
+            if endpoint == old:
+                return False
+            if self._sock is not None:
+                self._sock.close(linger=0)
+                self._sock = None
+            self._endpoint, self._curve = endpoint, curve
+            self._socket()
+            log.info("broker of mesh '%s' moved from %s to %s (broker %s); following it", self._finder.mesh, old,
+                     endpoint, self._finder.broker.broker_id if self._finder.broker else "?")
+        if self._push_tasks:  # the push reader waits on the closed socket: a new one reads the new
+            self._push_tasks[0].cancel()
+            self._push_tasks[0] = asyncio.create_task(self._pump())
+        return True
+
+    async def _exchange(self, call: Call[Any], req_id: bytes) -> Any:
         async with self._lock:
             sock = self._socket()
-            flow = self._core.exchange(call.op, call.body, self.endpoint, call.wait)
+            flow = self._core.exchange(call.op, call.body, self.endpoint, call.wait, req_id)
             try:
                 action = next(flow)
                 while True:
@@ -277,12 +324,13 @@ class AsyncClient(Api):
         await self.join(f"task:{task}")
         return receiver
 
-    async def _discover(self) -> None:
-        from ..discovery import discover
+    async def _find(self) -> tuple[str, tuple[tuple[int, Any], ...]]:
+        finder = self._finder
+        assert finder is not None
+        return await asyncio.get_running_loop().run_in_executor(None, finder.find, self._core.timeout)
 
-        info = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: discover(timeout=min(self._core.timeout, 3.0)))
-        self._endpoint = info.endpoint
+    async def _discover(self) -> None:
+        self._endpoint, self._curve = await self._find()
 
     async def keepalive(self) -> None:
         """Renew this client's own lease now, as the heartbeat task does: for a client made
@@ -319,7 +367,8 @@ class AsyncClient(Api):
         check_flow_args(topics, since, timeout, idle_check, reconnect, on_connection)
         self.info = await self.hello()  # where "now" is, and the PUB endpoint
         flow = new_flow(topics, since, timeout, idle_check, reconnect, self.info["seq"], on_connection)
-        sub = connect_socket(self._ctx, zmq.SUB, SUB_OPTIONS + self._curve, resolve_pub(self.endpoint, self.info["pub"]))
+        dialled = self.endpoint
+        sub = connect_socket(self._ctx, zmq.SUB, SUB_OPTIONS + self._curve, resolve_pub(dialled, self.info["pub"]))
         try:
             answer: Any = None
             error: ZmeshError | None = None
@@ -341,10 +390,27 @@ class AsyncClient(Api):
                         answer = await self._call(action)
                     except ZmeshError as exc:
                         error = exc
+                    if self.endpoint != dialled:  # the client followed its broker: so does the SUB
+                        moved = await self._resubscribe()
+                        if moved is not None:
+                            sub.close(linger=0)
+                            sub, dialled = moved
         except zmq.ZMQError as exc:
             raise Unreachable(f"event socket error: {exc}", {"endpoint": self.endpoint}) from None
         finally:
             sub.close(linger=0)
+
+    async def _resubscribe(self) -> tuple[zmq.asyncio.Socket, str] | None:
+        """See Client._resubscribe."""
+        try:
+            self.info = await self.hello()
+        except ZmeshError as exc:
+            log.info("event stream: the broker at %s did not answer hello yet (%s)", self.endpoint, exc.message)
+            return None
+        dialled = self.endpoint  # where the hello was answered
+        pub = resolve_pub(dialled, self.info["pub"])
+        log.info("event stream follows the broker to %s", pub)
+        return connect_socket(self._ctx, zmq.SUB, SUB_OPTIONS + self._curve, pub), dialled
 
     def subscribe(self, callback: Callable[[Event], Any], topics: Iterable[str] = (), *,
                   since: int | None = None) -> "asyncio.Task[None]":

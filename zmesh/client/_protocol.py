@@ -126,12 +126,13 @@ class ClientCore:
     def new_req_id(self) -> bytes:
         return self._prefix + next(self._counter).to_bytes(8, "big")
 
-    def exchange(self, op: str, body: dict[str, Any], endpoint: str, wait: float = 0.0
-                 ) -> Generator[Send | Recv, list[bytes] | None, Reply]:
+    def exchange(self, op: str, body: dict[str, Any], endpoint: str, wait: float = 0.0,
+                 req_id: bytes | None = None) -> Generator[Send | Recv, list[bytes] | None, Reply]:
         """One request until its reply: resent with the same id every retry_interval (the
         broker answers a retry from memory, and a waiting request keeps its place), given
-        up after the client's timeout plus ``wait``."""
-        req_id = self.new_req_id()
+        up after the client's timeout plus ``wait``. ``req_id``: the id of an earlier try
+        of the same request (sent again after the client followed its broker)."""
+        req_id = req_id or self.new_req_id()
         frames = protocol.prepare_request(req_id, op, body)  # raises before anything is sent
         start = self._clock()
         timeout = self.timeout + wait
@@ -202,11 +203,35 @@ def connect_socket(ctx: Any, kind: int, options: Any, endpoint: str) -> Any:
     return sock
 
 
-def curve_options(server_key: str | None, key: str | None) -> tuple[tuple[int, Any], ...]:
-    """The socket options that make a client a CURVE client of a secure broker: from the
-    arguments, else $ZMESH_SERVER_KEY (the broker's public key: a file or Z85) and $ZMESH_KEY
-    (this client's .key_secret file). Neither: () (security off). One without the other is
-    refused, naming the missing one."""
+@dataclass(frozen=True)
+class Curve:
+    """A client's CurveZMQ settings as given: the broker's public key (None: not pinned) and
+    this client's key pair (None: none), with the names they came by (for errors)."""
+
+    server: bytes | None
+    pair: Any  # keys.KeyPair | None
+    server_field: str
+    key_field: str
+
+    def options(self, server: bytes | None = None) -> tuple[tuple[int, Any], ...]:
+        """The socket options for a broker whose key is ``server`` (default: the given
+        one). Neither key: () (security off). One without the other is refused, naming
+        the missing one."""
+        server = server if server is not None else self.server
+        if server is None and self.pair is None:
+            return ()
+        if server is None or self.pair is None:
+            missing = self.server_field if server is None else self.key_field
+            raise InvalidArgument(f"{missing} is needed too: a secure broker takes its public key and this client's "
+                                  "key pair together", {"field": missing})
+        return ((zmq.CURVE_SERVERKEY, server), (zmq.CURVE_PUBLICKEY, self.pair.public),
+                (zmq.CURVE_SECRETKEY, self.pair.secret))
+
+
+def curve_settings(server_key: str | None, key: str | None) -> Curve:
+    """The arguments, else $ZMESH_SERVER_KEY (the broker's public key: a file or Z85) and
+    $ZMESH_KEY (this client's .key_secret file), each read and checked; they are not
+    required together here (a client that discovers its broker may learn its key)."""
     from ..keys import load_pair, load_public
 
     given = server_key is not None or key is not None  # arguments name arguments, env names env
@@ -214,15 +239,15 @@ def curve_options(server_key: str | None, key: str | None) -> tuple[tuple[int, A
     key_field = "key" if given else "ZMESH_KEY"
     server_key = server_key if server_key is not None else (os.environ.get("ZMESH_SERVER_KEY") or None)
     key = key if key is not None else (os.environ.get("ZMESH_KEY") or None)
-    if server_key is None and key is None:
-        return ()
-    if server_key is None or key is None:
-        missing = server_field if server_key is None else key_field
-        raise InvalidArgument(f"{missing} is needed too: a secure broker takes its public key and this client's "
-                              "key pair together", {"field": missing})
-    pair = load_pair(key, key_field)
-    return ((zmq.CURVE_SERVERKEY, load_public(server_key, server_field)), (zmq.CURVE_PUBLICKEY, pair.public),
-            (zmq.CURVE_SECRETKEY, pair.secret))
+    return Curve(None if server_key is None else load_public(server_key, server_field),
+                 None if key is None else load_pair(key, key_field), server_field, key_field)
+
+
+def curve_options(server_key: str | None, key: str | None) -> tuple[tuple[int, Any], ...]:
+    """The socket options that make a client a CURVE client of a secure broker: from the
+    arguments, else $ZMESH_SERVER_KEY and $ZMESH_KEY. Neither: () (security off). One without
+    the other is refused, naming the missing one."""
+    return curve_settings(server_key, key).options()
 
 
 def default_endpoint(endpoint: str | None) -> str | None:

@@ -20,38 +20,32 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import zmq
 
-from ..errors import InvalidArgument, LeaseExpired, NoReply, ProtocolError, SnapshotRequired, Unreachable, ZmeshError
-from ..protocol import Event
+from ..errors import InvalidArgument, LeaseExpired, NoReply, ProtocolError, Unreachable, ZmeshError
 from ..sockets import NOBLOCK, recv_frames, send_frames
 from ._api import NO_CONNECT_OPS, Api, LeaseState, check_bool, check_timeout
-from ._events import Deliver, Poll, Sleep, check_callback, check_flow_args, new_flow
 from ._inbox import Inbox, Message, Receiver
-from ._roster import Roster
-from ._protocol import (DEALER_OPTIONS, SUB_OPTIONS, Call, ClientCore, Recv, Send, connect_socket,
-                        curve_options, default_endpoint, resolve_pub)
+from ._finder import Finder
+from ._sync_events import EventStreams
+from ._protocol import (DEALER_OPTIONS, Call, ClientCore, Recv, Send, connect_socket,
+                        curve_settings, default_endpoint)
 
 log = logging.getLogger("zmesh.client")
 
 
-def _discover(endpoint: str | None, timeout: float) -> str:
-    endpoint = default_endpoint(endpoint)
-    if endpoint:
-        return endpoint
-    from ..discovery import discover
-
-    return discover(timeout=min(timeout, 3.0)).endpoint
-
-
-class Client(Api):
+class Client(EventStreams, Api):
     """A blocking zmesh client. With ``agent`` it registers on connect (or on its first
     request) and a background thread heartbeats every ttl/3 so the lease (and every claim
     on it) stays alive.
 
-    ``endpoint`` None means ``$ZMESH_BROKER``, else zeroconf discovery on the LAN.
+    ``endpoint`` None means ``$ZMESH_BROKER``, else zeroconf discovery on the LAN of a broker
+    of ``mesh`` (else ``$ZMESH_MESH``, else ``default``), its key checked against
+    ``server_key`` or the pin in ``known_hosts`` (zmesh/discovery/trust.py). A client made by
+    discovery follows its broker: when a request gets no answer it looks for the mesh again
+    and, if the broker is elsewhere now, moves there and sends the request again.
     ``timeout`` bounds every call (seconds); a silent broker raises Unreachable.
     ``on_lease_lost(err)`` is called from the heartbeat thread when the broker says the lease
     lapsed (its claims are gone); the client then registers again.
@@ -64,11 +58,19 @@ class Client(Api):
                  on_lease_lost: Callable[[ZmeshError], None] | None = None,
                  on_heartbeat_error: Callable[[ZmeshError], None] | None = None,
                  context: zmq.Context | None = None, server_key: str | None = None,
-                 key: str | None = None) -> None:
+                 key: str | None = None, mesh: str | None = None, known_hosts: str | None = None) -> None:
         timeout = check_timeout("timeout", timeout)  # type: ignore[assignment]
-        self._curve = curve_options(server_key, key)
+        curve = curve_settings(server_key, key)
         self._lease = LeaseState(agent, capabilities, metadata, ttl)
-        self.endpoint = _discover(endpoint, timeout)
+        endpoint = default_endpoint(endpoint)
+        #: set when the broker was found by discovery: the client follows it when it moves
+        self._finder: Finder | None = None
+        if endpoint is None:
+            self._finder = Finder(mesh, curve, known_hosts)
+            endpoint, self._curve = self._finder.find(timeout)
+        else:
+            self._curve = curve.options()
+        self.endpoint: str = endpoint
         self.agent = agent
         self._core = ClientCore(timeout=timeout)
         self._ctx = context or zmq.Context.instance()
@@ -163,9 +165,48 @@ class Client(Api):
     def _call(self, call: Call[Any]) -> Any:
         if not self.connected and self.agent and call.op not in NO_CONNECT_OPS:
             self.connect()  # the agent's own lease, not an implicit one with the broker's TTL
+        req_id = self._core.new_req_id()
+        dialled = self.endpoint
+        try:
+            return self._exchange(call, req_id)
+        except Unreachable:
+            if not self._moved(dialled):
+                raise
+        return self._exchange(call, req_id)  # the same request, to where the broker is now
+
+    def _moved(self, dialled: str) -> bool:
+        """After a request to ``dialled`` went unanswered: look for this client's mesh again;
+        if its broker is elsewhere now, switch the socket there and say so. False when the
+        client was given its endpoint, is closing, or the broker is where it was (or nowhere)."""
+        if self._finder is None or self._stop.is_set():
+            return False
+        with self._lock:
+            old = self.endpoint
+            if old != dialled:
+                return True  # another thread followed the broker meanwhile
+            try:
+                endpoint, curve = self._finder.find(self._core.timeout)
+            except Unreachable as exc:
+                log.info("broker at %s silent and no broker of mesh '%s' answered discovery: %s", old,
+                         self._finder.mesh, exc.message)
+                return False
+            if endpoint == old:
+                return False
+            if self._sock is not None:
+                self._sock.close(linger=0)
+                self._sock = None
+            self.endpoint, self._curve = endpoint, curve
+            self._socket()
+            log.info("broker of mesh '%s' moved from %s to %s (broker %s); following it", self._finder.mesh, old,
+                     endpoint, self._finder.broker.broker_id if self._finder.broker else "?")
+        self._wake_pump()
+        self._wake_direct()
+        return True
+
+    def _exchange(self, call: Call[Any], req_id: bytes) -> Any:
         with self._lock:
             sock = self._socket()
-            flow = self._core.exchange(call.op, call.body, self.endpoint, call.wait)
+            flow = self._core.exchange(call.op, call.body, self.endpoint, call.wait, req_id)
             try:
                 action = next(flow)
                 while True:
@@ -195,6 +236,7 @@ class Client(Api):
         if self._push_threads:
             return
         self._wake = socket.socketpair()
+        self._wake[0].setblocking(False)
         name = f"zmesh-push-{self.agent}"
         self._push_threads = [threading.Thread(target=self._pump, daemon=True, name=name),
                               threading.Thread(target=self._dispatch, daemon=True, name=name + "-callbacks")]
@@ -279,19 +321,37 @@ class Client(Api):
         self._route(pushed)
         return True
 
+    def _wake_pump(self) -> None:
+        """Make the push thread look at the socket again (it was replaced: the broker moved)."""
+        pair = self._wake
+        if pair is not None:
+            try:
+                pair[1].send(b"m")
+            except OSError:  # already signalled, or closed
+                pass
+
     def _pump(self) -> None:
-        """Read pushes while no call is reading (woken by the socket's fd)."""
-        with self._lock:
-            fd = int(self._socket().getsockopt(zmq.FD))
+        """Read pushes while no call is reading (woken by the socket's fd, or by the wake
+        pair when the client closes or the socket is replaced)."""
         assert self._wake is not None
         wake = self._wake[0]
+        with self._lock:
+            self._socket()
         while not self._stop.is_set():
             with self._lock:  # first what arrived before the thread ran, then each wake-up
                 if self._sock is None:
                     return
+                fd = int(self._sock.getsockopt(zmq.FD))
                 pushed = self._take_pushes(self._sock)
             self._route(pushed)
-            select.select([fd, wake.fileno()], [], [])
+            try:
+                select.select([fd, wake.fileno()], [], [])
+                while True:
+                    wake.recv(64)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except (OSError, ValueError):  # the socket was replaced (and closed) meanwhile
+                continue
 
     def _dispatch(self) -> None:
         """Run message callbacks one at a time, outside the socket lock."""
@@ -422,133 +482,3 @@ class Client(Api):
                 log.warning("heartbeat of %s failed: %s", self.agent, exc)
                 if self._on_hb_error:
                     self._on_hb_error(exc)
-
-    # ------------------------------------------------------------ events
-    def events(self, topics: Iterable[str] = (), *, since: int | None = None,
-               timeout: float | None = None, idle_check: float = 1.0,
-               reconnect: bool = True, on_connection: Callable[[bool], None] | None = None
-               ) -> Iterator[Event]:
-        """Yield events in sequence order, at least once, with no gaps: missed ones are
-        replayed. ``since`` replays from that seq first; ``timeout`` ends the iteration
-        after that many seconds without an event. Through a broker outage the stream waits
-        and resumes where it stopped (``reconnect=False``: raise Unreachable instead);
-        ``on_connection(False)`` is called when such an outage starts, ``(True)`` when it ends."""
-        check_flow_args(topics, since, timeout, idle_check, reconnect, on_connection)
-        self.info = self.hello()  # where "now" is, and the PUB endpoint
-        flow = new_flow(topics, since, timeout, idle_check, reconnect, self.info["seq"], on_connection)
-        sub = connect_socket(self._ctx, zmq.SUB, SUB_OPTIONS + self._curve, resolve_pub(self.endpoint, self.info["pub"]))
-        poller = zmq.Poller()  # kept: Socket.poll would build one per event
-        poller.register(sub, zmq.POLLIN)
-        try:
-            answer: Any = None
-            error: ZmeshError | None = None
-            while not self._stop.is_set():
-                try:
-                    action = flow.throw(error) if error is not None else flow.send(answer)
-                except StopIteration:
-                    return
-                answer, error = None, None
-                if isinstance(action, Poll):
-                    answer = recv_frames(sub) if poller.poll(action.timeout * 1000) else None
-                elif isinstance(action, Deliver):
-                    yield action.event
-                elif isinstance(action, Sleep):
-                    if self._stop.wait(action.seconds):
-                        return
-                else:
-                    try:
-                        answer = self._call(action)
-                    except ZmeshError as exc:
-                        error = exc
-        except zmq.ZMQError as exc:
-            raise Unreachable(f"event socket error: {exc}", {"endpoint": self.endpoint}) from None
-        finally:
-            sub.close(linger=0)
-
-    def subscribe(self, callback: Callable[[Event], None], topics: Iterable[str] = (), *,
-                  since: int | None = None) -> threading.Thread:
-        """Call ``callback(event)`` from a background thread for each event until close().
-        The subscription outlives broker restarts: it resumes after the last delivered seq."""
-        check_callback(callback)
-        check_flow_args(topics, since, None, 1.0)  # raise bad arguments here, not in the thread
-
-        last = [since]
-
-        def deliver(event: Event) -> None:
-            last[0] = event.seq  # resume after it even if the callback fails
-            callback(event)
-        return self._resuming(lambda: self.events(topics, since=last[0]), deliver, "event", "event subscription",
-                              "zmesh-events")
-
-    def _resuming(self, stream: Callable[[], Iterable[Any]], deliver: Callable[[Any], None], item: str,
-                  what: str, name: str) -> threading.Thread:
-        """A thread feeding ``deliver`` from ``stream()`` until close(), opening the stream
-        again after an outage; a callback bug is logged and does not end it."""
-        def run() -> None:
-            while not self._stop.is_set():
-                try:
-                    for got in stream():
-                        try:
-                            deliver(got)
-                        except Exception:
-                            log.exception("%s callback failed", item)
-                except Unreachable as exc:
-                    log.warning("%s interrupted (%s); resuming", what, exc)
-                    self._stop.wait(1.0)
-
-        thread = threading.Thread(target=run, daemon=True, name=name)
-        thread.start()
-        self._subs.append(thread)
-        return thread
-
-    # ------------------------------------------------------------ coordinator
-    def watch(self, *, timeout: float | None = None, idle_check: float = 1.0,
-              on_connection: Callable[[bool], None] | None = None,
-              initial: bool = False) -> Iterator[tuple[Roster, Event | None]]:
-        """A coordinator's view: a :class:`Roster` from one snapshot, then ``(roster, event)``
-        for every event after it, the roster already updated: state changes arrive as they
-        are published, with no polling. Through a broker restart the stream resumes after
-        the last seq; if the broker's log no longer holds what was missed, a new snapshot is
-        taken. ``timeout`` ends it after that many quiet seconds; ``on_connection`` hears
-        when the broker goes away (False) and comes back (True). With ``initial`` it also
-        yields ``(roster, None)`` after each snapshot (a dashboard draws it at once)."""
-        check_flow_args((), None, timeout, idle_check, True, on_connection)
-        check_bool("initial", initial)
-        while not self._stop.is_set():
-            roster = Roster(self._snapshot_retrying(on_connection))
-            if initial:
-                yield roster, None
-            try:
-                for event in self.events(since=roster.seq, timeout=timeout, idle_check=idle_check,
-                                         on_connection=on_connection):
-                    if roster.apply(event):
-                        yield roster, event
-                return
-            except SnapshotRequired:
-                log.warning("watch: events after seq %s were trimmed from the broker's log; "
-                            "taking a new snapshot", roster.seq)
-
-    def _snapshot_retrying(self, on_connection: Callable[[bool], None] | None = None) -> dict[str, Any]:
-        wait, down = 0.5, False
-        while True:
-            try:
-                snap = self.snapshot()
-                if down and on_connection is not None:
-                    on_connection(True)
-                return snap
-            except Unreachable as exc:
-                if not down and on_connection is not None:
-                    on_connection(False)
-                down = True
-                log.warning("watch: broker unreachable (%s); retrying in %g s", exc.message, wait)
-                if self._stop.wait(wait):
-                    raise
-                wait = min(5.0, wait * 2)
-
-    def follow(self, callback: Callable[[Roster, Event], None]) -> threading.Thread:
-        """Call ``callback(roster, event)`` from a background thread for every event after a
-        snapshot (see watch) until close(); it recovers by itself from broker restarts."""
-        check_callback(callback)
-
-        return self._resuming(self.watch, lambda pair: callback(*pair), "watch", "watch", "zmesh-watch")
-

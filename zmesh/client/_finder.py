@@ -1,0 +1,63 @@
+"""How a client made with no endpoint finds its broker, and finds it again after it moved.
+Both drivers use it (blocking; AsyncClient runs it in an executor).
+
+Rules it keeps:
+
+* Everything is checked before the first packet: the mesh name, the key files, the
+  known-hosts path, and that a pinned broker key comes with this client's own key pair.
+* The first find pins what it joined (zmesh/discovery/trust.py: the configured key, else
+  the known-hosts line, else the key pinned on this first use); every later find, when
+  the client follows a moved broker, is held to that same pin. A broker with security off
+  stays followable only by brokers with security off.
+* A find returns the endpoint and the socket options for it (CURVE with the pinned key,
+  or none).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..mesh import resolve_mesh
+from ._protocol import Curve
+
+if TYPE_CHECKING:
+    from ..discovery.record import BrokerInfo
+
+#: a discovery never takes longer than this, whatever the client's timeout
+MAX_DISCOVERY_S = 3.0
+
+
+class Finder:
+    """The discovery state of one client: its mesh and what it trusts."""
+
+    def __init__(self, mesh: str | None, curve: Curve, known_hosts: str | None = None,
+                 interfaces: list[str] | None = None) -> None:
+        from ..discovery.known_hosts import known_hosts_file
+        from ..discovery.trust import Pin, Trust  # zeroconf: loaded by the clients that discover
+
+        self.mesh = resolve_mesh(mesh)
+        self._curve = curve
+        if curve.server is not None and curve.pair is None:
+            curve.options()  # raises: a pinned broker key needs this client's key pair too
+        pin = None
+        if curve.server is not None:
+            pin = Pin(curve.server.decode("ascii"), curve.server_field, curve.server_field)
+        self._hosts = known_hosts_file(known_hosts)
+        self._trust = Trust(self.mesh, pin, curve.key_field if curve.pair is not None else None, self._hosts)
+        self._interfaces = interfaces
+        #: the broker joined last (None before the first find)
+        self.broker: BrokerInfo | None = None
+
+    def find(self, timeout: float) -> tuple[str, tuple[tuple[int, Any], ...]]:
+        """The endpoint of this client's broker and the socket options to reach it; raises
+        Unreachable (none of the mesh answered), UntrustedBroker or ConfigError."""
+        from ..discovery.trust import Trust, find_broker
+
+        broker, pin = find_broker(self._trust, min(timeout, MAX_DISCOVERY_S), self._interfaces)
+        if self._trust.pin is None:
+            # from now on the client follows only a broker with the key it joined (or, with
+            # security off, one with no key: decide() refuses a keyed one without a key pair)
+            self._trust = Trust(self.mesh, pin, self._trust.key_field, self._hosts)
+        self.broker = broker
+        options = self._curve.options(pin.key.encode("ascii")) if pin is not None else ()
+        return broker.endpoint, options
