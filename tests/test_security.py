@@ -203,6 +203,10 @@ def test_half_a_configuration_is_refused_naming_what_is_missing(keys: Keys, monk
     monkeypatch.delenv("ZMESH_SERVER_KEY")
     with pytest.raises(ConfigError, match="neither a key file nor a Z85"):
         Client("tcp://127.0.0.1:1", server_key="nope", key=str(keys.client("x")))
+    # 40 characters, one of them outside Z85 (pyzmq's decoder raised KeyError: a traceback)
+    for bad in ("~" * 40, "a" * 39 + " "):
+        with pytest.raises(ConfigError, match="neither a key file nor a Z85"):
+            Client("tcp://127.0.0.1:1", server_key=bad, key=str(keys.client(f"x{len(bad)}{bad[-1] == ' '}")))
 
 
 def test_a_secret_key_others_can_read_is_refused(keys: Keys) -> None:

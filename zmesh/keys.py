@@ -110,7 +110,7 @@ def load_public(value: str | os.PathLike[str], field: str) -> bytes:
     if len(text) == Z85_KEY_CHARS and not Path(text).exists():
         try:
             zmq.utils.z85.decode(text.encode("ascii"))
-        except (ValueError, UnicodeEncodeError):
+        except (ValueError, UnicodeEncodeError, KeyError):  # pyzmq: KeyError for a character not in Z85
             raise ConfigError(f"{field}: {text!r} is neither a key file nor a Z85 public key",
                               {"field": field}) from None
         return text.encode("ascii")
