@@ -3,6 +3,8 @@ crashes the core, a full LMDB map, the store's schema and lock, IPC."""
 
 from __future__ import annotations
 
+import os
+
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -78,6 +80,43 @@ def test_ipc_endpoints_serve_local_clients(make_broker) -> None:
         assert c.claim("t1") is not None
         events = list(c.events(["task."], since=0, timeout=0.5))
         assert [e.topic for e in events][:2] == ["task.created", "task.claimed"]
+
+
+def test_ipc_sockets_are_the_owners_alone(tmp_path: Path) -> None:
+    """IPC endpoints are protected by file permissions: the socket files are 0600 from the
+    moment they exist, whatever the process's umask, so another local user cannot connect
+    even where it can reach the data directory (here a directory anyone may traverse)."""
+    import shutil
+    import stat
+    import subprocess
+    import tempfile
+
+    open_dir = Path(tempfile.mkdtemp(prefix="zmesh-ipc-", dir="/tmp"))
+    open_dir.chmod(0o755)
+    cfg = BrokerConfig(data=str(open_dir / "data"), bind=[f"tcp://127.0.0.1:{free_port()}"],
+                       pub_bind=[f"tcp://127.0.0.1:{free_port()}"], discovery=False)
+    b = Broker(cfg)
+    permissive = os.umask(0)  # a service started with a careless umask: the broker must not rely on it
+    try:
+        try:
+            b.bind()
+        finally:
+            os.umask(permissive)
+        (open_dir / "data").chmod(0o755)
+        paths = [ep[len("ipc://"):] for ep in b.endpoints + b.pub_endpoints if ep.startswith("ipc://")]
+        assert len(paths) == 2
+        for path in paths:
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, oct(os.stat(path).st_mode)
+        system_python = "/usr/bin/python3"  # one another user may run (the venv's may sit under /root)
+        if os.geteuid() == 0 and os.access(system_python, os.X_OK):  # as another user: the file mode refuses
+            probe = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\n"
+                     "try:\n    s.connect(sys.argv[1])\nexcept PermissionError:\n    sys.exit(7)\nsys.exit(0)")
+            done = subprocess.run([system_python, "-c", probe, paths[0]], user=65534, capture_output=True,
+                                  timeout=30, cwd="/")
+            assert done.returncode == 7, done.stderr
+    finally:
+        b.close()
+        shutil.rmtree(open_dir, ignore_errors=True)
 
 
 def test_newer_schema_is_refused_with_a_clear_message(tmp_path: Path) -> None:

@@ -177,9 +177,17 @@ class Broker:
         try:
             for sock, eps, bound in ((pub, pub_binds, self.pub_endpoints), (router, binds, self.endpoints)):
                 for ep in eps:
-                    sock.bind(ep)
+                    ipc = ep.startswith("ipc://")
+                    # an IPC socket is the owner's alone (file mode 0600, made so by the
+                    # umask at bind: no moment when another user could connect)
+                    old = os.umask(0o177) if ipc else None
+                    try:
+                        sock.bind(ep)
+                    finally:
+                        if old is not None:
+                            os.umask(old)
                     bound.append(sock.last_endpoint.decode())
-                    if ep.startswith("ipc://"):
+                    if ipc:
                         self._ipc_paths.append(ep[len("ipc://"):])
         except zmq.ZMQError as exc:
             pub.close(0)
