@@ -32,7 +32,7 @@ grows its memory without limit and never starves the others:
 * **The broker's own buffers**: the retry cache is bounded in replies and bytes and keeps
   right-sized copies (zmesh/retries.py); a batch is freed as soon as it is answered (the
   store drops its commit hooks, which held it in a cycle); low-priority work deferred behind urgent work at most
-  :data:`LOW_BACKLOG` requests (beyond it, it is applied at once).
+  :data:`LOW_BACKLOG_BYTES` (beyond it, it is applied at once).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from .core import DEFERRED, Core, Now, Push, Settings
 from .errors import Internal, RemoteError, StoreError
 from .protocol import DecodeError, Event
 from .sockets import EVENTS, NOBLOCK, POLLIN, get_option as _get, peer_address, recv_message, send_frames
+from .broker_log import audited, log_expiries
 from .keys import fingerprint as key_fingerprint, split_user_id
 from .retries import RetryCache
 from .store import LmdbStore, Store, StoreFull
@@ -73,8 +74,6 @@ SUB_SNDHWM = 10_000
 #: a batch (apply + commit + sync) slower than this is logged as a warning
 SLOW_COMMIT_S = 0.5
 
-#: lease/claim expiries logged one line each per pass; more become one summary line
-EXPIRY_LINES_PER_PASS = 20
 #: priority lanes: inside a pass, critical messages go first, then everything that is not
 #: a message (claims, heartbeats, acks...) with the high ones, then normal; low work waits
 #: in memory while more urgent work arrives (up to low_batch seconds) and goes at most
@@ -84,8 +83,10 @@ _LANE = {p: i for i, p in enumerate(protocol.PRIORITIES)}
 MAIN_LANE = _LANE["high"]
 LOW_LANE = _LANE["low"]
 LOW_PER_PASS = 256
-#: low work deferred in memory at most; beyond it the oldest goes at once, a batch per pass
-LOW_BACKLOG = 4 * MAX_BATCH
+#: bytes of low work deferred in memory at most; beyond it low work goes at once, a batch
+#: per pass (a byte budget, not a count: 10,000 small low messages queued behind urgent work
+#: are the lanes doing their job, and must not push urgent work behind them)
+LOW_BACKLOG_BYTES = 64 << 20
 #: delivery latencies kept per priority for msgstats
 LATENCY_SAMPLES = 1000
 
@@ -145,6 +146,7 @@ class Broker:
         self._recovered = False  # the core holds the store's state: a checkpoint may be written
         #: low-priority requests waiting for a pass with nothing more urgent (with arrival time)
         self._low: deque[tuple[_Item, float]] = deque()
+        self._low_bytes = 0  # the body bytes of the requests in _low
         #: seconds from send to push, per priority: the last LATENCY_SAMPLES (msgstats)
         self.latency: dict[str, deque[float]] = {p: deque(maxlen=LATENCY_SAMPLES) for p in protocol.PRIORITIES}
 
@@ -336,18 +338,22 @@ class Broker:
         now = time.monotonic()
         urgent = [item for item in items if item.lane < LOW_LANE]
         if len(urgent) != len(items):
-            self._low.extend((item, now) for item in items if item.lane == LOW_LANE)
+            for item in items:
+                if item.lane == LOW_LANE:
+                    self._low.append((item, now))
+                    self._low_bytes += len(item.body)
         if len(urgent) > 1:
             urgent.sort(key=_lane)  # stable: arrival order within a lane
         deadline = self.core.next_deadline()
         if urgent or (deadline is not None and deadline <= now):
             self._commit(urgent)
         # low work goes when nothing more urgent came in this pass, or once it waited
-        # low_batch, or at once (a batch per pass) while more than LOW_BACKLOG wait
-        low = len(self._low)
-        if low and (not urgent or now - self._low[0][1] >= self.config.low_batch or low > LOW_BACKLOG):
-            take = MAX_BATCH if low > LOW_BACKLOG else min(LOW_PER_PASS, low)
-            self._commit([self._low.popleft()[0] for _ in range(min(take, low))])
+        # low_batch, or at once (a batch per pass) while more than LOW_BACKLOG_BYTES wait
+        low, over = len(self._low), self._low_bytes > LOW_BACKLOG_BYTES
+        if low and (not urgent or now - self._low[0][1] >= self.config.low_batch or over):
+            batch = [self._low.popleft()[0] for _ in range(min(MAX_BATCH if over else LOW_PER_PASS, low))]
+            self._low_bytes -= sum(len(item.body) for item in batch)
+            self._commit(batch)
 
     def _commit(self, items: list[_Item]) -> None:
         """Apply ``items`` (and expiry) in one transaction, then send what it produced:
@@ -378,7 +384,7 @@ class Broker:
                              "(durability %s; the disk or the machine is busy)", len(items),
                              elapsed * 1000, self.store.durability)
         if expired:
-            _log_expiries(expired)
+            log_expiries(expired)
 
     @staticmethod
     def _send(router: zmq.Socket, frames: list[bytes]) -> None:
@@ -454,7 +460,7 @@ class Broker:
                         out = protocol.encode_reply(req.req_id, body)
                 except RemoteError as exc:
                     out = protocol.encode_error(req.req_id, exc)
-                    if item.key is not None and _audited(exc):  # an operator reads refusals in the log
+                    if item.key is not None and audited(exc):  # an operator reads refusals in the log
                         _limited.warning("refused:" + item.key, "refused op %s for a %s key %s: %s", req.op,
                                          item.role, key_fingerprint(item.key.encode()), exc)
                 except StoreError:
@@ -547,33 +553,6 @@ class Broker:
         self._ipc_paths = []
 
 
-def _log_expiries(events: list[Event]) -> None:
-    """One line per lapsed lease (with the claims it released), claim TTL or evasive agent; past
-    EXPIRY_LINES_PER_PASS lines, one summary of the storm instead."""
-    lines = []
-    for event in events:
-        body = event.body
-        if event.topic == "agent.expired":
-            released = body.get("released") or []
-            shown = ", ".join(map(repr, released[:10])) + (", ..." if len(released) > 10 else "")
-            lines.append(f"lease of agent {body.get('agent')!r} expired (no heartbeat within its TTL); "
-                         f"released {len(released)} claim(s)" + (f": {shown}" if released else ""))
-        elif event.topic == "agent.evasive":
-            lines.append(f"agent {body.get('agent')!r} is evasive (missed a heartbeat period); its lease "
-                         f"lapses in {body.get('expires_in')} s unless it is heard from")
-        elif event.topic == "task.released" and body.get("reason") == "claim_expired":
-            lines.append(f"claim on task {body.get('task_id')!r} by agent {body.get('agent')!r} expired "
-                         "(its TTL ran out); the task is available again")
-    for line in lines[:EXPIRY_LINES_PER_PASS]:
-        log.info("%s", line)
-    if len(lines) > EXPIRY_LINES_PER_PASS:
-        leases = sum(event.topic == "agent.expired" for event in events)
-        evasive = sum(event.topic == "agent.evasive" for event in events)
-        log.warning("expiry storm: %d lease(s) and %d claim TTL(s) lapsed and %d agent(s) turned evasive at "
-                    "once (%d not logged one by one)", leases, len(lines) - leases - evasive, evasive,
-                    len(lines) - EXPIRY_LINES_PER_PASS)
-
-
 class _Item:
     """A decoded request and where to answer it (a plain slotted class: one is made per
     request, and a frozen dataclass costs a setattr call per field)."""
@@ -589,12 +568,6 @@ class _Item:
         self.lane = lane
         self.key = key  # the connection's authenticated key (ZAP User-Id) when secure
         self.role = role  # and the role the allow-list gave that key
-
-
-def _audited(exc: RemoteError) -> bool:
-    """A refusal for who the caller is (core/identity.py: its role, or an agent of another
-    key), which the broker logs with the key; the core records it as an event too."""
-    return exc.code == "forbidden" or (exc.code == "not_owner" and exc.details.get("reason") == "key")
 
 
 def _lane(item: _Item) -> int:

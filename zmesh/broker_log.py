@@ -1,0 +1,56 @@
+"""What the broker's log says about expiries and refusals, one line per notable event.
+
+Rules it keeps:
+
+* Each lapsed lease (with the claims it released), claim TTL and evasive agent is one INFO
+  line; past :data:`EXPIRY_LINES_PER_PASS` in one pass, one WARNING sums up the storm, so a
+  mass expiry never floods the log.
+* A refusal for who the caller is (its role, or an agent of another key: core/identity.py)
+  is :func:`audited`; the broker logs it with the key, rate-limited, beside the event the
+  core records.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .errors import RemoteError
+from .protocol import Event
+
+log = logging.getLogger("zmesh.broker")
+
+#: lease/claim expiries logged one line each per pass; more become one summary line
+EXPIRY_LINES_PER_PASS = 20
+
+
+def log_expiries(events: list[Event]) -> None:
+    """One line per lapsed lease (with the claims it released), claim TTL or evasive agent; past
+    EXPIRY_LINES_PER_PASS lines, one summary of the storm instead."""
+    lines = []
+    for event in events:
+        body = event.body
+        if event.topic == "agent.expired":
+            released = body.get("released") or []
+            shown = ", ".join(map(repr, released[:10])) + (", ..." if len(released) > 10 else "")
+            lines.append(f"lease of agent {body.get('agent')!r} expired (no heartbeat within its TTL); "
+                         f"released {len(released)} claim(s)" + (f": {shown}" if released else ""))
+        elif event.topic == "agent.evasive":
+            lines.append(f"agent {body.get('agent')!r} is evasive (missed a heartbeat period); its lease "
+                         f"lapses in {body.get('expires_in')} s unless it is heard from")
+        elif event.topic == "task.released" and body.get("reason") == "claim_expired":
+            lines.append(f"claim on task {body.get('task_id')!r} by agent {body.get('agent')!r} expired "
+                         "(its TTL ran out); the task is available again")
+    for line in lines[:EXPIRY_LINES_PER_PASS]:
+        log.info("%s", line)
+    if len(lines) > EXPIRY_LINES_PER_PASS:
+        leases = sum(event.topic == "agent.expired" for event in events)
+        evasive = sum(event.topic == "agent.evasive" for event in events)
+        log.warning("expiry storm: %d lease(s) and %d claim TTL(s) lapsed and %d agent(s) turned evasive at "
+                    "once (%d not logged one by one)", leases, len(lines) - leases - evasive, evasive,
+                    len(lines) - EXPIRY_LINES_PER_PASS)
+
+
+def audited(exc: RemoteError) -> bool:
+    """A refusal for who the caller is (core/identity.py: its role, or an agent of another
+    key), which the broker logs with the key; the core records it as an event too."""
+    return exc.code == "forbidden" or (exc.code == "not_owner" and exc.details.get("reason") == "key")
