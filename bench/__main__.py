@@ -342,7 +342,7 @@ def _targets(results: dict[str, Any]) -> None:
             rounds = ", ".join(f"{r['ratio']:.2f}{unit}" for r in p["rounds"] if r["ratio"] is not None)
             item = dict(item, name=p["title"], met=p["met"],
                         measured=f"{p['median']:.2f}{unit} median of {len(p['rounds'])} alternating rounds "
-                                 f"({rounds}); single pass: {single}")
+                                 f"({rounds})" + (f"; single pass: {single}" if single else ""))
         t.append(item)
 
     claim = results["claim"]
@@ -435,6 +435,12 @@ def _targets(results: dict[str, Any]) -> None:
         add({"name": "client start -> first reply via discovery p95 (zeroconf on loopback) below Zyre's ~1 s join",
              "measured": f"{p95:,} µs (p50 {dj['latency_us'].get('p50'):,} µs, n {dj['n']})" if p95 else "not run",
              "goal": f"< {discovery.ZYRE_JOIN_S * 1e6:,.0f} µs", "met": p95 < discovery.ZYRE_JOIN_S * 1e6 if p95 else None})
+    for key in ("curve-claim", "curve-thr"):  # measured only in alternation: one run of both sides
+        p = pairs.get(key)
+        if p is not None and p["median"] is not None:
+            unit = "x" if p["below"] else ""
+            add({"name": p["title"], "measured": "", "goal": ("<= " if p["below"] else ">= ") + f"{p['limit']}{unit}",
+                 "met": p["met"]}, key)
     sc = results["scale"]
     empty = sc.get("empty broker", {}).get("latency_us", {}).get("p95")
     for name, r in sc.items():
