@@ -15,6 +15,7 @@ Rules it keeps:
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import BadRequest, Conflict, NotFound
@@ -23,7 +24,7 @@ from .agents import Agents
 from .claims import Claims
 from .context import Batch
 from .eventlog import EventLog
-from .schema import TASK, resource_key, waiting_key
+from .schema import TASK, resource_key, status_key, waiting_key
 from .tasks import Tasks
 
 if TYPE_CHECKING:
@@ -116,23 +117,22 @@ class Admin:
             return {"purged": [task["id"]], "kept": [], "more": False}
         purged: list[str] = []
         kept: list[dict[str, str]] = []
-        limit, more, after = body["limit"], False, ""
-        while not more:  # pages of the status index, each read before any of it is deleted
-            page = self.tasks.task_list(b, {"status": body["status"], "after": after, "limit": limit})
-            for view in page["tasks"]:
-                if len(purged) == limit or len(kept) == limit:  # bounded work per request
-                    more = True
-                    break
-                task = self.tasks.get(txn, view["id"])
-                why = self._purgeable(txn, task)
-                if why is None:
-                    self._delete(b, task)
-                    purged.append(task["id"])
-                else:
-                    kept.append({"task": task["id"], "reason": why})
-            if not page["more"]:
+        limit, more = body["limit"], False
+        # the status index read first, no further than the caps can go (limit purged plus
+        # limit kept, and one more to know whether more remain), then the deletes
+        prefix = status_key(body["status"])
+        ids = [bytes(k[len(prefix):]).decode() for k, _ in islice(txn.scan("by_status", prefix=prefix), 2 * limit + 1)]
+        for task_id in ids:
+            if len(purged) == limit or len(kept) == limit:  # bounded work per request
+                more = True
                 break
-            after = page["tasks"][-1]["id"]
+            task = self.tasks.get(txn, task_id)
+            why = self._purgeable(txn, task)
+            if why is None:
+                self._delete(b, task)
+                purged.append(task_id)
+            else:
+                kept.append({"task": task_id, "reason": why})
         if purged:
             self._audit(b, "admin_purge", status=body["status"], tasks=purged)
         return {"purged": purged, "kept": kept, "more": more}
