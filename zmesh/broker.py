@@ -57,6 +57,8 @@ from .errors import Internal, RemoteError, StoreError
 from .protocol import DecodeError, Event
 from .sockets import EVENTS, NOBLOCK, POLLIN, get_option as _get, peer_address, recv_message, send_frames
 from .broker_log import audited, log_expiries
+# the per-connection queue limits (see above) are named here too: tests and docs read them
+from .broker_sockets import PEER_RCVHWM, PEER_SNDHWM, SUB_SNDHWM, open_sockets, remove_ipc_files  # noqa: F401
 from .keys import fingerprint as key_fingerprint, split_user_id
 from .retries import RetryCache
 from .store import LmdbStore, Store, StoreFull
@@ -67,10 +69,6 @@ _limited = RateLimited(log, interval=10.0)
 
 #: most requests applied in one transaction; bounds the latency a batch adds to its first request
 MAX_BATCH = 512
-#: per-connection message queues (see the module docstring)
-PEER_RCVHWM = 1_000
-PEER_SNDHWM = 10_000  # well above a burst of replies to one peer (a batch is at most MAX_BATCH)
-SUB_SNDHWM = 10_000
 #: a batch (apply + commit + sync) slower than this is logged as a warning
 SLOW_COMMIT_S = 0.5
 
@@ -89,10 +87,6 @@ LOW_PER_PASS = 256
 LOW_BACKLOG_BYTES = 64 << 20
 #: delivery latencies kept per priority for msgstats
 LATENCY_SAMPLES = 1000
-
-
-def ipc_endpoint(data_dir: str, name: str) -> str:
-    return "ipc://" + os.path.join(os.path.abspath(data_dir), name)
 
 
 #: gen-0 threshold for a broker process: a claim allocates a dozen short-lived dicts and
@@ -156,48 +150,10 @@ class Broker:
             from .zap import open_gate
 
             self._gate = open_gate(self._ctx, self.config)
-        binds = list(self.config.bind)
-        pub_binds = list(self.config.pub_bind)
-        if self.config.ipc:
-            binds.append(ipc_endpoint(self.config.data, "zmesh.ipc"))
-            pub_binds.append(ipc_endpoint(self.config.data, "zmesh-pub.ipc"))
-        pub = self._ctx.socket(zmq.PUB)
-        pub.setsockopt(zmq.SNDHWM, SUB_SNDHWM)
-        pub.setsockopt(zmq.LINGER, 0)
-        router = self._ctx.socket(zmq.ROUTER)
-        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        router.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
-        router.setsockopt(zmq.RCVHWM, PEER_RCVHWM)
-        router.setsockopt(zmq.SNDHWM, PEER_SNDHWM)
-        router.setsockopt(zmq.LINGER, 500)
-        router.setsockopt(zmq.HEARTBEAT_IVL, 5_000)
-        router.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15_000)
-        if self._gate is not None:
-            self._gate.secure(pub)
-            self._gate.secure(router)
-        try:
-            for sock, eps, bound in ((pub, pub_binds, self.pub_endpoints), (router, binds, self.endpoints)):
-                for ep in eps:
-                    ipc = ep.startswith("ipc://")
-                    # an IPC socket is the owner's alone (file mode 0600, made so by the
-                    # umask at bind: no moment when another user could connect)
-                    old = os.umask(0o177) if ipc else None
-                    try:
-                        sock.bind(ep)
-                    finally:
-                        if old is not None:
-                            os.umask(old)
-                    bound.append(sock.last_endpoint.decode())
-                    if ipc:
-                        self._ipc_paths.append(ep[len("ipc://"):])
-        except zmq.ZMQError as exc:
-            pub.close(0)
-            router.close(0)
-            self._remove_ipc_files()
-            raise OSError(f"cannot bind {ep}: {exc}") from None
-        self._pub = pub
-        self._routers = [router]
+        bound = open_sockets(self._ctx, self.config, self._gate)
+        self.endpoints, self.pub_endpoints, self._ipc_paths = bound.endpoints, bound.pub_endpoints, bound.ipc_paths
+        self._pub = bound.pub
+        self._routers = [bound.router]
         started = time.monotonic()
         with self.store.write() as txn:
             recovery = self.core.recover(txn, self._now())
@@ -529,7 +485,7 @@ class Broker:
         if self._gate is not None:
             self._gate.stop()
             self._gate = None
-        self._remove_ipc_files()
+        remove_ipc_files(self._ipc_paths)
         if self._recovered:  # a broker that never recovered knows no claims: write no index
             try:  # lets the next start skip reading every task (Core.checkpoint)
                 with self.store.write() as txn:
@@ -539,18 +495,6 @@ class Broker:
         self.store.close()
         if self._recovered:
             log.info("zmesh broker stopped")
-
-    def _remove_ipc_files(self) -> None:
-        """libzmq removes an ipc socket file only if its I/O thread gets to it before the
-        process exits; the broker owns these files (its data directory's lock says so)."""
-        for path in self._ipc_paths:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.warning("cannot remove %s: %s", path, exc)
-        self._ipc_paths = []
 
 
 class _Item:
