@@ -61,7 +61,7 @@ def audits(h: Harness, topic: str = "audit.refused") -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------- the role table
 def test_the_role_table() -> None:
-    assert ADMIN_OPS == {"admin_release", "admin_purge", "admin_requeue", "requeue"}
+    assert ADMIN_OPS == {"admin_release", "admin_purge", "admin_requeue", "requeue", "backup"}
     assert not READ_OPS & ADMIN_OPS
     assert {"status", "task_list", "task_get", "agent_list", "replay", "snapshot", "hello"} <= READ_OPS
     for op, spec in protocol.OPS.items():

@@ -29,6 +29,7 @@ from zmesh import protocol
 from zmesh.cli import EXIT_CODES, main
 from zmesh.cli._docs import JSON_SHAPES, commands, render_markdown
 from zmesh.cli.gateway import ListenType
+from zmesh.cli.backup import HostPath
 from zmesh.cli.security import KeyDir, KeyName
 from zmesh.cli._options import EndpointType, IdType, JsonValue, MeshName, Pattern, Seconds, Since
 from zmesh.testing import BrokerProcess, free_port
@@ -86,6 +87,9 @@ BASE: dict[str, list[str]] = {
     "admin release": ["--task", "t1"],
     "admin purge": ["t1"],
     "admin requeue": ["t1"],
+    "config show": [],
+    "backup": ["/var/backups/zmesh/one"],
+    "restore": ["/", "--data", "/nonexistent/zmesh-restore"],
     "task add": ["t1"],
     "task claim": ["t1", "--agent", "a"],
     "task done": ["t1", "--agent", "a"],
@@ -139,6 +143,8 @@ def bad_values(param: click.Parameter) -> list[str]:
         return ["(", "[a", "a{2,1}"]
     if isinstance(t, MeshName):
         return ["", "Lab", "a b", "-x", ".x", "x" * 64, "a\nb", "caf\u00e9", "a/b"]
+    if isinstance(t, HostPath):
+        return ["", "   ", "a\nb", "x" * 4097]
     if isinstance(t, click.Path):  # --config: a file that is not there or not TOML
         return ["/nonexistent/zmesh.toml", "/"]
     if t is click.STRING and param.name == "data":  # broker --data: a path
@@ -213,9 +219,9 @@ def test_every_option_refuses_bad_values_in_one_line(path: str, name: str, value
     assert err.count("\n") == 1 and err.endswith("\n"), f"one line on stderr: {err!r}"
     assert "Traceback" not in err + result.stdout
     # an option by its flag, an argument by its name; a broker setting that reaches the
-    # config check by its key (--data -> data, --ttl -> default_ttl)
+    # config check by its key (--data -> data, --ttl -> default_ttl; `config show` reads the same config)
     key = {"--ttl": "default_ttl"}.get(name, name.lstrip("-").replace("-", "_"))
-    assert name in err or (path == "broker" and key in err), f"{name} not named in {err!r}"
+    assert name in err or (path in ("broker", "config show") and key in err), f"{name} not named in {err!r}"
     assert result.stdout == ""
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
 

@@ -58,6 +58,8 @@ BAD_FILE: dict[str, list[str]] = {
     "message_max_age": ["0", "0.5", "-1", "315360001", '"7d"', "nan", "inf", "true"],
     "low_batch": ["-0.1", "10.5", "nan", "inf", '"0.5"', "true", "[0.5]"],
     "secure": _BAD_BOOLS,
+    "log_format": ['"JSON"', '""', '"yaml"', "1", "true", '["json"]', '"json\\u0001"'],
+    "drain_timeout": ["-1", "300.5", "nan", "inf", '"5"', "true", "[5]"],
     "key_file": ['""', "3", "true", '["/k"]', '"a\\u0001b"', '"a\\nb"'],
     "authorized_keys": ['""', "3", "true", '["/k"]', '"a\\u0001b"', '"a\\nb"'],
     "mesh": ['""', '"Lab"', '"a b"', '"-x"', '".x"', '"x/y"', '"' + "x" * 64 + '"', "3", "true", '["lab"]',
@@ -87,6 +89,8 @@ BAD_ENV: dict[str, list[str]] = {
     "key_file": ["", "   ", "a\x01b"],
     "authorized_keys": ["", "   ", "a\x01b"],
     "mesh": ["", "   ", "Lab", "a b", "-x", "x" * 64, "l\x01b", "caf\u00e9", "lab,prod"],
+    "log_format": ["", "JSON", "yaml", "text,json", "\x01"],
+    "drain_timeout": ["", "-1", "301", "nan", "5s", "\x01"],
 }
 
 
@@ -251,6 +255,8 @@ secure = true
 key_file = "{tmp_path}/k/broker.key_secret"
 authorized_keys = "{tmp_path}/k/allowed"
 mesh = "lab-2.east_1"
+log_format = "json"
+drain_timeout = 0
 """)
     cfg = BrokerConfig.load(path, env={})
     assert cfg == BrokerConfig(data=f"{tmp_path}/d", bind=["tcp://127.0.0.1:7800", "ipc:///tmp/z.ipc"],
@@ -258,7 +264,8 @@ mesh = "lab-2.east_1"
                                event_log_size=10, discovery=False, interfaces=["127.0.0.1", "lo"],
                                map_size=1 << 20, ack_wait=2.0, message_retention=50, message_max_age=3600.0,
                                low_batch=0.0, secure=True, key_file=f"{tmp_path}/k/broker.key_secret",
-                               authorized_keys=f"{tmp_path}/k/allowed", mesh="lab-2.east_1")
+                               authorized_keys=f"{tmp_path}/k/allowed", mesh="lab-2.east_1",
+                               log_format="json", drain_timeout=0.0)
     assert type(cfg.ack_wait) is float and type(cfg.message_retention) is int
     assert type(cfg.default_ttl) is float and type(cfg.event_log_size) is int
     assert cfg.sources == dict.fromkeys(NAMES, f"file {path}")
@@ -272,13 +279,13 @@ def test_good_env_values_load_with_their_types(tmp_path: Path) -> None:
         "ZMESH_INTERFACES": "lo", "ZMESH_PUB_BIND": "tcp://*:7801", "ZMESH_ACK_WAIT": "1.5",
         "ZMESH_MESSAGE_RETENTION": "10_000", "ZMESH_MESSAGE_MAX_AGE": "86400", "ZMESH_LOW_BATCH": "0.25",
         "ZMESH_SECURE": "on", "ZMESH_KEY_FILE": "/k/b.key_secret", "ZMESH_AUTHORIZED_KEYS": "/k/allowed",
-        "ZMESH_MESH": " lab "})
+        "ZMESH_MESH": " lab ", "ZMESH_LOG_FORMAT": "json", "ZMESH_DRAIN_TIMEOUT": "12.5"})
     assert (cfg.bind, cfg.pub_bind) == (["tcp://127.0.0.1:7800", "ipc:///tmp/z.ipc"], ["tcp://*:7801"])
     assert (cfg.ipc, cfg.discovery, cfg.durability, cfg.interfaces) == (False, True, "none", ["lo"])
     assert (cfg.default_ttl, cfg.event_log_size, cfg.map_size) == (2.5, 1000, 1 << 40)
     assert (cfg.ack_wait, cfg.message_retention, cfg.message_max_age, cfg.low_batch) == (1.5, 10_000, 86400.0, 0.25)
     assert (cfg.secure, cfg.key_file, cfg.authorized_keys) == (True, "/k/b.key_secret", "/k/allowed")
-    assert cfg.mesh == "lab"
+    assert (cfg.mesh, cfg.log_format, cfg.drain_timeout) == ("lab", "json", 12.5)
     assert cfg.sources == {s.name: f"env {s.env}" for s in SETTINGS}
 
 

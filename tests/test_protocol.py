@@ -64,6 +64,7 @@ VALID = {
     "admin_release": {"task": "t1", "reason": "stuck"},
     "admin_purge": {"status": "dead", "limit": 10},
     "admin_requeue": {"task": "t1"},
+    "backup": {"dest": "/var/backups/zmesh/2026-12-04"},
 }
 
 

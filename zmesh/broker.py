@@ -8,6 +8,16 @@ One pass of the loop::
     commit: ONE sync for the whole batch (group commit)
     send the replies, then publish the events (never before the commit)
 
+A batch is applied by broker_apply.py (one transaction, the retry cache, ``internal`` for a
+request that crashes the core); the sockets are bound by broker_sockets.py.
+
+A stop (SIGTERM, SIGINT) is graceful: the discovery record is withdrawn, the requests
+already received are answered and the deferred low-priority work applied (at most
+``drain_timeout`` seconds; a second signal cuts it short), then the claim index is written
+and the store closed. Every reply sent was committed first, so an acknowledged write is
+never lost by a stop. Under systemd (``Type=notify``) the broker says READY=1 when it
+serves and STOPPING=1 when it drains (sd_notify.py).
+
 This is the only module that reads the clock; the core gets ``now`` from here. A request
 that crashes the core (a bug) is answered ``internal`` and the rest of its batch is applied
 again without it; the loop never dies of input.
@@ -52,15 +62,16 @@ import zmq
 from . import __version__, protocol
 from ._logging import RateLimited
 from .config import BrokerConfig
-from .core import DEFERRED, Core, Now, Push, Settings
-from .errors import Internal, RemoteError, StoreError
+from .core import Core, Now, Push, Settings
 from .protocol import DecodeError, Event
 from .sockets import EVENTS, NOBLOCK, POLLIN, get_option as _get, peer_address, recv_message, send_frames
-from .broker_log import audited, log_expiries
+from .broker_log import log_expiries
 # the per-connection queue limits (see above) are named here too: tests and docs read them
 from .broker_sockets import PEER_RCVHWM, PEER_SNDHWM, SUB_SNDHWM, open_sockets, remove_ipc_files  # noqa: F401
-from .keys import fingerprint as key_fingerprint, split_user_id
-from .retries import RetryCache
+from .keys import split_user_id
+from .broker_apply import Applier, Item, Poison, lane_of
+from .broker_jobs import Backups
+from .sd_notify import notify
 from .store import LmdbStore, Store, StoreFull
 
 log = logging.getLogger(__name__)
@@ -71,6 +82,9 @@ _limited = RateLimited(log, interval=10.0)
 MAX_BATCH = 512
 #: a batch (apply + commit + sync) slower than this is logged as a warning
 SLOW_COMMIT_S = 0.5
+#: the store's map use is looked at this often; past MAP_USE_WARN of the map, a warning
+USAGE_CHECK_S = 5.0
+MAP_USE_WARN = 0.9
 
 #: priority lanes: inside a pass, critical messages go first, then everything that is not
 #: a message (claims, heartbeats, acks...) with the high ones, then normal; low work waits
@@ -116,9 +130,11 @@ class Broker:
         self._ctx = context or zmq.Context.instance()
         self._routers: list[zmq.Socket] = []
         self._pub: zmq.Socket | None = None
-        # req_id -> (fingerprint of op + body, reply frames): a retry is the same req_id
-        # with the same request; another request reusing an id is not served a stale reply
-        self._dedup = RetryCache()
+        self._backups = Backups(self.store, self.store.broker_id, self._wake)
+        self._applier = Applier(self.core, self.store, answer={"hello": self._hello},
+                                extend={"status": lambda b, body, item: {**body, **self._info()},
+                                        "msgstats": lambda b, body, item: {**body, "latency_ms": self._latency()},
+                                        "backup": self._backups.extend})
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -126,6 +142,8 @@ class Broker:
         #: stop() was called: kept apart from _running, so a SIGTERM that lands while
         #: serve() is starting (after the handler is in, before the loop) is not lost
         self._stop_asked = False
+        self._stops = 0
+        self._next_usage_check = 0.0
         self._advertiser: Any = None
         self._gate: Any = None  # the ZAP handler when secure (zmesh/zap.py)
         self._adv_thread: threading.Thread | None = None
@@ -139,7 +157,7 @@ class Broker:
         self._ipc_paths: list[str] = []  # ipc socket files we bound: removed on close
         self._recovered = False  # the core holds the store's state: a checkpoint may be written
         #: low-priority requests waiting for a pass with nothing more urgent (with arrival time)
-        self._low: deque[tuple[_Item, float]] = deque()
+        self._low: deque[tuple[Item, float]] = deque()
         self._low_bytes = 0  # the body bytes of the requests in _low
         #: seconds from send to push, per priority: the last LATENCY_SAMPLES (msgstats)
         self.latency: dict[str, deque[float]] = {p: deque(maxlen=LATENCY_SAMPLES) for p in protocol.PRIORITIES}
@@ -159,12 +177,16 @@ class Broker:
             recovery = self.core.recover(txn, self._now())
             self._seq = self.core.last_seq(txn)
         self._recovered = True
+        took = time.monotonic() - started
         log.info("recovered in %.3f s: %d agent lease(s) restarted with a full TTL, %d claim(s) held, "
-                 "%s, %d old event(s) trimmed, event seq %d", time.monotonic() - started,
+                 "%s, %d old event(s) trimmed, event seq %d", took,
                  recovery.agents, recovery.claims,
                  "claims read from the clean-shutdown index" if recovery.claim_index else
                  "every task scanned for claims (no clean-shutdown index: first start or after a crash)",
-                 recovery.trimmed_events, self._seq)
+                 recovery.trimmed_events, self._seq,
+                 extra={"event": "broker.recovered", "seconds": round(took, 3), "agents": recovery.agents,
+                        "claims": recovery.claims, "claim_index": recovery.claim_index,
+                        "trimmed_events": recovery.trimmed_events, "seq": self._seq})
 
     def _advertise(self) -> None:
         if not self.config.discovery:
@@ -183,7 +205,8 @@ class Broker:
                 key=self._gate.keys.public.decode("ascii") if self._gate is not None else None)
             self._advertiser.start()
         except Exception as exc:  # discovery is a convenience; the broker serves without it
-            log.warning("zeroconf advertisement failed (%s); clients need --broker", exc)
+            log.warning("zeroconf advertisement failed (%s); clients need --broker", exc,
+                        extra={"event": "discovery.failed", "error": str(exc)})
             self._advertiser = None
 
     @staticmethod
@@ -191,14 +214,20 @@ class Broker:
         return Now(time.monotonic(), time.time())
 
     # ------------------------------------------------------------ loop
-    def stop(self) -> None:
-        """Safe from a signal handler or another thread, and before serve() starts."""
-        self._stop_asked = True
-        self._running = False
+    def _wake(self) -> None:
+        """Wake the loop's poll (from another thread or a signal handler)."""
         try:
             self._wake_w.send(b"x")
         except OSError:
             pass
+
+    def stop(self) -> None:
+        """Safe from a signal handler or another thread, and before serve() starts. The
+        first call drains (see _drain_on_stop); a second one cuts the drain short."""
+        self._stops += 1
+        self._stop_asked = True
+        self._running = False
+        self._wake()
 
     def serve(self, *, install_signals: bool = True) -> None:
         if self._pub is None:
@@ -219,7 +248,12 @@ class Broker:
         self._running = True
         log.info("zmesh broker ready: id=%s router=%s pub=%s data=%s durability=%s pid=%d",
                  self.store.broker_id, ",".join(self.endpoints), ",".join(self.pub_endpoints),
-                 self.config.data, self.config.durability, os.getpid())
+                 self.config.data, self.config.durability, os.getpid(),
+                 extra={"event": "broker.ready", "broker_id": self.store.broker_id, "version": __version__,
+                        "router": self.endpoints, "pub": self.pub_endpoints, "data": self.config.data,
+                        "durability": self.config.durability, "secure": self._gate is not None,
+                        "mesh": self.config.mesh, "pid": os.getpid()})
+        notify("READY=1", f"STATUS=serving {','.join(self.endpoints)}", f"MAINPID={os.getpid()}")
         try:
             while self._running and not self._stop_asked:
                 deadline = min(self.core.next_deadline() or self._next_hb, self._next_hb)
@@ -231,12 +265,47 @@ class Broker:
                     except BlockingIOError:
                         pass
                 self._pass([r for r in self._routers if r in ready])
-                if time.monotonic() >= self._next_hb:
+                for router, frames in self._backups.replies():
+                    self._send(router, frames)
+                now = time.monotonic()
+                if now >= self._next_hb:
                     self._publish(Event(protocol.HEARTBEAT_TOPIC, self._seq, {}))
+                if now >= self._next_usage_check:
+                    self._check_usage(now)
+            if self._stop_asked:
+                self._drain_on_stop()
         finally:
             if install_signals:
                 signal.set_wakeup_fd(-1)
             self.close()
+
+    def _drain_on_stop(self) -> None:
+        """A graceful stop (SIGTERM, SIGINT, stop()): withdraw the discovery record so no
+        client joins a leaving broker, then answer what was already received: passes go on
+        while a read finds a full batch waiting (the queues as they were), then the deferred
+        low-priority work is applied; a request that arrives after that is new work, left
+        for the next broker (its client resends). Bounded by ``drain_timeout``; a second
+        signal cuts it short. close() then writes the claim index."""
+        started = time.monotonic()
+        deadline = started + self.config.drain_timeout
+        notify("STOPPING=1", "STATUS=draining")
+        self._withdraw()
+        before = self.requests
+        while time.monotonic() < deadline and self._stops < 2:
+            readable = [r for r in self._routers if int(_get(r, EVENTS)) & POLLIN]
+            if not readable:
+                break
+            if self._pass(readable) < MAX_BATCH:
+                break
+        while self._low and time.monotonic() < deadline and self._stops < 2:
+            batch = [self._low.popleft()[0] for _ in range(min(MAX_BATCH, len(self._low)))]
+            self._low_bytes -= sum(len(item.body) for item in batch)
+            self._commit(batch)
+        left = len(self._low)
+        log.info("drained in %.3f s: answered %d request(s) received before the stop%s", time.monotonic() - started,
+                 self.requests - before, f"; {left} low-priority request(s) left unanswered (their clients resend)"
+                 if left else "", extra={"event": "broker.drained", "seconds": round(time.monotonic() - started, 3),
+                                          "answered": self.requests - before, "unanswered": left})
 
     def _drain(self, routers: list[zmq.Socket]) -> list[tuple[zmq.Socket, list[bytes], zmq.Frame]]:
         """Every waiting request (up to MAX_BATCH) from the routers poll found readable:
@@ -264,10 +333,10 @@ class Broker:
         return batch
 
     def _decode(self, batch: list[tuple[zmq.Socket, list[bytes], zmq.Frame]]
-                ) -> tuple[list[_Item], list[tuple[zmq.Socket, list[bytes]]]]:
+                ) -> tuple[list[Item], list[tuple[zmq.Socket, list[bytes]]]]:
         """Each drained request decoded, with its lane; a request that cannot be served is
         answered at once (it changes nothing, so its reply waits for no commit)."""
-        items: list[_Item] = []
+        items: list[Item] = []
         refused: list[tuple[zmq.Socket, list[bytes]]] = []
         secure = self._gate is not None
         for router, frames, first in batch:
@@ -277,18 +346,22 @@ class Broker:
             except DecodeError as exc:
                 refused.append((router, [ident, *protocol.encode_error(exc.req_id, exc.error)]))
                 peer = peer_address(first)
-                _limited.warning("bad:" + peer, "refused a request from %s: %s", peer, exc.error)
+                _limited.warning("bad:" + peer, "refused a request from %s: %s", peer, exc.error,
+                                 extra={"event": "request.refused", "peer": peer, "code": exc.error.code,
+                                        "reason": exc.error.message})
                 continue
             lane = _LANE[req.body["priority"]] if req.op in LANE_OPS else MAIN_LANE
             if secure:  # the role and key ZAP admitted the connection with (core/identity.py)
                 role, key = split_user_id(str(first.get("User-Id")))
-                items.append(_Item(router, ident, request[1], req, lane, key, role))
+                items.append(Item(router, ident, request[1], req, lane, key, role))
             else:
-                items.append(_Item(router, ident, request[1], req, lane))
+                items.append(Item(router, ident, request[1], req, lane))
         return items, refused
 
-    def _pass(self, readable: list[zmq.Socket]) -> None:
-        items, refused = self._decode(self._drain(readable))
+    def _pass(self, readable: list[zmq.Socket]) -> int:
+        """One pass over what ``readable`` routers hold; returns how many requests it read."""
+        drained = self._drain(readable)
+        items, refused = self._decode(drained)
         for router, frames in refused:
             self._send(router, frames)
         now = time.monotonic()
@@ -299,7 +372,7 @@ class Broker:
                     self._low.append((item, now))
                     self._low_bytes += len(item.body)
         if len(urgent) > 1:
-            urgent.sort(key=_lane)  # stable: arrival order within a lane
+            urgent.sort(key=lane_of)  # stable: arrival order within a lane
         deadline = self.core.next_deadline()
         if urgent or (deadline is not None and deadline <= now):
             self._commit(urgent)
@@ -310,19 +383,20 @@ class Broker:
             batch = [self._low.popleft()[0] for _ in range(min(MAX_BATCH if over else LOW_PER_PASS, low))]
             self._low_bytes -= sum(len(item.body) for item in batch)
             self._commit(batch)
+        return len(drained)
 
-    def _commit(self, items: list[_Item]) -> None:
+    def _commit(self, items: list[Item]) -> None:
         """Apply ``items`` (and expiry) in one transaction, then send what it produced:
         replies, pushes, events. Nothing leaves before the commit."""
         poisoned: set[int] = set()
         started = time.monotonic()
         while True:
             try:
-                replies, events, expired, pushes = self._apply(items, poisoned)
+                replies, events, expired, pushes = self._applier.apply(items, poisoned, self._now())
                 break
             except StoreFull as exc:
-                log.warning("%s", exc)
-            except _Poison as exc:
+                log.warning("%s", exc, extra={"event": "store.full", "map_size": self.store.usage()[1]})
+            except Poison as exc:
                 poisoned.add(exc.index)
                 with self.store.read() as txn:  # the rolled-back batch may have touched it
                     self.core.resync(txn, self._now())
@@ -338,7 +412,9 @@ class Broker:
         if elapsed > SLOW_COMMIT_S:
             _limited.warning("slow", "slow commit: %d request(s) took %.0f ms to apply, commit and sync "
                              "(durability %s; the disk or the machine is busy)", len(items),
-                             elapsed * 1000, self.store.durability)
+                             elapsed * 1000, self.store.durability,
+                             extra={"event": "commit.slow", "requests": len(items), "ms": round(elapsed * 1000, 1),
+                                    "durability": self.store.durability})
         if expired:
             log_expiries(expired)
 
@@ -375,72 +451,6 @@ class Broker:
             self._seq = event.seq
         self._next_hb = time.monotonic() + protocol.PUB_HEARTBEAT_S
 
-    def _apply(self, items: list[_Item], poisoned: set[int]
-               ) -> tuple[list[tuple[zmq.Socket, list[bytes]]], list[Event], list[Event], list[Push]]:
-        """Apply requests in one write transaction; returns replies, events and pushes to
-        send after the commit (the ``with`` block commits and syncs once), and the events of
-        lease and claim expiry (for the log)."""
-        now = self._now()
-        replies: list[tuple[zmq.Socket, list[bytes]]] = []
-        remember: dict[bytes, tuple[int, list[bytes]]] = {}
-        dedup = self._dedup
-        with self.store.write() as txn:
-            ctx = self.core.batch(txn, now)
-            for index, item in enumerate(items):
-                req, ident = item.req, item.ident
-                if index in poisoned:
-                    err = Internal(f"the broker failed on op '{req.op}'; see the broker log")
-                    replies.append((item.router, [ident, *protocol.encode_error(req.req_id, err)]))
-                    continue
-                write = req.op in protocol.WRITE_OPS
-                fingerprint = 0
-                if write:  # a retry (same req_id, same request) is answered from memory
-                    fingerprint = hash((req.op, item.body))
-                    cached = dedup.get(req.req_id) or remember.get(req.req_id)
-                    if cached is not None and cached[0] == fingerprint:
-                        replies.append((item.router, [ident, *cached[1]]))
-                        continue
-                ctx.caller, ctx.key, ctx.role = ident, item.key, item.role
-                ctx.request_id, ctx.ticket = req.req_id, item  # where a deferred answer goes
-                try:
-                    if req.op == "hello":
-                        out = protocol.encode_reply(req.req_id, self._hello(ctx))
-                    else:
-                        body, _ = self.core.handle(ctx, req.op, req.body)
-                        if body is DEFERRED:  # it waits (a reserve with wait_s): answered later
-                            continue
-                        if req.op == "status":
-                            body.update(self._info())
-                        elif req.op == "msgstats":
-                            body["latency_ms"] = self._latency()
-                        out = protocol.encode_reply(req.req_id, body)
-                except RemoteError as exc:
-                    out = protocol.encode_error(req.req_id, exc)
-                    if item.key is not None and audited(exc):  # an operator reads refusals in the log
-                        _limited.warning("refused:" + item.key, "refused op %s for a %s key %s: %s", req.op,
-                                         item.role, key_fingerprint(item.key.encode()), exc)
-                except StoreError:
-                    raise  # the store's trouble, not this request's: StoreFull re-applies
-                except Exception as exc:
-                    log.exception("op %s failed (request answered 'internal')", req.op)
-                    raise _Poison(index) from exc
-                if write:
-                    remember[req.req_id] = (fingerprint, out)
-                replies.append((item.router, [ident, *out]))
-            ctx.caller = ctx.request_id = ctx.ticket = ctx.key = ctx.role = None
-            # after the requests: heartbeats that queued while the broker was busy or
-            # stalled count before any lease is judged lapsed
-            expired = self.core.expire(ctx)
-            for waited, answer in ctx.answers:  # requests that waited (writes: remembered for retries)
-                req_id = waited.req.req_id
-                out = (protocol.encode_error(req_id, answer) if isinstance(answer, RemoteError)
-                       else protocol.encode_reply(req_id, answer))
-                remember[req_id] = (hash((waited.req.op, waited.body)), out)
-                replies.append((waited.router, [waited.ident, *out]))
-            events, pushes = ctx.events, ctx.pushes
-        dedup.add(remember)
-        return replies, events, expired, pushes
-
     def _latency(self) -> dict[str, Any]:
         """Delivery latency per priority (message sent -> pushed to a connected agent), over
         the last LATENCY_SAMPLES pushes of each."""
@@ -452,7 +462,7 @@ class Broker:
                                         for name, q in (("p50", 0.5), ("p95", 0.95))}}
         return out
 
-    def _hello(self, ctx: Any) -> dict[str, Any]:
+    def _hello(self, ctx: Any, body: dict[str, Any]) -> dict[str, Any]:
         return {"broker_id": self.store.broker_id, "protocol": protocol.PROTOCOL_VERSION,
                 "version": __version__, "endpoints": self.endpoints, "pub": self.pub_endpoints,
                 "durability": self.store.durability, "default_ttl": self.config.default_ttl,
@@ -464,16 +474,30 @@ class Broker:
                 "endpoints": self.endpoints, "pub": self.pub_endpoints, "data": self.config.data,
                 "batches": self.batches, "requests": self.requests}
 
-    def close(self) -> None:
-        self._running = False
+    def _check_usage(self, now: float) -> None:
+        """The store's map use, every USAGE_CHECK_S: past MAP_USE_WARN, a warning (rate-limited)."""
+        self._next_usage_check = now + USAGE_CHECK_S
+        used, size = self.store.usage()
+        if size and used >= MAP_USE_WARN * size:
+            _limited.warning("near_full", "store near full: %d of %d bytes of the LMDB map in use (%.0f%%); it grows "
+                             "when full, if the disk has room (map_size, df %s)", used, size, 100 * used / size,
+                             self.config.data, extra={"event": "store.near_full", "used": used, "map_size": size})
+
+    def _withdraw(self) -> None:
+        """Take the discovery record off the LAN (the advertiser says goodbye)."""
         if self._adv_thread is not None:
             self._adv_thread.join(10)
+            self._adv_thread = None
         if self._advertiser is not None:
             try:
                 self._advertiser.close()
             except Exception as exc:  # pragma: no cover
                 log.debug("advertiser close: %s", exc)
             self._advertiser = None
+
+    def close(self) -> None:
+        self._running = False
+        self._withdraw()
         for router in self._routers:
             router.close()
         self._routers = []
@@ -486,6 +510,7 @@ class Broker:
             self._gate.stop()
             self._gate = None
         remove_ipc_files(self._ipc_paths)
+        self._backups.wait()  # LMDB must not close under a running copy
         if self._recovered:  # a broker that never recovered knows no claims: write no index
             try:  # lets the next start skip reading every task (Core.checkpoint)
                 with self.store.write() as txn:
@@ -494,31 +519,5 @@ class Broker:
                 log.warning("no claim index written on shutdown (%s): the next start scans the tasks", exc)
         self.store.close()
         if self._recovered:
-            log.info("zmesh broker stopped")
-
-
-class _Item:
-    """A decoded request and where to answer it (a plain slotted class: one is made per
-    request, and a frozen dataclass costs a setattr call per field)."""
-
-    __slots__ = ("router", "ident", "body", "req", "lane", "key", "role")
-
-    def __init__(self, router: zmq.Socket, ident: bytes, body: bytes, req: protocol.Request, lane: int,
-                 key: str | None = None, role: str | None = None) -> None:
-        self.router = router
-        self.ident = ident
-        self.body = body  # the request's body frame as it came (for the retry fingerprint)
-        self.req = req
-        self.lane = lane
-        self.key = key  # the connection's authenticated key (ZAP User-Id) when secure
-        self.role = role  # and the role the allow-list gave that key
-
-
-def _lane(item: _Item) -> int:
-    return item.lane
-
-
-class _Poison(Exception):
-    def __init__(self, index: int) -> None:
-        super().__init__(index)
-        self.index = index
+            log.info("zmesh broker stopped", extra={"event": "broker.stopped", "requests": self.requests,
+                                                    "uptime": round(time.time() - self.started, 3)})

@@ -50,6 +50,9 @@ DEFAULT_TTL_S = 30.0
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_EVENT_LOG = 100_000
 DEFAULT_DURABILITY = "full"
+DEFAULT_DRAIN_S = 5.0
+#: what `log_format` may be (the CLI's handler formats records so: zmesh/_logging.py)
+LOG_FORMATS = ("text", "json")
 #: ZMESH_* names read besides the settings': the file to load, the clients' broker, the
 #: committing agent and the mode of `zmesh guard` (ZMESH_AGENT, ZMESH_GUARD),
 #: ZMESH_INTERFACES (a setting, also read by discovery in clients), the clients' keys and
@@ -161,6 +164,11 @@ SETTINGS: tuple[Setting, ...] = (
             "DATA/keys/broker.key_secret, made on the first secure start)", lo=1, hi=4096, unit="path"),
     Setting("authorized_keys", str, lambda: "", "directory of the client public keys allowed in, *.key files read "
             "again when it changes (empty: DATA/keys/authorized)", lo=1, hi=4096, unit="path"),
+    Setting("log_format", str, "text", "text: one line per record for a person; json: one JSON object per line "
+            "(ts, level, logger, msg, event and the event's fields) for a log pipeline", choices=LOG_FORMATS),
+    Setting("drain_timeout", float, DEFAULT_DRAIN_S, "on SIGTERM, seconds the broker keeps answering the "
+            "requests it already has before it exits (new connections are refused at once)",
+            lo=0.0, hi=300.0, unit="seconds"),
 )
 _BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
@@ -191,6 +199,8 @@ class BrokerConfig:
     secure: bool = _default("secure")
     key_file: str = _default("key_file")
     authorized_keys: str = _default("authorized_keys")
+    log_format: str = _default("log_format")
+    drain_timeout: float = _default("drain_timeout")
     #: key -> where its value came from: "default", "file PATH", "env ZMESH_X" or "flag"
     sources: dict[str, str] = field(default_factory=lambda: dict.fromkeys(_BY_NAME, "default"),
                                     compare=False, repr=False)

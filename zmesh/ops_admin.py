@@ -63,6 +63,18 @@ ADMIN_OPS: tuple[Op, ...] = (
         errors=("not_found", "conflict", "forbidden"),
         admin=True,
     ),
+    Op(
+        "backup",
+        "A consistent, compacted copy of the broker's data (LMDB's copy) taken while it serves, "
+        "into `dest` on the broker's host: an absolute path that does not exist yet or is an empty "
+        "directory. Every write acknowledged before the request is in it. The answer comes when the "
+        "copy is done; one backup at a time. A new broker started on a directory holding the copy "
+        "(`zmesh restore`) has every task and claim it holds.",
+        (Field("dest", "text", True, doc="absolute path of a new or empty directory on the broker's host"),),
+        returns="{dest, bytes, seconds, broker_id, seq}",
+        errors=("bad_request", "conflict", "forbidden", "internal"),
+        admin=True,
+    ),
 )
 
 ADMIN_TOPICS: dict[str, str] = {

@@ -82,6 +82,15 @@ class Store(Protocol):
 
     def read(self) -> ContextManager[Txn]: ...
 
+    def usage(self) -> tuple[int, int]:
+        """(bytes in use, the map's size): what health and the near-full warning read."""
+        ...
+
+    def backup(self, dest: str) -> None:
+        """A consistent, compacted copy of the data into the directory ``dest`` (safe from
+        another thread while transactions run)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -178,6 +187,7 @@ class LmdbStore:
         except lmdb.Error as exc:
             self._lock.close()
             raise StoreError(f"cannot open LMDB in {self.path}: {exc}") from None
+        self._page_size = self.env.stat()["psize"]
         for _ in range(20):  # an upgrade copies every record: the map may need to grow first
             try:
                 self.broker_id = self._check_schema()
@@ -243,6 +253,17 @@ class LmdbStore:
             yield LmdbTxn(txn)
         finally:
             txn.abort()
+
+    def usage(self) -> tuple[int, int]:
+        """(bytes the data uses, up to the last page written, free pages included; the map's
+        size). Cheap: no transaction, no syscall beyond LMDB's own."""
+        info = self.env.info()
+        return (info["last_pgno"] + 1) * self._page_size, info["map_size"]
+
+    def backup(self, dest: str) -> None:
+        """LMDB's copy in a read transaction of its own, free pages left out (MDB_CP_COMPACT):
+        the writer goes on meanwhile."""
+        self.env.copy(dest, compact=True)
 
     def close(self) -> None:
         self.env.close()
@@ -373,6 +394,13 @@ class MemoryStore:
     @contextmanager
     def read(self) -> Iterator[MemoryTxn]:
         yield MemoryTxn(self.tables, False)
+
+    def usage(self) -> tuple[int, int]:
+        """(bytes of keys and values held, 0: a memory store has no map)."""
+        return sum(len(k) + len(v) for t in self.tables.values() for k, v in t.items()), 0
+
+    def backup(self, dest: str) -> None:
+        raise StoreError("a memory store has nothing on disk to back up")
 
     def close(self) -> None:
         pass

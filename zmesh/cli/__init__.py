@@ -25,6 +25,7 @@ from .. import __version__
 from ..config import DEFAULT_TIMEOUT_S, unknown_env
 from ..mesh import ENV_MESH
 
+from .._logging import JsonFormatter
 from ..errors import UsageError, ZmeshError, exit_code
 from ._options import EndpointType, MeshName, Seconds
 from ._output import JSON_META, Ctx, error, json_flag
@@ -117,15 +118,23 @@ def _silence_stdout() -> None:
         pass
 
 
-def setup_logging(verbose: int, *, zmesh_floor: int = logging.WARNING) -> None:
+def setup_logging(verbose: int, *, zmesh_floor: int = logging.WARNING, fmt: str = "text") -> None:
     """Handlers live in the CLI only: one stderr handler; -v INFO, -vv DEBUG. zmesh's own
-    loggers log at least at ``zmesh_floor`` (INFO for the broker), other libraries' at WARNING."""
+    loggers log at least at ``zmesh_floor`` (INFO for the broker), other libraries' at WARNING.
+    ``fmt``: "text" or "json" (one object per line, zmesh/_logging.py); called again, it
+    changes the format of the handler it made."""
     level = max(logging.DEBUG, logging.WARNING - 10 * verbose)
     root = logging.getLogger()
+    formatter = JsonFormatter() if fmt == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ours: list[logging.Handler] = [h for h in root.handlers if getattr(h, "zmesh", False)]
     if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
+        made = logging.StreamHandler()
+        made.zmesh = True  # type: ignore[attr-defined]
+        root.addHandler(made)
+        ours = [made]
+    for handler in ours:
+        handler.setFormatter(formatter)
     root.setLevel(level)
     logging.getLogger("zmesh").setLevel(min(level, zmesh_floor))
 
@@ -164,7 +173,7 @@ def main(ctx: click.Context, broker: str | None, discover: bool, mesh: str | Non
 
 
 def _register() -> None:
-    from . import admin, agents, discover, events, gateway, guard, hooks, mcp, messages, reservations, security, serve, tasks, top, wait  # noqa: F401  (each module adds its commands to main)
+    from . import admin, agents, backup, config_show, discover, events, gateway, guard, hooks, mcp, messages, reservations, security, serve, tasks, top, wait  # noqa: F401  (each module adds its commands to main)
 
 
 _register()

@@ -103,6 +103,13 @@ JSON_SHAPES: dict[str, tuple[tuple[str, ...], str] | None] = {
                     "purge left (claimed, or tasks wait on it)"),
     "admin requeue": (("requeued",), "`requeued`: the task ids put back in the pool; with --message: {id, "
                       "requeued} (the recipients)"),
+    "config show": (("config", "sources", "file"), "`config`: every setting's effective value; `sources`: where "
+                    "each came from (default, file PATH, env ZMESH_X); `file`: the config file read, or null"),
+    "backup": (("dest", "bytes", "seconds", "broker_id", "seq"), "where the copy is (on the broker's host), its "
+               "size, how long it took, and the event seq every write up to which it holds"),
+    "restore": (("data", "broker_id", "schema", "seq", "tasks", "kept"), "the data directory made, the broker it "
+                "was, its schema, event seq and task counts by status; `kept`: where the data that was there went "
+                "(--force), or null"),
     "wait": (("kind",), "`kind`: task, message or timeout; a task adds `task`, `claimed`, `claim` (the claim "
              "as `task claim` prints it, or null) and `record` (the task); a message adds `message`; a timeout "
              "adds `waited`"),

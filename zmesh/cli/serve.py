@@ -12,7 +12,7 @@ import logging
 import click
 
 from .. import protocol
-from ..config import BrokerConfig
+from ..config import LOG_FORMATS, BrokerConfig
 from ..errors import BindError
 from ..store import DURABILITY
 from . import main, setup_logging
@@ -38,13 +38,18 @@ from ._options import EndpointType, MeshName, Seconds
               help="full: synced, survives power loss (default); fast: one flush per commit; none: no sync.")
 @click.option("--ttl", type=Seconds(protocol.MIN_TTL_S, protocol.MAX_TTL_S),
               help="Lease TTL in seconds for agents that do not ask for one (env ZMESH_DEFAULT_TTL; default 30).")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS),
+              help="text: a line per record (default); json: one JSON object per line (env ZMESH_LOG_FORMAT).")
+@click.option("--drain-timeout", type=Seconds(0.0, 300.0),
+              help="On SIGTERM, seconds to keep answering the requests already received before exiting "
+                   "(env ZMESH_DRAIN_TIMEOUT; default 5).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML config file (env ZMESH_CONFIG; see conf/zmesh.toml).")
 @click.option("-v", "--verbose", count=True, help="Debug logging (also accepted before `broker`).")
 @click.pass_context
 def broker(ctx: click.Context, data: str | None, bind: tuple[str, ...], pub_bind: tuple[str, ...],
            no_ipc: bool | None, no_discovery: bool | None, mesh: str | None, secure: bool | None, durability: str | None,
-           ttl: float | None,
+           ttl: float | None, log_format: str | None, drain_timeout: float | None,
            config_path: str | None, verbose: int) -> None:
     """Run the lease broker until SIGINT/SIGTERM."""
     from ..broker import Broker, tune_gc
@@ -55,7 +60,10 @@ def broker(ctx: click.Context, data: str | None, bind: tuple[str, ...], pub_bind
         config_path, data=data, bind=list(bind), pub_bind=list(pub_bind),
         ipc=None if no_ipc is None else not no_ipc,
         discovery=None if no_discovery is None else not no_discovery,
-        durability=durability, default_ttl=ttl, secure=secure, mesh=mesh)
+        durability=durability, default_ttl=ttl, secure=secure, mesh=mesh, log_format=log_format,
+        drain_timeout=drain_timeout)
+    if config.log_format != "text":
+        setup_logging(parent_verbose + verbose, zmesh_floor=logging.INFO, fmt=config.log_format)
     server = Broker(config)
     try:
         server.bind()

@@ -23,7 +23,7 @@ from ..keys import fingerprint
 from .agents import Agents
 from .claims import Claims
 from .context import Batch
-from .eventlog import EventLog
+from .eventlog import EventLog, counter
 from .schema import TASK, resource_key, status_key, waiting_key
 from .tasks import Tasks
 
@@ -54,7 +54,13 @@ class Admin:
         self.claims = claims
 
     def handlers(self) -> dict[str, Handler]:
-        return {"admin_release": self.release, "admin_purge": self.purge, "admin_requeue": self.requeue}
+        return {"admin_release": self.release, "admin_purge": self.purge, "admin_requeue": self.requeue,
+                "backup": self.backup}
+
+    def backup(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:
+        """The core's part of a backup: the caller was checked (an admin op) and the copy
+        holds at least every event up to this seq; the broker makes the copy (broker_jobs.py)."""
+        return {"dest": body["dest"], "seq": counter(b, b"seq")}
 
     def _audit(self, b: Batch, op: str, **touched: Any) -> None:
         key = None if b.key is None else fingerprint(b.key.encode())

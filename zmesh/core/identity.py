@@ -50,8 +50,9 @@ ACTORS: dict[str, str] = {
 #: of an admin op
 NOT_ACTING = frozenset({"agent_get", "message_list", "unacked", "dead_letters", "requeue", "reservations",
                         "admin_release"})
-#: what an observer may run: ops that neither change durable state nor act as an agent
-READ_OPS = frozenset(name for name, op in OPS.items() if not op.writes and name not in ACTORS)
+#: what an observer may run: ops that neither change durable state nor act as an agent (and are
+#: not admin ops: a backup writes nothing in the store, yet it is an admin's to ask)
+READ_OPS = frozenset(name for name, op in OPS.items() if not op.writes and not op.admin and name not in ACTORS)
 #: ops only an admin may run (security on)
 ADMIN_OPS = frozenset(name for name, op in OPS.items() if op.admin)
 
