@@ -359,3 +359,34 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     unit.write_text(text.replace("/opt/zmesh/bin/zmesh", str(zmesh)))
     r = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+
+
+def test_expiry_lines_carry_their_events_and_a_storm_is_one_summary(caplog: pytest.LogCaptureFixture) -> None:
+    from zmesh._logging import JsonFormatter
+    from zmesh.broker_log import EXPIRY_LINES_PER_PASS, log_expiries
+    from zmesh.protocol import Event
+
+    events = [Event("agent.expired", i, {"agent": f"a{i}", "released": [f"t{i}"]}) for i in range(25)]
+    events.append(Event("task.released", 26, {"task_id": "t9", "agent": "b", "reason": "claim_expired"}))
+    with caplog.at_level("INFO", logger="zmesh.broker"):
+        log_expiries(events)
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records]
+    assert len(lines) == EXPIRY_LINES_PER_PASS + 1
+    assert lines[0]["event"] == "lease.expired" and lines[0]["agent"] == "a0" and lines[0]["released"] == 1
+    storm = lines[-1]
+    assert storm["level"] == "WARNING" and storm["event"] == "expiry.storm"
+    assert (storm["leases"], storm["claims"], storm["evasive"]) == (25, 1, 0)
+    assert "6 not logged one by one" in storm["msg"]
+
+
+def test_json_formatter_keeps_one_line_whatever_the_message_holds() -> None:
+    import logging
+
+    from zmesh._logging import JsonFormatter
+
+    record = logging.LogRecord("zmesh.x", logging.WARNING, __file__, 1, "bad %s", ("a\nb\x1b",), None)
+    record.event, record.peer = "request.refused", object()
+    text = JsonFormatter().format(record)
+    assert "\n" not in text
+    out = json.loads(text)
+    assert out["msg"] == "bad a\nb\x1b" and out["event"] == "request.refused" and out["peer"].startswith("<object")

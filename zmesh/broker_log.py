@@ -25,29 +25,35 @@ EXPIRY_LINES_PER_PASS = 20
 
 def log_expiries(events: list[Event]) -> None:
     """One line per lapsed lease (with the claims it released), claim TTL or evasive agent; past
-    EXPIRY_LINES_PER_PASS lines, one summary of the storm instead."""
-    lines = []
+    EXPIRY_LINES_PER_PASS lines, one summary of the storm instead. Each line carries its event
+    (``lease.expired``, ``agent.evasive``, ``claim.expired``, ``expiry.storm``) for JSON logs."""
+    lines: list[tuple[str, dict[str, object]]] = []
     for event in events:
         body = event.body
         if event.topic == "agent.expired":
             released = body.get("released") or []
             shown = ", ".join(map(repr, released[:10])) + (", ..." if len(released) > 10 else "")
-            lines.append(f"lease of agent {body.get('agent')!r} expired (no heartbeat within its TTL); "
-                         f"released {len(released)} claim(s)" + (f": {shown}" if released else ""))
+            lines.append((f"lease of agent {body.get('agent')!r} expired (no heartbeat within its TTL); "
+                          f"released {len(released)} claim(s)" + (f": {shown}" if released else ""),
+                          {"event": "lease.expired", "agent": body.get("agent"), "released": len(released)}))
         elif event.topic == "agent.evasive":
-            lines.append(f"agent {body.get('agent')!r} is evasive (missed a heartbeat period); its lease "
-                         f"lapses in {body.get('expires_in')} s unless it is heard from")
+            lines.append((f"agent {body.get('agent')!r} is evasive (missed a heartbeat period); its lease "
+                          f"lapses in {body.get('expires_in')} s unless it is heard from",
+                          {"event": "agent.evasive", "agent": body.get("agent")}))
         elif event.topic == "task.released" and body.get("reason") == "claim_expired":
-            lines.append(f"claim on task {body.get('task_id')!r} by agent {body.get('agent')!r} expired "
-                         "(its TTL ran out); the task is available again")
-    for line in lines[:EXPIRY_LINES_PER_PASS]:
-        log.info("%s", line)
+            lines.append((f"claim on task {body.get('task_id')!r} by agent {body.get('agent')!r} expired "
+                          "(its TTL ran out); the task is available again",
+                          {"event": "claim.expired", "task": body.get("task_id"), "agent": body.get("agent")}))
+    for line, extra in lines[:EXPIRY_LINES_PER_PASS]:
+        log.info("%s", line, extra=extra)
     if len(lines) > EXPIRY_LINES_PER_PASS:
         leases = sum(event.topic == "agent.expired" for event in events)
         evasive = sum(event.topic == "agent.evasive" for event in events)
+        claims = len(lines) - leases - evasive
         log.warning("expiry storm: %d lease(s) and %d claim TTL(s) lapsed and %d agent(s) turned evasive at "
-                    "once (%d not logged one by one)", leases, len(lines) - leases - evasive, evasive,
-                    len(lines) - EXPIRY_LINES_PER_PASS)
+                    "once (%d not logged one by one)", leases, claims, evasive,
+                    len(lines) - EXPIRY_LINES_PER_PASS,
+                    extra={"event": "expiry.storm", "leases": leases, "claims": claims, "evasive": evasive})
 
 
 def audited(exc: RemoteError) -> bool:
