@@ -1223,3 +1223,27 @@ def test_lan_a_broker_restarted_on_another_port_is_followed(lan: dict[str, str],
         _stop_all(procs)
         for f in logs.values():
             f.close()
+
+
+# --------------------------------------------------------------------------- issue 18: the drain
+
+
+@netns
+def test_lan_a_broker_stopped_by_sigterm_withdraws_its_record(lan: dict[str, str], tmp_path: Path) -> None:
+    """The graceful stop takes the record off the LAN first: a browser on another host sees it
+    removed at once (not after the record's TTL), and the broker exits 0."""
+    a, b = lan["a"], lan["b"]
+    port, pub = _free_ports(a, 2)
+    broker = NsBroker(a, tmp_path / "data", port, pub)
+    watch = _popen(b, WATCH)
+    procs: list[Any] = [broker, watch]
+    try:
+        broker.start()
+        added = _read_json_line(watch, 15, "event")
+        assert added["event"] == "Added" and broker.broker_id[:12] in added["name"]
+        assert broker.stop() == 0, broker.text()
+        removed = _read_json_line(watch, 5, "event")
+        assert removed == {"event": "Removed", "name": added["name"]}
+        assert "drained in" in broker.text()
+    finally:
+        _stop_all(procs)

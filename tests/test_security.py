@@ -386,3 +386,18 @@ def test_allow_list_roles(tmp_path: Path) -> None:
     assert role == {"a": "agent", "o": "observer", "both": "admin"}  # the highest role it was given
     assert listed.doubled and fingerprint(load_public(both, "k")) in listed.doubled[0]
     assert listed.allows(load_public(o_pub, "k")) == "observers/o.key"
+
+
+def test_a_backup_is_an_admins_to_ask(secure: BrokerProcess, keys: Keys, tmp_path: Path) -> None:
+    """Issue 18: `backup` writes files on the broker's host, so only an admin key may ask
+    for one; an agent's or an observer's ask is refused and nothing is written."""
+    curve = {"server_key": str(keys.broker_public)}
+    agent_key, observer_key = keys.client("worker"), keys.client("watcher", role="observer")
+    admin_key = keys.client("root", role="admin")
+    for key in (agent_key, observer_key):
+        with Client(secure.endpoint, key=str(key), **curve) as c:
+            with pytest.raises(zmesh.Forbidden, match="admin op"):
+                c.backup(str(tmp_path / "bk"))
+    assert not (tmp_path / "bk").exists()
+    with Client(secure.endpoint, key=str(admin_key), **curve) as root:
+        assert root.backup(str(tmp_path / "bk"))["bytes"] == (tmp_path / "bk" / "data.mdb").stat().st_size
