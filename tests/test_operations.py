@@ -390,3 +390,16 @@ def test_json_formatter_keeps_one_line_whatever_the_message_holds() -> None:
     assert "\n" not in text
     out = json.loads(text)
     assert out["msg"] == "bad a\nb\x1b" and out["event"] == "request.refused" and out["peer"].startswith("<object")
+
+
+def test_every_logged_event_is_in_the_table_and_the_docs() -> None:
+    import re
+
+    from zmesh.broker_log import LOG_EVENTS
+
+    code = "".join(p.read_text() for p in (ROOT / "zmesh").glob("*.py"))
+    used = set(re.findall(r'"event": "([a-z_]+\.[a-z_.]+)"', code))
+    assert used == set(LOG_EVENTS), f"logged but not in LOG_EVENTS: {used - set(LOG_EVENTS)}; " \
+                                    f"in LOG_EVENTS but never logged: {set(LOG_EVENTS) - used}"
+    doc = (ROOT / "docs" / "OPERATIONS.md").read_text()
+    assert all(f"`{name}`" in doc for name in LOG_EVENTS), [n for n in LOG_EVENTS if f"`{n}`" not in doc]

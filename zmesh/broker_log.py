@@ -19,6 +19,30 @@ from .protocol import Event
 
 log = logging.getLogger("zmesh.broker")
 
+#: the broker's notable log lines by their ``event`` name (JSON logs carry it as a key; docs/
+#: OPERATIONS.md lists this table, and a test holds the broker's code to it)
+LOG_EVENTS: dict[str, str] = {
+    "broker.recovered": "the store was opened: leases restarted, claims held, how long it took",
+    "broker.ready": "the broker serves: id, endpoints, data, durability, pid",
+    "broker.drained": "a stop answered what was received: how many, how long, how many were left",
+    "broker.stopped": "the claim index is written and the store closed",
+    "request.refused": "a peer's request could not be read (bad frames, too large): its address and why; "
+                       "rate-limited per peer",
+    "auth.refused": "a key was refused an op for its role or for acting as another key's agent; rate-limited "
+                    "per key",
+    "lease.expired": "an agent's lease lapsed: the claims it released",
+    "agent.evasive": "an agent missed a heartbeat period",
+    "claim.expired": "a claim's own TTL ran out: the task is available again",
+    "expiry.storm": "more expiries in one pass than are logged one by one: the counts",
+    "commit.slow": "a batch took longer than 0.5 s to apply, commit and sync; rate-limited",
+    "store.near_full": "the LMDB map is 90% used; rate-limited",
+    "store.full": "the LMDB map filled: it was grown and the batch applied again",
+    "discovery.failed": "the zeroconf advertisement could not start: clients need an address",
+    "backup.started": "a backup began: where, and the event seq it holds at least",
+    "backup.done": "a backup finished: its size and how long it took",
+    "backup.failed": "a backup could not be written: why",
+}
+
 #: lease/claim expiries logged one line each per pass; more become one summary line
 EXPIRY_LINES_PER_PASS = 20
 
