@@ -64,6 +64,8 @@ VALID = {
     "admin_release": {"task": "t1", "reason": "stuck"},
     "admin_purge": {"status": "dead", "limit": 10},
     "admin_requeue": {"task": "t1"},
+    "audit": {"agent": "a1", "task": "t1", "op": "claim", "result": "conflict", "since": 1.7e9, "before": 40,
+              "limit": 10},
 }
 
 
