@@ -30,7 +30,7 @@ from zmesh.cli import EXIT_CODES, main
 from zmesh.cli._docs import JSON_SHAPES, commands, render_markdown
 from zmesh.cli.gateway import ListenType
 from zmesh.cli.security import KeyDir, KeyName
-from zmesh.cli._options import EndpointType, IdType, JsonValue, MeshName, Pattern, Seconds, Since
+from zmesh.cli._options import EndpointType, IdType, JsonValue, MeshName, Pattern, Seconds, Since, SinceTime
 from zmesh.testing import BrokerProcess, free_port
 
 from .conftest import ROOT, wait_for
@@ -86,6 +86,7 @@ BASE: dict[str, list[str]] = {
     "admin release": ["--task", "t1"],
     "admin purge": ["t1"],
     "admin requeue": ["t1"],
+    "audit": [],
     "task add": ["t1"],
     "task claim": ["t1", "--agent", "a"],
     "task done": ["t1", "--agent", "a"],
@@ -135,6 +136,8 @@ def bad_values(param: click.Parameter) -> list[str]:
                 "a\nb:80", "x" * 300 + ":80"]
     if isinstance(t, Since):
         return ["", "abc", "-5", "10x", "a\nb", "2026-13-45"]
+    if isinstance(t, SinceTime):
+        return ["", "abc", "-5", "5", "10x", "1e3s", "a\nb", "2026-13-45"]
     if isinstance(t, Pattern):
         return ["(", "[a", "a{2,1}"]
     if isinstance(t, MeshName):

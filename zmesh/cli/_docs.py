@@ -103,6 +103,9 @@ JSON_SHAPES: dict[str, tuple[tuple[str, ...], str] | None] = {
                     "purge left (claimed, or tasks wait on it)"),
     "admin requeue": (("requeued",), "`requeued`: the task ids put back in the pool; with --message: {id, "
                       "requeued} (the recipients)"),
+    "audit": (("records",), "`records`: the audit records shown, oldest first, each {id, ts, op, agent, task, "
+              "result (ok, waiting or an error code), seq (the event seq after it), key (fingerprint; null with "
+              "security off), role}"),
     "wait": (("kind",), "`kind`: task, message or timeout; a task adds `task`, `claimed`, `claim` (the claim "
              "as `task claim` prints it, or null) and `record` (the task); a message adds `message`; a timeout "
              "adds `waited`"),
