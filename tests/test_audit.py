@@ -184,8 +184,8 @@ def test_with_security_records_carry_the_key_and_only_observers_and_admins_read_
         env = clean_env(ZMESH_SERVER_KEY=str(keys.broker_public), ZMESH_KEY=str(observer_key))
         r = run("--broker", b.endpoint, "audit", "--agent", "w1", "--json", env=env)
         assert r.returncode == 0, r.stderr
-        assert [(x["op"], x["key"]) for x in json.loads(r.stdout)["records"]] == [
-            ("register", fp[agent_key]), ("claim", fp[agent_key]), ("unregister", fp[agent_key])]  # closed: unregistered
+        assert [(x["op"], x["key"]) for x in json.loads(r.stdout)["records"]] == [  # the worker unregistered on close
+            ("register", fp[agent_key]), ("claim", fp[agent_key]), ("unregister", fp[agent_key])]
         env["ZMESH_KEY"] = str(agent_key)
         r = run("--broker", b.endpoint, "audit", env=env)
         assert r.returncode == 1 and "forbidden" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -263,7 +263,8 @@ mesh = "lab-2.east_1"
                                pub_bind=["tcp://*:0"], ipc=False, durability="fast", default_ttl=5.0,
                                event_log_size=10, discovery=False, interfaces=["127.0.0.1", "lo"],
                                map_size=1 << 20, ack_wait=2.0, message_retention=50, message_max_age=3600.0,
-                               low_batch=0.0, audit="all", audit_retention=5, secure=True, key_file=f"{tmp_path}/k/broker.key_secret",
+                               low_batch=0.0, audit="all", audit_retention=5, secure=True,
+                               key_file=f"{tmp_path}/k/broker.key_secret",
                                authorized_keys=f"{tmp_path}/k/allowed", mesh="lab-2.east_1")
     assert type(cfg.ack_wait) is float and type(cfg.message_retention) is int
     assert type(cfg.default_ttl) is float and type(cfg.event_log_size) is int
