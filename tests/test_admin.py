@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import pytest
 
 from zmesh import protocol
-from zmesh.core.identity import ADMIN_OPS, READ_OPS, may_run
+from zmesh.core.identity import ADMIN_OPS, OPERATOR_OPS, READ_OPS, may_run
 from zmesh.errors import BadRequest, Conflict, Forbidden, NotFound, NotOwner, StaleToken
 from zmesh.keys import fingerprint
 from zmesh.protocol import Event
@@ -63,10 +63,11 @@ def audits(h: Harness, topic: str = "audit.refused") -> list[dict[str, Any]]:
 def test_the_role_table() -> None:
     assert ADMIN_OPS == {"admin_release", "admin_purge", "admin_requeue", "requeue", "backup"}
     assert not READ_OPS & ADMIN_OPS
+    assert OPERATOR_OPS == {"audit"} and OPERATOR_OPS <= READ_OPS
     assert {"status", "task_list", "task_get", "agent_list", "replay", "snapshot", "hello"} <= READ_OPS
     for op, spec in protocol.OPS.items():
         assert may_run(None, op) and may_run("admin", op)  # security off, admin: everything
-        assert may_run("agent", op) == (not spec.admin)
+        assert may_run("agent", op) == (not spec.admin and not spec.operator)
         assert may_run("observer", op) == (op in READ_OPS)
         if spec.writes:
             assert not may_run("observer", op), op

@@ -31,7 +31,7 @@ from zmesh.cli._docs import JSON_SHAPES, commands, render_markdown
 from zmesh.cli.gateway import ListenType
 from zmesh.cli.backup import HostPath
 from zmesh.cli.security import KeyDir, KeyName
-from zmesh.cli._options import EndpointType, IdType, JsonValue, MeshName, Pattern, Seconds, Since
+from zmesh.cli._options import EndpointType, IdType, JsonValue, MeshName, Pattern, Seconds, Since, SinceTime
 from zmesh.testing import BrokerProcess, free_port
 
 from .conftest import ROOT, wait_for
@@ -90,6 +90,7 @@ BASE: dict[str, list[str]] = {
     "config show": [],
     "backup": ["/var/backups/zmesh/one"],
     "restore": ["/", "--data", "/nonexistent/zmesh-restore"],
+    "audit": [],
     "task add": ["t1"],
     "task claim": ["t1", "--agent", "a"],
     "task done": ["t1", "--agent", "a"],
@@ -139,6 +140,8 @@ def bad_values(param: click.Parameter) -> list[str]:
                 "a\nb:80", "x" * 300 + ":80"]
     if isinstance(t, Since):
         return ["", "abc", "-5", "10x", "a\nb", "2026-13-45"]
+    if isinstance(t, SinceTime):
+        return ["", "abc", "-5", "5", "10x", "1e3s", "a\nb", "2026-13-45"]
     if isinstance(t, Pattern):
         return ["(", "[a", "a{2,1}"]
     if isinstance(t, MeshName):

@@ -57,6 +57,8 @@ BAD_FILE: dict[str, list[str]] = {
     "message_retention": ["0", "-1", "100000001", "1.5", '"1000"', "true", "nan", "[1]"],
     "message_max_age": ["0", "0.5", "-1", "315360001", '"7d"', "nan", "inf", "true"],
     "low_batch": ["-0.1", "10.5", "nan", "inf", '"0.5"', "true", "[0.5]"],
+    "audit": ['"some"', '""', '"WRITES"', '"none"', "true", "1", '["writes"]', '"all\\u0001"'],
+    "audit_retention": ["0", "-1", "100000001", "1.5", '"1000"', "true", "nan", "[1]"],
     "secure": _BAD_BOOLS,
     "log_format": ['"JSON"', '""', '"yaml"', "1", "true", '["json"]', '"json\\u0001"'],
     "drain_timeout": ["-1", "300.5", "nan", "inf", '"5"', "true", "[5]"],
@@ -85,6 +87,8 @@ BAD_ENV: dict[str, list[str]] = {
     "message_retention": ["", "0", "1.5", "1e3", "-1", "ten", "\x01"],
     "message_max_age": ["", "0", "-1", "nan", "7d", "\x01"],
     "low_batch": ["", "-1", "11", "nan", "fast", "\x01"],
+    "audit": ["", "   ", "some", "All", "writes,all", "\x01", "0"],
+    "audit_retention": ["", "0", "1.5", "1e6", "-1", "100000001", "ten", "\x01"],
     "secure": _BAD_ENV_BOOLS,
     "key_file": ["", "   ", "a\x01b"],
     "authorized_keys": ["", "   ", "a\x01b"],
@@ -251,6 +255,8 @@ ack_wait = 2
 message_retention = 50
 message_max_age = 3600
 low_batch = 0
+audit = "all"
+audit_retention = 5
 secure = true
 key_file = "{tmp_path}/k/broker.key_secret"
 authorized_keys = "{tmp_path}/k/allowed"
@@ -263,7 +269,8 @@ drain_timeout = 0
                                pub_bind=["tcp://*:0"], ipc=False, durability="fast", default_ttl=5.0,
                                event_log_size=10, discovery=False, interfaces=["127.0.0.1", "lo"],
                                map_size=1 << 20, ack_wait=2.0, message_retention=50, message_max_age=3600.0,
-                               low_batch=0.0, secure=True, key_file=f"{tmp_path}/k/broker.key_secret",
+                               low_batch=0.0, audit="all", audit_retention=5, secure=True,
+                               key_file=f"{tmp_path}/k/broker.key_secret",
                                authorized_keys=f"{tmp_path}/k/allowed", mesh="lab-2.east_1",
                                log_format="json", drain_timeout=0.0)
     assert type(cfg.ack_wait) is float and type(cfg.message_retention) is int
@@ -278,12 +285,14 @@ def test_good_env_values_load_with_their_types(tmp_path: Path) -> None:
         "ZMESH_EVENT_LOG_SIZE": "1_000", "ZMESH_MAP_SIZE": "1099511627776", "ZMESH_DURABILITY": "none",
         "ZMESH_INTERFACES": "lo", "ZMESH_PUB_BIND": "tcp://*:7801", "ZMESH_ACK_WAIT": "1.5",
         "ZMESH_MESSAGE_RETENTION": "10_000", "ZMESH_MESSAGE_MAX_AGE": "86400", "ZMESH_LOW_BATCH": "0.25",
+        "ZMESH_AUDIT": " off ", "ZMESH_AUDIT_RETENTION": "2_000",
         "ZMESH_SECURE": "on", "ZMESH_KEY_FILE": "/k/b.key_secret", "ZMESH_AUTHORIZED_KEYS": "/k/allowed",
         "ZMESH_MESH": " lab ", "ZMESH_LOG_FORMAT": "json", "ZMESH_DRAIN_TIMEOUT": "12.5"})
     assert (cfg.bind, cfg.pub_bind) == (["tcp://127.0.0.1:7800", "ipc:///tmp/z.ipc"], ["tcp://*:7801"])
     assert (cfg.ipc, cfg.discovery, cfg.durability, cfg.interfaces) == (False, True, "none", ["lo"])
     assert (cfg.default_ttl, cfg.event_log_size, cfg.map_size) == (2.5, 1000, 1 << 40)
     assert (cfg.ack_wait, cfg.message_retention, cfg.message_max_age, cfg.low_batch) == (1.5, 10_000, 86400.0, 0.25)
+    assert (cfg.audit, cfg.audit_retention) == ("off", 2000)
     assert (cfg.secure, cfg.key_file, cfg.authorized_keys) == (True, "/k/b.key_secret", "/k/allowed")
     assert (cfg.mesh, cfg.log_format, cfg.drain_timeout) == ("lab", "json", 12.5)
     assert cfg.sources == {s.name: f"env {s.env}" for s in SETTINGS}

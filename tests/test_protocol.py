@@ -65,6 +65,8 @@ VALID = {
     "admin_purge": {"status": "dead", "limit": 10},
     "admin_requeue": {"task": "t1"},
     "backup": {"dest": "/var/backups/zmesh/2026-12-04"},
+    "audit": {"agent": "a1", "task": "t1", "op": "claim", "result": "conflict", "since": 1.7e9, "before": 40,
+              "limit": 10},
 }
 
 

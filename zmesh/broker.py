@@ -126,7 +126,8 @@ class Broker:
         self.store: Store = LmdbStore(config.data, durability=config.durability, map_size=config.map_size)
         self.core = Core(Settings(default_ttl=config.default_ttl, event_log_size=config.event_log_size,
                                   ack_wait=config.ack_wait, message_retention=config.message_retention,
-                                  message_max_age=config.message_max_age))
+                                  message_max_age=config.message_max_age, audit=config.audit,
+                                  audit_retention=config.audit_retention))
         self._ctx = context or zmq.Context.instance()
         self._routers: list[zmq.Socket] = []
         self._pub: zmq.Socket | None = None

@@ -37,7 +37,8 @@ from .endpoint import MAX_IPC_PATH_BYTES, check_endpoint
 from .errors import ConfigError, InvalidArgument
 from .protocol import MAX_TTL_S, MIN_TTL_S, escape_controls, number_text
 from .mesh import DEFAULT_MESH, RULE as MESH_RULE, check_mesh
-from .fields import DEFAULT_ACK_WAIT_S, DEFAULT_LOW_BATCH_S, DEFAULT_MESSAGE_MAX_AGE_S, DEFAULT_MESSAGE_RETENTION
+from .fields import (AUDIT_MODES, DEFAULT_ACK_WAIT_S, DEFAULT_AUDIT, DEFAULT_AUDIT_RETENTION, DEFAULT_LOW_BATCH_S,
+                     DEFAULT_MESSAGE_MAX_AGE_S, DEFAULT_MESSAGE_RETENTION, MAX_AUDIT_RETENTION)
 from .store import DURABILITY
 
 __all__ = ["BrokerConfig", "ConfigError", "Setting", "SETTINGS", "known_env", "unknown_env",
@@ -150,6 +151,10 @@ SETTINGS: tuple[Setting, ...] = (
             lo=1.0, hi=10 * 365 * 86400.0, unit="seconds"),
     Setting("low_batch", float, DEFAULT_LOW_BATCH_S, "seconds low-priority work may wait while more urgent "
             "work keeps the broker busy (it goes at once when the broker is idle)", lo=0.0, hi=10.0, unit="seconds"),
+    Setting("audit", str, DEFAULT_AUDIT, "what the audit trail records: writes (every op that changes durable "
+            "state, and every refused request), all (every op, reads and heartbeats too), off", choices=AUDIT_MODES),
+    Setting("audit_retention", int, DEFAULT_AUDIT_RETENTION, "audit records kept (the oldest goes when one more "
+            "comes)", lo=1, hi=MAX_AUDIT_RETENTION, unit="records"),
     Setting("discovery", bool, True, "advertise the broker on the LAN with zeroconf"),
     Setting("interfaces", list, (), "addresses or interface names to advertise on (empty: default route's)",
             lo=0, hi=64, unit="addresses or interface names", item=_interface,
@@ -192,6 +197,8 @@ class BrokerConfig:
     message_retention: int = _default("message_retention")
     message_max_age: float = _default("message_max_age")
     low_batch: float = _default("low_batch")
+    audit: str = _default("audit")
+    audit_retention: int = _default("audit_retention")
     discovery: bool = _default("discovery")
     interfaces: list[str] = _default("interfaces")
     mesh: str = _default("mesh")

@@ -88,6 +88,15 @@ DEFAULT_MESSAGE_MAX_AGE_S = 7 * 24 * 3600.0
 #: low-priority work may wait this long (seconds) while more urgent work keeps the broker busy
 DEFAULT_LOW_BATCH_S = 0.5
 
+# ---------------------------------------------------------------- the audit trail
+#: what the trail records (docs/AUDIT.md): ops that change durable state and every refusal,
+#: every op, or nothing. The broker setting ``audit`` takes one of them
+AUDIT_MODES = ("writes", "all", "off")
+DEFAULT_AUDIT = "writes"
+#: records kept (the broker setting ``audit_retention``): the oldest goes when one more comes
+DEFAULT_AUDIT_RETENTION = 1_000_000
+MAX_AUDIT_RETENTION = 100_000_000
+
 #: what each field kind accepts (docs/PROTOCOL.md shows this table)
 KIND_RULES = {
     "id": f"a string of 1..{MAX_ID_BYTES} bytes of UTF-8 without control characters "
@@ -143,6 +152,9 @@ class Op:
     errors: tuple[str, ...] = ()
     #: True for an admin op: with security on, only a key in the admins directory may run it
     admin: bool = False
+    #: True for an op that shows what every client did (the audit trail): with security on,
+    #: observer and admin keys may run it, agent keys may not
+    operator: bool = False
     by_name: dict[str, Field] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -48,6 +48,7 @@ import orjson
 from . import errors
 from .errors import BadRequest, TooLarge, UnknownOp, UnsupportedVersion
 from .ops_admin import ADMIN_OPS, ADMIN_TOPICS
+from .ops_audit import AUDIT, audit_op
 from .ops_messages import MESSAGE_OPS, MESSAGE_TOPICS
 from .ops_presence import BLOCKER_STATUSES, PRESENCE_OPS  # noqa: F401  (protocol.BLOCKER_STATUSES)
 from .ops_reservations import RESERVATION_OPS, RESERVATION_TOPICS
@@ -280,6 +281,9 @@ OPS: dict[str, Op] = {
         *ADMIN_OPS,
     )
 }
+
+#: the audit query's `op` filter takes every op name (its own too): it is made from the table
+OPS[AUDIT] = audit_op((*OPS, AUDIT))
 
 #: op name as it comes on the wire (ASCII bytes) -> op
 _OPS_BY_WIRE = {name.encode("ascii"): op for name, op in OPS.items()}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import orjson
 
 from . import errors, protocol
-from .core.identity import ADMIN_OPS, READ_OPS
+from .core.identity import ADMIN_OPS, OPERATOR_OPS, READ_OPS
 from .keys import ROLE_DIRS
 from .protocol import (HEARTBEAT_TOPIC, KIND_RULES, MAX_FRAME_BYTES, OPS, PROTOCOL_VERSION,
                        PUB_HEARTBEAT_S, TOPICS, VERSION, number_text)
@@ -60,7 +60,8 @@ def render_markdown() -> str:
               "## Ops", ""]
     for op in OPS.values():
         lines.append(f"### `{op.name}`" + ("  (durable write: reply after commit)" if op.writes else "")
-                     + ("  (admin only when security is on)" if op.admin else ""))
+                     + ("  (admin only when security is on)" if op.admin else "")
+                     + ("  (observers and admins only when security is on)" if op.operator else ""))
         lines += ["", op.doc, ""]
         if op.fields:
             lines += ["| field | type | required | default | meaning |", "|---|---|---|---|---|"]
@@ -78,7 +79,8 @@ def render_markdown() -> str:
                   f"`{role}`: " + (f"`{sub}/`" if sub else "the directory itself") for role, sub in ROLE_DIRS.items())
               + "). An `observer` runs only these ops: " + ", ".join(f"`{op}`" for op in OPS if op in READ_OPS)
               + ". An `agent` runs every op but the admin ones (" + ", ".join(f"`{op}`" for op in OPS if op in ADMIN_OPS)
-              + "); an `admin` runs every op. Anything else is refused with `forbidden`, and an agent id "
+              + ") and the operator ones, which show what every key did (" + ", ".join(
+                  f"`{op}`" for op in OPS if op in OPERATOR_OPS) + "); an `admin` runs every op. Anything else is refused with `forbidden`, and an agent id "
               "used by another key than the one it belongs to with `not_owner`; both are recorded as "
               "the event `audit.refused`. With security off every client may run every op.", ""]
     lines += ["## Error codes", "", "Every op may also answer `bad_request`, `too_large`, `unknown_op`, "

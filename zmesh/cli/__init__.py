@@ -173,7 +173,7 @@ def main(ctx: click.Context, broker: str | None, discover: bool, mesh: str | Non
 
 
 def _register() -> None:
-    from . import admin, agents, backup, config_show, discover, events, gateway, guard, hooks, mcp, messages, reservations, security, serve, tasks, top, wait  # noqa: F401  (each module adds its commands to main)
+    from . import admin, agents, audit, backup, config_show, discover, events, gateway, guard, hooks, mcp, messages, reservations, security, serve, tasks, top, wait  # noqa: F401  (each module adds its commands to main)
 
 
 _register()

@@ -110,6 +110,9 @@ JSON_SHAPES: dict[str, tuple[tuple[str, ...], str] | None] = {
     "restore": (("data", "broker_id", "schema", "seq", "tasks", "kept"), "the data directory made, the broker it "
                 "was, its schema, event seq and task counts by status; `kept`: where the data that was there went "
                 "(--force), or null"),
+    "audit": (("records",), "`records`: the audit records shown, oldest first, each {id, ts, op, agent, task, "
+              "result (ok, waiting or an error code), seq (the event seq after it), key (fingerprint; null with "
+              "security off), role}"),
     "wait": (("kind",), "`kind`: task, message or timeout; a task adds `task`, `claimed`, `claim` (the claim "
              "as `task claim` prints it, or null) and `record` (the task); a message adds `message`; a timeout "
              "adds `waited`"),

@@ -218,6 +218,30 @@ class Since(click.ParamType):
         return 0, max(0.0, when.timestamp())
 
 
+class SinceTime(click.ParamType):
+    """``--since`` of a time only: a duration ago (``90s``, ``10m``, ``2h``, ``7d``) or an ISO
+    8601 time (no zone: local time); converts to Unix seconds (never below 0)."""
+
+    name = "DURATION|TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, float):
+            return value
+        text = str(value).strip()
+        match = Since._duration.fullmatch(text)
+        if match:
+            return max(0.0, time.time() - float(match.group(1)) * Since._unit[match.group(2)])
+        shown = repr(escape_controls(text)[:40])
+        try:
+            when = dt.datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(f"{shown} is not a duration (90s, 10m, 2h, 7d) or an ISO 8601 time", param, ctx)
+        try:
+            return max(0.0, (when if when.tzinfo is not None else when.astimezone()).timestamp())
+        except (ValueError, OverflowError, OSError):  # year 1 in a zone east of UTC, and the like
+            self.fail(f"{shown} is a time out of the clock's range", param, ctx)
+
+
 class Pattern(click.ParamType):
     """A regular expression (compiled here: a bad one is a usage error naming the option)."""
 

@@ -1,22 +1,48 @@
-"""The admin ops of the public client API, defined once for both drivers (Api includes them).
+"""The admin and audit ops of the public client API, defined once for both drivers (Api
+includes them).
 
-Rules: as _api.py's. Each method is one request; with security on the broker runs it only
-for a connection whose key is an admin key (``forbidden`` otherwise, audited). Purging by
-status answers in pages (``more``): :meth:`AdminApi.admin_purge` returns one page and a
-caller repeats it while ``more`` is true.
+Rules: as _api.py's. Each admin method is one request; with security on the broker runs it
+only for a connection whose key is an admin key (``forbidden`` otherwise, audited). Purging
+by status answers in pages (``more``): :meth:`AdminApi.admin_purge` returns one page and a
+caller repeats it while ``more`` is true. The audit trail is read by observer and admin keys
+(agents get ``forbidden``): :meth:`AdminApi.audit_page` is one request, :meth:`AdminApi.audit`
+pages through ``next`` until it has ``limit`` records or the trail is exhausted; its paging
+is a flow (a generator of calls) that each driver runs with ``_flow``, so it exists once.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generator
 
+from ..errors import BadRequest
+from ..fields import MAX_INT, MAX_LIST_LIMIT
+from ..ops_audit import DEFAULT_AUDIT_LIMIT
 from ._protocol import Call, _identity
+
+#: a flow: yields the calls to make, is sent each one's result, returns its own result
+Flow = Generator[Call[Any], Any, Any]
+
+
+def audit_pages(body: dict[str, Any], limit: Any) -> Flow:
+    """Audit requests following ``next`` until ``limit`` records (newest first) or the end."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_INT:
+        raise BadRequest(f"field 'limit' must be an integer between 1 and {MAX_INT}", {"field": "limit"})
+    records: list[dict[str, Any]] = []
+    while True:
+        page = yield Call("audit", dict(body, limit=min(limit - len(records), MAX_LIST_LIMIT)), _identity)
+        records += page["records"]
+        if page["next"] is None or len(records) >= limit:
+            return records
+        body = dict(body, before=page["next"])
 
 
 class AdminApi:
-    """Force-release, purge, requeue."""
+    """Force-release, purge, requeue; the audit trail."""
 
     def _call(self, call: Call[Any]) -> Any:  # pragma: no cover - drivers override
+        raise NotImplementedError
+
+    def _flow(self, flow: Flow) -> Any:  # pragma: no cover - drivers override
         raise NotImplementedError
 
     def admin_release(self, *, task: str | None = None, agent: str | None = None, reason: str = "") -> Any:
@@ -42,3 +68,19 @@ class AdminApi:
     def admin_requeue(self, task: str) -> Any:
         """Put a dead task back in the pool with its attempts at zero; returns the task."""
         return self._call(Call("admin_requeue", {"task": task}, _identity))
+
+    def audit_page(self, *, agent: str | None = None, task: str | None = None, op: str | None = None,
+                   result: str | None = None, since: float | None = None, before: int | None = None,
+                   limit: int = DEFAULT_AUDIT_LIMIT) -> Any:
+        """One audit request: {records (newest first), next}. Filters combine; ``since`` is
+        wall-clock Unix seconds; ``next`` (when not None) is the ``before`` that goes on."""
+        return self._call(Call("audit", {"agent": agent, "task": task, "op": op, "result": result,
+                                         "since": since, "before": before, "limit": limit}, _identity))
+
+    def audit(self, *, agent: str | None = None, task: str | None = None, op: str | None = None,
+              result: str | None = None, since: float | None = None, before: int | None = None,
+              limit: int = DEFAULT_AUDIT_LIMIT) -> Any:
+        """The newest ``limit`` audit records matching the filters, newest first: as many
+        requests as it takes (each examines a bounded part of the trail)."""
+        return self._flow(audit_pages({"agent": agent, "task": task, "op": op, "result": result,
+                                       "since": since, "before": before}, limit))

@@ -143,6 +143,15 @@ class AsyncClient(Api):
                 raise
         return await self._exchange(call, req_id)  # the same request, to where the broker is now
 
+    async def _flow(self, flow: Any) -> Any:  # type: ignore[override]
+        """See Client._flow."""
+        try:
+            call = next(flow)
+            while True:
+                call = flow.send(await self._call(call))
+        except StopIteration as done:
+            return done.value
+
     async def _moved(self, dialled: str) -> bool:
         """See Client._moved."""
         if self._finder is None or self._closing:

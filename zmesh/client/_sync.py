@@ -174,6 +174,15 @@ class Client(EventStreams, Api):
                 raise
         return self._exchange(call, req_id)  # the same request, to where the broker is now
 
+    def _flow(self, flow: Any) -> Any:
+        """Run a flow of calls (see _admin_api.Flow) to its result."""
+        try:
+            call = next(flow)
+            while True:
+                call = flow.send(self._call(call))
+        except StopIteration as done:
+            return done.value
+
     def _moved(self, dialled: str) -> bool:
         """After a request to ``dialled`` went unanswered: look for this client's mesh again;
         if its broker is elsewhere now, switch the socket there and say so. False when the

@@ -14,6 +14,9 @@ Rules the tests hold the machine to (each module states the rules it keeps in de
 * Deadlines are volatile (deadlines): heartbeats write nothing, and after a restart
   :meth:`Core.recover` gives every lease and claim its full TTL again.
 * The layout of every table and key is stated once (schema).
+* Every request the ``audit`` setting names is recorded in the audit trail (audit), in the
+  batch's transaction, refused ones included: a refused request writes its record and
+  nothing else.
 
 :class:`Core` is the front: it wires the parts, dispatches ops, runs expiry and recovery,
 and answers :meth:`Core.inspect` for tests, metrics and dashboards.
@@ -25,8 +28,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .. import protocol
+from ..errors import RemoteError
 from .admin import Admin
 from .agents import Agents
+from .audit import Audit
 from .blockers import Blockers
 from .claims import ClaimKind, Claims
 from .context import DEFERRED, Batch, Now, Settings
@@ -56,6 +61,7 @@ class Recovery:
     claim_index: bool  #: True: a clean shutdown's claim index was read; False: every claim kind was scanned
     trimmed_events: int  #: old events dropped to fit event_log_size
     moved_claims: int  #: schema-3 task claims moved from the claims table next to their task
+    trimmed_audit: int = 0  #: old audit records dropped to fit audit_retention
 
 
 @dataclass(frozen=True)
@@ -89,13 +95,15 @@ class Core:
         self.reservations = Reservations(self.log, self.agents, self.claims)
         self.admin = Admin(self.log, self.tasks, self.agents, self.claims)
         self.identity = Identity(self.log)
+        self.audit = Audit(self.settings)
         self.agents.on_end.append(self.deliveries.forget)
+        self.reservations.answered = self.audit.answered
         for kind in kinds:
             self.claims.register(kind)
         self._handlers: dict[str, Callable[[Batch, dict[str, Any]], Any]] = {
             **self.agents.handlers(), **self.presence.handlers(), **self.blockers.handlers(),
             **self.tasks.handlers(), **self.deliveries.handlers(), **self.messages.handlers(),
-            **self.reservations.handlers(), **self.admin.handlers(),
+            **self.reservations.handlers(), **self.admin.handlers(), **self.audit.handlers(),
             "publish": self._publish, "status": self._status, "replay": self.log.replay,
             "snapshot": self._snapshot,
         }
@@ -112,11 +120,17 @@ class Core:
 
     def handle(self, b: Batch, op: str, body: dict[str, Any]) -> tuple[Any, list[Event]]:
         """Apply one validated request. Returns (reply body, events it appended).
-        Raises a RemoteError when refused; a refused request has written nothing."""
+        Raises a RemoteError when refused; a refused request has written nothing but its
+        audit record."""
         start = len(b.events)
-        if b.key is not None:  # security on: the key's role, and an agent acts only under its own key
-            self.identity.check(b, op, body, lambda agent: self.agents.get(b.txn, agent))
-        reply = self._handlers[op](b, body)
+        try:
+            if b.key is not None:  # security on: the key's role, and an agent acts only under its own key
+                self.identity.check(b, op, body, lambda agent: self.agents.get(b.txn, agent))
+            reply = self._handlers[op](b, body)
+        except RemoteError as exc:
+            self.audit.refused(b, op, body, exc.code)
+            raise
+        self.audit.done(b, op, body, reply, reply is DEFERRED)
         return reply, b.events[start:]
 
     def _attaching(self, handler: Callable[[Batch, dict[str, Any]], Any]) -> Callable[[Batch, dict[str, Any]], Any]:
@@ -175,11 +189,13 @@ class Core:
         self.reservations.waiting.clear()  # waiting requests did not survive: clients retry
         b = self.batch(txn, now)
         trimmed = self.log.trim(b)
+        trimmed_audit = self.audit.trim(b)
         moved = self.tasks.move_legacy_claims(txn)
         indexed = self.claims.indexed(txn)
         self.resync(txn, now, indexed)
         return Recovery(agents=self.agents.count(), claims=self.claims.count(),
-                        claim_index=indexed is not None, trimmed_events=trimmed, moved_claims=moved)
+                        claim_index=indexed is not None, trimmed_events=trimmed, moved_claims=moved,
+                        trimmed_audit=trimmed_audit)
 
     def resync(self, txn: Txn, now: Now, claims: Iterable[tuple[bytes, bytes]] | None = None) -> None:
         """Make the volatile indexes agree with the store again: after a start (recover has

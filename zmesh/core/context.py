@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..fields import DEFAULT_ACK_WAIT_S, DEFAULT_MESSAGE_MAX_AGE_S, DEFAULT_MESSAGE_RETENTION
+from ..fields import DEFAULT_ACK_WAIT_S, DEFAULT_AUDIT_RETENTION, DEFAULT_MESSAGE_MAX_AGE_S, DEFAULT_MESSAGE_RETENTION
 
 if TYPE_CHECKING:  # the store imports core.schema: no runtime import back
     from ..protocol import Event
@@ -52,6 +52,12 @@ class Settings:
     #: messages kept per address, and how long a settled one is kept (seconds)
     message_retention: int = DEFAULT_MESSAGE_RETENTION
     message_max_age: float = DEFAULT_MESSAGE_MAX_AGE_S
+    #: what the audit trail records (fields.AUDIT_MODES) and how many records it keeps. The
+    #: broker passes the configured mode (config's default: writes); a Core made without it
+    #: (core tests, the core benchmark) keeps no trail, so "a refused request writes
+    #: nothing" stays checkable on the handlers alone
+    audit: str = "off"
+    audit_retention: int = DEFAULT_AUDIT_RETENTION
 
 
 class Batch:

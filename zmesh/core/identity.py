@@ -9,8 +9,11 @@ Rules it keeps:
 
   - ``observer`` runs only :data:`READ_OPS`: ops that neither write nor act as an agent
     (status, lists, gets, replay, snapshot); it reads events like anyone admitted;
-  - ``agent`` runs every op but the admin ones (``Op.admin``);
+  - ``agent`` runs every op but the admin ones (``Op.admin``) and the operator ones
+    (``Op.operator``: the audit query, which shows what every key did);
   - ``admin`` runs every op, the admin ones included.
+
+  An observer runs the operator ops too: they only read.
 
   Anything else is refused (``forbidden``) before the handler runs, so it writes nothing.
 * :data:`ACTORS` names, per op, the field that says which agent acts. A request naming an
@@ -49,12 +52,15 @@ ACTORS: dict[str, str] = {
 #: ops with an agent field that does not act: a filter, or the target of an assignment or
 #: of an admin op
 NOT_ACTING = frozenset({"agent_get", "message_list", "unacked", "dead_letters", "requeue", "reservations",
-                        "admin_release"})
+                        "admin_release", "audit"})
 #: what an observer may run: ops that neither change durable state nor act as an agent (and are
 #: not admin ops: a backup writes nothing in the store, yet it is an admin's to ask)
 READ_OPS = frozenset(name for name, op in OPS.items() if not op.writes and not op.admin and name not in ACTORS)
 #: ops only an admin may run (security on)
 ADMIN_OPS = frozenset(name for name, op in OPS.items() if op.admin)
+#: ops observers and admins may run and agents may not (security on): they read what every key did
+OPERATOR_OPS = frozenset(name for name, op in OPS.items() if op.operator)
+assert OPERATOR_OPS <= READ_OPS, "an operator op must only read: observers run it"
 
 #: seconds between two audit.refused events for one key
 AUDIT_EVERY_S = 1.0
@@ -65,7 +71,7 @@ def may_run(role: str | None, op: str) -> bool:
     if role is None or role == "admin":
         return True
     if role == "agent":
-        return op not in ADMIN_OPS
+        return op not in ADMIN_OPS and op not in OPERATOR_OPS
     return role == "observer" and op in READ_OPS
 
 
@@ -83,8 +89,9 @@ class Identity:
         another key (``record_of(agent)`` is the agent's stored record or None)."""
         assert b.key is not None
         if not may_run(b.role, op):
-            why = ("it is an admin op: only keys in the allow-list's admins/ directory run it"
-                   if op in ADMIN_OPS else "an observer only reads")
+            why = ("it is an admin op: only keys in the allow-list's admins/ directory run it" if op in ADMIN_OPS
+                   else "it shows what every key did: only observer and admin keys run it" if op in OPERATOR_OPS
+                   else "an observer only reads")
             self._refused(b, op, body, Forbidden(
                 f"op '{op}' is not allowed for role {b.role} (key {fingerprint(b.key.encode())}): {why}",
                 {"op": op, "role": b.role}))

@@ -23,7 +23,8 @@ Rules it keeps:
   tried again after every batch in which a reservation ended or a waiter left; a waiter is
   answered when granted, when ``wait_s`` runs out (with the conflict as it stands), or when
   its agent's lease ends. A retry of a waiting request (same request id) keeps its place.
-  The queue is volatile: after a broker restart, clients retry and queue again.
+  The queue is volatile: after a broker restart, clients retry and queue again. Every
+  answer also goes to ``answered`` (the audit trail records it under the waiter's key).
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ class Waiter:
     ttl: float | None
     request_id: bytes | None
     ticket: Any
+    #: the key and role of the connection it came from (security on), for the audit trail
+    key: str | None = None
+    role: str | None = None
 
 
 class Reservations:
@@ -104,6 +108,8 @@ class Reservations:
         self._numbers = itertools.count(1)
         #: something ended since the queue was last tried: try it after this batch
         self.freed = False
+        #: told of every answer a waiter gets (core/audit.py), after it is queued for sending
+        self.answered: Callable[[Batch, Waiter, Any], None] | None = None
         agents.on_end.append(self._agent_ended)
 
     def handlers(self) -> dict[str, Handler]:
@@ -126,7 +132,7 @@ class Reservations:
             raise refusal
         self.agents.ensure(b, agent_id, None)  # it waits on a lease, like any claim
         number = next(self._numbers)
-        self.waiting[number] = Waiter(number, agent_id, patterns, mode, ttl, b.request_id, b.ticket)
+        self.waiting[number] = Waiter(number, agent_id, patterns, mode, ttl, b.request_id, b.ticket, b.key, b.role)
         self.deadlines.set(Due.WAIT, number, body["wait_s"], b.now.mono)
         return DEFERRED
 
@@ -181,8 +187,7 @@ class Reservations:
         for waiter in list(self.waiting.values()):
             if self._refusal(b, waiter.agent, waiter.patterns, waiter.mode, ahead) is None:
                 self._leave(waiter)
-                b.answers.append((waiter.ticket, self._grant(b, waiter.agent, waiter.patterns, waiter.mode,
-                                                             waiter.ttl)))
+                self._answer(b, waiter, self._grant(b, waiter.agent, waiter.patterns, waiter.mode, waiter.ttl))
             else:
                 ahead.append(waiter)
 
@@ -196,15 +201,20 @@ class Reservations:
         refusal = self._refusal(b, waiter.agent, waiter.patterns, waiter.mode, ahead)
         self._leave(waiter)
         if refusal is None:  # freed in this very batch, before the queue was tried
-            b.answers.append((waiter.ticket, self._grant(b, waiter.agent, waiter.patterns, waiter.mode, waiter.ttl)))
+            self._answer(b, waiter, self._grant(b, waiter.agent, waiter.patterns, waiter.mode, waiter.ttl))
         else:
-            b.answers.append((waiter.ticket, refusal))
+            self._answer(b, waiter, refusal)
 
     def _agent_ended(self, b: Batch, agent: str) -> None:
         for waiter in [w for w in self.waiting.values() if w.agent == agent]:
             self._leave(waiter)
-            b.answers.append((waiter.ticket, LeaseExpired(f"agent '{agent}''s lease ended while it waited for "
-                                                          f"{', '.join(waiter.patterns)}", {"agent": agent})))
+            self._answer(b, waiter, LeaseExpired(f"agent '{agent}''s lease ended while it waited for "
+                                                 f"{', '.join(waiter.patterns)}", {"agent": agent}))
+
+    def _answer(self, b: Batch, waiter: Waiter, answer: Any) -> None:
+        b.answers.append((waiter.ticket, answer))
+        if self.answered is not None:
+            self.answered(b, waiter, answer)
 
     def _leave(self, waiter: Waiter) -> None:
         del self.waiting[waiter.number]

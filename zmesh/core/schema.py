@@ -35,6 +35,8 @@ TABLES: dict[str, int] = {
     "pending": 0x1C,     # agent NUL priority rank (1) message number -> b"": awaiting delivery
     "streams": 0x1D,     # address NUL message number -> b"": messages by address (reads, retention)
     "dead_letters": 0x1E,  # message number agent -> b"": deliveries that reached max_deliver
+    # added in schema 4 without a new version: older code never reads this prefix
+    "audit": 0x1F,       # audit id (8 bytes BE) -> audit record (core/audit.py)
 }
 assert len(set(TABLES.values())) == len(TABLES), "two tables share a prefix byte"
 
@@ -226,6 +228,19 @@ def delivery_key(number: int, agent: str) -> bytes:
 def parse_delivery_key(key: bytes) -> tuple[int, str]:
     number, _, agent = parse_resource(key)[1].partition(b" ")
     return int(number), agent.decode()
+
+
+# ---------------------------------------------------------------- the audit trail
+#: the counter of audit ids (stored with the others, after the events)
+AUDIT_COUNTER = b"audit"
+
+
+def audit_key(number: int) -> bytes:
+    return U64.pack(number)
+
+
+def parse_audit_key(key: bytes) -> int:
+    return U64.unpack(key)[0]
 
 
 # ---------------------------------------------------------------- records
