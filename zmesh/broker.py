@@ -60,6 +60,9 @@ from .broker_log import audited, log_expiries
 # the per-connection queue limits (see above) are named here too: tests and docs read them
 from .broker_sockets import PEER_RCVHWM, PEER_SNDHWM, SUB_SNDHWM, open_sockets, remove_ipc_files  # noqa: F401
 from .keys import fingerprint as key_fingerprint, split_user_id
+# SLOW_COMMIT_S: a batch slower than this is logged as a warning (a health threshold too)
+from .metrics import EMPTY, OK, RETRY, SLOW_COMMIT_S, BrokerStats, health, take_snapshot, unresponsive
+from .metrics_http import ANSWER_TIMEOUT_S, Asks, MetricsServer
 from .retries import RetryCache
 from .store import LmdbStore, Store, StoreFull
 
@@ -69,8 +72,6 @@ _limited = RateLimited(log, interval=10.0)
 
 #: most requests applied in one transaction; bounds the latency a batch adds to its first request
 MAX_BATCH = 512
-#: a batch (apply + commit + sync) slower than this is logged as a warning
-SLOW_COMMIT_S = 0.5
 
 #: priority lanes: inside a pass, critical messages go first, then everything that is not
 #: a message (claims, heartbeats, acks...) with the high ones, then normal; low work waits
@@ -143,6 +144,10 @@ class Broker:
         self._low_bytes = 0  # the body bytes of the requests in _low
         #: seconds from send to push, per priority: the last LATENCY_SAMPLES (msgstats)
         self.latency: dict[str, deque[float]] = {p: deque(maxlen=LATENCY_SAMPLES) for p in protocol.PRIORITIES}
+        self.stats = BrokerStats()  # what the loop counts (zmesh/metrics.py)
+        #: snapshot requests of the metrics endpoint's threads, answered by the loop between passes
+        self._asks = Asks(self._wake)
+        self._http: MetricsServer | None = None
 
     # ------------------------------------------------------------ setup
     def bind(self) -> None:
@@ -154,6 +159,10 @@ class Broker:
         self.endpoints, self.pub_endpoints, self._ipc_paths = bound.endpoints, bound.pub_endpoints, bound.ipc_paths
         self._pub = bound.pub
         self._routers = [bound.router]
+        if self.config.metrics:  # raises OSError naming the address, as a taken ROUTER port does
+            self._http = MetricsServer(self.config.metrics, self._asks,
+                                       lambda: unresponsive(self.store.broker_id, ANSWER_TIMEOUT_S))
+            self._http.start()
         started = time.monotonic()
         with self.store.write() as txn:
             recovery = self.core.recover(txn, self._now())
@@ -195,9 +204,13 @@ class Broker:
         """Safe from a signal handler or another thread, and before serve() starts."""
         self._stop_asked = True
         self._running = False
+        self._wake()
+
+    def _wake(self) -> None:
+        """Make the loop's poll return (from any thread)."""
         try:
             self._wake_w.send(b"x")
-        except OSError:
+        except OSError:  # its buffer is full (the loop wakes anyway) or it is closed
             pass
 
     def serve(self, *, install_signals: bool = True) -> None:
@@ -217,9 +230,9 @@ class Broker:
             poller.register(router, zmq.POLLIN)
         poller.register(self._wake_r.fileno(), zmq.POLLIN)
         self._running = True
-        log.info("zmesh broker ready: id=%s router=%s pub=%s data=%s durability=%s pid=%d",
+        log.info("zmesh broker ready: id=%s router=%s pub=%s data=%s durability=%s metrics=%s pid=%d",
                  self.store.broker_id, ",".join(self.endpoints), ",".join(self.pub_endpoints),
-                 self.config.data, self.config.durability, os.getpid())
+                 self.config.data, self.config.durability, self._http.address if self._http else "off", os.getpid())
         try:
             while self._running and not self._stop_asked:
                 deadline = min(self.core.next_deadline() or self._next_hb, self._next_hb)
@@ -231,6 +244,8 @@ class Broker:
                     except BlockingIOError:
                         pass
                 self._pass([r for r in self._routers if r in ready])
+                if self._asks.waiting:  # the metrics endpoint asked (and woke the poll)
+                    self._asks.answer(self._snapshot)
                 if time.monotonic() >= self._next_hb:
                     self._publish(Event(protocol.HEARTBEAT_TOPIC, self._seq, {}))
         finally:
@@ -263,10 +278,11 @@ class Broker:
                 batch.append((router, frames, first))
         return batch
 
-    def _decode(self, batch: list[tuple[zmq.Socket, list[bytes], zmq.Frame]]
+    def _decode(self, batch: list[tuple[zmq.Socket, list[bytes], zmq.Frame]], now: float
                 ) -> tuple[list[_Item], list[tuple[zmq.Socket, list[bytes]]]]:
-        """Each drained request decoded, with its lane; a request that cannot be served is
-        answered at once (it changes nothing, so its reply waits for no commit)."""
+        """Each drained request decoded, with its lane and ``now`` (when it was read); a request
+        that cannot be served is answered at once (it changes nothing, so its reply waits for
+        no commit)."""
         items: list[_Item] = []
         refused: list[tuple[zmq.Socket, list[bytes]]] = []
         secure = self._gate is not None
@@ -276,22 +292,24 @@ class Broker:
                 req = protocol.decode_request(request)
             except DecodeError as exc:
                 refused.append((router, [ident, *protocol.encode_error(exc.req_id, exc.error)]))
+                self.stats.refuse(exc.error.code)
                 peer = peer_address(first)
                 _limited.warning("bad:" + peer, "refused a request from %s: %s", peer, exc.error)
                 continue
             lane = _LANE[req.body["priority"]] if req.op in LANE_OPS else MAIN_LANE
             if secure:  # the role and key ZAP admitted the connection with (core/identity.py)
                 role, key = split_user_id(str(first.get("User-Id")))
-                items.append(_Item(router, ident, request[1], req, lane, key, role))
+                items.append(_Item(router, ident, request[1], req, lane, now, key, role))
             else:
-                items.append(_Item(router, ident, request[1], req, lane))
+                items.append(_Item(router, ident, request[1], req, lane, now))
         return items, refused
 
     def _pass(self, readable: list[zmq.Socket]) -> None:
-        items, refused = self._decode(self._drain(readable))
+        drained = self._drain(readable)
+        now = time.monotonic()  # the pass's one clock read: when its requests were read
+        items, refused = self._decode(drained, now)
         for router, frames in refused:
             self._send(router, frames)
-        now = time.monotonic()
         urgent = [item for item in items if item.lane < LOW_LANE]
         if len(urgent) != len(items):
             for item in items:
@@ -318,7 +336,7 @@ class Broker:
         started = time.monotonic()
         while True:
             try:
-                replies, events, expired, pushes = self._apply(items, poisoned)
+                replies, events, expired, pushes, answered = self._apply(items, poisoned)
                 break
             except StoreFull as exc:
                 log.warning("%s", exc)
@@ -334,12 +352,18 @@ class Broker:
             self._publish(event)
         self.batches += 1
         self.requests += len(items)
-        elapsed = time.monotonic() - started
+        sent = time.monotonic()
+        elapsed = sent - started
+        self.stats.replied(items, sent)
+        if answered:
+            self.stats.answered(answered, sent)
+        self.stats.committed(len(items), elapsed, events)
         if elapsed > SLOW_COMMIT_S:
             _limited.warning("slow", "slow commit: %d request(s) took %.0f ms to apply, commit and sync "
                              "(durability %s; the disk or the machine is busy)", len(items),
                              elapsed * 1000, self.store.durability)
         if expired:
+            self.stats.expired(expired)
             log_expiries(expired)
 
     @staticmethod
@@ -365,6 +389,7 @@ class Broker:
                 continue
             if push.live:
                 self.latency[push.priority].append(sent - push.ts)
+        self.stats.pushed(pushes, failed)
         if failed:
             with self.store.write() as txn:
                 self.core.undeliverable(self.core.batch(txn, self._now()), failed)
@@ -376,12 +401,15 @@ class Broker:
         self._next_hb = time.monotonic() + protocol.PUB_HEARTBEAT_S
 
     def _apply(self, items: list[_Item], poisoned: set[int]
-               ) -> tuple[list[tuple[zmq.Socket, list[bytes]]], list[Event], list[Event], list[Push]]:
+               ) -> tuple[list[tuple[zmq.Socket, list[bytes]]], list[Event], list[Event], list[Push],
+                          list[tuple[_Item, str]]]:
         """Apply requests in one write transaction; returns replies, events and pushes to
-        send after the commit (the ``with`` block commits and syncs once), and the events of
-        lease and claim expiry (for the log)."""
+        send after the commit (the ``with`` block commits and syncs once), the events of
+        lease and claim expiry (for the log), and the requests that waited answered now
+        (with their outcome). Each item's ``outcome`` is set (None: it waits)."""
         now = self._now()
         replies: list[tuple[zmq.Socket, list[bytes]]] = []
+        answered: list[tuple[_Item, str]] = []
         remember: dict[bytes, tuple[int, list[bytes]]] = {}
         dedup = self._dedup
         with self.store.write() as txn:
@@ -390,6 +418,7 @@ class Broker:
                 req, ident = item.req, item.ident
                 if index in poisoned:
                     err = Internal(f"the broker failed on op '{req.op}'; see the broker log")
+                    item.outcome = err.code
                     replies.append((item.router, [ident, *protocol.encode_error(req.req_id, err)]))
                     continue
                 write = req.op in protocol.WRITE_OPS
@@ -398,24 +427,30 @@ class Broker:
                     fingerprint = hash((req.op, item.body))
                     cached = dedup.get(req.req_id) or remember.get(req.req_id)
                     if cached is not None and cached[0] == fingerprint:
+                        item.outcome = RETRY
                         replies.append((item.router, [ident, *cached[1]]))
                         continue
                 ctx.caller, ctx.key, ctx.role = ident, item.key, item.role
                 ctx.request_id, ctx.ticket = req.req_id, item  # where a deferred answer goes
                 try:
                     if req.op == "hello":
-                        out = protocol.encode_reply(req.req_id, self._hello(ctx))
+                        body = self._hello(ctx)
                     else:
                         body, _ = self.core.handle(ctx, req.op, req.body)
                         if body is DEFERRED:  # it waits (a reserve with wait_s): answered later
+                            item.outcome = None
                             continue
                         if req.op == "status":
                             body.update(self._info())
                         elif req.op == "msgstats":
                             body["latency_ms"] = self._latency()
-                        out = protocol.encode_reply(req.req_id, body)
+                        elif req.op == "health":
+                            body = health(self.store, self.stats, now, self.started, body["seq"])
+                    out = protocol.encode_reply(req.req_id, body)
+                    item.outcome = OK if body is not None else EMPTY
                 except RemoteError as exc:
                     out = protocol.encode_error(req.req_id, exc)
+                    item.outcome = exc.code
                     if item.key is not None and audited(exc):  # an operator reads refusals in the log
                         _limited.warning("refused:" + item.key, "refused op %s for a %s key %s: %s", req.op,
                                          item.role, key_fingerprint(item.key.encode()), exc)
@@ -437,9 +472,15 @@ class Broker:
                        else protocol.encode_reply(req_id, answer))
                 remember[req_id] = (hash((waited.req.op, waited.body)), out)
                 replies.append((waited.router, [waited.ident, *out]))
+                answered.append((waited, answer.code if isinstance(answer, RemoteError) else OK))
             events, pushes = ctx.events, ctx.pushes
         dedup.add(remember)
-        return replies, events, expired, pushes
+        return replies, events, expired, pushes, answered
+
+    def _snapshot(self) -> Any:
+        """For the metrics endpoint, in the loop's thread (zmesh/metrics.py)."""
+        return take_snapshot(self.core, self.store, self.stats, self._now(), started=self.started,
+                             low_requests=len(self._low))
 
     def _latency(self) -> dict[str, Any]:
         """Delivery latency per priority (message sent -> pushed to a connected agent), over
@@ -466,6 +507,9 @@ class Broker:
 
     def close(self) -> None:
         self._running = False
+        if self._http is not None:  # first: its waiting requests answer 503 at once
+            self._http.close()
+            self._http = None
         if self._adv_thread is not None:
             self._adv_thread.join(10)
         if self._advertiser is not None:
@@ -501,10 +545,10 @@ class _Item:
     """A decoded request and where to answer it (a plain slotted class: one is made per
     request, and a frozen dataclass costs a setattr call per field)."""
 
-    __slots__ = ("router", "ident", "body", "req", "lane", "key", "role")
+    __slots__ = ("router", "ident", "body", "req", "lane", "at", "key", "role", "outcome")
 
     def __init__(self, router: zmq.Socket, ident: bytes, body: bytes, req: protocol.Request, lane: int,
-                 key: str | None = None, role: str | None = None) -> None:
+                 at: float, key: str | None = None, role: str | None = None) -> None:
         self.router = router
         self.ident = ident
         self.body = body  # the request's body frame as it came (for the retry fingerprint)
@@ -512,6 +556,8 @@ class _Item:
         self.lane = lane
         self.key = key  # the connection's authenticated key (ZAP User-Id) when secure
         self.role = role  # and the role the allow-list gave that key
+        self.at = at  # the clock of the pass that read it (its latency starts there)
+        self.outcome: str | None = OK  # set by _apply: ok, empty, retry, an error code; None: it waits
 
 
 def _lane(item: _Item) -> int:

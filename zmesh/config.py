@@ -80,6 +80,12 @@ def _interface(value: str, name: str) -> None:
                               "name without whitespace or control characters")
 
 
+def _listen(value: str, name: str) -> None:
+    from .metrics_http import parse_address  # imported when a value is given: the check lives with the endpoint
+
+    parse_address(value)
+
+
 def _mesh(value: str, name: str) -> None:
     try:
         check_mesh(value, name)
@@ -161,6 +167,8 @@ SETTINGS: tuple[Setting, ...] = (
             "DATA/keys/broker.key_secret, made on the first secure start)", lo=1, hi=4096, unit="path"),
     Setting("authorized_keys", str, lambda: "", "directory of the client public keys allowed in, *.key files read "
             "again when it changes (empty: DATA/keys/authorized)", lo=1, hi=4096, unit="path"),
+    Setting("metrics", str, lambda: "", "HOST:PORT of the HTTP endpoint serving /metrics (Prometheus) and /health "
+            "(empty: off; port 0: any free port)", lo=1, hi=300, unit="HOST:PORT address", item=_listen),
 )
 _BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
@@ -191,6 +199,7 @@ class BrokerConfig:
     secure: bool = _default("secure")
     key_file: str = _default("key_file")
     authorized_keys: str = _default("authorized_keys")
+    metrics: str = _default("metrics")
     #: key -> where its value came from: "default", "file PATH", "env ZMESH_X" or "flag"
     sources: dict[str, str] = field(default_factory=lambda: dict.fromkeys(_BY_NAME, "default"),
                                     compare=False, repr=False)

@@ -38,13 +38,16 @@ from ._options import EndpointType, MeshName, Seconds
               help="full: synced, survives power loss (default); fast: one flush per commit; none: no sync.")
 @click.option("--ttl", type=Seconds(protocol.MIN_TTL_S, protocol.MAX_TTL_S),
               help="Lease TTL in seconds for agents that do not ask for one (env ZMESH_DEFAULT_TTL; default 30).")
+@click.option("--metrics", metavar="HOST:PORT",
+              help="Serve GET /metrics (Prometheus) and GET /health over HTTP on this address, e.g. "
+                   "127.0.0.1:7702; port 0 picks a free one (env ZMESH_METRICS; default: off).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML config file (env ZMESH_CONFIG; see conf/zmesh.toml).")
 @click.option("-v", "--verbose", count=True, help="Debug logging (also accepted before `broker`).")
 @click.pass_context
 def broker(ctx: click.Context, data: str | None, bind: tuple[str, ...], pub_bind: tuple[str, ...],
            no_ipc: bool | None, no_discovery: bool | None, mesh: str | None, secure: bool | None, durability: str | None,
-           ttl: float | None,
+           ttl: float | None, metrics: str | None,
            config_path: str | None, verbose: int) -> None:
     """Run the lease broker until SIGINT/SIGTERM."""
     from ..broker import Broker, tune_gc
@@ -55,7 +58,7 @@ def broker(ctx: click.Context, data: str | None, bind: tuple[str, ...], pub_bind
         config_path, data=data, bind=list(bind), pub_bind=list(pub_bind),
         ipc=None if no_ipc is None else not no_ipc,
         discovery=None if no_discovery is None else not no_discovery,
-        durability=durability, default_ttl=ttl, secure=secure, mesh=mesh)
+        durability=durability, default_ttl=ttl, secure=secure, mesh=mesh, metrics=metrics)
     server = Broker(config)
     try:
         server.bind()
