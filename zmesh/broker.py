@@ -148,6 +148,7 @@ class Broker:
         #: snapshot requests of the metrics endpoint's threads, answered by the loop between passes
         self._asks = Asks(self._wake)
         self._http: MetricsServer | None = None
+        self.metrics_url: str | None = None  # http://HOST:PORT as bound (port 0 resolved), None: off
 
     # ------------------------------------------------------------ setup
     def bind(self) -> None:
@@ -163,6 +164,7 @@ class Broker:
             self._http = MetricsServer(self.config.metrics, self._asks,
                                        lambda: unresponsive(self.store.broker_id, ANSWER_TIMEOUT_S))
             self._http.start()
+            self.metrics_url = self._http.address
         started = time.monotonic()
         with self.store.write() as txn:
             recovery = self.core.recover(txn, self._now())
@@ -232,7 +234,7 @@ class Broker:
         self._running = True
         log.info("zmesh broker ready: id=%s router=%s pub=%s data=%s durability=%s metrics=%s pid=%d",
                  self.store.broker_id, ",".join(self.endpoints), ",".join(self.pub_endpoints),
-                 self.config.data, self.config.durability, self._http.address if self._http else "off", os.getpid())
+                 self.config.data, self.config.durability, self.metrics_url or "off", os.getpid())
         try:
             while self._running and not self._stop_asked:
                 deadline = min(self.core.next_deadline() or self._next_hb, self._next_hb)

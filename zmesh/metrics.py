@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from . import __version__, protocol
-from .errors import WIRE_ERRORS
+from .errors import WIRE_ERRORS, BadRequest, TooLarge, UnknownOp, UnsupportedVersion
 
 if TYPE_CHECKING:
     from .core import Core, Now, Push
@@ -66,6 +66,8 @@ RESULTS = (OK, EMPTY, RETRY, *sorted(WIRE_ERRORS))
 #: the ops whose results are claims: claim (success or conflict), claim_next (success or empty)
 CLAIM_RESULTS = {("claim", OK): "success", ("claim", "conflict"): "conflict",
                  ("claim_next", OK): "success", ("claim_next", EMPTY): "empty"}
+#: what a request that cannot be decoded is refused with (protocol.decode_request)
+REFUSALS = tuple(cls.code for cls in (BadRequest, TooLarge, UnknownOp, UnsupportedVersion))
 EXPIRY_KINDS = ("lease", "task", "reservation")
 #: event topics counted by name; msg.<topic> (a user's broadcast) counts as MSG_TOPICS
 MSG_TOPICS = protocol.MESSAGE_PREFIX + "*"
@@ -155,7 +157,8 @@ class BrokerStats:
         self.latency_sum = [0.0] * n
         #: per op: result -> requests
         self.results: list[dict[str, int]] = [{} for _ in range(n)]
-        self.refused: dict[str, int] = {}
+        #: refusals before any op ran, by code (the ones decoding gives start at 0: a series from the start)
+        self.refused: dict[str, int] = dict.fromkeys(REFUSALS, 0)
         self.batch_sizes = [0] * (len(BATCH_BUCKETS) + 1)
         self.batch_sum = 0
         self.commit_times = [0] * (len(COMMIT_BUCKETS) + 1)
