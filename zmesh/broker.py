@@ -7,6 +7,7 @@ One pass of the loop::
     one LMDB write txn: decode + apply each request in arrival order, then expire due leases
     commit: ONE sync for the whole batch (group commit)
     send the replies, then publish the events (never before the commit)
+    between passes: a snapshot for the metrics endpoint when it asked (zmesh/metrics.py)
 
 This is the only module that reads the clock; the core gets ``now`` from here. A request
 that crashes the core (a bug) is answered ``internal`` and the rest of its batch is applied
