@@ -51,6 +51,7 @@ BASE: dict[str, list[str]] = {
     "events": ["--since", "0", "--count", "1"],
     "publish": ["topic"],
     "status": [],
+    "health": [],
     "top": ["--once"],
     "version": [],
     "agent idle": ["--agent", "a"],
@@ -152,6 +153,8 @@ def bad_values(param: click.Parameter) -> list[str]:
         return ["/nonexistent/zmesh.toml", "/"]
     if t is click.STRING and param.name == "data":  # broker --data: a path
         return ["", "/dev/null", "a\nb"]
+    if t is click.STRING and param.name == "metrics":  # broker --metrics HOST:PORT, checked as the config key
+        return ["", "7702", "127.0.0.1", "127.0.0.1:99999", "bad host!:80", "a\nb:80", "::1:80"]
     raise AssertionError(f"no bad values for {param.name} of type {t!r}: add them to bad_values")
 
 

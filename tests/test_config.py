@@ -64,6 +64,9 @@ BAD_FILE: dict[str, list[str]] = {
     "drain_timeout": ["-1", "300.5", "nan", "inf", '"5"', "true", "[5]"],
     "key_file": ['""', "3", "true", '["/k"]', '"a\\u0001b"', '"a\\nb"'],
     "authorized_keys": ['""', "3", "true", '["/k"]', '"a\\u0001b"', '"a\\nb"'],
+    "metrics": ['""', "7702", "true", '["127.0.0.1:7702"]', '"7702"', '"127.0.0.1"', '"127.0.0.1:"', '":7702"',
+                '"127.0.0.1:65536"', '"127.0.0.1:-1"', '"127.0.0.1:7702x"', '"bad host!:80"', '"::1:7702"',
+                '"[::g]:7702"', '"999.1.1.1:80"', '"a\\u0001b:1"', '"a\\nb:1"', '"127.0.0.1:\\u0661"'],
     "mesh": ['""', '"Lab"', '"a b"', '"-x"', '".x"', '"x/y"', '"' + "x" * 64 + '"', "3", "true", '["lab"]',
              '"l\\u0001b"', '"la\\nb"', '"caf\\u00e9"'],
 }
@@ -92,6 +95,7 @@ BAD_ENV: dict[str, list[str]] = {
     "secure": _BAD_ENV_BOOLS,
     "key_file": ["", "   ", "a\x01b"],
     "authorized_keys": ["", "   ", "a\x01b"],
+    "metrics": ["", "   ", "7702", "localhost", "localhost:99999", "a b:80", "[::1:80", "h:\x01", "1.2.3.4.5:80"],
     "mesh": ["", "   ", "Lab", "a b", "-x", "x" * 64, "l\x01b", "caf\u00e9", "lab,prod"],
     "log_format": ["", "JSON", "yaml", "text,json", "\x01"],
     "drain_timeout": ["", "-1", "301", "nan", "5s", "\x01"],
@@ -183,7 +187,8 @@ def test_bad_env_value_is_refused(tmp_path: Path, name: str, bad: str | None) ->
     ("event_log_size", 1.0), ("event_log_size", 0), ("map_size", 10**400), ("ipc", 1),
     ("discovery", "no"), ("bind", "tcp://*:7700"), ("bind", ["tcp://*:x"]), ("pub_bind", [1]),
     ("durability", "slow"), ("data", ""), ("data", 3), ("interfaces", "eth0"), ("interfaces", ["a\nb"]),
-    ("mesh", "Lab"), ("mesh", 3), ("mesh", ""), ("mesh", ["lab"]),
+    ("mesh", "Lab"), ("mesh", 3), ("mesh", ""), ("mesh", ["lab"]), ("metrics", "7702"), ("metrics", 7702),
+    ("metrics", "127.0.0.1:70000"),
 ])
 def test_bad_flag_is_refused(tmp_path: Path, name: str, bad: Any) -> None:
     flags = {name: bad} if name == "data" else {name: bad, "data": str(tmp_path)}
@@ -263,6 +268,7 @@ authorized_keys = "{tmp_path}/k/allowed"
 mesh = "lab-2.east_1"
 log_format = "json"
 drain_timeout = 0
+metrics = "[::1]:0"
 """)
     cfg = BrokerConfig.load(path, env={})
     assert cfg == BrokerConfig(data=f"{tmp_path}/d", bind=["tcp://127.0.0.1:7800", "ipc:///tmp/z.ipc"],
@@ -272,7 +278,7 @@ drain_timeout = 0
                                low_batch=0.0, audit="all", audit_retention=5, secure=True,
                                key_file=f"{tmp_path}/k/broker.key_secret",
                                authorized_keys=f"{tmp_path}/k/allowed", mesh="lab-2.east_1",
-                               log_format="json", drain_timeout=0.0)
+                               log_format="json", drain_timeout=0.0, metrics="[::1]:0")
     assert type(cfg.ack_wait) is float and type(cfg.message_retention) is int
     assert type(cfg.default_ttl) is float and type(cfg.event_log_size) is int
     assert cfg.sources == dict.fromkeys(NAMES, f"file {path}")
@@ -287,14 +293,15 @@ def test_good_env_values_load_with_their_types(tmp_path: Path) -> None:
         "ZMESH_MESSAGE_RETENTION": "10_000", "ZMESH_MESSAGE_MAX_AGE": "86400", "ZMESH_LOW_BATCH": "0.25",
         "ZMESH_AUDIT": " off ", "ZMESH_AUDIT_RETENTION": "2_000",
         "ZMESH_SECURE": "on", "ZMESH_KEY_FILE": "/k/b.key_secret", "ZMESH_AUTHORIZED_KEYS": "/k/allowed",
-        "ZMESH_MESH": " lab ", "ZMESH_LOG_FORMAT": "json", "ZMESH_DRAIN_TIMEOUT": "12.5"})
+        "ZMESH_MESH": " lab ", "ZMESH_LOG_FORMAT": "json", "ZMESH_DRAIN_TIMEOUT": "12.5",
+        "ZMESH_METRICS": "localhost:7702"})
     assert (cfg.bind, cfg.pub_bind) == (["tcp://127.0.0.1:7800", "ipc:///tmp/z.ipc"], ["tcp://*:7801"])
     assert (cfg.ipc, cfg.discovery, cfg.durability, cfg.interfaces) == (False, True, "none", ["lo"])
     assert (cfg.default_ttl, cfg.event_log_size, cfg.map_size) == (2.5, 1000, 1 << 40)
     assert (cfg.ack_wait, cfg.message_retention, cfg.message_max_age, cfg.low_batch) == (1.5, 10_000, 86400.0, 0.25)
     assert (cfg.audit, cfg.audit_retention) == ("off", 2000)
     assert (cfg.secure, cfg.key_file, cfg.authorized_keys) == (True, "/k/b.key_secret", "/k/allowed")
-    assert (cfg.mesh, cfg.log_format, cfg.drain_timeout) == ("lab", "json", 12.5)
+    assert (cfg.mesh, cfg.log_format, cfg.drain_timeout, cfg.metrics) == ("lab", "json", 12.5, "localhost:7702")
     assert cfg.sources == {s.name: f"env {s.env}" for s in SETTINGS}
 
 

@@ -31,6 +31,7 @@ VALID = {
     "task_list": {"status": "claimed", "after": "t0", "limit": 10},
     "agent_list": {},
     "status": {},
+    "health": {},
     "replay": {"since": 5, "limit": 10, "topics": ["task."]},
     "publish": {"topic": "deploy.done", "data": {"sha": "abc"}, "agent": "a1"},
     "report": {"agent": "a1", "state": "help", "task": "t1", "reason": "stuck", "message": "hi",

@@ -7,6 +7,7 @@ One pass of the loop::
     one LMDB write txn: decode + apply each request in arrival order, then expire due leases
     commit: ONE sync for the whole batch (group commit)
     send the replies, then publish the events (never before the commit)
+    between passes: a snapshot for the metrics endpoint when it asked (zmesh/metrics.py)
 
 A batch is applied by broker_apply.py (one transaction, the retry cache, ``internal`` for a
 request that crashes the core); the sockets are bound by broker_sockets.py.
@@ -71,6 +72,9 @@ from .broker_sockets import PEER_RCVHWM, PEER_SNDHWM, SUB_SNDHWM, open_sockets, 
 from .keys import split_user_id
 from .broker_apply import Applier, Item, Poison, lane_of
 from .broker_jobs import Backups
+# SLOW_COMMIT_S: a batch slower than this is logged as a warning (a health threshold too)
+from .metrics import MAP_USE_MAX, SLOW_COMMIT_S, BrokerStats, health, take_snapshot, unresponsive
+from .metrics_http import ANSWER_TIMEOUT_S, Asks, MetricsServer
 from .sd_notify import notify
 from .store import LmdbStore, Store, StoreFull
 
@@ -80,11 +84,8 @@ _limited = RateLimited(log, interval=10.0)
 
 #: most requests applied in one transaction; bounds the latency a batch adds to its first request
 MAX_BATCH = 512
-#: a batch (apply + commit + sync) slower than this is logged as a warning
-SLOW_COMMIT_S = 0.5
-#: the store's map use is looked at this often; past MAP_USE_WARN of the map, a warning
+#: the store's map use is looked at this often; past MAP_USE_MAX (metrics.py), a warning
 USAGE_CHECK_S = 5.0
-MAP_USE_WARN = 0.9
 
 #: priority lanes: inside a pass, critical messages go first, then everything that is not
 #: a message (claims, heartbeats, acks...) with the high ones, then normal; low work waits
@@ -135,7 +136,9 @@ class Broker:
         self._applier = Applier(self.core, self.store, answer={"hello": self._hello},
                                 extend={"status": lambda b, body, item: {**body, **self._info()},
                                         "msgstats": lambda b, body, item: {**body, "latency_ms": self._latency()},
-                                        "backup": self._backups.extend})
+                                        "backup": self._backups.extend,
+                                        "health": lambda b, body, item: health(self.store, self.stats, b.now,
+                                                                               self.started, body["seq"])})
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -162,6 +165,11 @@ class Broker:
         self._low_bytes = 0  # the body bytes of the requests in _low
         #: seconds from send to push, per priority: the last LATENCY_SAMPLES (msgstats)
         self.latency: dict[str, deque[float]] = {p: deque(maxlen=LATENCY_SAMPLES) for p in protocol.PRIORITIES}
+        self.stats = BrokerStats()  # what the loop counts (zmesh/metrics.py)
+        #: snapshot requests of the metrics endpoint's threads, answered by the loop between passes
+        self._asks = Asks(self._wake)
+        self._http: MetricsServer | None = None
+        self.metrics_url: str | None = None  # http://HOST:PORT as bound (port 0 resolved), None: off
 
     # ------------------------------------------------------------ setup
     def bind(self) -> None:
@@ -173,6 +181,11 @@ class Broker:
         self.endpoints, self.pub_endpoints, self._ipc_paths = bound.endpoints, bound.pub_endpoints, bound.ipc_paths
         self._pub = bound.pub
         self._routers = [bound.router]
+        if self.config.metrics:  # raises OSError naming the address, as a taken ROUTER port does
+            self._http = MetricsServer(self.config.metrics, self._asks,
+                                       lambda: unresponsive(self.store.broker_id, ANSWER_TIMEOUT_S))
+            self._http.start()
+            self.metrics_url = self._http.address
         started = time.monotonic()
         with self.store.write() as txn:
             recovery = self.core.recover(txn, self._now())
@@ -219,7 +232,7 @@ class Broker:
         """Wake the loop's poll (from another thread or a signal handler)."""
         try:
             self._wake_w.send(b"x")
-        except OSError:
+        except OSError:  # its buffer is full (the loop wakes anyway) or it is closed
             pass
 
     def stop(self) -> None:
@@ -247,13 +260,13 @@ class Broker:
             poller.register(router, zmq.POLLIN)
         poller.register(self._wake_r.fileno(), zmq.POLLIN)
         self._running = True
-        log.info("zmesh broker ready: id=%s router=%s pub=%s data=%s durability=%s pid=%d",
+        log.info("zmesh broker ready: id=%s router=%s pub=%s data=%s durability=%s metrics=%s pid=%d",
                  self.store.broker_id, ",".join(self.endpoints), ",".join(self.pub_endpoints),
-                 self.config.data, self.config.durability, os.getpid(),
+                 self.config.data, self.config.durability, self.metrics_url or "off", os.getpid(),
                  extra={"event": "broker.ready", "broker_id": self.store.broker_id, "version": __version__,
                         "router": self.endpoints, "pub": self.pub_endpoints, "data": self.config.data,
                         "durability": self.config.durability, "secure": self._gate is not None,
-                        "mesh": self.config.mesh, "pid": os.getpid()})
+                        "mesh": self.config.mesh, "metrics": self.metrics_url, "pid": os.getpid()})
         notify("READY=1", f"STATUS=serving {','.join(self.endpoints)}", f"MAINPID={os.getpid()}")
         try:
             while self._running and not self._stop_asked:
@@ -268,6 +281,8 @@ class Broker:
                 self._pass([r for r in self._routers if r in ready])
                 for router, frames in self._backups.replies():
                     self._send(router, frames)
+                if self._asks.waiting:  # the metrics endpoint asked (and woke the poll)
+                    self._asks.answer(self._snapshot)
                 now = time.monotonic()
                 if now >= self._next_hb:
                     self._publish(Event(protocol.HEARTBEAT_TOPIC, self._seq, {}))
@@ -333,10 +348,11 @@ class Broker:
                 batch.append((router, frames, first))
         return batch
 
-    def _decode(self, batch: list[tuple[zmq.Socket, list[bytes], zmq.Frame]]
+    def _decode(self, batch: list[tuple[zmq.Socket, list[bytes], zmq.Frame]], now: float
                 ) -> tuple[list[Item], list[tuple[zmq.Socket, list[bytes]]]]:
-        """Each drained request decoded, with its lane; a request that cannot be served is
-        answered at once (it changes nothing, so its reply waits for no commit)."""
+        """Each drained request decoded, with its lane and ``now`` (when it was read); a request
+        that cannot be served is answered at once (it changes nothing, so its reply waits for
+        no commit)."""
         items: list[Item] = []
         refused: list[tuple[zmq.Socket, list[bytes]]] = []
         secure = self._gate is not None
@@ -346,6 +362,7 @@ class Broker:
                 req = protocol.decode_request(request)
             except DecodeError as exc:
                 refused.append((router, [ident, *protocol.encode_error(exc.req_id, exc.error)]))
+                self.stats.refuse(exc.error.code)
                 peer = peer_address(first)
                 _limited.warning("bad:" + peer, "refused a request from %s: %s", peer, exc.error,
                                  extra={"event": "request.refused", "peer": peer, "code": exc.error.code,
@@ -354,18 +371,18 @@ class Broker:
             lane = _LANE[req.body["priority"]] if req.op in LANE_OPS else MAIN_LANE
             if secure:  # the role and key ZAP admitted the connection with (core/identity.py)
                 role, key = split_user_id(str(first.get("User-Id")))
-                items.append(Item(router, ident, request[1], req, lane, key, role))
+                items.append(Item(router, ident, request[1], req, lane, now, key, role))
             else:
-                items.append(Item(router, ident, request[1], req, lane))
+                items.append(Item(router, ident, request[1], req, lane, now))
         return items, refused
 
     def _pass(self, readable: list[zmq.Socket]) -> int:
         """One pass over what ``readable`` routers hold; returns how many requests it read."""
         drained = self._drain(readable)
-        items, refused = self._decode(drained)
+        now = time.monotonic()  # the pass's one clock read: when its requests were read
+        items, refused = self._decode(drained, now)
         for router, frames in refused:
             self._send(router, frames)
-        now = time.monotonic()
         urgent = [item for item in items if item.lane < LOW_LANE]
         if len(urgent) != len(items):
             for item in items:
@@ -393,7 +410,7 @@ class Broker:
         started = time.monotonic()
         while True:
             try:
-                replies, events, expired, pushes = self._applier.apply(items, poisoned, self._now())
+                replies, events, expired, pushes, answered = self._applier.apply(items, poisoned, self._now())
                 break
             except StoreFull as exc:
                 log.warning("%s", exc, extra={"event": "store.full", "map_size": self.store.usage()[1]})
@@ -409,7 +426,12 @@ class Broker:
             self._publish(event)
         self.batches += 1
         self.requests += len(items)
-        elapsed = time.monotonic() - started
+        sent = time.monotonic()
+        elapsed = sent - started
+        self.stats.replied(items, sent)
+        if answered:
+            self.stats.answered(answered, sent)
+        self.stats.committed(len(items), elapsed, events)
         if elapsed > SLOW_COMMIT_S:
             _limited.warning("slow", "slow commit: %d request(s) took %.0f ms to apply, commit and sync "
                              "(durability %s; the disk or the machine is busy)", len(items),
@@ -417,6 +439,7 @@ class Broker:
                              extra={"event": "commit.slow", "requests": len(items), "ms": round(elapsed * 1000, 1),
                                     "durability": self.store.durability})
         if expired:
+            self.stats.expired(expired)
             log_expiries(expired)
 
     @staticmethod
@@ -442,6 +465,7 @@ class Broker:
                 continue
             if push.live:
                 self.latency[push.priority].append(sent - push.ts)
+        self.stats.pushed(pushes, failed)
         if failed:
             with self.store.write() as txn:
                 self.core.undeliverable(self.core.batch(txn, self._now()), failed)
@@ -451,6 +475,11 @@ class Broker:
         if event.topic != protocol.HEARTBEAT_TOPIC:
             self._seq = event.seq
         self._next_hb = time.monotonic() + protocol.PUB_HEARTBEAT_S
+
+    def _snapshot(self) -> Any:
+        """For the metrics endpoint, in the loop's thread (zmesh/metrics.py)."""
+        return take_snapshot(self.core, self.store, self.stats, self._now(), started=self.started,
+                             low_requests=len(self._low))
 
     def _latency(self) -> dict[str, Any]:
         """Delivery latency per priority (message sent -> pushed to a connected agent), over
@@ -476,10 +505,10 @@ class Broker:
                 "batches": self.batches, "requests": self.requests}
 
     def _check_usage(self, now: float) -> None:
-        """The store's map use, every USAGE_CHECK_S: past MAP_USE_WARN, a warning (rate-limited)."""
+        """The store's map use, every USAGE_CHECK_S: past MAP_USE_MAX, a warning (rate-limited)."""
         self._next_usage_check = now + USAGE_CHECK_S
         used, size = self.store.usage()
-        if size and used >= MAP_USE_WARN * size:
+        if size and used >= MAP_USE_MAX * size:
             _limited.warning("near_full", "store near full: %d of %d bytes of the LMDB map in use (%.0f%%); it grows "
                              "when full, if the disk has room (map_size, df %s)", used, size, 100 * used / size,
                              self.config.data, extra={"event": "store.near_full", "used": used, "map_size": size})
@@ -498,6 +527,9 @@ class Broker:
 
     def close(self) -> None:
         self._running = False
+        if self._http is not None:  # first: its waiting requests answer 503 at once
+            self._http.close()
+            self._http = None
         self._withdraw()
         for router in self._routers:
             router.close()

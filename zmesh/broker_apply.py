@@ -28,6 +28,7 @@ from .broker_log import audited
 from .core import DEFERRED, Batch, Core, Now, Push
 from .errors import Internal, RemoteError, StoreError
 from .keys import fingerprint as key_fingerprint
+from .metrics import EMPTY, OK, RETRY
 from .protocol import Event
 from .retries import RetryCache
 from .store import Store
@@ -42,10 +43,10 @@ class Item:
     """A decoded request and where to answer it (a plain slotted class: one is made per
     request, and a frozen dataclass costs a setattr call per field)."""
 
-    __slots__ = ("router", "ident", "body", "req", "lane", "key", "role")
+    __slots__ = ("router", "ident", "body", "req", "lane", "at", "key", "role", "outcome")
 
     def __init__(self, router: zmq.Socket, ident: bytes, body: bytes, req: protocol.Request, lane: int,
-                 key: str | None = None, role: str | None = None) -> None:
+                 at: float, key: str | None = None, role: str | None = None) -> None:
         self.router = router
         self.ident = ident
         self.body = body  # the request's body frame as it came (for the retry fingerprint)
@@ -53,6 +54,8 @@ class Item:
         self.lane = lane
         self.key = key  # the connection's authenticated key (ZAP User-Id) when secure
         self.role = role  # and the role the allow-list gave that key
+        self.at = at  # the clock of the pass that read it (its latency starts there)
+        self.outcome: str | None = OK  # set by apply: ok, empty, retry, an error code; None: it waits
 
 
 def lane_of(item: Item) -> int:
@@ -82,11 +85,13 @@ class Applier:
         self.dedup = RetryCache()
 
     def apply(self, items: list[Item], poisoned: set[int], now: Now
-              ) -> tuple[list[Reply], list[Event], list[Event], list[Push]]:
+              ) -> tuple[list[Reply], list[Event], list[Event], list[Push], list[tuple[Item, str]]]:
         """Apply requests in one write transaction; returns replies, events and pushes to
-        send after the commit (the ``with`` block commits and syncs once), and the events of
-        lease and claim expiry (for the log)."""
+        send after the commit (the ``with`` block commits and syncs once), the events of
+        lease and claim expiry (for the log), and the requests that waited answered now
+        (with their outcome, for the metrics). Each item's ``outcome`` is set (None: it waits)."""
         replies: list[Reply] = []
+        answered: list[tuple[Item, str]] = []
         remember: dict[bytes, tuple[int, list[bytes]]] = {}
         dedup, answer, extend = self.dedup, self.answer, self.extend
         with self.store.write() as txn:
@@ -95,6 +100,7 @@ class Applier:
                 req, ident = item.req, item.ident
                 if index in poisoned:
                     err = Internal(f"the broker failed on op '{req.op}'; see the broker log")
+                    item.outcome = err.code
                     replies.append((item.router, [ident, *protocol.encode_error(req.req_id, err)]))
                     continue
                 write = req.op in protocol.WRITE_OPS
@@ -103,22 +109,26 @@ class Applier:
                     fingerprint = hash((req.op, item.body))
                     cached = dedup.get(req.req_id) or remember.get(req.req_id)
                     if cached is not None and cached[0] == fingerprint:
+                        item.outcome = RETRY
                         replies.append((item.router, [ident, *cached[1]]))
                         continue
                 ctx.caller, ctx.key, ctx.role = ident, item.key, item.role
                 ctx.request_id, ctx.ticket = req.req_id, item  # where a deferred answer goes
                 try:
                     if req.op in answer:
-                        out = protocol.encode_reply(req.req_id, answer[req.op](ctx, req.body))
+                        body = answer[req.op](ctx, req.body)
                     else:
                         body, _ = self.core.handle(ctx, req.op, req.body)
                         if req.op in extend and body is not DEFERRED:
                             body = extend[req.op](ctx, body, item)
                         if body is DEFERRED:  # it waits (a reserve with wait_s, a backup): answered later
+                            item.outcome = None
                             continue
-                        out = protocol.encode_reply(req.req_id, body)
+                    out = protocol.encode_reply(req.req_id, body)
+                    item.outcome = OK if body is not None else EMPTY
                 except RemoteError as exc:
                     out = protocol.encode_error(req.req_id, exc)
+                    item.outcome = exc.code
                     if item.key is not None and audited(exc):  # an operator reads refusals in the log
                         fp = key_fingerprint(item.key.encode())
                         _limited.warning("refused:" + item.key, "refused op %s for a %s key %s: %s", req.op,
@@ -142,6 +152,7 @@ class Applier:
                        else protocol.encode_reply(req_id, reply))
                 remember[req_id] = (hash((waited.req.op, waited.body)), out)
                 replies.append((waited.router, [waited.ident, *out]))
+                answered.append((waited, reply.code if isinstance(reply, RemoteError) else OK))
             events, pushes = ctx.events, ctx.pushes
         dedup.add(remember)
-        return replies, events, expired, pushes
+        return replies, events, expired, pushes, answered

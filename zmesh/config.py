@@ -84,6 +84,12 @@ def _interface(value: str, name: str) -> None:
                               "name without whitespace or control characters")
 
 
+def _listen(value: str, name: str) -> None:
+    from .metrics_http import parse_address  # imported when a value is given: the check lives with the endpoint
+
+    parse_address(value)
+
+
 def _mesh(value: str, name: str) -> None:
     try:
         check_mesh(value, name)
@@ -174,6 +180,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("drain_timeout", float, DEFAULT_DRAIN_S, "on SIGTERM, seconds the broker keeps answering the "
             "requests it already has before it exits (new connections are refused at once)",
             lo=0.0, hi=300.0, unit="seconds"),
+    Setting("metrics", str, lambda: "", "HOST:PORT of the HTTP endpoint serving /metrics (Prometheus) and /health "
+            "(empty: off; port 0: any free port)", lo=1, hi=300, unit="HOST:PORT address", item=_listen),
 )
 _BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
@@ -208,6 +216,7 @@ class BrokerConfig:
     authorized_keys: str = _default("authorized_keys")
     log_format: str = _default("log_format")
     drain_timeout: float = _default("drain_timeout")
+    metrics: str = _default("metrics")
     #: key -> where its value came from: "default", "file PATH", "env ZMESH_X" or "flag"
     sources: dict[str, str] = field(default_factory=lambda: dict.fromkeys(_BY_NAME, "default"),
                                     compare=False, repr=False)

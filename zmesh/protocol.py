@@ -262,6 +262,12 @@ OPS: dict[str, Op] = {
            "idle queue in arrival order.", (), returns="{agents: [agent], idle_queue: [agent ids], seq}"),
         Op("status", "Broker summary: task counts by status, agents by state and liveness, the "
            "idle queue, open blockers, sequence, durability.", (), returns="{...}"),
+        Op("health", "Is the broker healthy? `healthy` is false, with one line per reason, when the LMDB map "
+           "is nearly full, recent commits are slow or the data directory's disk is nearly full (the "
+           "thresholds are in the answer). Also the broker's id, version, uptime, sequence, store size and "
+           "map use, and the p95 of its recent commits. A read op with no agent: any role may ask.", (),
+           returns="{healthy, reasons: [text], broker_id, version, uptime, seq, store_bytes, used_bytes, map_size, "
+                   "map_use, commit_p95_ms, commits, disk_free_bytes, disk_size_bytes, disk_free_ratio, thresholds}"),
         Op(
             "replay",
             "Events with seq > since, oldest first (the bounded event log). Refused with "

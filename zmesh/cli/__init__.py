@@ -39,7 +39,7 @@ EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 EXIT_CODES = {
     EXIT_OK: "ok",
     EXIT_REFUSED: "refused or lost: not found, conflict, not owner, forbidden, stale token, lapsed claim, "
-                  "nothing to claim",
+                  "nothing to claim; a degraded broker (`zmesh health`)",
     EXIT_USAGE: "usage or invalid input: bad option or value, bad endpoint, bad configuration",
     EXIT_UNREACHABLE: "broker unreachable (no answer within --timeout)",
 }
@@ -173,7 +173,7 @@ def main(ctx: click.Context, broker: str | None, discover: bool, mesh: str | Non
 
 
 def _register() -> None:
-    from . import admin, agents, audit, backup, config_show, discover, events, gateway, guard, hooks, mcp, messages, reservations, security, serve, tasks, top, wait  # noqa: F401  (each module adds its commands to main)
+    from . import admin, agents, audit, backup, config_show, discover, events, gateway, guard, health, hooks, mcp, messages, reservations, security, serve, tasks, top, wait  # noqa: F401  (each module adds its commands to main)
 
 
 _register()

@@ -22,6 +22,10 @@ STATUS_KEYS = ("tasks", "agents", "claims", "states", "evasive", "idle_queue", "
                "broker_id", "version", "pid", "durability", "uptime", "endpoints", "pub", "data",
                "batches", "requests", "agent_list")
 ERROR_KEYS = ("code", "message", "details")
+#: the health op's answer, as `zmesh health --json` prints it
+HEALTH_KEYS = ("healthy", "reasons", "broker_id", "version", "uptime", "seq", "store_bytes", "used_bytes", "map_size",
+               "map_use", "commit_p95_ms", "commits", "disk_free_bytes", "disk_size_bytes", "disk_free_ratio",
+               "thresholds")
 #: a presence report's answer
 REPORT_KEYS = ("agent", "state", "position", "helpers", "seq")
 #: keys of an agent as stats and agents print it (the broker's agent view)
@@ -50,6 +54,9 @@ JSON_SHAPES: dict[str, tuple[tuple[str, ...], str] | None] = {
     "status": (STATUS_KEYS, "broker summary: `tasks` counts by status, `states` agents by state, "
                "`evasive` how many missed a heartbeat period, `idle_queue` idle agents in arrival "
                "order, `blockers` how many are open, `agent_list` one object per agent"),
+    "health": (HEALTH_KEYS, "`healthy` and, when not, `reasons` (one line per failed check: map_use, commits, disk); "
+               "the store's size on disk, bytes used of the LMDB map and `map_use` (their ratio), the p95 of the "
+               "last `commits` batches in ms, free disk, and the `thresholds` judged against"),
     "publish": (("topic", "seq"), "the event topic (msg.TOPIC) and its sequence number"),
     "events": (("topic", "seq", "body"), "one JSON object per line, per event"),
     "version": (("client", "protocol", "broker", "broker_protocol", "broker_id"),

@@ -43,13 +43,16 @@ from ._options import EndpointType, MeshName, Seconds
 @click.option("--drain-timeout", type=Seconds(0.0, 300.0),
               help="On SIGTERM, seconds to keep answering the requests already received before exiting "
                    "(env ZMESH_DRAIN_TIMEOUT; default 5).")
+@click.option("--metrics", metavar="HOST:PORT",
+              help="Serve GET /metrics (Prometheus) and GET /health over HTTP on this address, e.g. "
+                   "127.0.0.1:7702; port 0 picks a free one (env ZMESH_METRICS; default: off).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML config file (env ZMESH_CONFIG; see conf/zmesh.toml).")
 @click.option("-v", "--verbose", count=True, help="Debug logging (also accepted before `broker`).")
 @click.pass_context
 def broker(ctx: click.Context, data: str | None, bind: tuple[str, ...], pub_bind: tuple[str, ...],
            no_ipc: bool | None, no_discovery: bool | None, mesh: str | None, secure: bool | None, durability: str | None,
-           ttl: float | None, log_format: str | None, drain_timeout: float | None,
+           ttl: float | None, log_format: str | None, drain_timeout: float | None, metrics: str | None,
            config_path: str | None, verbose: int) -> None:
     """Run the lease broker until SIGINT/SIGTERM."""
     from ..broker import Broker, tune_gc
@@ -61,7 +64,7 @@ def broker(ctx: click.Context, data: str | None, bind: tuple[str, ...], pub_bind
         ipc=None if no_ipc is None else not no_ipc,
         discovery=None if no_discovery is None else not no_discovery,
         durability=durability, default_ttl=ttl, secure=secure, mesh=mesh, log_format=log_format,
-        drain_timeout=drain_timeout)
+        drain_timeout=drain_timeout, metrics=metrics)
     if config.log_format != "text":
         setup_logging(parent_verbose + verbose, zmesh_floor=logging.INFO, fmt=config.log_format)
     server = Broker(config)

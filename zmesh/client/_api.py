@@ -273,6 +273,12 @@ class Api(MessagesApi, AdminApi):
     def status(self) -> Any:
         return self._call(Call("status", {}, _identity))
 
+    def health(self) -> Any:
+        """The broker's health: ``{healthy, reasons, broker_id, version, uptime, seq,
+        store_bytes, used_bytes, map_size, map_use, commit_p95_ms, ...}`` (``reasons``: one
+        line per check that failed; empty when healthy)."""
+        return self._call(Call("health", {}, _identity))
+
     def replay(self, since: int, *, limit: int = 1000, topics: Iterable[str] = ()) -> Any:
         return self._call(Call("replay", {"since": since, "limit": limit,
                                           "topics": names("topics", topics)}, _identity))

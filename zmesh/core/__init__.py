@@ -105,7 +105,7 @@ class Core:
             **self.tasks.handlers(), **self.deliveries.handlers(), **self.messages.handlers(),
             **self.reservations.handlers(), **self.admin.handlers(), **self.audit.handlers(),
             "publish": self._publish, "status": self._status, "replay": self.log.replay,
-            "snapshot": self._snapshot,
+            "snapshot": self._snapshot, "health": self._health,
         }
         # an agent's own client speaks from its connection: the route its pushes take
         for op in ("register", "heartbeat"):
@@ -247,6 +247,10 @@ class Core:
         counts = {s: counter(b, b"count:" + s.encode()) for s in protocol.STATUSES}
         return {"agents": agents["agents"], "idle_queue": agents["idle_queue"],
                 "blockers": blockers["blockers"], "tasks": counts, "seq": counter(b, b"seq")}
+
+    def _health(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:
+        """The core's part of the health op (the broker adds the store's, the disk's and its own)."""
+        return {"seq": counter(b, b"seq")}
 
     def _status(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:
         counts = {s: counter(b, b"count:" + s.encode()) for s in protocol.STATUSES}

@@ -63,6 +63,7 @@ class Push:
     ts: float  #: when the message was sent (wall clock), for delivery latency
     raw: bytes  #: the push body, encoded
     live: bool  #: pushed in the batch that stored it (its latency is the broker's own)
+    attempt: int = 1  #: which delivery of this message to this agent (above 1: a redelivery)
 
 
 def view(msg: dict[str, Any]) -> dict[str, Any]:
@@ -219,7 +220,7 @@ class Deliveries:
             body["context"] = {**body["context"], **extra}
         body["delivery"] = {"agent": agent, "token": token, "attempt": entry["deliveries"]}
         b.pushes.append(Push(self.routes[agent], agent, msg["n"], token, msg["priority"], msg["ts"], dumps(body),
-                             live=not pending))
+                             live=not pending, attempt=entry["deliveries"]))
 
     def _expire(self, b: Batch, agent: str, msg: dict[str, Any], entry: dict[str, Any]) -> None:
         entry["state"] = "expired"
