@@ -435,7 +435,7 @@ def _targets(results: dict[str, Any]) -> None:
         add({"name": "client start -> first reply via discovery p95 (zeroconf on loopback) below Zyre's ~1 s join",
              "measured": f"{p95:,} µs (p50 {dj['latency_us'].get('p50'):,} µs, n {dj['n']})" if p95 else "not run",
              "goal": f"< {discovery.ZYRE_JOIN_S * 1e6:,.0f} µs", "met": p95 < discovery.ZYRE_JOIN_S * 1e6 if p95 else None})
-    for key in ("curve-claim", "curve-thr"):  # measured only in alternation: one run of both sides
+    for key in ("curve-claim", "curve-thr", "ops-claim", "ops-thr"):  # measured only in alternation
         p = pairs.get(key)
         if p is not None and p["median"] is not None:
             unit = "x" if p["below"] else ""

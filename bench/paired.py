@@ -55,6 +55,14 @@ def pairs(peers: bool, store_dir: str | None, agents: int, tasks: int) -> list[P
     def zmesh_secure(level: str) -> Callable[[], System]:
         return lambda: ZmeshSystem(f"zmesh({level}, curve)", level, level=level, secure=True)
 
+    def zmesh_ops(on: bool) -> Callable[[], System]:
+        """zmesh(full) with metrics served and scraped and the audit trail on, or with neither."""
+        if on:
+            return lambda: ZmeshSystem("zmesh(full, metrics+audit)", "full", level="full", scrape=True,
+                                       settings={"ZMESH_AUDIT": "writes"})
+        return lambda: ZmeshSystem("zmesh(full, no metrics, audit off)", "full", level="full",
+                                   settings={"ZMESH_AUDIT": "off"})
+
     def probe(name: str, mode: str, level: str) -> Callable[[], System]:
         return lambda: ProbeSystem(name, level, mode=mode, level=level)
 
@@ -79,6 +87,11 @@ def pairs(peers: bool, store_dir: str | None, agents: int, tasks: int) -> list[P
              zmesh_secure("full"), zmesh("full"), "latency", 1.25, True),
         Pair("curve-thr", "16-client durable throughput with CurveZMQ on / off: zmesh(full, --secure) / zmesh(full)",
              zmesh_secure("full"), zmesh("full"), "throughput16", 0.8, False),
+        Pair("ops-claim", "claim p95 with metrics (scraped every second) and the audit trail on / off: "
+             "zmesh(full, metrics+audit) / zmesh(full, neither)", zmesh_ops(True), zmesh_ops(False), "latency",
+             1.10, True),
+        Pair("ops-thr", "16-client durable throughput with metrics and the audit trail on / off",
+             zmesh_ops(True), zmesh_ops(False), "throughput16", 0.9, False),
         Pair("agents", f"claim p95 with {agents:,} agents heartbeating / the same broker without them",
              zmesh("full"), zmesh("full"), "agents", 1.5, True),
     ]

@@ -7,9 +7,11 @@ a missing fsync. Peers (etcd, Redis, NATS) live in bench/peers.py and follow the
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -136,6 +138,11 @@ class ZmeshSystem(System):
     #: CurveZMQ on (``zmesh broker --secure``): the harness makes the broker's key pair and
     #: one client key on its allow-list; every bench client of this system uses that key
     secure: bool = False
+    #: ZMESH_* settings for the broker process (e.g. {"ZMESH_AUDIT": "off"})
+    settings: dict[str, str] = field(default_factory=dict)
+    #: serve metrics (``--metrics``) and scrape them once a second while the system is up,
+    #: as a Prometheus server would (more often than its usual 15 s: the cost shows)
+    scrape: bool = False
 
     def start(self, workdir: Path) -> dict[str, Any]:
         import zmesh
@@ -155,16 +162,63 @@ class ZmeshSystem(System):
             (data / "keys" / "authorized" / client_public.name).write_bytes(client_public.read_bytes())
             keys = {"server_key": str(broker_public), "key": str(client_secret)}
             extra.append("--secure")
+        metrics = ""
+        if self.scrape:
+            metrics = f"127.0.0.1:{free_port()}"
+            extra += ["--metrics", metrics]
         cmd = [sys.executable, "-m", "zmesh", "broker", "--data", str(data), "--bind", ep,
                "--pub-bind", f"tcp://127.0.0.1:{pub}", "--no-discovery", "--durability", self.level,
                "--ttl", "60", *extra]
         options = curve_sockopts(keys)
-        self.servers.append(Server(cmd, workdir / f"zmesh-{self.level}.log").start(
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ZMESH_")}
+        env.update(self.settings)
+        self.servers.append(Server(cmd, workdir / f"zmesh-{self.level}.log", env).start(
             lambda: ping(ep, 0.2, options) is not None))
+        if metrics:
+            self._scraper = Scraper(f"http://{metrics}/metrics").start()
         return {"kind": "zmesh", "endpoint": ep, "pub": f"tcp://127.0.0.1:{pub}", "data": str(data), **keys}
+
+    def stop(self) -> None:
+        scraper = getattr(self, "_scraper", None)
+        if scraper is not None:
+            scraper.stop()
+            self._scraper = None
+        super().stop()
 
     def prepare(self, info: dict[str, Any], keys: list[str]) -> None:
         create_tasks(info["endpoint"], keys, info)
+
+
+class Scraper:
+    """GET a metrics URL once a second in a thread, as a Prometheus server would; a failed
+    scrape is counted (the report shows it), never hidden."""
+
+    def __init__(self, url: str, interval: float = 1.0) -> None:
+        self.url, self.interval = url, interval
+        self.done = threading.Event()
+        self.scrapes = self.failures = 0
+        self.thread = threading.Thread(target=self._run, name="bench-scraper", daemon=True)
+
+    def start(self) -> "Scraper":
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        import urllib.request
+
+        while not self.done.wait(self.interval):
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as r:
+                    r.read()
+                self.scrapes += 1
+            except OSError:
+                self.failures += 1
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(10)
+        if self.failures:
+            print(f"bench: {self.failures} of {self.scrapes + self.failures} metric scrapes of {self.url} failed")
 
 
 def curve(info: dict[str, Any]) -> dict[str, str]:

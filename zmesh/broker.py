@@ -193,14 +193,15 @@ class Broker:
         self._recovered = True
         took = time.monotonic() - started
         log.info("recovered in %.3f s: %d agent lease(s) restarted with a full TTL, %d claim(s) held, "
-                 "%s, %d old event(s) trimmed, event seq %d", took,
+                 "%s, %d old event(s) trimmed, %d audit record(s) past audit_retention trimmed, event seq %d", took,
                  recovery.agents, recovery.claims,
                  "claims read from the clean-shutdown index" if recovery.claim_index else
                  "every task scanned for claims (no clean-shutdown index: first start or after a crash)",
-                 recovery.trimmed_events, self._seq,
+                 recovery.trimmed_events, recovery.trimmed_audit, self._seq,
                  extra={"event": "broker.recovered", "seconds": round(took, 3), "agents": recovery.agents,
                         "claims": recovery.claims, "claim_index": recovery.claim_index,
-                        "trimmed_events": recovery.trimmed_events, "seq": self._seq})
+                        "trimmed_events": recovery.trimmed_events, "trimmed_audit": recovery.trimmed_audit,
+                        "seq": self._seq})
 
     def _advertise(self) -> None:
         if not self.config.discovery:

@@ -271,19 +271,18 @@ class BrokerStats:
 def store_figures(store: Store) -> dict[str, Any]:
     """The LMDB store's size and map use, and the free space of its file system (empty
     for a store that is not LMDB)."""
-    env, path = getattr(store, "env", None), getattr(store, "path", None)
-    if env is None or path is None:
+    used, map_size = store.usage()  # the store's own figures (Store.usage), as the near-full warning reads them
+    path = getattr(store, "path", None)
+    if not map_size or path is None:  # a memory store: no map, no file
         return {}
-    info, stat = env.info(), env.stat()
-    used = (info["last_pgno"] + 1) * stat["psize"]
     try:
         file_bytes = os.path.getsize(os.path.join(path, "data.mdb"))
     except OSError:
         file_bytes = 0
     fs = os.statvfs(path)
     size = fs.f_blocks * fs.f_frsize
-    return {"store_bytes": file_bytes, "used_bytes": used, "map_size": info["map_size"],
-            "map_use": round(used / info["map_size"], 4), "disk_free_bytes": fs.f_bavail * fs.f_frsize,
+    return {"store_bytes": file_bytes, "used_bytes": used, "map_size": map_size,
+            "map_use": round(used / map_size, 4), "disk_free_bytes": fs.f_bavail * fs.f_frsize,
             "disk_size_bytes": size, "data": path}
 
 
