@@ -12,11 +12,13 @@ from typing import Any, Callable
 import pytest
 
 from zmesh import Client
+from zmesh.broker import USAGE_CHECK_S
 from zmesh.cli._docs import HEALTH_KEYS, JSON_SHAPES
 from zmesh.metrics import (COMMIT_WINDOW, DISK_FREE_MIN_BYTES, DISK_FREE_MIN_RATIO, MAP_USE_MAX, SLOW_COMMIT_S,
                            judge)
 from zmesh.testing import BrokerProcess, free_port
 
+from .conftest import wait_for
 from .test_cli import Cli, run
 from .test_metrics import get, metrics_url, scrape, value
 
@@ -112,6 +114,8 @@ def test_a_nearly_full_map_is_degraded(tmp_path: Path, broker_factory: Callable[
     assert status == 503 and json.loads(body)["reasons"][0].startswith("map_use: ")
     _, samples, _ = scrape(url)
     assert value(samples, "zmesh_healthy") == 0 and value(samples, "zmesh_store_map_use_ratio") >= MAP_USE_MAX
+    # the broker's log says it too: one store.near_full line (looked at every USAGE_CHECK_S)
+    wait_for(lambda: "store near full:" in broker.log(), timeout=USAGE_CHECK_S + 5, what="the near-full warning")
 
 
 def test_no_broker_is_exit_3() -> None:
