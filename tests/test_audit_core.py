@@ -425,3 +425,11 @@ def test_the_query_answers_what_a_model_of_the_trail_says(mode: str, retention: 
             assert page["next"] < (before or model.last_id + 1), "paging does not move on"
             before = page["next"]
         assert found == model.answer(wanted), (wanted, limit)
+
+
+def test_an_admin_op_that_writes_no_record_is_recorded_in_writes_mode(h: Harness) -> None:
+    """`backup` changes nothing in the store, yet it is an operator's action: the trail has it
+    (the core's part of a backup; the broker makes the copy), and a read beside it is not."""
+    ok(h, "status")
+    ok(h, "backup", dest="/var/backups/zmesh/one")
+    assert [(r["op"], r["result"]) for r in trail(h)] == [("backup", "ok")]

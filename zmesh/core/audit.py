@@ -6,8 +6,9 @@ Rules it keeps:
 * What is recorded is the ``audit`` setting's (``Settings.audit``, read at each use):
 
   - ``writes``: every op that may change durable state (``protocol.WRITE_OPS``: heartbeat
-    and renew are not among them, they only move volatile deadlines), and every refused
-    request of any op;
+    and renew are not among them, they only move volatile deadlines), every admin op
+    (``backup`` writes no record of the store, yet an operator's action is recorded), and
+    every refused request of any op;
   - ``all``: every request the core handles, reads and heartbeats included (a read then
     costs a commit);
   - ``off``: nothing (the records already kept stay, within the bound).
@@ -45,7 +46,7 @@ from ..ops_audit import AUDIT, AUDIT_SCAN_LIMIT
 from ..protocol import WRITE_OPS
 from .context import Batch, Settings
 from .eventlog import bump, counter
-from .identity import ACTORS
+from .identity import ACTORS, ADMIN_OPS
 from .schema import AUDIT_COUNTER, audit_key, dumps, loads
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class Audit:
     def done(self, b: Batch, op: str, body: dict[str, Any], reply: Any, waiting: bool) -> None:
         """A request the core answered (``waiting``: a reserve queued, answered later)."""
         mode = self.settings.audit
-        if mode == "all" or (mode == "writes" and op in WRITE_OPS):
+        if mode == "all" or (mode == "writes" and (op in WRITE_OPS or op in ADMIN_OPS)):
             task = body.get(TASK_FIELDS.get(op, "task"))
             if op in TASK_IN_REPLY and reply is not None:
                 task = reply["task"]
