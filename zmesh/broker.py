@@ -19,7 +19,8 @@ and the store closed. Every reply sent was committed first, so an acknowledged w
 never lost by a stop. Under systemd (``Type=notify``) the broker says READY=1 when it
 serves and STOPPING=1 when it drains (sd_notify.py).
 
-This is the only module that reads the clock; the core gets ``now`` from here. A request
+This is the module that reads the clock for the core, which gets ``now`` from here
+(broker_jobs.py only times a backup). A request
 that crashes the core (a bug) is answered ``internal`` and the rest of its batch is applied
 again without it; the loop never dies of input.
 
