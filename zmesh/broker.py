@@ -316,9 +316,7 @@ class Broker:
             if self._pass(readable) < MAX_BATCH:
                 break
         while self._low and time.monotonic() < deadline and self._stops < 2:
-            batch = [self._low.popleft()[0] for _ in range(min(MAX_BATCH, len(self._low)))]
-            self._low_bytes -= sum(len(item.body) for item in batch)
-            self._commit(batch)
+            self._commit_low(MAX_BATCH)
         left = len(self._low)
         log.info("drained in %.3f s: answered %d request(s) received before the stop%s", time.monotonic() - started,
                  self.requests - before, f"; {left} low-priority request(s) left unanswered (their clients resend)"
@@ -400,10 +398,14 @@ class Broker:
         # low_batch, or at once (a batch per pass) while more than LOW_BACKLOG_BYTES wait
         low, over = len(self._low), self._low_bytes > LOW_BACKLOG_BYTES
         if low and (not urgent or now - self._low[0][1] >= self.config.low_batch or over):
-            batch = [self._low.popleft()[0] for _ in range(min(MAX_BATCH if over else LOW_PER_PASS, low))]
-            self._low_bytes -= sum(len(item.body) for item in batch)
-            self._commit(batch)
+            self._commit_low(MAX_BATCH if over else LOW_PER_PASS)
         return len(drained)
+
+    def _commit_low(self, most: int) -> None:
+        """Apply up to ``most`` of the deferred low-priority requests, oldest first."""
+        batch = [self._low.popleft()[0] for _ in range(min(most, len(self._low)))]
+        self._low_bytes -= sum(len(item.body) for item in batch)
+        self._commit(batch)
 
     def _commit(self, items: list[Item]) -> None:
         """Apply ``items`` (and expiry) in one transaction, then send what it produced:

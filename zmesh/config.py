@@ -371,17 +371,20 @@ def _hint(key: str) -> str:
     return f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(_BY_NAME)})"
 
 
-def _toml(value: Any) -> str:
-    """``value`` as it would be written in the file (shortened)."""
+def toml_text(value: Any) -> str:
+    """``value`` as it is written in a TOML file, whole (`zmesh config show` prints these)."""
     if isinstance(value, (bool, str)):
-        text = json.dumps(value, ensure_ascii=False)  # true, false and "..." as in TOML
-    elif isinstance(value, (list, tuple)):
-        text = "[" + ", ".join(map(_toml, value)) + "]"
-    elif isinstance(value, dict):
-        text = "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
-    else:
-        text = str(value)  # numbers (nan, inf, -inf as TOML writes them), dates
-    return _short(text)
+        return json.dumps(value, ensure_ascii=False)  # true, false and "..." as in TOML
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(toml_text, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_text(v)}" for k, v in value.items()) + "}"
+    return str(value)  # numbers (nan, inf, -inf as TOML writes them), dates
+
+
+def _toml(value: Any) -> str:
+    """``value`` as it would be written in the file, shortened for a message."""
+    return _short(toml_text(value))
 
 
 def _short(text: str, limit: int = 80) -> str:

@@ -12,13 +12,12 @@ commented out: a file may not set it to ""); ``--json`` gives ``{config, sources
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import click
 
-from ..config import SETTINGS, BrokerConfig
+from ..config import SETTINGS, BrokerConfig, toml_text
 from . import main
 from ._output import Ctx, emit, json_flag, pass_ctx
 
@@ -43,22 +42,14 @@ def show(ctx: Ctx, config_path: str | None) -> None:
 
 
 def _human(d: dict[str, Any]) -> list[str]:
-    width = max(len(f"{k} = {toml_value(v)}") for k, v in d["config"].items())
+    width = max(len(f"{k} = {toml_text(v)}") for k, v in d["config"].items())
     lines = ["# effective zmesh broker configuration: defaults < "
              + (f"file {d['file']}" if d["file"] else "no file") + " < ZMESH_* env (flags of `zmesh broker` "
              "rank above all)", "[broker]"]
     for key, value in d["config"].items():
-        line = f"{key} = {toml_value(value)}"
+        line = f"{key} = {toml_text(value)}"
         if value == "":  # an empty path means "the default place": a file may not say "", so it is a comment
             line = "# " + line
         lines.append(f"{line:<{width}}  # {d['sources'][key]}")
     return lines
 
-
-def toml_value(value: Any) -> str:
-    """``value`` as TOML writes it (every value a setting can hold: str, bool, int, float, list of str)."""
-    if isinstance(value, (bool, str)):
-        return json.dumps(value, ensure_ascii=False)  # true, false and "..." (escapes as TOML's basic strings)
-    if isinstance(value, list):
-        return "[" + ", ".join(map(toml_value, value)) + "]"
-    return repr(value)
