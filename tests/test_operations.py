@@ -282,6 +282,9 @@ def test_backup_refuses_a_bad_destination(broker: BrokerProcess, tmp_path: Path)
     with Client(broker.endpoint, timeout=5.0) as c:
         with pytest.raises(BadRequest, match="not an absolute path"):
             c.backup("relative/dir")
+        for bad in (f"{tmp_path}/a\x00b", f"{tmp_path}/a\nb", "/" + "x" * 5000):  # all taken before (NUL, too long: internal)
+            with pytest.raises(BadRequest, match="is not a path: no control characters"):
+                c.backup(bad)
     z.ok("backup", str(tmp_path / "ok"))
     assert (tmp_path / "ok" / "data.mdb").exists()
 

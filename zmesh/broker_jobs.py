@@ -119,8 +119,16 @@ class Backups:
             job.thread.join()
 
 
+#: the longest DEST taken, in bytes (PATH_MAX on Linux)
+MAX_DEST_BYTES = 4096
+
+
 def check_dest(dest: str) -> None:
-    """DEST is absolute, its parent a directory, and it is new or an empty directory."""
+    """DEST is a path (no control characters, at most MAX_DEST_BYTES), absolute, its parent a
+    directory, and it is new or an empty directory."""
+    if protocol.CONTROL_CHARS.search(dest) or len(dest.encode()) > MAX_DEST_BYTES:
+        raise BadRequest(f"dest {protocol.escape_controls(dest[:80])!r} is not a path: no control characters, "
+                         f"at most {MAX_DEST_BYTES} bytes", {"field": "dest"})
     if not os.path.isabs(dest):
         raise BadRequest(f"dest {dest!r} is not an absolute path (it names a place on the broker's host)",
                          {"field": "dest"})
