@@ -189,13 +189,12 @@ class BrokerStats:
             counts[outcome] = counts.get(outcome, 0) + 1
 
     def answered(self, answers: Iterable[tuple[Any, str]], sent: float) -> None:
-        """Requests that waited, answered now: (request, outcome) pairs."""
+        """Requests that waited, answered now: (request, outcome) pairs, counted as replied."""
+        items = []
         for item, outcome in answers:
-            i = self.ops[item.req.op]
-            took = sent - item.at
-            self.latency[i][bisect_left(LATENCY_BUCKETS, took)] += 1
-            self.latency_sum[i] += took
-            self.results[i][outcome] = self.results[i].get(outcome, 0) + 1
+            item.outcome = outcome
+            items.append(item)
+        self.replied(items, sent)
 
     def committed(self, size: int, took: float, events: list[Event]) -> None:
         """One batch of ``size`` requests took ``took`` seconds and published ``events``."""
