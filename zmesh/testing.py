@@ -8,6 +8,7 @@ then SIGKILL). ``kill()`` is the fault injection: SIGKILL, as a crash would.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,8 +24,41 @@ import zmq
 from . import protocol
 
 
+#: where free_port looks when the kernel's ephemeral range leaves room below it: a port the
+#: kernel hands out for bind(0) is also one it hands out as the local end of an outgoing
+#: connection, so a broker told to bind it later can find it taken by some client's socket
+_LOW_PORTS = (20000, 32767)
+_rng = random.SystemRandom()  # not the global one, which hypothesis seeds
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the kernel picks it)."""
+    """A TCP port free on 127.0.0.1 right now, outside the kernel's ephemeral range when
+    there is room (so no outgoing connection takes it before the broker binds it); the
+    kernel picks one when there is not."""
+    low, high = _LOW_PORTS
+    eph_low, eph_high = _ephemeral_range()
+    if not (eph_low <= high and low <= eph_high):
+        for _ in range(64):
+            port = _rng.randint(low, high)
+            if _bindable(port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -49,17 +83,36 @@ def ping(endpoint: str, timeout: float = 0.5, options: Sequence[tuple[int, Any]]
         sock.close(0)
 
 
+class _PortTaken(RuntimeError):
+    """The broker exited because a port it was told to bind was taken."""
+
+
 @dataclass
 class BrokerProcess:
     data: Path
     durability: str = "full"
     extra: Sequence[str] = ()
-    port: int = field(default_factory=free_port)
-    pub_port: int = field(default_factory=free_port)
+    #: 0: pick free ports, and pick again if the broker finds one taken after all
+    port: int = 0
+    pub_port: int = 0
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     #: CURVE client options the readiness ping uses (a secure broker answers nothing else)
     curve: Sequence[tuple[int, Any]] = ()
+    _picked: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.port and not self.pub_port:
+            self._picked = True
+            self._pick_ports()
+        elif not self.port or not self.pub_port:
+            raise ValueError("give both port and pub_port, or neither")
+
+    def _pick_ports(self) -> None:
+        self.port = free_port()
+        self.pub_port = free_port()
+        while self.pub_port == self.port:
+            self.pub_port = free_port()
 
     @property
     def endpoint(self) -> str:
@@ -80,8 +133,22 @@ class BrokerProcess:
                 "--durability", self.durability, *self.extra]
 
     def start(self, timeout: float = 20.0) -> "BrokerProcess":
+        """Start and wait for ``hello``. A port taken between the pick and the bind (another
+        process got it first: the pick is only a probe) is picked again, a few times, when
+        this object picked it; a port the caller gave is the caller's to keep free."""
+        for _ in range(4):
+            try:
+                return self._start_once(timeout)
+            except _PortTaken:
+                if not self._picked:
+                    raise
+                self._pick_ports()
+        return self._start_once(timeout)
+
+    def _start_once(self, timeout: float) -> "BrokerProcess":
         self.log_path = self.data.parent / f"{self.data.name}-broker.log"
         log = open(self.log_path, "ab")
+        since = log.tell()  # the log is appended to: judge this start by its own lines
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env)
@@ -89,6 +156,9 @@ class BrokerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                own = self.log_path.read_bytes()[since:].decode(errors="replace")
+                if "cannot bind" in own and "Address already in use" in own:
+                    raise _PortTaken(own)
                 raise RuntimeError(f"broker exited with {self.proc.returncode}:\n{self.log()}")
             if ping(self.endpoint, 0.2, self.curve) is not None:
                 return self
