@@ -133,7 +133,8 @@ class Broker:
         self._ctx = context or zmq.Context.instance()
         self._routers: list[zmq.Socket] = []
         self._pub: zmq.Socket | None = None
-        self._backups = Backups(self.store, self.store.broker_id, self._wake)
+        self._backups = Backups(self.store, self.store.broker_id, self._wake,
+                                (self.config.key_path, self.config.authorized_path))
         self._applier = Applier(self.core, self.store, answer={"hello": self._hello},
                                 extend={"status": lambda b, body, item: {**body, **self._info()},
                                         "msgstats": lambda b, body, item: {**body, "latency_ms": self._latency()},

@@ -11,6 +11,11 @@ Rules it keeps:
   were committed first). It runs in a thread (LMDB copies without the GIL: the loop goes on
   serving) and writes only into DEST, which must be an absolute path on the broker's host
   that does not exist yet or is an empty directory; it is made 0700.
+* With ``keys`` (the default) the broker's keys go with the data, into DEST/keys: its key
+  pair (``broker.key_secret``, 0600, and ``broker.key``) and the public half of every client
+  key its allow-list admits (``authorized/`` and its role directories), so a restored secure
+  broker keeps the identity its clients pinned and admits the same clients. A client's
+  secret is never copied. A broker that never ran secure has none: DEST/keys is not made.
 * Replies go out from the loop, never from the thread (the sockets are the loop's): the
   thread leaves its answer in a queue and wakes the loop.
 * The store is not closed under a running copy: :meth:`Backups.wait` joins it first.
@@ -23,24 +28,31 @@ import os
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any, Callable
 
 from . import protocol
 from .core import DEFERRED, Batch
 from .errors import BadRequest, Conflict, Internal, RemoteError
+from .keys import copy_keys
 from .store import Store
 
 log = logging.getLogger("zmesh.broker")
 
 #: the file LMDB writes in a copy's directory
 DATA_FILE = "data.mdb"
+#: where a backup keeps the keys (``keys``): the directory, the pair in it, the allow-list in it
+KEYS_DIR = "keys"
+BACKUP_PAIR = "broker.key_secret"
+BACKUP_ALLOWED = "authorized"
 
 
 class _Job:
-    __slots__ = ("dest", "req_id", "seq", "waiters", "thread", "started")
+    __slots__ = ("dest", "keys", "req_id", "seq", "waiters", "thread", "started")
 
-    def __init__(self, dest: str, req_id: bytes, seq: int) -> None:
+    def __init__(self, dest: str, keys: bool, req_id: bytes, seq: int) -> None:
         self.dest = dest
+        self.keys = keys
         self.req_id = req_id
         self.seq = seq
         self.waiters: list[tuple[Any, bytes]] = []  # (router, ident) owed the answer
@@ -51,8 +63,11 @@ class _Job:
 class Backups:
     """The broker's backups: started from a request (``extend``), answered from the loop (``replies``)."""
 
-    def __init__(self, store: Store, broker_id: str, wake: Callable[[], None]) -> None:
+    def __init__(self, store: Store, broker_id: str, wake: Callable[[], None],
+                 keys: tuple[Path, Path] | None = None) -> None:
         self._store = store
+        #: (the broker's key pair file, its allow-list directory): what ``keys`` copies
+        self._keys = keys
         self._broker_id = broker_id
         self._wake = wake
         self._running: _Job | None = None
@@ -70,7 +85,7 @@ class Backups:
                                {"field": "dest", "running": job.dest})
         else:
             check_dest(dest)
-            job = self._running = _Job(dest, item.req.req_id, body["seq"])
+            job = self._running = _Job(dest, body.get("keys", True), item.req.req_id, body["seq"])
             job.thread = threading.Thread(target=self._copy, args=(job,), name="zmesh-backup", daemon=True)
             job.thread.start()
             log.info("backup to %s started (every write acknowledged up to event seq %d is in it)", dest,
@@ -86,11 +101,24 @@ class Backups:
             os.makedirs(job.dest, mode=0o700, exist_ok=True)
             self._store.backup(job.dest)
             size = os.path.getsize(os.path.join(job.dest, DATA_FILE))
+            keys = None
+            if job.keys and self._keys is not None:
+                pair, allowed = self._keys
+                out = Path(job.dest, KEYS_DIR)
+                keys = copy_keys(pair, allowed, out / BACKUP_PAIR, out / BACKUP_ALLOWED)
+                if keys["broker_key"] is None and not keys["authorized"]:
+                    try:
+                        out.rmdir()  # made by nothing: a broker that never ran secure
+                    except OSError:
+                        pass
             took = time.monotonic() - job.started
             result = {"dest": job.dest, "bytes": size, "seconds": round(took, 3), "broker_id": self._broker_id,
-                      "seq": job.seq}
-            log.info("backup to %s done: %d bytes in %.3f s", job.dest, size, took,
-                     extra={"event": "backup.done", "dest": job.dest, "bytes": size, "seconds": round(took, 3)})
+                      "seq": job.seq, "keys": keys}
+            log.info("backup to %s done: %d bytes in %.3f s%s", job.dest, size, took,
+                     "" if keys is None else f"; keys: broker key {keys['broker_key'] or 'none'}, "
+                     f"{keys['authorized']} client key(s)",
+                     extra={"event": "backup.done", "dest": job.dest, "bytes": size, "seconds": round(took, 3),
+                            "keys": keys})
         except Exception as exc:  # the disk's trouble (full, permissions): said to the caller and the log
             result = Internal(f"backup to {job.dest} failed: {exc}", {"field": "dest"})
             log.warning("backup to %s failed: %s", job.dest, exc,

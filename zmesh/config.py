@@ -221,6 +221,16 @@ class BrokerConfig:
     sources: dict[str, str] = field(default_factory=lambda: dict.fromkeys(_BY_NAME, "default"),
                                     compare=False, repr=False)
 
+    @property
+    def key_path(self) -> Path:
+        """The broker's key pair file: ``key_file``, else DATA/keys/broker.key_secret."""
+        return Path(self.key_file or Path(self.data) / "keys" / "broker.key_secret")
+
+    @property
+    def authorized_path(self) -> Path:
+        """The allow-list directory: ``authorized_keys``, else DATA/keys/authorized."""
+        return Path(self.authorized_keys or Path(self.data) / "keys" / "authorized")
+
     @classmethod
     def load(cls, path: str | None = None, env: Mapping[str, str] | None = None,
              **flags: Any) -> "BrokerConfig":

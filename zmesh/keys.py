@@ -25,6 +25,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.auth
@@ -205,3 +206,48 @@ class AllowList:
         """The role of ``public`` (Z85), or None when it is not allowed."""
         entry = self.entries().get(public)
         return None if entry is None else entry[1]
+
+
+def public_file(secret_file: Path) -> Path | None:
+    """The public file beside a ``NAME.key_secret`` (``NAME.key``, keygen's pair); None for a
+    file named otherwise."""
+    name = secret_file.name
+    return secret_file.with_name(name[: -len("_secret")]) if name.endswith(".key_secret") else None
+
+
+def write_public(path: Path, public: bytes) -> None:
+    """A public key file in ZeroMQ's certificate format (what keygen writes as NAME.key)."""
+    path.write_text("#   ZeroMQ CURVE Public Certificate (copied by zmesh)\n\nmetadata\ncurve\n"
+                    f'    public-key = "{public.decode("ascii")}"\n')
+    path.chmod(0o644)
+
+
+def copy_keys(pair_file: Path, allowed: Path, dest_pair: Path, dest_allowed: Path) -> dict[str, Any]:
+    """Copy a broker's keys: its pair (``pair_file``, when there is one) to ``dest_pair``
+    (mode 0600, its public file beside it when named NAME.key_secret), and the public half of
+    every key its allow-list ``allowed`` admits, each in its role's directory under
+    ``dest_allowed`` (a client's secret is never copied). The destinations must not hold
+    keys (the caller moved them aside). Returns {broker_key: fingerprint or None,
+    authorized: how many client keys}."""
+    fp = None
+    if pair_file.is_file():
+        pair = load_pair(pair_file, "key_file")
+        dest_pair.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+        fd = os.open(dest_pair, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pair_file.read_bytes())
+            os.fsync(fh.fileno())
+        public = public_file(dest_pair)
+        if public is not None:
+            write_public(public, pair.public)
+        fp = pair.fingerprint
+    count = 0
+    if allowed.is_dir():
+        for key, (source, role) in AllowList(allowed).entries().items():
+            folder = dest_allowed / ROLE_DIRS[role]
+            folder.mkdir(parents=True, mode=0o700, exist_ok=True)
+            name = Path(source).name
+            write_public(folder / (public_file(Path(name)) or Path(name)).name, key)
+            count += 1
+        dest_allowed.mkdir(parents=True, mode=0o700, exist_ok=True)  # an empty list stays a list
+    return {"broker_key": fp, "authorized": count}

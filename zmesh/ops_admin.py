@@ -70,8 +70,10 @@ ADMIN_OPS: tuple[Op, ...] = (
         "directory. Every write acknowledged before the request is in it. The answer comes when the "
         "copy is done; one backup at a time. A new broker started on a directory holding the copy "
         "(`zmesh restore`) has every task and claim it holds.",
-        (Field("dest", "text", True, doc="absolute path of a new or empty directory on the broker's host"),),
-        returns="{dest, bytes, seconds, broker_id, seq}",
+        (Field("dest", "text", True, doc="absolute path of a new or empty directory on the broker's host"),
+         Field("keys", "bool", default=True, doc="also copy the broker's key pair and the public keys its "
+               "allow-list admits, into DEST/keys (a client's secret is never copied)")),
+        returns="{dest, bytes, seconds, broker_id, seq, keys: {broker_key, authorized} or null}",
         errors=("bad_request", "conflict", "forbidden", "internal"),
         admin=True,
     ),

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import zmq
@@ -98,14 +97,14 @@ def open_gate(context: zmq.Context, config: BrokerConfig) -> Gate:
     """The gate for a secure broker, started: its key pair (made on the first start when the
     default path is used) and its allow-list directory (made empty, with a warning, when the
     default one is missing; a configured one that is missing is a ConfigError)."""
-    keys_dir = Path(config.data) / "keys"
-    key_file = Path(config.key_file or keys_dir / "broker.key_secret")
+    key_file = config.key_path
     if not config.key_file and not key_file.exists():
+        keys_dir = key_file.parent
         keygen(keys_dir, "broker")
         log.info("made the broker's key pair in %s (clients need %s as ZMESH_SERVER_KEY)", keys_dir,
                  keys_dir / "broker.key")
     pair = load_pair(key_file, "key_file")
-    allowed = Path(config.authorized_keys or keys_dir / "authorized")
+    allowed = config.authorized_path
     if not allowed.is_dir():
         if config.authorized_keys:
             raise ConfigError(f"authorized_keys: {allowed} is not a directory", {"field": "authorized_keys"})

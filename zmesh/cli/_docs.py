@@ -112,11 +112,13 @@ JSON_SHAPES: dict[str, tuple[tuple[str, ...], str] | None] = {
                       "requeued} (the recipients)"),
     "config show": (("config", "sources", "file"), "`config`: every setting's effective value; `sources`: where "
                     "each came from (default, file PATH, env ZMESH_X); `file`: the config file read, or null"),
-    "backup": (("dest", "bytes", "seconds", "broker_id", "seq"), "where the copy is (on the broker's host), its "
-               "size, how long it took, and the event seq every write up to which it holds"),
-    "restore": (("data", "broker_id", "schema", "seq", "tasks", "kept"), "the data directory made, the broker it "
-                "was, its schema, event seq and task counts by status; `kept`: where the data that was there went "
-                "(--force), or null"),
+    "backup": (("dest", "bytes", "seconds", "broker_id", "seq", "keys"), "where the copy is (on the broker's "
+               "host), its size, how long it took, and the event seq every write up to which it holds; `keys`: "
+               "{broker_key (fingerprint, or null: no pair), authorized (client keys copied)}, null with --no-keys"),
+    "restore": (("data", "broker_id", "schema", "seq", "tasks", "kept", "keys"), "the data directory made, the "
+                "broker it was, its schema, event seq and task counts by status; `kept`: where the data that was "
+                "there went (--force), or null; `keys`: {broker_key, authorized, key_file, authorized_keys (where "
+                "they went, null: not in the backup), kept (keys moved aside)}, null when none were restored"),
     "audit": (("records",), "`records`: the audit records shown, oldest first, each {id, ts, op, agent, task, "
               "result (ok, waiting or an error code), seq (the event seq after it), key (fingerprint; null with "
               "security off), role}"),

@@ -12,8 +12,12 @@ Rules:
   existing data unless ``--force`` (the old file is kept beside it, renamed), then opens the
   result as a broker would (schema checked, upgraded if older) and says what it holds.
   A broker started on that directory recovers every task and claim of the copy.
-* The keys (DATA/keys) are not in a backup: copy them apart (the broker's secret key is
-  sensitive), or clients that pinned the broker's key refuse the restored one.
+* The broker's keys go with the data (``--no-keys`` leaves them out): its key pair and the
+  public keys its allow-list admits, in DEST/keys (broker_jobs.py). ``restore`` puts them
+  where the restored broker reads them (``key_file`` and ``authorized_keys`` of the config,
+  by default DATA/keys), so a secure broker comes back with the identity its clients pinned
+  and admits the same clients. Keys already there are refused, or kept renamed with
+  ``--force``, as the data is; all that is checked before anything is moved.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import fcntl
 import os
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -31,7 +36,8 @@ from ..core.eventlog import read_counter
 from ..errors import Conflict, InvalidArgument, StoreError
 from ..protocol import CONTROL_CHARS, STATUSES, escape_controls
 from ..store import LmdbStore, SCHEMA_VERSION
-from ..broker_jobs import DATA_FILE
+from ..broker_jobs import BACKUP_ALLOWED, BACKUP_PAIR, DATA_FILE, KEYS_DIR
+from ..keys import copy_keys, public_file
 from . import main
 from ._options import Seconds
 from .security import KeyDir
@@ -56,32 +62,56 @@ class HostPath(click.ParamType):
 @click.argument("dest", type=HostPath())
 @click.option("--wait", type=Seconds(1, 86400), default=3600, show_default=True,
               help="Seconds to wait for the copy to finish (beyond --timeout).")
+@click.option("--keys/--no-keys", default=True, show_default=True,
+              help="Copy the broker's key pair and allowed client keys into DEST/keys too.")
 @json_flag
 @pass_ctx
-def backup(ctx: Ctx, dest: str, wait: float) -> None:
+def backup(ctx: Ctx, dest: str, wait: float, keys: bool) -> None:
     """Copy the broker's data into DEST (a new or empty directory on the broker's host) while it
     serves: LMDB's consistent, compacted copy, with every write acknowledged before it began."""
     dest = os.path.abspath(os.path.expanduser(dest))
-    result = ctx.client().backup(dest, wait=wait)
-    emit(ctx, result, lambda r: f"backup of broker {esc(r['broker_id'])} in {esc(r['dest'])}: {r['bytes']} bytes "
-                                f"in {r['seconds']:.3f} s (every write up to event seq {r['seq']})")
+    result = ctx.client().backup(dest, keys=keys, wait=wait)
+    emit(ctx, result, _human_backup)
+
+
+def _human_backup(r: dict[str, Any]) -> list[str]:
+    lines = [f"backup of broker {esc(r['broker_id'])} in {esc(r['dest'])}: {r['bytes']} bytes "
+             f"in {r['seconds']:.3f} s (every write up to event seq {r['seq']})"]
+    keys = r.get("keys")
+    if keys is None:
+        lines.append("keys: not copied (--no-keys)")
+    elif keys["broker_key"] or keys["authorized"]:
+        lines.append(f"keys: broker key {keys['broker_key'] or 'none'} and {keys['authorized']} client key(s) "
+                     f"in {esc(os.path.join(r['dest'], KEYS_DIR))} (the secret key: mode 0600)")
+    else:
+        lines.append("keys: none (the broker never ran secure)")
+    return lines
 
 
 @main.command("restore")
 @click.argument("src", type=click.Path(exists=True, file_okay=False))
 @click.option("--data", metavar="DIR", type=KeyDir(), help="Data directory to restore into (default: the broker's, from "
               "ZMESH_DATA / ZMESH_CONFIG, else ~/.local/share/zmesh).")
-@click.option("--force", is_flag=True, help="Replace data that is there (the old data.mdb is kept, renamed).")
+@click.option("--force", is_flag=True, help="Replace data and keys that are there (the old ones are kept, renamed).")
+@click.option("--keys/--no-keys", default=True, show_default=True,
+              help="Put the backup's keys where the restored broker reads them (key_file, authorized_keys).")
 @json_flag
 @pass_ctx
-def restore(ctx: Ctx, src: str, data: str | None, force: bool) -> None:
+def restore(ctx: Ctx, src: str, data: str | None, force: bool, keys: bool) -> None:
     """Make a data directory from a backup SRC (made by `zmesh backup`), with no broker running on
     it; start the broker there to serve what the backup holds."""
-    target = os.path.abspath(BrokerConfig.load(data=data).data)  # --data checked as the broker's
+    config = BrokerConfig.load(data=data)  # --data checked as the broker's
+    target = os.path.abspath(config.data)
     source = os.path.join(src, DATA_FILE)
     if not os.path.isfile(source):
         raise InvalidArgument(f"SRC {src} holds no {DATA_FILE}: not a backup made by `zmesh backup`",
                               {"field": "SRC"})
+    saved = Path(src, KEYS_DIR)
+    keyed = keys and saved.is_dir()
+    places = (config.key_path.absolute() if (saved / BACKUP_PAIR).is_file() else None,
+              config.authorized_path.absolute() if (saved / BACKUP_ALLOWED).is_dir() else None)
+    if keyed:
+        _check_key_places(places, force)  # before the data moves: a refusal leaves everything as it was
     os.makedirs(target, mode=0o700, exist_ok=True)
     kept = _put_in_place(source, target, force)
     try:
@@ -96,10 +126,47 @@ def restore(ctx: Ctx, src: str, data: str | None, force: bool) -> None:
             tasks = {s: read_counter(txn, b"count:" + s.encode()) for s in STATUSES}
             seq = read_counter(txn, b"seq")
         out: dict[str, Any] = {"data": target, "broker_id": store.broker_id, "schema": SCHEMA_VERSION,
-                               "seq": seq, "tasks": tasks, "kept": kept}
+                               "seq": seq, "tasks": tasks, "kept": kept, "keys": None}
     finally:
         store.close()
+    if keyed:
+        out["keys"] = _restore_keys(saved, places)
     emit(ctx, out, _human)
+
+
+#: (where the pair goes, where the allow-list goes): None for what the backup does not hold
+Places = tuple[Path | None, Path | None]
+
+
+def _key_files(places: Places) -> list[Path]:
+    """What restoring keys would replace: the pair's files and the allow-list directory, where
+    they exist."""
+    pair, allowed = places
+    public = None if pair is None else public_file(pair)
+    return [p for p in (pair, public, allowed) if p is not None and (p.exists() or p.is_symlink())]
+
+
+def _check_key_places(places: Places, force: bool) -> None:
+    there = _key_files(places)
+    if there and not force:
+        raise Conflict(f"{there[0]} is already there; restore into a data directory without keys, --force to "
+                       "replace them (the old ones are kept, renamed), or --no-keys", {"field": "keys"})
+
+
+def _restore_keys(saved: Path, places: Places) -> dict[str, Any]:
+    """The backup's keys into ``places`` (the pair file, the allow-list directory); what was
+    there is kept renamed (--force was checked)."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    kept = []
+    for path in _key_files(places):
+        aside = path.with_name(f"{path.name}.before-restore-{stamp}")
+        os.rename(path, aside)
+        kept.append(str(aside))
+    pair, allowed = places
+    nowhere = saved / "-"  # a source that is not there copies nothing
+    copied = copy_keys(saved / BACKUP_PAIR if pair else nowhere, saved / BACKUP_ALLOWED if allowed else nowhere,
+                       pair or nowhere, allowed or nowhere)
+    return {**copied, "key_file": pair and str(pair), "authorized_keys": allowed and str(allowed), "kept": kept}
 
 
 def _put_in_place(source: str, target: str, force: bool) -> str | None:
@@ -140,4 +207,11 @@ def _human(d: dict[str, Any]) -> list[str]:
              "start it with: zmesh broker --data " + esc(d["data"])]
     if d["kept"]:
         lines.append(f"the data that was there is kept as {esc(d['kept'])}")
+    keys = d["keys"]
+    if keys is not None:
+        if keys["key_file"]:
+            lines.append(f"broker key {keys['broker_key']} in {esc(keys['key_file'])}")
+        if keys["authorized_keys"]:
+            lines.append(f"{keys['authorized']} client key(s) in {esc(keys['authorized_keys'])}")
+        lines.extend(f"the key(s) that were there are kept as {esc(k)}" for k in keys["kept"])
     return lines

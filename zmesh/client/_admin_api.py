@@ -55,15 +55,17 @@ class AdminApi:
         dead); returns {purged, kept, more}."""
         return self._call(Call("admin_purge", {"task": task, "status": status, "limit": limit}, _identity))
 
-    def backup(self, dest: str, *, wait: float = 3600.0) -> Any:
+    def backup(self, dest: str, *, keys: bool = True, wait: float = 3600.0) -> Any:
         """A compacted copy of the broker's data into ``dest`` (an absolute path of a new or
-        empty directory on the broker's host), taken while it serves; the answer comes when
-        the copy is done, so the call waits up to ``wait`` seconds more than the client's
-        timeout. Returns {dest, bytes, seconds, broker_id, seq}."""
-        from ._api import check_timeout  # _api builds on this module
+        empty directory on the broker's host), taken while it serves, with the broker's keys
+        in ``dest``/keys unless ``keys`` is false; the answer comes when the copy is done, so
+        the call waits up to ``wait`` seconds more than the client's timeout. Returns {dest,
+        bytes, seconds, broker_id, seq, keys}."""
+        from ._api import check_bool, check_timeout  # _api builds on this module
 
         wait = check_timeout("wait", wait)  # type: ignore[assignment]
-        return self._call(Call("backup", {"dest": dest}, _identity, wait=wait))
+        body = {"dest": dest, "keys": check_bool("keys", keys)}
+        return self._call(Call("backup", body, _identity, wait=wait))
 
     def admin_requeue(self, task: str) -> Any:
         """Put a dead task back in the pool with its attempts at zero; returns the task."""

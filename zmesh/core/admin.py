@@ -60,7 +60,7 @@ class Admin:
     def backup(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:
         """The core's part of a backup: the caller was checked (an admin op) and the copy
         holds at least every event up to this seq; the broker makes the copy (broker_jobs.py)."""
-        return {"dest": body["dest"], "seq": counter(b, b"seq")}
+        return {"dest": body["dest"], "keys": body["keys"], "seq": counter(b, b"seq")}
 
     def _audit(self, b: Batch, op: str, **touched: Any) -> None:
         key = None if b.key is None else fingerprint(b.key.encode())
