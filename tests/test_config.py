@@ -64,6 +64,7 @@ BAD_FILE: dict[str, list[str]] = {
     "drain_timeout": ["-1", "300.5", "nan", "inf", '"5"', "true", "[5]"],
     "key_file": ['""', "3", "true", '["/k"]', '"a\\u0001b"', '"a\\nb"'],
     "authorized_keys": ['""', "3", "true", '["/k"]', '"a\\u0001b"', '"a\\nb"'],
+    "metrics_token": ['""', "3", "true", '["/t"]', '"a\\u0001b"', '"a\\nb"'],
     "metrics": ['""', "7702", "true", '["127.0.0.1:7702"]', '"7702"', '"127.0.0.1"', '"127.0.0.1:"', '":7702"',
                 '"127.0.0.1:65536"', '"127.0.0.1:-1"', '"127.0.0.1:7702x"', '"bad host!:80"', '"::1:7702"',
                 '"[::g]:7702"', '"999.1.1.1:80"', '"a\\u0001b:1"', '"a\\nb:1"', '"127.0.0.1:\\u0661"'],
@@ -95,6 +96,7 @@ BAD_ENV: dict[str, list[str]] = {
     "secure": _BAD_ENV_BOOLS,
     "key_file": ["", "   ", "a\x01b"],
     "authorized_keys": ["", "   ", "a\x01b"],
+    "metrics_token": ["", "   ", "a\x01b"],
     "metrics": ["", "   ", "7702", "localhost", "localhost:99999", "a b:80", "[::1:80", "h:\x01", "1.2.3.4.5:80"],
     "mesh": ["", "   ", "Lab", "a b", "-x", "x" * 64, "l\x01b", "caf\u00e9", "lab,prod"],
     "log_format": ["", "JSON", "yaml", "text,json", "\x01"],
@@ -269,6 +271,7 @@ mesh = "lab-2.east_1"
 log_format = "json"
 drain_timeout = 0
 metrics = "[::1]:0"
+metrics_token = "{tmp_path}/metrics.token"
 """)
     cfg = BrokerConfig.load(path, env={})
     assert cfg == BrokerConfig(data=f"{tmp_path}/d", bind=["tcp://127.0.0.1:7800", "ipc:///tmp/z.ipc"],
@@ -278,7 +281,8 @@ metrics = "[::1]:0"
                                low_batch=0.0, audit="all", audit_retention=5, secure=True,
                                key_file=f"{tmp_path}/k/broker.key_secret",
                                authorized_keys=f"{tmp_path}/k/allowed", mesh="lab-2.east_1",
-                               log_format="json", drain_timeout=0.0, metrics="[::1]:0")
+                               log_format="json", drain_timeout=0.0, metrics="[::1]:0",
+                               metrics_token=f"{tmp_path}/metrics.token")
     assert type(cfg.ack_wait) is float and type(cfg.message_retention) is int
     assert type(cfg.default_ttl) is float and type(cfg.event_log_size) is int
     assert cfg.sources == dict.fromkeys(NAMES, f"file {path}")
@@ -294,7 +298,7 @@ def test_good_env_values_load_with_their_types(tmp_path: Path) -> None:
         "ZMESH_AUDIT": " off ", "ZMESH_AUDIT_RETENTION": "2_000",
         "ZMESH_SECURE": "on", "ZMESH_KEY_FILE": "/k/b.key_secret", "ZMESH_AUTHORIZED_KEYS": "/k/allowed",
         "ZMESH_MESH": " lab ", "ZMESH_LOG_FORMAT": "json", "ZMESH_DRAIN_TIMEOUT": "12.5",
-        "ZMESH_METRICS": "localhost:7702"})
+        "ZMESH_METRICS": "localhost:7702", "ZMESH_METRICS_TOKEN": "/k/metrics.token"})
     assert (cfg.bind, cfg.pub_bind) == (["tcp://127.0.0.1:7800", "ipc:///tmp/z.ipc"], ["tcp://*:7801"])
     assert (cfg.ipc, cfg.discovery, cfg.durability, cfg.interfaces) == (False, True, "none", ["lo"])
     assert (cfg.default_ttl, cfg.event_log_size, cfg.map_size) == (2.5, 1000, 1 << 40)
@@ -302,7 +306,15 @@ def test_good_env_values_load_with_their_types(tmp_path: Path) -> None:
     assert (cfg.audit, cfg.audit_retention) == ("off", 2000)
     assert (cfg.secure, cfg.key_file, cfg.authorized_keys) == (True, "/k/b.key_secret", "/k/allowed")
     assert (cfg.mesh, cfg.log_format, cfg.drain_timeout, cfg.metrics) == ("lab", "json", 12.5, "localhost:7702")
+    assert cfg.metrics_token == "/k/metrics.token"
     assert cfg.sources == {s.name: f"env {s.env}" for s in SETTINGS}
+
+
+def test_a_metrics_token_without_the_metrics_endpoint_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        BrokerConfig.load(env={"ZMESH_DATA": str(tmp_path), "ZMESH_METRICS_TOKEN": "/k/metrics.token"})
+    assert exc.value.details == {"field": "metrics_token", "source": "env ZMESH_METRICS_TOKEN"}
+    assert "metrics endpoint that is off" in _one_line(exc.value)
 
 
 @pytest.mark.parametrize("raw,value", [(v, True) for v in ("1", "true", "TRUE", " yes ", "On")]

@@ -462,3 +462,62 @@ def test_a_taken_metrics_address_fails_the_start(tmp_path: Path) -> None:
     errors = [line for line in r.stderr.splitlines() if line.startswith("zmesh: ")]
     assert len(errors) == 1 and errors[0].startswith("zmesh: bind: ") and f"127.0.0.1:{port}" in errors[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------ metrics_token
+TOKEN = "scrape-token-0123456789abcdef"
+
+
+def _get_with(url: str, authorization: str | None) -> tuple[int, dict[str, str], str]:
+    req = urllib.request.Request(url, headers={} if authorization is None else {"Authorization": authorization})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, dict(r.headers), r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read().decode()
+
+
+def _token_config(tmp_path: Path, token: str, mode: int = 0o600) -> Path:
+    file = tmp_path / "metrics.token"
+    file.write_text(f"# the scrape token\n{token}\n")
+    file.chmod(mode)
+    config = tmp_path / "zmesh.toml"
+    config.write_text(f'[broker]\nmetrics_token = "{file}"\n')
+    return config
+
+
+def test_a_metrics_token_guards_metrics_and_leaves_health_open(
+        broker_factory: Callable[..., BrokerProcess], tmp_path: Path) -> None:
+    config = _token_config(tmp_path, TOKEN)
+    b = broker_factory(extra=("--metrics", "127.0.0.1:0", "--config", str(config)))
+    base = metrics_url(b)
+    for auth in (None, "Bearer wrong-token-0123456789", f"Basic {TOKEN}", f"Bearer {TOKEN}x"):
+        status, headers, body = _get_with(base + "/metrics", auth)
+        assert status == 401 and headers.get("WWW-Authenticate", "").startswith("Bearer"), (auth, status)
+        assert "metrics_token" in body and "zmesh_" not in body
+    status, _headers, body = _get_with(base + "/metrics", f"Bearer {TOKEN}")
+    assert status == 200 and "zmesh_requests_total" in body
+    names, _samples = parse(body)
+    assert "zmesh_event_seq" in names
+    status, _headers, body = _get_with(base + "/health", None)
+    assert status == 200 and json.loads(body)["healthy"] is True
+    refused = [line for line in b.log().splitlines() if "metrics scrape from 127.0.0.1 refused" in line]
+    assert len(refused) == 1, b.log()  # four refusals, one line: rate-limited per peer
+
+
+@pytest.mark.parametrize("token,mode,says", [
+    (TOKEN, 0o644, "can be read by others"),
+    ("short", 0o600, "at least 16 printable characters"),
+    (f"{TOKEN} {TOKEN}", 0o600, "at least 16 printable characters"),
+])
+def test_a_bad_metrics_token_file_fails_the_start_naming_it(tmp_path: Path, token: str, mode: int, says: str) -> None:
+    config = _token_config(tmp_path, token, mode)
+    r = subprocess.run(
+        [sys.executable, "-m", "zmesh", "broker", "--data", str(tmp_path / "d"), "--no-discovery",
+         "--bind", f"tcp://127.0.0.1:{free_port()}", "--pub-bind", f"tcp://127.0.0.1:{free_port()}",
+         "--metrics", "127.0.0.1:0", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("zmesh: ")]
+    assert len(errors) == 1 and "metrics_token" in errors[0] and says in errors[0], r.stderr
+    assert "Traceback" not in r.stderr

@@ -75,6 +75,7 @@ from .broker_apply import Applier, Item, Poison, lane_of
 from .broker_jobs import Backups
 # SLOW_COMMIT_S: a batch slower than this is logged as a warning (a health threshold too)
 from .metrics import MAP_USE_MAX, SLOW_COMMIT_S, BrokerStats, health, take_snapshot, unresponsive
+from .keys import load_token
 from .metrics_http import ANSWER_TIMEOUT_S, Asks, MetricsServer
 from .sd_notify import notify
 from .store import LmdbStore, Store, StoreFull
@@ -175,6 +176,9 @@ class Broker:
 
     # ------------------------------------------------------------ setup
     def bind(self) -> None:
+        token = None  # read first: a bad token file binds nothing
+        if self.config.metrics_token:
+            token = load_token(self.config.metrics_token, "metrics_token")
         if self.config.secure:  # the gate starts before any bind: nothing is taken unauthenticated
             from .zap import open_gate
 
@@ -185,7 +189,7 @@ class Broker:
         self._routers = [bound.router]
         if self.config.metrics:  # raises OSError naming the address, as a taken ROUTER port does
             self._http = MetricsServer(self.config.metrics, self._asks,
-                                       lambda: unresponsive(self.store.broker_id, ANSWER_TIMEOUT_S))
+                                       lambda: unresponsive(self.store.broker_id, ANSWER_TIMEOUT_S), token)
             self._http.start()
             self.metrics_url = self._http.address
         started = time.monotonic()

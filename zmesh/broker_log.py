@@ -41,6 +41,7 @@ LOG_EVENTS: dict[str, str] = {
     "backup.started": "a backup began: where, and the event seq it holds at least",
     "backup.done": "a backup finished: its size and how long it took",
     "backup.failed": "a backup could not be written: why",
+    "metrics.refused": "a scrape of /metrics without the metrics_token's bearer token (rate-limited per peer)",
 }
 
 #: lease/claim expiries logged one line each per pass; more become one summary line

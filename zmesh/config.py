@@ -182,6 +182,9 @@ SETTINGS: tuple[Setting, ...] = (
             lo=0.0, hi=300.0, unit="seconds"),
     Setting("metrics", str, lambda: "", "HOST:PORT of the HTTP endpoint serving /metrics (Prometheus) and /health "
             "(empty: off; port 0: any free port)", lo=1, hi=300, unit="HOST:PORT address", item=_listen),
+    Setting("metrics_token", str, lambda: "", "file (mode 0600) holding the bearer token GET /metrics requires "
+            "('Authorization: Bearer TOKEN'; Prometheus: authorization.credentials_file); /health stays open "
+            "(empty: no token)", lo=1, hi=4096, unit="path"),
 )
 _BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
@@ -217,6 +220,7 @@ class BrokerConfig:
     log_format: str = _default("log_format")
     drain_timeout: float = _default("drain_timeout")
     metrics: str = _default("metrics")
+    metrics_token: str = _default("metrics_token")
     #: key -> where its value came from: "default", "file PATH", "env ZMESH_X" or "flag"
     sources: dict[str, str] = field(default_factory=lambda: dict.fromkeys(_BY_NAME, "default"),
                                     compare=False, repr=False)
@@ -265,6 +269,9 @@ class BrokerConfig:
             if value is not None and not (isinstance(value, (list, tuple)) and not value):
                 put(_BY_NAME[key], value, f"flag {key}={_short(repr(value))}", "flag")
         _check_data(values, shown["data"], sources["data"])
+        if values["metrics_token"] and not values["metrics"]:
+            raise _fail(f"{shown['metrics_token']}: a token for a metrics endpoint that is off; set metrics = "
+                        "HOST:PORT too, or leave metrics_token empty", "metrics_token", sources["metrics_token"])
         return cls(**values, sources=sources)
 
 

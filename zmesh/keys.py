@@ -34,6 +34,8 @@ from .errors import ConfigError
 
 #: a public key in Z85 text
 Z85_KEY_CHARS = 40
+#: the shortest bearer token taken (the HTTP gateway's tokens, the metrics endpoint's)
+MIN_TOKEN_CHARS = 16
 
 #: role -> its directory inside the allow-list directory ("" is the directory itself);
 #: lowest role first. What each role may do is core/identity.py's business.
@@ -83,6 +85,26 @@ def check_private(path: Path, field: str) -> None:
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(f"{field}: {path} can be read by others (mode {stat.S_IMODE(mode):04o}); "
                           f"chmod 600 {path}", {"field": field})
+
+
+def valid_token(token: str) -> bool:
+    """A bearer token: at least MIN_TOKEN_CHARS printable characters, no whitespace."""
+    return len(token) >= MIN_TOKEN_CHARS and token.isprintable() and not any(c.isspace() for c in token)
+
+
+def load_token(path: str | os.PathLike[str], field: str) -> str:
+    """The one bearer token of a token file (mode 0600 or stricter; blank lines and ``#``
+    comments skipped); a ConfigError naming ``field`` and the file otherwise."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{field}: no token file {file}", {"field": field})
+    check_private(file, field)
+    lines = [line.strip() for line in file.read_text(encoding="utf-8", errors="replace").splitlines()]
+    tokens = [line for line in lines if line and not line.startswith("#")]
+    if len(tokens) != 1 or not valid_token(tokens[0]):
+        raise ConfigError(f"{field}: {file} must hold one token of at least {MIN_TOKEN_CHARS} printable "
+                          "characters, no spaces, on a line of its own", {"field": field})
+    return tokens[0]
 
 
 def _read(file: Path, field: str) -> tuple[bytes, bytes | None]:

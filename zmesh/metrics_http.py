@@ -11,6 +11,11 @@ Rules it keeps:
 * The exposition format, the metric types and their text are prometheus_client's
   (``generate_latest`` over a registry of our own holding one custom collector); the
   names and what they mean are zmesh/metrics.py's.
+* With a token (the ``metrics_token`` setting: a file of mode 0600), ``GET /metrics``
+  needs ``Authorization: Bearer TOKEN`` (compared in constant time); without it, or with
+  another, the answer is 401 with ``WWW-Authenticate: Bearer`` and a rate-limited warning
+  names the peer. ``/health`` stays open: load balancers and systemd probes ask it, and it
+  holds no task, agent or message data.
 * ``GET /metrics`` and ``GET /health`` only: another path is 404, another method 405.
   Request threads are daemons with a socket timeout, so a slow client holds nothing.
 * The address is ``HOST:PORT`` (an IPv4 address, a bracketed IPv6 address or a host name;
@@ -21,6 +26,7 @@ Rules it keeps:
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import logging
 import re
@@ -31,12 +37,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import orjson
 
+from ._logging import RateLimited
 from .errors import InvalidArgument
 
 if TYPE_CHECKING:
     from .metrics import Snapshot
 
 log = logging.getLogger("zmesh.broker")
+_refused = RateLimited(log, 60.0)
 
 #: seconds an HTTP request waits for the loop's snapshot before answering 503
 ANSWER_TIMEOUT_S = 2.0
@@ -154,9 +162,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True  # a restart must not wait for TIME_WAIT; two listeners still conflict
 
-    def __init__(self, address: tuple[str, int], asks: Asks, unresponsive: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, address: tuple[str, int], asks: Asks, unresponsive: Callable[[], dict[str, Any]],
+                 token: str | None) -> None:
         from prometheus_client.registry import CollectorRegistry
 
+        self.expected = None if token is None else f"Bearer {token}".encode()
         self.asks = asks
         self.unresponsive = unresponsive
         self.registry = CollectorRegistry(auto_describe=False)
@@ -185,6 +195,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _metrics(self) -> None:
         from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+        expected = self.server.expected
+        if expected is not None:
+            given = (self.headers.get("Authorization") or "").strip().encode("utf-8", "replace")
+            if not hmac.compare_digest(given, expected):
+                peer = self.client_address[0]
+                _refused.warning(f"metrics:{peer}", "metrics scrape from %s refused: %s", peer,
+                                 "a bearer token that is not metrics_token's" if given else "no bearer token",
+                                 extra={"event": "metrics.refused", "peer": peer})
+                self._send(401, b"unauthorized: GET /metrics needs 'Authorization: Bearer TOKEN' (the broker's "
+                           b"metrics_token)\n", "text/plain; charset=utf-8",
+                           (("WWW-Authenticate", 'Bearer realm="zmesh metrics"'),))
+                return
         try:
             body = generate_latest(self.server.registry)
         except Unresponsive:
@@ -206,8 +228,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _refuse
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
+    def _send(self, status: int, body: bytes, content_type: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
         self.send_response(status)
+        for name, text in headers:
+            self.send_header(name, text)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -222,8 +246,10 @@ class MetricsServer:
     """The endpoint's server and its thread: :meth:`start` binds (OSError naming the
     address when it cannot) and serves; :meth:`close` stops and joins."""
 
-    def __init__(self, address: str, asks: Asks, unresponsive: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, address: str, asks: Asks, unresponsive: Callable[[], dict[str, Any]],
+                 token: str | None = None) -> None:
         self.host, self.port = parse_address(address)
+        self.token = token
         self.asks = asks
         self._unresponsive = unresponsive
         self._server: _Server | None = None
@@ -240,7 +266,7 @@ class MetricsServer:
         try:
             family = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0][0]
             cls = _Server6 if family == socket.AF_INET6 else _Server
-            self._server = cls((self.host, self.port), self.asks, self._unresponsive)
+            self._server = cls((self.host, self.port), self.asks, self._unresponsive, self.token)
         except OSError as exc:  # socket.gaierror too
             raise OSError(f"cannot bind the metrics address {shown}: {exc.strerror or exc}") from None
         self.port = self._server.server_address[1]

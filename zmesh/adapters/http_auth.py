@@ -29,10 +29,7 @@ from pathlib import Path
 from .. import protocol
 from ..errors import ConfigError, Forbidden, RemoteError, ZmeshError
 from ..fields import check_value
-from ..keys import check_private
-
-#: shortest token accepted
-MIN_TOKEN_CHARS = 16
+from ..keys import MIN_TOKEN_CHARS, check_private, valid_token
 #: a token's agent that may act as any agent and make the gateway's own calls
 ANY = "*"
 #: paths served without a token
@@ -73,7 +70,7 @@ class Tokens:
             if len(parts) != 2:
                 raise ConfigError(f"{where}: want 'TOKEN AGENT' (AGENT an agent id or *)", {"field": "--tokens"})
             token, agent = parts
-            if len(token) < MIN_TOKEN_CHARS or not token.isprintable():
+            if not valid_token(token):
                 raise ConfigError(f"{where}: a token has at least {MIN_TOKEN_CHARS} printable characters",
                                   {"field": "--tokens"})
             if agent != ANY:
