@@ -22,6 +22,7 @@ from zmesh import protocol
 from zmesh.core import DEFERRED, Settings
 from zmesh.core.audit import key_fingerprint
 from zmesh.core.identity import ACTORS
+from zmesh.core.eventlog import all_counters
 from zmesh.core.schema import COUNTER, parse_audit_key
 from zmesh.errors import WIRE_ERRORS, BadRequest, Conflict, RemoteError
 from zmesh.ops_audit import AUDIT_SCAN_LIMIT, RESULTS
@@ -74,7 +75,8 @@ def ok(h: Harness, op: str, /, **body: Any) -> Any:
 def trail(h: Harness) -> list[dict[str, Any]]:
     """Every stored record, oldest first, read from the store (reading it records nothing)."""
     with h.store.read() as txn:
-        return [orjson.loads(v) | {"_key": parse_audit_key(k)} for k, v in txn.scan("audit")]
+        return sorted((orjson.loads(v) | {"_key": parse_audit_key(k)} for k, v in txn.scan("audit")),
+                      key=lambda r: r["_key"])
 
 
 def ids(records: list[dict[str, Any]]) -> list[int]:
@@ -433,3 +435,29 @@ def test_an_admin_op_that_writes_no_record_is_recorded_in_writes_mode(h: Harness
     ok(h, "status")
     ok(h, "backup", dest="/var/backups/zmesh/one")
     assert [(r["op"], r["result"]) for r in trail(h)] == [("backup", "ok")]
+
+
+# --------------------------------------------------------------------------- the layout
+def test_records_sit_newest_first_right_after_the_counters_and_out_of_the_events_scans(tmp_path: Path) -> None:
+    """The page the audit costs: a record's LMDB key follows the counters (so it lands on the
+    leaf the write's event and counters dirty), newest first; no scan of the events table
+    (the event log, the counters) ever sees one."""
+    h = harness("lmdb", tmp_path / "db", retention=5)
+    for n in range(8):
+        ok(h, "task_create", id=f"t{n}")
+    store: Any = h.store
+    with store.env.begin() as raw:
+        keys = [bytes(k) for k, _ in raw.cursor() if k[:1] == b"\x17"]  # the events table's range, physically
+    seqs = [k for k in keys if k[1:2] != COUNTER]
+    counters = [k for k in keys if k[1:2] == COUNTER and k[2:3] != COUNTER]
+    audit = [k for k in keys if k[1:3] == COUNTER * 2]
+    assert keys == seqs + counters + audit  # events, then counters, then the trail
+    assert [parse_audit_key(k[3:]) for k in audit] == [8, 7, 6, 5, 4]  # newest first; retention kept 5
+    with h.store.read() as txn:
+        assert all(not k.startswith(COUNTER * 2) for k, _ in txn.scan("events"))
+        assert set(all_counters(txn)) == {k[2:].decode() for k in counters} and "audit" in all_counters(txn)
+        back = [bytes(k) for k, _ in txn.scan_back("events", COUNTER)]
+        assert back == [k[1:] for k in reversed(counters)]
+        assert [parse_audit_key(k) for k, _ in txn.scan("audit")] == [8, 7, 6, 5, 4]
+    assert [r["id"] for r in query(h)["records"]] == [8, 7, 6, 5, 4]
+    h.close()

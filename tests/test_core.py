@@ -28,7 +28,7 @@ from zmesh.errors import (
     StaleToken,
 )
 from zmesh.protocol import Event
-from zmesh.store import TABLES, LmdbStore, MemoryStore
+from zmesh.store import TABLE_NAMES, LmdbStore, MemoryStore
 
 T0 = 1000.0  # monotonic start; any value works, deadlines are relative
 #: topics of agent presence and liveness (tests of tasks and leases leave them out)
@@ -117,7 +117,7 @@ class Harness:
     # ---------------------------------------------------------------- inspection
     def raw(self) -> dict[str, list[tuple[bytes, bytes]]]:
         with self.store.read() as txn:
-            return {t: [(bytes(k), bytes(v)) for k, v in txn.scan(t)] for t in TABLES}
+            return {t: [(bytes(k), bytes(v)) for k, v in txn.scan(t)] for t in TABLE_NAMES}
 
     def state(self) -> tuple[Any, ...]:
         return (self.raw(), self.do("task_list", limit=10_000)["tasks"],

@@ -32,7 +32,7 @@ from typing import Callable, ContextManager, Iterator, Protocol
 
 import lmdb
 
-from .core.schema import TABLES
+from .core.schema import NESTED, PREFIXES, TABLE_NAMES, TABLES
 from .errors import StoreError
 
 SCHEMA_VERSION = 4
@@ -41,8 +41,11 @@ SCHEMA_VERSION = 4
 UPGRADES_IN_PLACE = frozenset({2, 3})
 DURABILITY = ("full", "fast", "none")
 
-#: the tables and their fixed key-prefix bytes: the layout is owned by core/schema.py
-_PREFIX = {name: bytes((prefix,)) for name, prefix in TABLES.items()}
+#: the tables and their fixed key prefixes: the layout is owned by core/schema.py
+_PREFIX = PREFIXES
+#: table -> where a scan of it ends: the first key of a table nested in its range (which
+#: sorts after every key of its own)
+_NESTED_AT = {outer: PREFIXES[name] for name, (outer, _sub) in NESTED.items()}
 
 
 class StoreFull(StoreError):
@@ -126,27 +129,34 @@ class LmdbTxn:
 
     def scan(self, table: str, start: bytes = b"", prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         cur = self._txn.cursor()
-        within = _PREFIX[table] + prefix
-        if not cur.set_range(_PREFIX[table] + max(start, prefix)):
+        head = _PREFIX[table]
+        within = head + prefix
+        nested = _NESTED_AT.get(table)
+        if not cur.set_range(head + max(start, prefix)):
             return
+        cut = len(head)
         for key, value in cur:
-            if not key.startswith(within):
+            if not key.startswith(within) or (nested is not None and key.startswith(nested)):
                 return
-            yield key[1:], value
+            yield key[cut:], value
 
     def scan_back(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         cur = self._txn.cursor()
-        within = _PREFIX[table] + prefix
-        past = _past(within)
+        head = _PREFIX[table]
+        within = head + prefix
+        nested = _NESTED_AT.get(table)
+        # a nested table is the end of its outer one's range: start before it
+        past = nested if nested is not None and nested.startswith(within) else _past(within)
         if past is None or not cur.set_range(past):  # nothing after the range: start at the end
             if not cur.last():
                 return
         elif not cur.prev():
             return
+        cut = len(head)
         for key, value in cur.iterprev():
             if not key.startswith(within):
                 return
-            yield key[1:], value
+            yield key[cut:], value
 
 
 def _past(prefix: bytes) -> bytes | None:
@@ -377,7 +387,7 @@ class MemoryStore:
     durability = "none"
 
     def __init__(self) -> None:
-        self.tables: dict[str, dict[bytes, bytes]] = {name: {} for name in TABLES}
+        self.tables: dict[str, dict[bytes, bytes]] = {name: {} for name in TABLE_NAMES}
         self.broker_id = uuid.uuid4().hex
 
     @contextmanager

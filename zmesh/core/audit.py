@@ -21,6 +21,8 @@ Rules it keeps:
   writes its record and nothing else (result: its error code).
 * Ids come from the counter ``audit`` (eventlog's counters: stored at commit, none by a
   rolled-back batch), so the kept records are gap-free from the oldest to the newest.
+  Records are keyed newest first, right after the counters (core/schema.py ``NESTED``):
+  appending one dirties no page the write's event and counters did not.
 * Retention: an append beyond ``audit_retention`` deletes exactly the record that fell out
   (id - retention), never a scan; :meth:`Audit.trim` cuts the trail to the bound at start,
   after the bound was lowered. A bound lowered while the broker runs takes full effect at
@@ -118,10 +120,11 @@ class Audit:
         """Delete every record at or below the bound's floor (after a start with a smaller
         audit_retention the trail may hold more than append's one-record trim removes);
         returns how many."""
+        # keys count down (schema.audit_key): the records at or below the floor are the last
         floor = audit_key(max(0, counter(b, AUDIT_COUNTER) - self.settings.audit_retention))
         trimmed = 0
         while True:
-            doomed = [bytes(key) for key, _ in islice(b.txn.scan("audit"), TRIM_CHUNK) if key <= floor]
+            doomed = [bytes(key) for key, _ in islice(b.txn.scan("audit", start=floor), TRIM_CHUNK)]
             for key in doomed:
                 b.txn.delete("audit", key)
             trimmed += len(doomed)

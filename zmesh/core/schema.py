@@ -5,6 +5,11 @@ Rules it keeps:
 * Every table has a prefix byte written here next to its name. A prefix never depends on a
   table's place in a list, and a prefix once used is never given to another table (data on
   disk is read by it). A new table takes a new byte.
+* A nested table (:data:`NESTED`) lives inside another table's key range, under a
+  sub-prefix past every key of its own: the audit trail sits right after the counters in
+  the events range, newest record first, so a write's audit record lands on the leaf page
+  its event and the counters already dirty (one page less per synced commit than a table
+  of its own). A scan of the outer table ends where the nested one begins (store.py).
 * Keys are built and parsed only here, so the byte layout of a key is stated once.
 * Ids never hold NUL (protocol refuses control characters), so NUL separates key parts.
 * Integers in keys are big-endian, so byte order is numeric order.
@@ -35,25 +40,35 @@ TABLES: dict[str, int] = {
     "pending": 0x1C,     # agent NUL priority rank (1) message number -> b"": awaiting delivery
     "streams": 0x1D,     # address NUL message number -> b"": messages by address (reads, retention)
     "dead_letters": 0x1E,  # message number agent -> b"": deliveries that reached max_deliver
-    # added in schema 4 without a new version: older code never reads this prefix
-    "audit": 0x1F,       # audit id (8 bytes BE) -> audit record (core/audit.py)
+    # 0x1F: retired (the audit trail's first layout, in no release); never reuse it
 }
 assert len(set(TABLES.values())) == len(TABLES), "two tables share a prefix byte"
 
 U64 = struct.Struct(">Q")
 U32 = struct.Struct(">I")
 
-# ---------------------------------------------------------------- meta
-SCHEMA = b"schema"
-BROKER_ID = b"broker_id"
-#: the resource keys claimed at a clean shutdown, NUL-separated (claims.Claims.checkpoint)
-CLAIM_INDEX = b"claim_index"
-
 # ---------------------------------------------------------------- events and counters
 #: counters sit after every 8-byte seq in the events table, so the newest events and the
 #: counters share a leaf page: a write dirties one page less than with a table of their own
 COUNTER = b"\xff"
 
+#: nested table -> (the table whose range holds it, its sub-prefix there): the sub-prefix
+#: sorts after every other key of that table (COUNTER + a counter's ASCII name included)
+NESTED: dict[str, tuple[str, bytes]] = {
+    # added in schema 4 without a new version: older code never reads these keys
+    "audit": ("events", COUNTER + b"\xff"),  # audit id, descending (8 bytes) -> audit record
+}
+#: every table's whole key prefix in the one LMDB tree
+PREFIXES: dict[str, bytes] = {name: bytes((prefix,)) for name, prefix in TABLES.items()}
+PREFIXES.update({name: PREFIXES[outer] + sub for name, (outer, sub) in NESTED.items()})
+#: every table, top-level and nested (what a store holds)
+TABLE_NAMES: tuple[str, ...] = tuple(PREFIXES)
+
+# ---------------------------------------------------------------- meta
+SCHEMA = b"schema"
+BROKER_ID = b"broker_id"
+#: the resource keys claimed at a clean shutdown, NUL-separated (claims.Claims.checkpoint)
+CLAIM_INDEX = b"claim_index"
 
 def seq_key(seq: int) -> bytes:
     return U64.pack(seq)
@@ -68,6 +83,7 @@ def counter_key(name: bytes) -> bytes:
 
 
 def is_counter(key: bytes) -> bool:
+    """A counter's key (an events-table scan stops at the first one: the seqs are over)."""
     return key[:1] == COUNTER
 
 
@@ -235,12 +251,16 @@ def parse_delivery_key(key: bytes) -> tuple[int, str]:
 AUDIT_COUNTER = b"audit"
 
 
+#: audit keys count down from here: the newest record is the first after the counters
+_AUDIT_TOP = (1 << 64) - 1
+
+
 def audit_key(number: int) -> bytes:
-    return U64.pack(number)
+    return U64.pack(_AUDIT_TOP - number)
 
 
 def parse_audit_key(key: bytes) -> int:
-    return U64.unpack(key)[0]
+    return _AUDIT_TOP - U64.unpack(key)[0]
 
 
 # ---------------------------------------------------------------- records
