@@ -70,12 +70,11 @@ from .sockets import EVENTS, NOBLOCK, POLLIN, get_option as _get, peer_address, 
 from .broker_log import log_expiries
 # the per-connection queue limits (see above) are named here too: tests and docs read them
 from .broker_sockets import PEER_RCVHWM, PEER_SNDHWM, SUB_SNDHWM, open_sockets, remove_ipc_files  # noqa: F401
-from .keys import split_user_id
+from .keys import load_token, split_user_id
 from .broker_apply import Applier, Item, Poison, lane_of
 from .broker_jobs import Backups
 # SLOW_COMMIT_S: a batch slower than this is logged as a warning (a health threshold too)
 from .metrics import MAP_USE_MAX, SLOW_COMMIT_S, BrokerStats, health, take_snapshot, unresponsive
-from .keys import load_token
 from .metrics_http import ANSWER_TIMEOUT_S, Asks, MetricsServer
 from .sd_notify import notify
 from .store import LmdbStore, Store, StoreFull

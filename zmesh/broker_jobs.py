@@ -34,7 +34,7 @@ from typing import Any, Callable
 from . import protocol
 from .core import DEFERRED, Batch
 from .errors import BadRequest, Conflict, Internal, RemoteError
-from .keys import copy_keys
+from .keys import copy_allowed, copy_pair
 from .store import Store
 
 log = logging.getLogger("zmesh.broker")
@@ -105,7 +105,8 @@ class Backups:
             if job.keys and self._keys is not None:
                 pair, allowed = self._keys
                 out = Path(job.dest, KEYS_DIR)
-                keys = copy_keys(pair, allowed, out / BACKUP_PAIR, out / BACKUP_ALLOWED)
+                keys = {"broker_key": copy_pair(pair, out / BACKUP_PAIR),
+                        "authorized": copy_allowed(allowed, out / BACKUP_ALLOWED)}
                 if keys["broker_key"] is None and not keys["authorized"]:
                     try:
                         out.rmdir()  # made by nothing: a broker that never ran secure

@@ -25,7 +25,6 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import zmq
 import zmq.auth
@@ -88,8 +87,9 @@ def check_private(path: Path, field: str) -> None:
 
 
 def valid_token(token: str) -> bool:
-    """A bearer token: at least MIN_TOKEN_CHARS printable characters, no whitespace."""
-    return len(token) >= MIN_TOKEN_CHARS and token.isprintable() and not any(c.isspace() for c in token)
+    """A bearer token: at least MIN_TOKEN_CHARS printable characters, no whitespace (the
+    only whitespace ``isprintable`` lets through is the ASCII space)."""
+    return len(token) >= MIN_TOKEN_CHARS and token.isprintable() and " " not in token
 
 
 def load_token(path: str | os.PathLike[str], field: str) -> str:
@@ -244,32 +244,34 @@ def write_public(path: Path, public: bytes) -> None:
     path.chmod(0o644)
 
 
-def copy_keys(pair_file: Path, allowed: Path, dest_pair: Path, dest_allowed: Path) -> dict[str, Any]:
-    """Copy a broker's keys: its pair (``pair_file``, when there is one) to ``dest_pair``
-    (mode 0600, its public file beside it when named NAME.key_secret), and the public half of
-    every key its allow-list ``allowed`` admits, each in its role's directory under
-    ``dest_allowed`` (a client's secret is never copied). The destinations must not hold
-    keys (the caller moved them aside). Returns {broker_key: fingerprint or None,
-    authorized: how many client keys}."""
-    fp = None
-    if pair_file.is_file():
-        pair = load_pair(pair_file, "key_file")
-        dest_pair.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
-        fd = os.open(dest_pair, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pair_file.read_bytes())
-            os.fsync(fh.fileno())
-        public = public_file(dest_pair)
-        if public is not None:
-            write_public(public, pair.public)
-        fp = pair.fingerprint
-    count = 0
-    if allowed.is_dir():
-        for key, (source, role) in AllowList(allowed).entries().items():
-            folder = dest_allowed / ROLE_DIRS[role]
-            folder.mkdir(parents=True, mode=0o700, exist_ok=True)
-            name = Path(source).name
-            write_public(folder / (public_file(Path(name)) or Path(name)).name, key)
-            count += 1
-        dest_allowed.mkdir(parents=True, mode=0o700, exist_ok=True)  # an empty list stays a list
-    return {"broker_key": fp, "authorized": count}
+def copy_pair(pair_file: Path, dest: Path) -> str | None:
+    """A broker's key pair copied to ``dest`` (mode 0600, which must not exist; its public
+    file beside it when named NAME.key_secret); its fingerprint, or None when there is no
+    pair to copy."""
+    if not pair_file.is_file():
+        return None
+    pair = load_pair(pair_file, "key_file")
+    dest.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pair_file.read_bytes())
+        os.fsync(fh.fileno())
+    public = public_file(dest)
+    if public is not None:
+        write_public(public, pair.public)
+    return pair.fingerprint
+
+
+def copy_allowed(allowed: Path, dest: Path) -> int:
+    """The public half of every key the allow-list ``allowed`` admits, each in its role's
+    directory under ``dest`` (a client's secret is never copied); how many (0: no list)."""
+    if not allowed.is_dir():
+        return 0
+    entries = AllowList(allowed).entries()
+    dest.mkdir(parents=True, mode=0o700, exist_ok=True)  # an empty list stays a list
+    for key, (source, role) in entries.items():
+        folder = dest / ROLE_DIRS[role]
+        folder.mkdir(parents=True, mode=0o700, exist_ok=True)
+        name = Path(source)
+        write_public(folder / (public_file(name) or name).name, key)
+    return len(entries)

@@ -37,7 +37,7 @@ from ..errors import Conflict, InvalidArgument, StoreError
 from ..protocol import CONTROL_CHARS, STATUSES, escape_controls
 from ..store import LmdbStore, SCHEMA_VERSION
 from ..broker_jobs import BACKUP_ALLOWED, BACKUP_PAIR, DATA_FILE, KEYS_DIR
-from ..keys import copy_keys, public_file
+from ..keys import copy_allowed, copy_pair, public_file
 from . import main
 from ._options import Seconds
 from .security import KeyDir
@@ -163,10 +163,9 @@ def _restore_keys(saved: Path, places: Places) -> dict[str, Any]:
         os.rename(path, aside)
         kept.append(str(aside))
     pair, allowed = places
-    nowhere = saved / "-"  # a source that is not there copies nothing
-    copied = copy_keys(saved / BACKUP_PAIR if pair else nowhere, saved / BACKUP_ALLOWED if allowed else nowhere,
-                       pair or nowhere, allowed or nowhere)
-    return {**copied, "key_file": pair and str(pair), "authorized_keys": allowed and str(allowed), "kept": kept}
+    return {"broker_key": pair and copy_pair(saved / BACKUP_PAIR, pair),
+            "authorized": copy_allowed(saved / BACKUP_ALLOWED, allowed) if allowed else 0,
+            "key_file": pair and str(pair), "authorized_keys": allowed and str(allowed), "kept": kept}
 
 
 def _put_in_place(source: str, target: str, force: bool) -> str | None:

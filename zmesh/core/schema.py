@@ -70,6 +70,7 @@ BROKER_ID = b"broker_id"
 #: the resource keys claimed at a clean shutdown, NUL-separated (claims.Claims.checkpoint)
 CLAIM_INDEX = b"claim_index"
 
+
 def seq_key(seq: int) -> bytes:
     return U64.pack(seq)
 
