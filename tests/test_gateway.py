@@ -285,6 +285,19 @@ def test_without_fastapi_the_command_says_what_to_install(tmp_path: Path) -> Non
     assert "pip install 'zmesh[gateway]'" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_a_broken_import_of_our_own_is_internal_not_install_the_extra(tmp_path: Path) -> None:
+    """An ImportError inside zmesh (a bug of ours) was reported as "needs the extra 'gateway'"."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "sitecustomize.py").write_text("import sys\nsys.modules['zmesh.adapters.schemas'] = None\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(shadow), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-m", "zmesh", "gateway"], capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("zmesh: internal: ") and "pip install" not in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_a_taken_port_is_exit_1_naming_listen(broker: BrokerProcess, gw: Gateway) -> None:
     done = subprocess.run([sys.executable, "-m", "zmesh", "--broker", broker.endpoint, "gateway", "--listen",
                            f"127.0.0.1:{gw.port}"], capture_output=True, text=True, stdin=subprocess.DEVNULL,

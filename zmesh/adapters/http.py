@@ -22,28 +22,31 @@ Rules it keeps:
 * With a tokens file every call carries a bearer token, and acts only as the agent its
   token names (zmesh/adapters/http_auth.py): 401 without a known token, 403 as another
   agent.
-* The predecessor's body fields ``timestamp``, ``tasks_completed`` and ``waiting_since`` are
-  accepted for compatibility. The broker keeps its own counts and times, and the answer
-  lists these fields under ``ignored``.
+* The predecessor's clients are served as they are. Its body fields ``timestamp``,
+  ``tasks_completed`` and ``waiting_since`` are checked and accepted: a time is Unix seconds
+  or ISO 8601, with or without a zone (none: UTC; zmesh/times.py). The broker keeps its own
+  counts and times, and the answer lists these fields under ``ignored``. Its
+  ``POST /broadcast?message=...`` is taken as well as the JSON body.
 """
 
 import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, AsyncIterator, Literal, Optional
+from typing import Annotated, Any, AsyncIterator, ClassVar, Literal, Optional
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic import Field as PydField
 
 from .. import __version__, protocol
 from ..client import AsyncClient
-from ..errors import InvalidArgument, ZmeshError
+from ..errors import Conflict, InvalidArgument, ZmeshError
+from ..fields import CONTROL_CHARS
 from .http_auth import CALLER, OPEN_PATHS, Tokens, Unauthorized, allow
-from .schemas import field_arg
+from .schemas import field_arg, time_arg
 from .session import AgentSession, check_address
 
 log = logging.getLogger("zmesh.adapters.http")
@@ -62,51 +65,109 @@ STATUS = {
     "lease_expired": 409, "nothing_to_claim": 404, "unreachable": 503, "no_reply": 504,
     "unauthorized": 401, "forbidden": 403,
 }
-#: predecessor body fields the broker keeps itself
-IGNORED = ("timestamp", "tasks_completed", "waiting_since")
+#: longest subject made from a predecessor's free-text message (the whole text goes in the body)
+SUBJECT_CHARS = 120
 
 Agent = field_arg("register", "agent", "the agent (the predecessor's session id)")
 TaskId = field_arg("claim", "task", "task id")
+Text = field_arg("report", "message")
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Report(_Body):
+class _Legacy(_Body):
+    """The fields the predecessor's client sent with every call, whatever the endpoint: each is
+    checked, and those the broker keeps itself (its own clock and counts) are ignored and
+    named in the answer's ``ignored``."""
+
+    IGNORED: ClassVar[tuple[str, ...]] = ("timestamp", "tasks_completed", "waiting_since")
+
+    timestamp: time_arg("when the client sent this; checked, and the broker keeps its own time") = None
+    tasks_completed: Optional[Annotated[int, PydField(ge=0)]] = PydField(
+        None, description="accepted; the broker counts completions itself")
+    waiting_since: time_arg("since when the agent waits; checked, and the broker keeps its own") = None
+
+    def ignored(self) -> list[str]:
+        return [f for f in self.IGNORED if getattr(self, f) is not None]
+
+
+class Report(_Legacy):
     """The predecessor notifier's body, with zmesh's additions (reason, requires)."""
 
     session_id: Agent
     status: Optional[Literal[protocol.REPORTS]] = PydField(  # type: ignore[valid-type]
         None, description="the state again (the path says it; when given it must match)")
-    timestamp: Optional[float] = PydField(None, description="accepted; the broker keeps its own time")
     last_task: field_arg("report", "task", "the task (required for busy and completed)") = None
     capabilities: field_arg("register", "capabilities", "the agent's capabilities (registers it with them)") = None
     cost_spent: field_arg("report", "cost") = None
-    tasks_completed: Optional[Annotated[int, PydField(ge=0)]] = PydField(
-        None, description="accepted; the broker counts completions itself")
-    waiting_since: Optional[float] = PydField(None, description="accepted; the broker keeps its own")
-    message: field_arg("report", "message") = None
+    message: Text = None
     reason: field_arg("report", "reason", "why (blocked, help); default: message") = None
     requires: field_arg("report", "requires", "help: capabilities wanted of helpers") = None
 
 
-class Assign(_Body):
+class _Elsewhere(_Legacy):
+    """The predecessor's report fields on a call that is not a report (it sent one body
+    everywhere): checked, and ignored."""
+
+    IGNORED: ClassVar[tuple[str, ...]] = ("status", "timestamp", "capabilities", "cost_spent", "tasks_completed",
+                                          "waiting_since")
+
+    status: Optional[Literal[protocol.REPORTS]] = PydField(  # type: ignore[valid-type]
+        None, description="accepted (the predecessor sent it everywhere); ignored")
+    capabilities: field_arg("register", "capabilities", "accepted; ignored") = None
+    cost_spent: field_arg("report", "cost", "accepted; ignored") = None
+
+
+class Assign(_Elsewhere):
     session_id: field_arg("assign", "agent", "the agent to assign the task to")
-    task_id: field_arg("assign", "task")
-    create: bool = PydField(False, description="create the task first (with data, priority, requires)")
-    data: field_arg("task_create", "data") = None
+    task_id: Optional[field_arg("assign", "task")] = None
+    last_task: field_arg("assign", "task", "the predecessor's name for task_id") = None
+    message: field_arg("report", "message", "what the task is (the predecessor's form): the pushed "
+                       "assignment's subject (its first line), and the task's data.description when this "
+                       "call creates the task") = None
+    create: Optional[bool] = PydField(None, description="true: create the task first (refused if it exists); "
+                                      "false: it must exist; not given: create it when it does not exist")
+    data: field_arg("task_create", "data", "the task's data, when this call creates it") = None
     priority: field_arg("task_create", "priority") = 0
     requires: field_arg("task_create", "requires") = None
     ttl: field_arg("assign", "ttl") = None
     queue: field_arg("assign", "queue") = False
 
+    def task(self) -> str:
+        if self.task_id and self.last_task and self.task_id != self.last_task:
+            raise InvalidArgument("task_id and last_task name two tasks", {"field": "last_task"})
+        task = self.task_id or self.last_task
+        if not task:
+            raise InvalidArgument("field 'task_id': required (or the predecessor's last_task)", {"field": "task_id"})
+        return task
 
-class Broadcast(_Body):
-    message: field_arg("send", "subject", "the message (one line)")
+
+class Broadcast(_Elsewhere):
+    message: field_arg("report", "message", "the message; required here unless the query string gives it "
+                       "(the predecessor's POST /broadcast?message=...). Its first line is the subject; "
+                       "a longer or multi-line one is the body as well") = None
     body: field_arg("send", "body") = None
     session_id: field_arg("send", "from", "the sender") = None
     priority: field_arg("send", "priority") = "normal"
+    last_task: field_arg("report", "task", "accepted; ignored") = None
+
+    IGNORED: ClassVar[tuple[str, ...]] = _Elsewhere.IGNORED + ("last_task",)
+
+
+def subject_of(text: str, field: str) -> tuple[str, str | None]:
+    """A message's subject from a free text: the text itself when it is one short line, else
+    its first line shortened (and then the whole text is returned to go in the body)."""
+    try:
+        return protocol.KINDS["name"](field, text), None
+    except ZmeshError:
+        pass
+    line = next((x.strip() for x in text.splitlines() if x.strip()), "")
+    line = CONTROL_CHARS.sub(" ", line).strip()
+    if not line:
+        raise InvalidArgument(f"field '{field}' has no text", {"field": field})
+    return (line if len(line) <= SUBJECT_CHARS else line[:SUBJECT_CHARS - 1] + "\u2026"), text
 
 
 class Claim(_Body):
@@ -163,6 +224,34 @@ class Reserve(_Body):
 class ReleasePaths(_Body):
     session_id: Agent
     paths: field_arg("release_paths", "paths") = None
+
+
+#: the broadcast fields the query string may carry (the predecessor's form)
+BROADCAST_QUERY = ("message", "session_id", "priority")
+
+
+def _broadcast_fields(body: Broadcast | None, query: Any, **given: str | None) -> Broadcast:
+    """The broadcast from its body and its query string, checked as one body would be: an
+    unknown query key, a field given twice with two values, or no message is a 422 naming it."""
+    for key in query.keys():
+        if key not in BROADCAST_QUERY:
+            raise InvalidArgument(f"unknown query parameter '{key}' (the query may give "
+                                  f"{', '.join(BROADCAST_QUERY)})", {"field": key})
+    fields = body.model_dump(exclude_unset=True) if body is not None else {}
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key in fields and fields[key] != value:
+            raise InvalidArgument(f"'{key}' is given in the query and in the body, differently", {"field": key})
+        fields[key] = value
+    if not fields.get("message"):
+        raise InvalidArgument("field 'message': required (in the body or as ?message=)", {"field": "message"})
+    try:
+        return Broadcast.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first.get("loc", ())) or "message"
+        raise InvalidArgument(f"field '{field}': {first.get('msg', 'invalid')}", {"field": field}) from None
 
 
 def _error(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
@@ -318,27 +407,55 @@ def build_app(endpoint: str | None, *, ttl: float = DEFAULT_HTTP_TTL_S, timeout:
         got = await session.call(session.client.report, state, task=body.last_task,
                                  reason=reason if state in ("blocked", "help") else None,
                                  message=body.message, cost=body.cost_spent, requires=body.requires or ())
-        got["ignored"] = [f for f in IGNORED if getattr(body, f) is not None]
+        got["ignored"] = body.ignored()
         return got  # type: ignore[no-any-return]
 
     @app.get("/status", summary="Every agent, the idle queue, open blockers and task counts")
     async def status() -> dict[str, Any]:
         return await ops.status()  # type: ignore[no-any-return]
 
-    @app.post("/task/assign", summary="Assign a task to one agent (pushed to it at once)")
+    @app.post("/task/assign", summary="Assign a task to one agent (pushed to it at once)",
+              description="Claims the task on the agent's lease and pushes it to the agent. The task is "
+                          "created first when it does not exist (unless create is false), as the predecessor's "
+                          "assign defined the task it handed out.")
     async def assign(body: Assign) -> dict[str, Any]:
         allow(None)  # the gateway's own call: it assigns for whoever calls
-        if body.create:
-            await ops.create_task(body.task_id, data=body.data, priority=body.priority, requires=body.requires or ())
-        got = await ops.assign(body.session_id, body.task_id, ttl=body.ttl, queue=body.queue)
+        task = body.task()
+        subject = subject_of(body.message, "message")[0] if body.message else None
+        created = False
+        if body.create is not False:
+            if not body.queue:  # an unknown agent is 404 before a task is made for it
+                await ops.agent_info(body.session_id)
+            data = body.data if body.data is not None or body.message is None else {"description": body.message}
+            try:
+                await ops.create_task(task, data=data, priority=body.priority, requires=body.requires or ())
+                created = True
+            except Conflict as exc:
+                if body.create or (exc.details or {}).get("reason") != "exists":
+                    raise
+        got = await ops.assign(body.session_id, task, ttl=body.ttl, queue=body.queue, subject=subject)
         got.pop("token", None)  # the assignee's: its session holds it
+        got["created"] = created
+        got["ignored"] = body.ignored()
         return got  # type: ignore[no-any-return]
 
-    @app.post("/broadcast", summary="Send a message to every live agent")
-    async def broadcast(body: Broadcast) -> dict[str, Any]:
-        allow(body.session_id)  # sent as that agent
-        got = await ops.send(body.message, body.body, all=True, priority=body.priority, sender=body.session_id)
-        return {k: got[k] for k in ("id", "addressed", "online", "queued")}
+    @app.post("/broadcast", summary="Send a message to every live agent",
+              description="The message comes in the JSON body or, as the predecessor sent it, in the query "
+                          "string (`/broadcast?message=...`, also `session_id` and `priority`); a field given "
+                          "in both must agree.")
+    async def broadcast(request: Request, body: Optional[Broadcast] = None,
+                        message: Annotated[Optional[str], Query(description="the message (the predecessor's form)")]
+                        = None,
+                        session_id: Annotated[Optional[str], Query(description="the sender")] = None,
+                        priority: Annotated[Optional[str], Query(description="the message's priority")] = None
+                        ) -> dict[str, Any]:
+        sent = _broadcast_fields(body, request.query_params, message=message, session_id=session_id,
+                                 priority=priority)
+        allow(sent.session_id)  # sent as that agent
+        subject, text = subject_of(sent.message or "", "message")
+        payload = sent.body if sent.body is not None else text
+        got = await ops.send(subject, payload, all=True, priority=sent.priority, sender=sent.session_id)
+        return {**{k: got[k] for k in ("id", "addressed", "online", "queued")}, "ignored": sent.ignored()}
 
     # ---------------------------------------------------------- an HTTP agent's work
     @app.post("/task/claim", summary="Claim a task by id, or the best available one")

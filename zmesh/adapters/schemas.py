@@ -10,10 +10,10 @@ checks every value before it is sent, and the broker checks it again.
 
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator, WithJsonSchema
 from pydantic import Field as PydField
 
-from .. import protocol
+from .. import protocol, times
 from ..errors import ZmeshError
 from ..fields import MAX_ID_BYTES, MAX_LIST_ITEMS, MAX_NAME_CHARS, MAX_TEXT_CHARS, Field
 from ..globs import MAX_PATTERN_BYTES
@@ -65,3 +65,22 @@ def field_arg(op: str, name: str, doc: str | None = None) -> Any:
     optional = not f.required and f.default is None  # a field with a default takes it, never null
     return Annotated[Optional[base] if optional else base,  # type: ignore[valid-type]
                      PydField(description=doc or f.doc or protocol.KIND_RULES.get(f.kind, ""))]
+
+
+def _to_seconds(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        return times.parse_time("value", value)
+    except ZmeshError as exc:
+        raise ValueError(exc.message.replace("field 'value' ", "")) from None
+
+
+def time_arg(doc: str) -> Any:
+    """An optional wall-clock time: Unix seconds or an ISO 8601 string (no zone: UTC), read
+    by zmesh/times.py into Unix seconds."""
+    return Annotated[Optional[float], BeforeValidator(_to_seconds),
+                     WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0, "maximum": times.MAX_TIME_S},
+                                               {"type": "string", "format": "date-time", "maxLength": 64},
+                                               {"type": "null"}]}),
+                     PydField(description=f"{doc} ({times.TIME_RULE})")]

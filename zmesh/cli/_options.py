@@ -11,7 +11,6 @@ and are bounded by the message limit.
 
 from __future__ import annotations
 
-import datetime as dt
 import importlib
 import math
 import re
@@ -22,7 +21,7 @@ from typing import Any, Callable
 import click
 import orjson
 
-from .. import protocol
+from .. import protocol, times
 from ..fields import escape_controls
 from ..endpoint import check_endpoint
 from ..errors import UsageError, ZmeshError
@@ -34,6 +33,8 @@ def load_extra(module: str, extra: str, command: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
+        if (exc.name or "").partition(".")[0] == "zmesh":  # ours, not the extra's: a bug, never "install it"
+            raise
         raise UsageError(f"zmesh {command} needs the extra '{extra}' ({exc.name} is not installed): "
                          f"pip install 'zmesh[{extra}]'", {"field": command}) from None
 
@@ -193,11 +194,9 @@ def field_argument(op: str, field: str, name: str) -> Callable[[Any], Any]:
 
 class Since(click.ParamType):
     """``--since``: a message number (``12``), a duration ago (``90s``, ``10m``, ``2h``, ``1d``)
-    or an ISO 8601 time; converts to (since number, since time or None)."""
+    or an ISO 8601 time (no zone: local time); converts to (since number, since time or None)."""
 
     name = "SEQ|TIME"
-    _duration = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-    _unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, tuple):
@@ -205,41 +204,32 @@ class Since(click.ParamType):
         text = str(value).strip()
         if text.isascii() and text.isdigit() and len(text) <= 16:
             return int(text), None
-        match = self._duration.fullmatch(text)
-        if match:
-            return 0, max(0.0, time.time() - float(match.group(1)) * self._unit[match.group(2)])
-        try:
-            when = dt.datetime.fromisoformat(text)
-        except ValueError:
-            self.fail(f"{escape_controls(text)[:40]!r} is not a message number, a duration (90s, 10m, 2h, 1d) "
-                      "or an ISO 8601 time", param, ctx)
-        if when.tzinfo is None:
-            when = when.astimezone()
-        return 0, max(0.0, when.timestamp())
+        return 0, _time(self, text, param, ctx, "a message number, a duration (90s, 10m, 2h, 1d)")
 
 
 class SinceTime(click.ParamType):
     """``--since`` of a time only: a duration ago (``90s``, ``10m``, ``2h``, ``7d``) or an ISO
-    8601 time (no zone: local time); converts to Unix seconds (never below 0)."""
+    8601 time (no zone: local time); converts to Unix seconds."""
 
     name = "DURATION|TIME"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, float):
             return value
-        text = str(value).strip()
-        match = Since._duration.fullmatch(text)
-        if match:
-            return max(0.0, time.time() - float(match.group(1)) * Since._unit[match.group(2)])
-        shown = repr(escape_controls(text)[:40])
-        try:
-            when = dt.datetime.fromisoformat(text)
-        except ValueError:
-            self.fail(f"{shown} is not a duration (90s, 10m, 2h, 7d) or an ISO 8601 time", param, ctx)
-        try:
-            return max(0.0, (when if when.tzinfo is not None else when.astimezone()).timestamp())
-        except (ValueError, OverflowError, OSError):  # year 1 in a zone east of UTC, and the like
-            self.fail(f"{shown} is a time out of the clock's range", param, ctx)
+        return _time(self, str(value), param, ctx, "a duration (90s, 10m, 2h, 7d)")
+
+
+def _time(kind: click.ParamType, text: str, param: click.Parameter | None, ctx: click.Context | None,
+          other: str) -> float:
+    """A duration ago or an ISO 8601 time typed by a person (zmesh/times.py reads both)."""
+    ago = times.duration_ago(text, time.time())
+    if ago is not None:
+        return ago
+    shown = repr(escape_controls(text.strip())[:40])
+    try:
+        return times.iso_seconds(text, naive_utc=False)
+    except times.TimeError as exc:
+        kind.fail(f"{shown} is not {other} or an ISO 8601 time" if exc.unreadable else str(exc), param, ctx)
 
 
 class Pattern(click.ParamType):
