@@ -185,6 +185,11 @@ def test_long_poll_wakes_on_a_new_task(gw: Gateway, ops: Client) -> None:
     t.join(60)
     assert got["kind"] == "task" and got["task"]["id"] == "p1" and got["task"]["claimed"]
     assert ops.task("p1")["owner"] == "w1"
+    # a wait again before the task is done answers it again (a lost answer loses nothing)
+    again = gw.get("/agent/w1/wait?timeout_s=0.2")
+    assert again["kind"] == "task" and again["task"]["id"] == "p1" and again["repeated"] is True
+    assert again["handle"] == got["handle"]
+    gw.post("/task/complete", {"session_id": "w1", "task_id": "p1"})
     assert gw.get("/agent/w1/wait?timeout_s=0.2")["kind"] == "timeout"
 
 
@@ -386,3 +391,20 @@ def test_a_non_loopback_listen_needs_tokens_or_no_auth(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "zmesh", "gateway", "--listen", f"0.0.0.0:{free_port()}"],
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert done.returncode == 2 and "--tokens" in done.stderr and "--no-auth" in done.stderr, done.stderr
+
+
+def test_a_long_poll_whose_answer_is_lost_is_answered_again(gw: Gateway, ops: Client) -> None:
+    """The HTTP client's connection dies with the answer in flight (the wait claimed as it
+    answered): the next wait answers the same task again, and no second task is claimed."""
+    import socket
+
+    for task in ("l1", "l2"):
+        ops.create_task(task)
+    conn = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    conn.sendall(b"GET /agent/lost/wait?timeout_s=20 HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_for(lambda: any(t["owner"] == "lost" for t in ops.tasks(status="claimed")), what="the wait's claim")
+    conn.close()  # whatever was sent is lost with the connection
+    held = [t["id"] for t in ops.tasks(status="claimed") if t["owner"] == "lost"]
+    again = gw.get("/agent/lost/wait?timeout_s=20")
+    assert again["kind"] == "task" and [again["task"]["id"]] == held and again["repeated"] is True
+    assert [t["id"] for t in ops.tasks(status="claimed") if t["owner"] == "lost"] == held

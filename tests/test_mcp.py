@@ -107,7 +107,7 @@ def test_task_created_from_the_cli_wakes_wait_for_work(broker: BrokerProcess) ->
             got: dict[str, Any] = {}
 
             async def waiter() -> None:
-                got.update(await call(s, "wait_for_work", timeout_s=45))
+                got.update(await call(s, "wait_for_work", timeout_s=DEFAULT_WAIT_MAX_S))
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(waiter)
@@ -135,7 +135,7 @@ def test_wait_for_work_answers_messages_assignments_and_timeouts(broker: BrokerP
         async with mcp_session(broker) as s:
             assert (await call(s, "wait_for_work", timeout_s=0.2))["kind"] == "timeout"
             boss.send("review please", {"pr": 7}, to="m1", sender=None)
-            got = await call(s, "wait_for_work", timeout_s=30)
+            got = await call(s, "wait_for_work", timeout_s=DEFAULT_WAIT_MAX_S)
             assert got["kind"] == "message" and got["message"]["subject"] == "review please"
             assert got["message"]["body"] == {"pr": 7}
             # still unread: read_messages shows it, and marks it read
@@ -144,12 +144,12 @@ def test_wait_for_work_answers_messages_assignments_and_timeouts(broker: BrokerP
             assert (await call(s, "read_messages"))["messages"] == []
             boss.create_task("a1")
             boss.assign("m1", "a1")
-            got = await call(s, "wait_for_work", timeout_s=30)
+            got = await call(s, "wait_for_work", timeout_s=DEFAULT_WAIT_MAX_S)
             assert got["kind"] == "task" and got["task"]["id"] == "a1" and got["assigned"] is True
             assert (await call(s, "complete_task", task="a1"))["status"] == "completed"
             # claim=false: the task is named, not claimed
             boss.create_task("free")
-            got = await call(s, "wait_for_work", timeout_s=30, claim=False)
+            got = await call(s, "wait_for_work", timeout_s=DEFAULT_WAIT_MAX_S, claim=False)
             assert got["task"]["id"] == "free" and got["task"]["claimed"] is False
             assert boss.task("free")["status"] == "available"
     anyio.run(run)
@@ -176,7 +176,7 @@ def test_cancelled_wait_for_work_leaves_no_claim_and_no_waiter(broker: BrokerPro
     async def run() -> None:
         async with mcp_session(broker) as s:
             with pytest.raises(MCPError):  # the client gives up: it sends notifications/cancelled
-                await s.call_tool("wait_for_work", {"timeout_s": 40}, read_timeout_seconds=0.5)
+                await s.call_tool("wait_for_work", {"timeout_s": DEFAULT_WAIT_MAX_S}, read_timeout_seconds=0.5)
             # the server reads its input in order: the cancellation is applied before this answer
             assert (await call(s, "whoami"))["holding"] == []
             boss.create_task("t1")

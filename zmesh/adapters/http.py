@@ -46,16 +46,17 @@ from ..client import AsyncClient
 from ..errors import Conflict, InvalidArgument, ZmeshError
 from ..fields import CONTROL_CHARS
 from .http_auth import CALLER, OPEN_PATHS, Tokens, Unauthorized, allow
+from . import defaults
 from .schemas import field_arg, time_arg
 from .session import AgentSession, check_address
 
 log = logging.getLogger("zmesh.adapters.http")
 
 #: default lease TTL of an HTTP agent (the predecessor's claim TTL): it must call this often
-DEFAULT_HTTP_TTL_S = 300.0
+DEFAULT_HTTP_TTL_S = defaults.HTTP_TTL_S
 #: default and largest long-poll wait
-DEFAULT_WAIT_S = 30.0
-DEFAULT_WAIT_MAX_S = 300.0
+DEFAULT_WAIT_S = defaults.HTTP_WAIT_S
+DEFAULT_WAIT_MAX_S = defaults.HTTP_WAIT_MAX_S
 #: most HTTP agents held at once (each holds a connection and an event subscription)
 MAX_SESSIONS = 1000
 #: HTTP status of each zmesh error code (anything else: 500)
@@ -478,16 +479,21 @@ def build_app(endpoint: str | None, *, ttl: float = DEFAULT_HTTP_TTL_S, timeout:
     async def release(body: Release) -> dict[str, Any]:
         return await (await sessions.get(body.session_id)).release(body.task_id)
 
-    @app.get("/agent/{session_id}/wait", summary="Long-poll: wait until there is work for the agent")
+    @app.get("/agent/{session_id}/wait", summary="Long-poll: wait until there is work for the agent",
+             description="Answers {kind: task|message|timeout, ...}. A task it hands out carries a handle; "
+                         "until the agent completes, fails or releases it, the next wait answers it again "
+                         "(repeated: true) instead of claiming another, so a lost answer loses nothing.")
     async def wait(session_id: Annotated[str, Path(max_length=protocol.MAX_ID_BYTES)],
                    timeout_s: Annotated[float, Query(ge=0.0, le=wait_max, allow_inf_nan=False)] = min(
                        DEFAULT_WAIT_S, wait_max),
                    claim: bool = True,
-                   capability: Annotated[Optional[list[str]], Query(max_length=protocol.MAX_LIST_ITEMS)] = None
-                   ) -> dict[str, Any]:
+                   capability: Annotated[Optional[list[str]], Query(max_length=protocol.MAX_LIST_ITEMS)] = None,
+                   handle: Annotated[Optional[str], Query(max_length=protocol.MAX_ID_BYTES,
+                                                          description="an earlier answer's handle: that task again")]
+                   = None) -> dict[str, Any]:
         session = await sessions.get(protocol.KINDS["id"]("session_id", session_id), capability)
         async with sessions.waiting(session):
-            return await session.wait_for_work(timeout_s, claim=claim)
+            return await session.wait_for_work(timeout_s, claim=claim, handle=handle)
 
     @app.get("/agent/{session_id}/messages", summary="The agent's unread messages (marked read unless peek)")
     async def messages(session_id: Annotated[str, Path(max_length=protocol.MAX_ID_BYTES)],

@@ -13,9 +13,13 @@ Rules it keeps:
 * Results are small: task and message views, never the broker's full records.
 * Failures are tool errors. Each says what happened and what to call next (:data:`NEXT`),
   so the model can act on it.
-* ``wait_for_work`` waits at most ``--wait-max`` seconds. The default, 50 s, fits Codex
-  CLI's 60 s tool timeout, which progress notifications do not extend. Progress goes out
-  every ~15 s when the client asked for it. A timeout is a normal result.
+* ``wait_for_work`` waits at most ``--wait-max`` seconds, 25 s by default: a stateless client
+  (MCP 2026-07-28) or a proxy between them may cut a longer silent call, and it is well
+  inside Codex CLI's 60 s tool timeout, which progress does not extend. Progress goes out
+  every ~10 s when the client asked for it, as keepalives. A timeout is a normal result.
+* ``wait_for_work`` is safe to call again after a lost answer: a task it handed out carries a
+  ``handle``, and until that task is completed, failed or released, the next call answers it
+  again (``repeated``) instead of claiming another (zmesh/adapters/grants.py).
 * stdout carries protocol only: the SDK's stdio transport owns it, and logs go to stderr.
 * ``--channel`` declares Claude Code's ``claude/channel`` capability. Assignments and urgent
   messages (critical, high) that arrive while no ``wait_for_work`` is waiting are pushed
@@ -42,13 +46,14 @@ from typing_extensions import TypedDict
 from .. import __version__, protocol
 from ..client._inbox import Message
 from ..errors import ZmeshError
-from .schemas import field_arg
+from . import defaults
+from .schemas import field_arg, handle_arg
 from .session import PROGRESS_EVERY_S, AgentSession, check_address
 
 log = logging.getLogger("zmesh.adapters.mcp")
 
-#: default and largest wait of wait_for_work and reserve_paths (fits Codex CLI's 60 s)
-DEFAULT_WAIT_MAX_S = 50.0
+#: default and largest wait of wait_for_work and reserve_paths (zmesh/adapters/defaults.py: why)
+DEFAULT_WAIT_MAX_S = defaults.MCP_WAIT_MAX_S
 #: largest --wait-max (Gemini CLI's default tool timeout is 10 min; Claude Code's is 30 min
 #: without progress, and progress resets it)
 MAX_WAIT_MAX_S = protocol.MAX_WAIT_S
@@ -107,6 +112,10 @@ class WorkResult(TypedDict, total=False):
     task: TaskView
     message: MessageView
     assigned: bool
+    #: names a task handed out: the same handle comes back when the answer is given again
+    handle: str
+    #: this task was handed to this agent before (an answer that may have been lost)
+    repeated: bool
     waited_s: float
 
 
@@ -268,19 +277,24 @@ def build_server(session: AgentSession, *, wait_max: float = DEFAULT_WAIT_MAX_S,
 
     @server.tool(description="Block until there is work for this agent: a task assigned to it or claimable "
                  "by it (claimed for you unless claim=false), or a message for it; or until timeout_s "
-                 "passes. Returns {kind: task|message|timeout, task | message, waited_s}. Call it again "
-                 "after a timeout. You are shown as idle while waiting and busy after a claim.")
+                 "passes. Returns {kind: task|message|timeout, task | message, handle, waited_s}. Call it "
+                 "again after a timeout. Safe to call again when an answer was lost: until you complete, fail "
+                 "or release a task it gave you, it answers that task again (repeated: true, same handle) "
+                 "instead of claiming another, so finish the task before waiting for the next. You are shown "
+                 "as idle while waiting and busy after a claim.")
     @_acting
     async def wait_for_work(ctx: Context, timeout_s: Wait = wait_max,
                             claim: Annotated[bool, PydField(description="claim the task found (false: only "
                                                             "name it)")] = True,
                             ttl: field_arg("claim_next", "ttl", "seconds the claim lasts unless renewed "
-                                           "(default: as long as this agent is connected)") = None
+                                           "(default: as long as this agent is connected)") = None,
+                            handle: handle_arg("the handle of an earlier answer: that task again, while you "
+                                               "still hold it (not needed to get a lost answer again)") = None
                             ) -> WorkResult:
         async def progress(done: float, total: float) -> None:
             await ctx.report_progress(done, total, f"waited {done:.0f} of {total:.0f} s for work")
         return await session.wait_for_work(timeout_s, claim=claim, ttl=ttl,  # type: ignore[return-value]
-                                           progress=progress, progress_every=progress_every)
+                                           handle=handle, progress=progress, progress_every=progress_every)
 
     @server.tool(description="Claim the best available task this agent can do (highest priority, then "
                  "oldest). Returns {claimed, task}; claimed=false when there is none (call wait_for_work).")

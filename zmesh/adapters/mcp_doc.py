@@ -41,8 +41,10 @@ The server's instructions to the model:
 
 - `wait_for_work` waits at most `--wait-max` seconds, {DEFAULT_WAIT_MAX_S:g} by default. A
   timeout is a normal result: call it again.
-  - The default fits Codex CLI, which stops a tool call after `tool_timeout_sec` (60 s by
-    default). Progress does not extend that limit.
+  - The default is short because a call that says nothing for about 30 s may be cut: by a
+    proxy, or by a client of the stateless revision (2026-07-28), which re-issues a call
+    whose response stream broke. It also fits Codex CLI, which stops a tool call after
+    `tool_timeout_sec` (60 s by default); progress does not extend that limit.
   - To wait longer, raise the client's timeout first, then `--wait-max` below it:
     - Gemini CLI: 10 min by default.
     - Claude Code: a call that sends nothing for 30 min is aborted (progress resets that
@@ -53,6 +55,13 @@ The server's instructions to the model:
   client asked for them.
 - The agent is shown `idle` while it waits, and `busy` after a claim.
 - A cancelled call releases what it claimed.
+- A lost answer loses nothing, and a re-issued call never claims a second task. Every task a
+  wait hands out (claimed by it, or assigned) carries a `handle`. Until the agent completes,
+  fails or releases that task, the next `wait_for_work` answers it again at once, with the
+  same handle and `repeated: true`, after checking at the broker that the claim is still the
+  agent's. `handle` as an argument asks for that one task again. When the server starts on
+  a lease that still holds claims (the same agent's earlier process), it takes them over
+  the same way: the first wait hands them out again.
 - A message the wait answers with stays unread: `read_messages` returns it and marks it read.
 
 ## Errors

@@ -84,3 +84,9 @@ def time_arg(doc: str) -> Any:
                                                {"type": "string", "format": "date-time", "maxLength": 64},
                                                {"type": "null"}]}),
                      PydField(description=f"{doc} ({times.TIME_RULE})")]
+
+
+def handle_arg(doc: str) -> Any:
+    """An optional handle of an earlier answer (zmesh/adapters/grants.py): an id by the id rule."""
+    return Annotated[Optional[Annotated[str, PydField(min_length=1, max_length=MAX_ID_BYTES), _checked("id")]],
+                     PydField(description=doc)]

@@ -18,6 +18,12 @@ Rules it keeps:
   arrives while it looks wakes it again. A waiter that is cancelled releases what it claimed
   in that call. A message a wait answers with stays unread (``read_messages`` reads it), so
   an answer that never reached the caller loses nothing.
+* A re-issued wait is answered again, never with a second claim (zmesh/adapters/grants.py).
+  Every task a wait hands out (claimed, or assigned) carries a ``handle`` and stays a grant
+  until its claim ends; the next wait answers the oldest grant again (``repeated: true``),
+  after checking at the broker that the claim is still this agent's. A session that starts
+  on a lease holding claims it does not know (an earlier process of the same agent) adopts
+  them as grants, so nothing is left on a lease its heartbeat keeps alive.
 * Results are small dicts, the same for every surface: task and message views, not the
   broker's full records.
 """
@@ -38,12 +44,14 @@ from .. import protocol
 from ..client import AsyncClient
 from ..client._api import WORK_EVENTS, first_claimable
 from ..client._inbox import Message
-from ..errors import Conflict, InvalidArgument, ZmeshError
+from ..errors import Conflict, InvalidArgument, NotFound, ZmeshError
+from . import defaults
+from .grants import Grant, Grants
 
 log = logging.getLogger("zmesh.adapters.session")
 
-#: seconds between progress reports while wait_for_work waits
-PROGRESS_EVERY_S = 15.0
+#: seconds between progress reports while wait_for_work waits (keepalives; defaults.py says why)
+PROGRESS_EVERY_S = defaults.PROGRESS_EVERY_S
 #: longest text kept of a message body or task data in a view (results stay small)
 MAX_VIEW_CHARS = 4000
 
@@ -88,6 +96,8 @@ class AgentSession:
         self.client = AsyncClient(endpoint, agent=self.agent, capabilities=self.capabilities, ttl=ttl,
                                   timeout=timeout, on_lease_lost=self._lease_lost, heartbeat=heartbeat)
         self.held: dict[str, Held] = {}
+        #: the tasks waits handed out that a re-issued wait answers again
+        self.grants = Grants()
         self.delivery_tokens: dict[str, int] = {}
         self._assigned: deque[Message] = deque()
         self._pushed: deque[Message] = deque()
@@ -111,8 +121,31 @@ class AgentSession:
             self._events = self.client.subscribe(self._task_event, WORK_EVENTS, since=since)
             await self.client.on_task(self._arrived_task)
             await self.client.on_message(self._arrived_message)
+            await self._adopt()
             self.started = True
             log.info("agent %s registered at %s (lease %s)", self.agent, self.client.endpoint, self.client.lease)
+
+    async def _adopt(self) -> None:
+        """Claims the agent's lease holds that this session does not know (an earlier process
+        of the same agent, whose answer or whole life was lost) become grants: the next wait
+        hands them out again instead of leaving them on a lease this session keeps alive."""
+        info = await self.client.agent_info()
+        adopted = []
+        for task in info.get("claims") or ():
+            if task in self.held:
+                continue
+            try:
+                record = await self.client.task(task)
+            except ZmeshError:  # not a task (a reservation, a delivery): nothing to hand out
+                continue
+            if record.get("owner") == self.agent and record.get("token"):
+                expires = record.get("expires_in")
+                self.held[task] = Held(record["token"], None if expires is None else time.time() + expires)
+                self.grants.add(task, adopted=True)
+                adopted.append(task)
+        if adopted:
+            log.info("agent %s holds claims from an earlier connection of its lease: %s; the next "
+                     "wait_for_work hands them out again", self.agent, ", ".join(adopted))
 
     async def close(self) -> None:
         """Unregister (the broker releases the agent's claims and reservations) and disconnect."""
@@ -180,6 +213,7 @@ class AgentSession:
         self.leases_lost += 1
         lost = sorted(self.held)
         self.held.clear()
+        self.grants.settle_all()
         if lost:
             log.warning("lease of %s lapsed; claims on %s went back to the queue", self.agent, ", ".join(lost))
 
@@ -201,23 +235,28 @@ class AgentSession:
     async def claim_task(self, task: str, ttl: float | None = None) -> dict[str, Any]:
         return self._took(await self.call(self.client.try_claim, task, ttl=ttl))
 
+    def _ended(self, task: str) -> None:
+        """The agent's claim on ``task`` ended: no token kept, no grant handed out again."""
+        self.held.pop(task, None)
+        self.grants.settle(task)
+
     def token(self, task: str) -> int | None:
         held = self.held.get(task)
         return None if held is None else held.token
 
     async def complete(self, task: str, result: Any = None) -> dict[str, Any]:
         record = await self.call(self.client.complete, task, token=self.token(task), result=result)
-        self.held.pop(task, None)
+        self._ended(task)
         return {"task": task, "status": record.get("status", "completed")}
 
     async def fail(self, task: str, error: str) -> dict[str, Any]:
         record = await self.call(self.client.fail, task, token=self.token(task), error=error)
-        self.held.pop(task, None)
+        self._ended(task)
         return {"task": task, "status": record.get("status"), "attempts": record.get("attempts")}
 
     async def release(self, task: str) -> dict[str, Any]:
         record = await self.call(self.client.release, task, token=self.token(task))
-        self.held.pop(task, None)
+        self._ended(task)
         return {"task": task, "status": record.get("status", "available")}
 
     async def _claimable(self) -> dict[str, Any] | None:
@@ -233,27 +272,74 @@ class AgentSession:
             msg = self._assigned.popleft()
             held = self.held.get(msg.task or "")
             expires = None if held is None or held.expires_at is None else max(0.0, held.expires_at - time.time())
-            return {"kind": "task", "task": task_view(msg.context.get("task_record"), msg.task or "",
-                                                     claimed=held is not None, expires_in=expires),
-                    "assigned": True}
+            found = {"kind": "task", "task": task_view(msg.context.get("task_record"), msg.task or "",
+                                                       claimed=held is not None, expires_in=expires),
+                     "assigned": True}
+            return self._granted(found, self.grants.add(msg.task or "", assigned=True)) if held else found
         if self._pushed:  # left unread: an answer the caller never saw (cancelled) loses nothing
             msg = self._pushed.popleft()
             return {"kind": "message", "message": message_view(msg.raw)}
         if claim:
             view = await self.claim_next(ttl, taken)
-            if view is not None:
-                return {"kind": "task", "task": view, "assigned": False}
-            return None
+            if view is None:
+                return None
+            return self._granted({"kind": "task", "task": view, "assigned": False}, self.grants.add(view["id"]))
         view = await self._claimable()
         return None if view is None else {"kind": "task", "task": view, "assigned": False}
 
+    @staticmethod
+    def _granted(found: dict[str, Any], grant: Grant) -> dict[str, Any]:
+        found["handle"] = grant.handle
+        return found
+
+    async def _still_mine(self, grant: Grant) -> dict[str, Any] | None:
+        """The grant's task view when its claim is still this agent's at the broker (with the
+        token the session holds), else None: the grant is settled."""
+        held = self.held.get(grant.task)
+        try:
+            record = await self.call(self.client.task, grant.task)
+        except NotFound:
+            record = None
+        if held is None or record is None or record.get("owner") != self.agent or record.get("token") != held.token:
+            self._ended(grant.task)
+            log.info("grant %s of %s (task %s) is settled: the claim is no longer this agent's",
+                     grant.handle, self.agent, grant.task)
+            return None
+        return task_view(record, grant.task, claimed=True, expires_in=record.get("expires_in"))
+
+    async def _again(self, handle: str | None) -> dict[str, Any] | None:
+        """A re-issued wait: the grant named by ``handle``, else the oldest outstanding one,
+        answered again while its claim is still this agent's (grants.py)."""
+        if handle is not None:
+            named = self.grants.get(handle)
+            grants = [] if named is None else [named]
+        else:
+            grants = list(self.grants.outstanding())
+        for grant in grants:
+            view = await self._still_mine(grant)
+            if view is not None:
+                return {"kind": "task", "task": view, "assigned": grant.assigned, "handle": grant.handle,
+                        "repeated": True, "waited_s": 0.0}
+        if handle is not None:
+            raise NotFound(f"handle '{handle}' names no task this agent still holds: it was completed, failed, "
+                           "released or lapsed, or another session gave it; call again without a handle",
+                           {"field": "handle"})
+        return None
+
     async def wait_for_work(self, timeout_s: float, *, claim: bool = True, ttl: float | None = None,
-                            progress: Progress | None = None,
+                            handle: str | None = None, progress: Progress | None = None,
                             progress_every: float = PROGRESS_EVERY_S) -> dict[str, Any]:
         """Until a task is assigned to this agent or claimable by it (claimed when ``claim``),
         or a message for it arrives, or ``timeout_s`` passes: ``{kind: task|message|timeout,
-        ...}``. The agent is idle while it waits (busy after a claim)."""
+        ...}``; a task handed out carries a ``handle``. A task handed out before and still
+        held (an answer the caller may have lost) is answered again at once, ``repeated``
+        (``handle`` names which). The agent is idle while it waits (busy after a claim)."""
         await self.call(self.client.hello)  # unreachable: raised here, before the agent is reported idle
+        if handle is not None:
+            handle = protocol.KINDS["id"]("handle", handle)
+        again = await self._again(handle)
+        if again is not None:
+            return again
         if not self.held:
             try:
                 await self.call(self.client.idle, message="waiting for work")

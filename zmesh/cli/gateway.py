@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from .. import protocol
+from ..adapters import defaults
 from ..errors import BindError, UsageError
 from . import main, setup_logging
 from ._options import Seconds, load_extra
@@ -65,9 +66,9 @@ def _loopback(host: str) -> bool:
 @main.command()
 @click.option("--listen", type=ListenType(), default=DEFAULT_LISTEN, show_default=True,
               help="HOST:PORT the HTTP gateway listens on.")
-@click.option("--ttl", type=Seconds(protocol.MIN_TTL_S, protocol.MAX_TTL_S), default=300.0, show_default=True,
+@click.option("--ttl", type=Seconds(protocol.MIN_TTL_S, protocol.MAX_TTL_S), default=defaults.HTTP_TTL_S, show_default=True,
               help="Lease TTL of an HTTP agent: it must call at least this often, or its claims go back.")
-@click.option("--wait-max", type=Seconds(1.0, protocol.MAX_WAIT_S), default=300.0, show_default=True,
+@click.option("--wait-max", type=Seconds(1.0, protocol.MAX_WAIT_S), default=defaults.HTTP_WAIT_MAX_S, show_default=True,
               help="Longest long-poll wait (GET /agent/ID/wait).")
 @click.option("--tokens", "tokens_file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Bearer tokens, one 'TOKEN AGENT' per line (AGENT an agent id, or * for any agent and "

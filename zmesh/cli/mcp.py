@@ -15,6 +15,7 @@ import logging
 import click
 
 from .. import protocol
+from ..adapters import defaults
 from ..errors import UsageError, ZmeshError
 from . import main, setup_logging
 from ._options import IdType, Seconds, field_option, load_extra
@@ -32,11 +33,12 @@ log = logging.getLogger("zmesh.cli")
               "long after the server dies (default: the broker's).")
 @click.option("--wait-max", type=Seconds(1.0, protocol.MAX_WAIT_S), default=None,
               help="Longest wait of wait_for_work and reserve_paths, and the default of wait_for_work "
-                   "[default: 50, under Codex CLI's 60 s tool timeout; raise it with the client's timeout].")
+                   f"[default: {defaults.MCP_WAIT_MAX_S:g}: a silent call of about 30 s may be cut by a proxy or a "
+                   "stateless client; raise it with the client's timeout].")
 @click.option("--channel", is_flag=True,
               help="Push assignments and urgent messages into an idle Claude Code session (channels, a "
                    "research preview).")
-@click.option("--progress-every", type=Seconds(0.1, 3600.0), default=15.0, show_default=True,
+@click.option("--progress-every", type=Seconds(0.1, 3600.0), default=defaults.PROGRESS_EVERY_S, show_default=True,
               help="Seconds between progress notifications while wait_for_work waits (for clients that "
                    "asked for progress; Claude Code's idle timeout restarts with each).")
 @click.option("-v", "--verbose", count=True, help="Log to stderr (-v info, -vv debug).")
@@ -57,5 +59,5 @@ def mcp(ctx: Ctx, agent: str | None, capability: tuple[str, ...], ttl: float | N
         raise UsageError(exc.message, {"field": "--agent"}) from None
     session = AgentSession(ctx.endpoint(), name, capabilities=capability, ttl=ttl, timeout=ctx.timeout)
     log.info("zmesh mcp: agent %s, broker %s", name, ctx.endpoint() or "(discovery)")
-    anyio.run(lambda: mcp_server.serve_stdio(session, wait_max=wait_max or mcp_server.DEFAULT_WAIT_MAX_S,
+    anyio.run(lambda: mcp_server.serve_stdio(session, wait_max=wait_max or defaults.MCP_WAIT_MAX_S,
                                              channel=channel, progress_every=progress_every))
