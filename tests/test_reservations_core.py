@@ -115,8 +115,9 @@ def test_list_filters_by_agent_and_overlap(h: Harness) -> None:
     every = h.do("reservations")["reservations"]
     assert [(r["pattern"], r["agent"], r["mode"]) for r in every] == [
         ("docs/**", "b", "shared"), ("src/**/*.py", "a", "exclusive")]
-    # the earlier of its own TTL and its agent's lease (the h's default TTL: 10 s)
-    assert every[1]["expires_in"] == 10.0 and every[1]["ttl"] == 60.0 and every[0]["ttl"] is None
+    # the earlier of its own TTL and its agent's lease, which the reserve renewed for at least that TTL
+    assert every[1]["expires_in"] == 60.0 and every[1]["ttl"] == 60.0 and every[0]["ttl"] is None
+    assert every[0]["expires_in"] == 10.0  # b's lease: the h's default TTL
     assert [r["agent"] for r in h.do("reservations", agent="b")["reservations"]] == ["b"]
     assert [r["agent"] for r in h.do("reservations", path="src/zmesh/x.py")["reservations"]] == ["a"]
     assert h.do("reservations", path="src/README.md")["reservations"] == []
@@ -128,7 +129,8 @@ def test_reservations_survive_a_restart(h: Harness, clean: bool) -> None:
     h.restart(T0 + 100, clean=clean)
     assert _held(h) == {"a": ["path:src/**\x00a"]}
     err = h.refused(Conflict, "reserve", agent="b", paths=["src/x.py"])
-    assert err.details["token"] == token and err.details["expires_in"] == 10.0  # the lease's full TTL again
+    # the lease's full TTL again: 30 s, the TTL its first request (this reserve) gave the implicit agent
+    assert err.details["token"] == token and err.details["expires_in"] == 30.0
 
 
 @pytest.mark.parametrize("bad, why", [
@@ -222,3 +224,14 @@ def test_a_waiter_whose_lease_ends_leaves_the_queue(h: Harness) -> None:
     assert _wait(h, "u", "c", ["src/y.py"], 60) is DEFERRED  # independent of b's (no overlap)
     got = _answers(h, T0 + 5.5)
     assert isinstance(got["t"], LeaseExpired) and not any(w.agent == "b" for w in h.core.reservations.waiting.values())
+
+
+def test_a_reservation_ttl_holds_the_lease_of_an_agent_that_sends_nothing_else(h: Harness) -> None:
+    """``zmesh reserve --ttl 600`` from a shell: the agent's only request. Its lease lasted the
+    default 10 s, and the reservation went with it (a claim's TTL already held the lease)."""
+    got = h.do("reserve", agent="sh", paths=["lib/**"], ttl=600)["reservations"][0]
+    assert got["expires_in"] == 600.0
+    h.expire(T0 + 11, presence=True)
+    assert _held(h) == {"sh": ["path:lib/**\x00sh"]}
+    events = h.expire(T0 + 601, presence=True)
+    assert ("reservation.expired", "sh", "lib/**") in _topics(events) and _held(h) == {}

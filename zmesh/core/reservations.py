@@ -130,7 +130,7 @@ class Reservations:
             return self._grant(b, agent_id, patterns, mode, ttl)
         if not body["wait_s"] or b.ticket is None:
             raise refusal
-        self.agents.ensure(b, agent_id, None)  # it waits on a lease, like any claim
+        self.agents.ensure(b, agent_id, ttl)  # it waits on a lease, like any claim (held at least ttl)
         number = next(self._numbers)
         self.waiting[number] = Waiter(number, agent_id, patterns, mode, ttl, b.request_id, b.ticket, b.key, b.role)
         self.deadlines.set(Due.WAIT, number, body["wait_s"], b.now.mono)
@@ -157,7 +157,7 @@ class Reservations:
 
     def _grant(self, b: Batch, agent_id: str, patterns: list[str], mode: str, ttl: float | None) -> dict[str, Any]:
         held = {p: self.claims.get(b.txn, path_key(p, agent_id)) for p in patterns}
-        agent = self.agents.ensure(b, agent_id, None)
+        agent = self.agents.ensure(b, agent_id, ttl)  # a lease that lives as long as the reservations asked
         out = []
         for pattern in patterns:
             key, claim = path_key(pattern, agent_id), held[pattern]
