@@ -160,3 +160,47 @@ def test_the_readme_mcp_setup_works_as_written(broker) -> None:
     assert who["agent"] == "codex-1"
     longest = tools["wait_for_work"]["properties"]["timeout_s"]["maximum"]
     assert server["tool_timeout_sec"] > longest, "a wait must end before Codex gives up on the call"
+
+
+def test_the_readme_tour_runs_as_written(broker, tmp_path: Path) -> None:
+    """The 5-minute tour's second block, line by line in one bash, against the test's broker:
+    every line exits 0 (the conflict line prints its 1 itself). Only the `export` line (the
+    test's broker replaces 7700) and `zmesh top` (interactive; tests/test_top.py drives it)
+    are left out; `zmesh events &` runs in the background and is stopped by its PID."""
+    text = _section("A 5-minute tour")
+    block = re.findall(r"```sh\n(.*?)```", text, re.S)[1]
+    lines = [x for x in block.splitlines() if x.strip()]
+    assert lines[0].startswith("export ZMESH_BROKER=")
+    script = ["set -u", "fail() { echo \"FAILED ($1): $2\" >&2; kill $EVENTS 2>/dev/null; exit 1; }"]
+    for n, line in enumerate(lines[1:], 1):
+        command = line.split("  #")[0].strip()
+        if command.startswith("zmesh top"):
+            continue
+        if command.endswith("&"):
+            script.append(f"{command} EVENTS=$!")
+            continue
+        script.append(f"{command} || fail $? {shlex.quote(command)}")
+    script.append("kill $EVENTS; wait $EVENTS 2>/dev/null; exit 0")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZMESH_")}
+    env.update(ZMESH_BROKER=broker.endpoint, PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}")
+    done = subprocess.run(["bash", "-c", "\n".join(script)], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, stdin=subprocess.DEVNULL, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert "\n1\n" in done.stdout  # bob's claim of build: conflict, exit 1
+    with Client(broker.endpoint) as c:
+        assert c.task("build")["status"] == "completed"
+        queued = [m for m in c.messages(agent="carol") if m.get("type") == "task.assign"]
+        assert queued and queued[0]["context"]["task"] == "deploy"
+
+
+def test_the_readme_presence_example_runs_as_written(broker, tmp_path: Path) -> None:
+    """The agent half of the presence example (up to the coordinator's endless watch), run by
+    Python as written with $ZMESH_BROKER naming the test's broker."""
+    text = _section("Agents: presence, liveness, helpers, blockers")
+    code = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    code = code[:code.index("coordinator = Client()")]
+    env = dict(os.environ, ZMESH_BROKER=broker.endpoint)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -1,13 +1,18 @@
 """``zmesh top`` in a real pseudo-terminal (pexpect) against a real broker process: it shows
 the agents and the counts, changes within a second of a state change, says when the broker
 is away and keeps working across a broker restart, and q quits with exit 0 and the
-terminal restored. The renderer is also tested on its own (escaping, colours, totals)."""
+terminal restored. Started with no broker it draws its dashboard at once (connecting,
+unreachable) and fills in when a broker comes up on that port; no log line is ever written
+over the screen (the latest warning is on its status line). The renderer is also tested on
+its own (escaping, colours, totals)."""
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pexpect
@@ -18,7 +23,7 @@ from rich.table import Table
 from zmesh import Client
 from zmesh.cli.top import EVASIVE_STYLE, STATE_STYLE, render
 from zmesh.client import Roster
-from zmesh.testing import BrokerProcess
+from zmesh.testing import BrokerProcess, free_port
 
 from .conftest import ROOT
 
@@ -34,12 +39,41 @@ def spawn_top(endpoint: str, *extra: str) -> pexpect.spawn:
 def top(broker_factory: Callable[..., BrokerProcess]) -> Iterator[tuple[BrokerProcess, Any]]:
     b = broker_factory()
     child = spawn_top(b.endpoint)
+    child.logfile_read = io.StringIO()  # all it wrote to the terminal: see raw_log_lines
     try:
         yield b, child
     finally:
         if child.isalive():
             child.kill(9)
         child.close(force=True)
+
+
+@pytest.fixture
+def top_before_broker(tmp_path: Path) -> Iterator[tuple[BrokerProcess, Any]]:
+    """top started on two free ports where no broker runs yet, and a (not started) broker
+    for those ports; both are stopped by PID at the end."""
+    port = free_port()
+    pub = free_port()
+    while pub == port:
+        pub = free_port()
+    b = BrokerProcess(tmp_path / "data", port=port, pub_port=pub)
+    child = spawn_top(b.endpoint)
+    child.logfile_read = io.StringIO()
+    try:
+        yield b, child
+    finally:
+        if child.isalive():
+            child.kill(9)
+        child.close(force=True)
+        b.stop()
+        b.kill()
+
+
+def raw_log_lines(child: pexpect.spawn) -> list[str]:
+    """Log records (the CLI's stderr format, "... WARNING zmesh.client: ...") that reached the
+    terminal: none may, the screen is the dashboard's."""
+    written = child.logfile_read.getvalue()
+    return [line for line in written.splitlines() if "WARNING" in line or " zmesh." in line]
 
 
 def within_a_second(child: pexpect.spawn, pattern: str) -> float:
@@ -90,6 +124,75 @@ def test_top_keeps_working_across_a_broker_restart(top: tuple[BrokerProcess, Any
     assert child.exitstatus == 0
 
 
+def test_top_without_a_broker_draws_its_dashboard_at_once_and_q_quits(
+        top_before_broker: tuple[BrokerProcess, Any]) -> None:
+    _b, child = top_before_broker
+    # the header and the empty table at once, then the failed try said in the header, and
+    # the warning on the status line (not as a log line over the screen)
+    child.expect("zmesh top .*connecting", timeout=15)
+    child.expect("connecting: broker unreachable, retrying.*warning: watch: broker unreachable.*"
+                 "agents -.*agent.*state.*task.*q quits", timeout=15)
+    child.expect("warning: watch: broker unreachable", timeout=15)  # the next try: still shown, still no log line
+    assert raw_log_lines(child) == []
+    child.send("q")
+    child.expect(pexpect.EOF, timeout=10)
+    child.close()
+    assert child.exitstatus == 0
+    assert "\x1b[?1049l" in (child.before or "")
+    assert raw_log_lines(child) == []  # nor while it stopped
+
+
+def test_top_fills_in_when_the_broker_comes_up(top_before_broker: tuple[BrokerProcess, Any]) -> None:
+    b, child = top_before_broker
+    child.expect("connecting: broker unreachable, retrying", timeout=15)
+    b.start()
+    child.expect("connected", timeout=30)  # the first snapshot, after the retry's backoff
+    with Client(b.endpoint, agent="epsilon", ttl=30) as eps:
+        eps.idle()
+        within_a_second(child, "connected.*agents 1.*idle 1.*epsilon")
+        eps.busy("first-job")
+        within_a_second(child, "busy 1.*epsilon.*first-job")
+    assert raw_log_lines(child) == []
+    child.send("q")
+    child.expect(pexpect.EOF, timeout=10)
+    child.close()
+    assert child.exitstatus == 0
+    assert raw_log_lines(child) == []
+
+
+def test_top_broker_gone_mid_session_says_so_without_log_lines(top: tuple[BrokerProcess, Any]) -> None:
+    b, child = top
+    child.expect("agents 0", timeout=15)
+    with Client(b.endpoint, agent="zeta", ttl=60, heartbeat=False) as zeta:
+        zeta.idle()
+        within_a_second(child, "idle 1.*zeta")
+        b.stop()
+        child.expect("reconnecting", timeout=30)
+        # the stream's warning is on the status line, the last picture still below it
+        child.expect("reconnecting.*warning: event stream: broker unreachable.*zeta", timeout=30)
+        assert raw_log_lines(child) == []
+        b.start()
+        child.expect("connected", timeout=30)
+        zeta.busy("back-again")
+        within_a_second(child, "busy 1.*zeta.*back-again")
+    child.send("q")
+    child.expect(pexpect.EOF, timeout=10)
+    child.close()
+    assert child.exitstatus == 0
+    assert raw_log_lines(child) == []
+
+
+def test_top_once_without_a_broker_exits_3_with_one_line(tmp_path: Path) -> None:
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZMESH_")}
+    r = subprocess.run([sys.executable, "-m", "zmesh", "--broker", f"tcp://127.0.0.1:{free_port()}", "--timeout",
+                        "0.5", "top", "--once"], capture_output=True, text=True, env=env,
+                       stdin=subprocess.DEVNULL, timeout=30)
+    assert r.returncode == 3 and r.stdout == ""
+    assert r.stderr.startswith("zmesh: unreachable: ") and r.stderr.count("\n") == 1
+
+
 def test_top_needs_a_terminal_or_once(broker: BrokerProcess) -> None:
     import subprocess
 
@@ -136,3 +239,22 @@ def test_render_escapes_user_text_and_colours_states() -> None:
     assert states == {"busy": STATE_STYLE["busy"], "idle": STATE_STYLE["idle"], "blocked": STATE_STYLE["blocked"]}
     live = {str(cell): cell.style for cell in table.columns[2].cells}
     assert live["evasive"] == EVASIVE_STYLE and live["alive"] != EVASIVE_STYLE
+
+
+def test_render_before_the_first_snapshot_and_the_status_line() -> None:
+    console = Console(width=160, record=True, color_system="truecolor", force_terminal=True)
+    console.print(render(None, endpoint="tcp://h:1"))
+    text = console.export_text()
+    assert "connecting..." in text and "unreachable" not in text
+    assert "agents -" in text and "idle -" in text and "seq -" in text and "available -" in text
+    assert "agent" in text and "state" in text and "q quits" in text  # the (empty) table's columns
+    console.print(render(None, connected=False, endpoint="tcp://h:1",
+                         status="12:00:00 warning: watch: broker unreachable\x1b[2J [bold]x"))
+    text = console.export_text()
+    assert "connecting: broker unreachable, retrying" in text
+    assert "warning: watch: broker unreachable\\x1b[2J [bold]x" in text  # escaped, no markup
+    lines = text.splitlines()
+    assert lines.index(next(l for l in lines if "12:00:00" in l)) == 1  # under the header
+    console.print(render(_roster(), connected=True, now=1_000_000.0, endpoint="tcp://h:1"))
+    text = console.export_text()
+    assert "connected" in text and "12:00:00" not in text and "agents 3" in text

@@ -5,16 +5,27 @@ Rules it keeps:
 * The picture is a Roster: one snapshot, then every event after it (Client.watch in a
   background thread). Nothing is polled: the screen is drawn again when an event arrives,
   and once a second so the clocks (waiting since, uptime) move.
+* The dashboard is on screen at once, before the broker first answers: its header says
+  "connecting" ("connecting: broker unreachable, retrying" once a try failed) over an empty
+  table, and the table fills in when the first snapshot arrives.
 * Through a broker outage the last picture stays on screen, marked as reconnecting; the
   stream resumes by itself (watch reconnects and replays what it missed).
+* No log line is ever written over the live screen: while it is shown, the root logger's
+  handlers that write to a terminal are taken off (a handler writing to a file, e.g.
+  ``2>top.log``, stays) and the latest warning is shown on the dashboard's status line
+  instead (cleared when the broker is back); the handlers are put back on exit, after the
+  client is closed and the stream has stopped (waiting at most --timeout + 2 s for it), so
+  nothing it logs while stopping lands on the terminal either.
 * ``q`` (or Ctrl-C) quits with exit 0, and the terminal is restored whatever happened.
 * Everything users wrote (ids, tasks, reasons, messages) is shown as plain text: never read
   as rich markup, control characters escaped.
-* It needs a terminal; ``--once`` prints the table once instead (scripts, pipes).
+* It needs a terminal; ``--once`` prints the table once instead (scripts, pipes), and with
+  the broker unreachable it fails as every command does (exit 3, one line on stderr).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import sys
@@ -22,7 +33,7 @@ import termios
 import threading
 import time
 import tty
-from typing import Any
+from typing import Any, Callable
 
 import click
 from rich.console import Console, Group
@@ -41,6 +52,9 @@ STATE_STYLE = {"idle": "green", "busy": "cyan", "blocked": "bold red", "help": "
 EVASIVE_STYLE = "bold magenta"
 #: redraw at least this often (seconds), for the clocks
 TICK_S = 1.0
+#: the picture before the first snapshot: no agents, no tasks (the counts are shown as "-")
+_NOTHING_YET: dict[str, Any] = {"seq": 0, "agents": [], "idle_queue": [], "blockers": [],
+                                "tasks": {s: 0 for s in STATUSES}}
 
 
 def plain(value: Any) -> Text:
@@ -59,25 +73,37 @@ def duration(seconds: float | None) -> str:
     return f"{secs // 3600}h{secs % 3600 // 60:02d}m"
 
 
-def render(roster: Roster, *, connected: bool = True, now: float | None = None,
-           endpoint: str = "") -> Group:
-    """The whole screen for one picture of the mesh."""
+def render(roster: Roster | None, *, connected: bool = True, now: float | None = None,
+           endpoint: str = "", status: str | None = None) -> Group:
+    """The whole screen for one picture of the mesh. ``roster`` None: no snapshot yet (the
+    header says connecting, and with ``connected`` False that the broker is unreachable; the
+    table is empty and the counts are "-"). ``status``: the latest warning, on the status line."""
     now = time.time() if now is None else now
+    known = roster is not None
+    roster = roster if roster is not None else Roster(_NOTHING_YET)
     totals = roster.totals()
     states = totals["states"]
+
+    def count(value: Any) -> str:
+        return str(value) if known else "-"
+
     head = Text()
     head.append("zmesh top ", style="bold")
     head.append(escape_controls(endpoint) + "  ")
-    head.append("connected" if connected else "reconnecting...", style="green" if connected else "bold red")
-    head.append(f"  seq {totals['seq']}")
+    if not known:
+        head.append("connecting..." if connected else "connecting: broker unreachable, retrying",
+                    style="yellow" if connected else "bold red")
+    else:
+        head.append("connected" if connected else "reconnecting...", style="green" if connected else "bold red")
+    head.append(f"  seq {count(totals['seq'])}")
     counts = Text()
-    counts.append(f"agents {totals['agents']}  ")
+    counts.append(f"agents {count(totals['agents'])}  ")
     for state in ("idle", "busy", "blocked", "help"):
-        counts.append(f"{state} {states.get(state, 0)}", style=STATE_STYLE[state])
+        counts.append(f"{state} {count(states.get(state, 0))}", style=STATE_STYLE[state])
         counts.append("  ")
-    counts.append(f"evasive {totals['evasive']}", style=EVASIVE_STYLE if totals["evasive"] else "")
-    counts.append(f"  idle queue {totals['idle']}  open blockers {totals['blockers']}")
-    tasks = Text("tasks  " + "  ".join(f"{s} {totals['tasks'][s]}" for s in STATUSES))
+    counts.append(f"evasive {count(totals['evasive'])}", style=EVASIVE_STYLE if totals["evasive"] else "")
+    counts.append(f"  idle queue {count(totals['idle'])}  open blockers {count(totals['blockers'])}")
+    tasks = Text("tasks  " + "  ".join(f"{s} {count(totals['tasks'][s])}" for s in STATUSES))
 
     table = Table(expand=True, show_edge=False, pad_edge=False)
     for column, justify in (("agent", "left"), ("state", "left"), ("live", "left"), ("task", "left"),
@@ -96,7 +122,10 @@ def render(roster: Roster, *, connected: bool = True, now: float | None = None,
         table.add_row(plain(name), state_text, Text(live, style=EVASIVE_STYLE if live == "evasive" else "dim"),
                       plain(task), str(row.get("completed", 0)), str(row.get("failed", 0)),
                       f"{row.get('cost') or 0:g}", waiting, plain(note))
-    parts: list[Any] = [head, counts, tasks, table]
+    parts: list[Any] = [head]
+    if status:  # the status line: one line, cut to the screen's width
+        parts.append(Text(escape_controls(status), style="yellow", no_wrap=True, overflow="ellipsis"))
+    parts += [counts, tasks, table]
     if roster.blockers:
         parts.append(Text("open blockers", style="bold red"))
         for b in list(roster.blockers.values())[:10]:
@@ -108,18 +137,26 @@ def render(roster: Roster, *, connected: bool = True, now: float | None = None,
 
 
 class _Watcher:
-    """The background stream: keeps the latest Roster and says when it changed."""
+    """The background stream: keeps the latest Roster, whether the broker answers, and the
+    latest warning logged since it last came back; says when any of them changed."""
 
     def __init__(self, client: Client) -> None:
         self.client = client
         self.roster: Roster | None = None
         self.connected = True
+        self.status: str | None = None
         self.changed = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True, name="zmesh-top")
 
     def _connection(self, up: bool) -> None:
         self.connected = up
+        if up:
+            self.status = None  # the outage's warnings are over
+        self.changed.set()
+
+    def note(self, line: str) -> None:
+        self.status = line
         self.changed.set()
 
     def _run(self) -> None:
@@ -131,6 +168,48 @@ class _Watcher:
         except BaseException as exc:  # shown by the UI thread, never a silent death
             self.error = exc
             self.changed.set()
+
+
+def _to_terminal(handler: logging.Handler) -> bool:
+    """Whether ``handler`` writes to a terminal (it would write over the live screen)."""
+    stream = getattr(handler, "stream", None)
+    try:
+        return bool(stream is not None and stream.isatty())
+    except (AttributeError, ValueError):  # not a file, or a closed one
+        return False
+
+
+class _LogToStatus(logging.Handler):
+    """While the dashboard is shown (``with``): the root logger's handlers that write to a
+    terminal are off, and each warning goes to ``note`` (one line: time and message) instead.
+    On exit the handlers are back as they were."""
+
+    def __init__(self, note: Callable[[str], None]) -> None:
+        super().__init__(logging.WARNING)
+        self._note = note
+        self._off: list[logging.Handler] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            when = time.strftime("%H:%M:%S", time.localtime(record.created))
+            self._note(f"{when} {record.levelname.lower()}: {' '.join(record.getMessage().split())}")
+        except Exception:
+            self.handleError(record)
+
+    def __enter__(self) -> "_LogToStatus":
+        root = logging.getLogger()
+        root.addHandler(self)  # first: a record never finds no handler (logging's lastResort writes to stderr)
+        self._off = [h for h in root.handlers if h is not self and _to_terminal(h)]
+        for handler in self._off:
+            root.removeHandler(handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        root = logging.getLogger()
+        for handler in self._off:
+            root.addHandler(handler)
+        self._off = []
+        root.removeHandler(self)
 
 
 def _keys(fd: int, timeout: float) -> str:
@@ -154,26 +233,35 @@ def top(ctx: Ctx, once: bool) -> None:
         raise UsageError("zmesh top needs a terminal (use --once to print the table once)",
                          {"field": "--once"})
     watcher = _Watcher(client)
-    watcher.thread.start()
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
     console = Console()
-    try:
-        tty.setcbreak(fd)
-        with Live(console=console, auto_refresh=False, screen=True, transient=True) as live:
-            drawn = 0.0
-            while True:
-                if watcher.error is not None:
-                    raise watcher.error
-                if watcher.changed.is_set() or time.monotonic() - drawn >= TICK_S:
-                    watcher.changed.clear()
-                    if watcher.roster is not None:
-                        live.update(render(watcher.roster, connected=watcher.connected,
-                                           endpoint=client.endpoint), refresh=True)
-                    drawn = time.monotonic()
-                if "q" in _keys(fd, 0.05).lower():
-                    return
-    except KeyboardInterrupt:
-        return
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+    with _LogToStatus(watcher.note):
+        try:
+            watcher.thread.start()
+            tty.setcbreak(fd)
+            _show(watcher, fd, console, client.endpoint)
+        except KeyboardInterrupt:
+            return
+        finally:
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+            # stop the stream before the handlers are back: what it logs while stopping
+            # (a snapshot in flight to a broker that is down) stays off the terminal
+            client.close()
+            watcher.thread.join(timeout=ctx.timeout + 2)
+
+
+def _show(watcher: _Watcher, fd: int, console: Console, endpoint: str) -> None:
+    """The live screen until q (or the stream's error, raised)."""
+    with Live(console=console, auto_refresh=False, screen=True, transient=True) as live:
+        drawn = 0.0
+        while True:
+            if watcher.error is not None:
+                raise watcher.error
+            if watcher.changed.is_set() or time.monotonic() - drawn >= TICK_S:
+                watcher.changed.clear()
+                live.update(render(watcher.roster, connected=watcher.connected, endpoint=endpoint,
+                                   status=watcher.status), refresh=True)
+                drawn = time.monotonic()
+            if "q" in _keys(fd, 0.05).lower():
+                return

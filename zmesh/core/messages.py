@@ -134,10 +134,10 @@ class Messages:
         if not connected:
             if not body["queue"]:
                 if record is None:
-                    raise NotFound(f"no live agent '{agent}' (not registered, or its lease lapsed); "
-                                   "pass queue to leave the assignment in its inbox", {"agent": agent})
-                raise Conflict(f"agent '{agent}' has a lease but no connection to push to; pass queue to "
-                               "leave the assignment in its inbox", {"agent": agent})
+                    raise NotFound(f"no live agent '{agent}' (not registered, or its lease lapsed); set queue "
+                                   "(zmesh assign --queue) to leave the assignment in its inbox", {"agent": agent})
+                raise Conflict(f"agent '{agent}' has a lease but no connection to push to; set queue (zmesh assign "
+                               "--queue) to leave the assignment in its inbox", {"agent": agent})
             self.tasks.get(b.txn, task_id)  # not_found before anything is written
             msg = self.store(b, message | {"context": {"task": task_id, "queued": True, "ttl": body["ttl"]}},
                              to, [agent])
