@@ -6,7 +6,8 @@ Rules: every failure ends the same way, here and nowhere else: one line on stder
 stale token, lapsed claim, nothing to claim), 2 usage or invalid input (bad option, bad
 endpoint, bad configuration), 3 broker unreachable. Never a traceback: an unexpected
 exception is a one-line ``internal`` error (exit 1) whose traceback goes to the log at -vv.
-Logging handlers are set up here and only here.
+Logging handlers are set up here and only here; ``zmesh top`` alone moves them aside while its
+live screen is shown (its warnings go to the dashboard's status line) and puts them back.
 
 Command groups live in their own modules (tasks, agents, top, events, serve); options that become
 request fields are built from the protocol's field table (``_options.field_option``).
