@@ -278,6 +278,11 @@ def test_tool_errors_say_what_to_do_next(broker: BrokerProcess) -> None:
             assert "paths" in text and ".." in text  # the glob rule, named by the argument
             text = await error_text(s, "claim_task", task="a\x1bb")
             assert "task" in text and "control characters" in text
+            # a refusal about what this agent holds itself says so (it said "someone else holds it")
+            boss.create_task("mine")
+            await call(s, "claim_task", task="mine")
+            text = await error_text(s, "set_status", state="idle")
+            assert "conflict" in text and "you hold these tasks yourself" in text and "someone else" not in text
     anyio.run(run)
     boss.close()
 

@@ -280,3 +280,17 @@ def test_the_snapshot_and_later_events_lose_nothing_and_count_nothing_twice(h: H
         {a: tuple(r[f] for f in fields) for a, r in again.agents.items()}
     assert set(roster.agents) == {"a", "c", "d"}
     assert roster.totals()["idle"] == 3 and roster.totals()["blockers"] == 1
+
+
+def test_an_idle_note_is_not_shown_once_a_claim_makes_the_agent_busy(h: Harness) -> None:
+    """``wait_for_work`` reports idle with "waiting for work"; its claim then made the agent
+    busy, and list_agents still said "waiting for work" (found in the new-user trial)."""
+    report(h, "a", "idle", message="waiting for work")
+    h.do("task_create", id="t1")
+    h.do("claim", task="t1", agent="a")
+    busy = next(e for e in h.events if e.topic == "agent.busy")
+    assert (busy.body["state"], busy.body["task"], busy.body["message"]) == ("busy", "t1", None)
+    view = h.do("agent_get", agent="a")
+    assert (view["state"], view["message"]) == ("busy", None)
+    report(h, "a", "busy", task="t1", message="on it")  # a busy report's own note is shown
+    assert h.do("agent_get", agent="a")["message"] == "on it"

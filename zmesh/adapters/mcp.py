@@ -79,8 +79,9 @@ NEXT = {
     "stale_token": "the task is no longer yours (it was claimed again since); call claim_next for other work",
     "not_owner": "the task is not yours; call claim_next for other work",
     "not_found": "check the id (list_agents, read_messages or wait_for_work show current ones)",
-    "conflict": "someone else holds it; call claim_next or wait_for_work for other work (for paths: "
-                "work elsewhere, or call reserve_paths again with wait_s to queue for them)",
+    "conflict": "it is not yours to take now (another agent holds it, or it is not available); call "
+                "claim_next or wait_for_work for other work (for paths: work elsewhere, or call "
+                "reserve_paths again with wait_s to queue for them)",
     "nothing_to_claim": "call wait_for_work to wait for one",
     "unreachable": "the zmesh broker does not answer; try again shortly (your claims stay on your lease "
                    "for its TTL)",
@@ -214,8 +215,13 @@ class _Failure(ToolError):
     """A tool error the model can act on: the zmesh error's line and what to call next."""
 
 
+#: a refusal about what this agent holds itself, named by its details' "held": a hint of its own
+HELD_BY_ME = ("you hold these tasks yourself: call complete_task, fail_task or release_task on them "
+              "first")
+
+
 def _fail(exc: ZmeshError) -> _Failure:
-    hint = NEXT.get(exc.code, "")
+    hint = HELD_BY_ME if exc.code == "conflict" and "held" in (exc.details or {}) else NEXT.get(exc.code, "")
     return _Failure(f"{exc.code}: {exc.message}" + (f" -> {hint}" if hint else ""))
 
 

@@ -11,6 +11,7 @@ from .mcp import (
     CHANNEL_METHOD,
     CHANNEL_PRIORITIES,
     DEFAULT_WAIT_MAX_S,
+    HELD_BY_ME,
     INSTRUCTIONS,
     NEXT,
     TOOLS,
@@ -66,12 +67,14 @@ The server's instructions to the model:
 
 ## Errors
 
-A failure is a tool error (`isError: true`). Its text is one line, `CODE: message -> what to
-do next`:
+A failure is a tool error (`isError: true`). Its text is one line: the SDK's
+`Error executing tool NAME: `, then `CODE: message -> what to do next`:
 
 | code | what the model is told to do |
 |---|---|
 """ + "".join(f"| `{code}` | {hint} |\n" for code, hint in NEXT.items()) + f"""
+A `conflict` about tasks the agent holds itself (set_status idle while holding one) says
+instead: {HELD_BY_ME}.
 Arguments that break a tool's input schema are refused by the SDK, naming the argument.
 
 ## Channels (`--channel`)

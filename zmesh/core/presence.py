@@ -69,9 +69,12 @@ class Presence:
     def brief(self, txn: Txn, record: dict[str, Any]) -> dict[str, Any]:
         """What an event says of the agent's presence."""
         agent = record["id"]
-        return {"agent": agent, "state": self.state(record), "task": self._task(txn, record),
+        state = self.state(record)
+        return {"agent": agent, "state": state, "task": self._task(txn, record),
                 "last_task": record["last_task"], "reason": record["reason"],
-                "message": record["message"], "cost": record["cost"],
+                # an idle spell's note ("waiting for work") is not shown once a claim makes the
+                # agent busy: the claim writes no agent record, so the view drops it
+                "message": record["message"] if state == record["state"] else None, "cost": record["cost"],
                 "completed": record["completed"], "failed": record["failed"],
                 "since": record["since"], "position": self.agents.idle.position(agent),
                 "liveness": self.agents.liveness(agent)}
