@@ -239,6 +239,22 @@ BAD = [
 ]
 
 
+def test_a_body_without_the_json_content_type_and_unknown_paths_answer_in_the_gateway_shape(gw: Gateway) -> None:
+    """curl -d without -H content-type sends a form type: the answer said "field 'None'"; an
+    unknown path or method answered {"detail": ...} (both found in the new-user trial)."""
+    req = urllib.request.Request(gw.base + "/agent/idle", data=b'{"session_id": "f1"}', method="POST",
+                                 headers={"content-type": "application/x-www-form-urlencoded"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=10)
+    got = json.loads(info.value.read())
+    assert info.value.code == 415 and got["field"] == "content-type" and "application/json" in got["message"], got
+    status, got = gw.request("POST", "/agent/idle", [1, 2])
+    assert status == 422 and "the body must be a JSON object" in got["message"] and "None" not in got["message"]
+    for method, path, code in (("GET", "/nope", 404), ("DELETE", "/status", 405), ("GET", "/task/claim", 405)):
+        status, got = gw.request(method, path)
+        assert status == code and set(got) == {"code", "message"} and path in got["message"], (path, got)
+
+
 def test_bad_input_is_4xx_naming_the_field(gw: Gateway) -> None:
     for method, path, body, raw, status, field in BAD:
         got_status, got = gw.request(method, path, body, raw=raw)

@@ -38,13 +38,14 @@ from typing import Annotated, Any, AsyncIterator, ClassVar, Literal, Optional
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic import Field as PydField
 
 from .. import __version__, protocol
 from ..client import AsyncClient
 from ..errors import Conflict, InvalidArgument, ZmeshError
-from ..fields import CONTROL_CHARS
+from ..fields import CONTROL_CHARS, escape_controls
 from .http_auth import CALLER, OPEN_PATHS, Tokens, Unauthorized, allow
 from . import defaults
 from .schemas import field_arg, time_arg
@@ -373,13 +374,31 @@ def build_app(endpoint: str | None, *, ttl: float = DEFAULT_HTTP_TTL_S, timeout:
             return _error(400, "bad_request", f"the body is not JSON: {first.get('msg', '')}")
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
         field = ".".join(loc) or None
+        if field is None:  # the body as a whole (a JSON list or string where an object belongs)
+            return _error(422, "invalid_argument", f"the body must be a JSON object: {first.get('msg', 'invalid')}")
         return _error(422, "invalid_argument", f"field '{field}': {first.get('msg', 'invalid')}", field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Routing's own answers (no such path, a method it does not take) in the gateway's shape."""
+        code = {404: "not_found", 405: "bad_request"}.get(exc.status_code, "bad_request")
+        message = (f"no endpoint {request.method} {escape_controls(request.url.path)[:200]} (GET /openapi.json "
+                   "lists them)" if exc.status_code in (404, 405) else str(exc.detail))
+        response = _error(exc.status_code, code, message)
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Any) -> Any:
         size = request.headers.get("content-length")
         if size is not None and (not size.isdigit() or int(size) > max_body):
             return _error(413, "too_large", f"the body is above {max_body} bytes")
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if size not in (None, "0") and not (kind == "application/json" or kind.endswith("+json")):
+            return _error(415, "bad_request", f"the body must be JSON sent as content-type: application/json, "
+                          f"not {escape_controls(kind or 'none')[:80]!r} (curl: -H 'content-type: application/json')",
+                          "content-type")
         return await call_next(request)
 
     @app.middleware("http")
