@@ -136,3 +136,18 @@ def test_a_broker_that_never_ran_secure_has_no_keys_to_copy(broker: BrokerProces
     assert not (tmp_path / "new" / "keys").exists()
     r = run("--broker", broker.endpoint, "backup", str(tmp_path / "bk2"))
     assert r.returncode == 0 and "keys: none (the broker never ran secure)" in r.stdout, r.stdout
+
+
+def test_a_restore_into_a_running_broker_s_directory_says_so_first(tmp_path: Path) -> None:
+    """It said its keys were "already there" and suggested --force (found in the new-user trial)."""
+    keys = Keys(tmp_path)
+    ops = keys.client("ops", role="admin")
+    b = _secure(keys, keys.data, ops)
+    try:
+        _cli(b, keys, ops, "backup", str(tmp_path / "bk"))
+        for extra in ((), ("--force",), ("--no-keys",)):
+            r = run("restore", str(tmp_path / "bk"), "--data", str(keys.data), *extra)
+            assert r.returncode == 1 and "in use by a running broker" in r.stderr, (extra, r.stderr)
+            assert "--force" not in r.stderr
+    finally:
+        assert b.stop() == 0

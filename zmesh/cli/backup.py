@@ -110,6 +110,7 @@ def restore(ctx: Ctx, src: str, data: str | None, force: bool, keys: bool) -> No
     keyed = keys and saved.is_dir()
     places = (config.key_path.absolute() if (saved / BACKUP_PAIR).is_file() else None,
               config.authorized_path.absolute() if (saved / BACKUP_ALLOWED).is_dir() else None)
+    _refuse_if_in_use(target)  # first: a running broker is the refusal to give, not its keys or data
     if keyed:
         _check_key_places(places, force)  # before the data moves: a refusal leaves everything as it was
     os.makedirs(target, mode=0o700, exist_ok=True)
@@ -168,6 +169,23 @@ def _restore_keys(saved: Path, places: Places) -> dict[str, Any]:
             "key_file": pair and str(pair), "authorized_keys": allowed and str(allowed), "kept": kept}
 
 
+def _in_use(target: str) -> StoreError:
+    return StoreError(f"data directory {target} is in use by a running broker: stop it first", {"field": "data"})
+
+
+def _refuse_if_in_use(target: str) -> None:
+    """Refused at once when a broker holds ``target``'s broker.lock (checked again, and held,
+    while the data moves)."""
+    path = os.path.join(target, "broker.lock")
+    if not os.path.exists(path):
+        return
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise _in_use(target) from None
+
+
 def _put_in_place(source: str, target: str, force: bool) -> str | None:
     """Copy the backup's data file into ``target`` under its broker.lock; returns where the data
     that was there went (None: there was none)."""
@@ -176,8 +194,7 @@ def _put_in_place(source: str, target: str, force: bool) -> str | None:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise StoreError(f"data directory {target} is in use by a running broker: stop it first",
-                             {"field": "data"}) from None
+            raise _in_use(target) from None
         there = os.path.join(target, DATA_FILE)
         kept = None
         if os.path.exists(there):
