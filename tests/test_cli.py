@@ -554,3 +554,19 @@ def test_events_follows_new_events_live_line_by_line(z: Cli) -> None:
     [second] = [json.loads(line) for line in out.splitlines()]
     assert second["topic"] == "task.released" and second["seq"] > first["seq"]
     assert second["body"]["reason"] == "released" and second["body"]["task_id"] == "f1"
+
+
+def test_a_misspelled_zmesh_variable_is_warned_about_with_the_name_meant() -> None:
+    r = run("--broker", "tcp://127.0.0.1:1", "config", "show", env=clean_env(ZMESH_DEFUALT_TTL="5"))
+    assert "ZMESH_DEFUALT_TTL is not a zmesh setting (a typo? did you mean ZMESH_DEFAULT_TTL?)" in r.stderr, r.stderr
+
+
+def test_an_integer_option_and_a_missing_address_are_named_as_the_cli_names_them() -> None:
+    """--priority nan said "'nan' is not a valid integer range"; zmesh send with no address went
+    to the broker and came back naming the wire's fields (found in the new-user trial)."""
+    for value in ("nan", "1.5", "ten"):
+        r = run("--broker", "tcp://127.0.0.1:1", "task", "add", "x", "--priority", value)
+        assert r.returncode == 2 and f"'{value}' is not an integer" in r.stderr, r.stderr
+    r = run("--broker", "tcp://127.0.0.1:1", "--timeout", "1", "send", "hi")
+    assert r.returncode == 2, r.stderr  # refused before anything is sent: no broker is needed to say so
+    assert "--to AGENT, --group, --capability or --all" in r.stderr

@@ -998,8 +998,8 @@ def test_lapsed_lease_is_lease_expired_not_stale_token(h: Harness) -> None:
         assert err.details == {"task": "build", "token": old, "agent": "alice",
                                "reason": "lease_expired", "at": WALL0 + T0 + 10,
                                "holder": None, "current": None}
-        assert err.message == (f"claim on 'build' (token {old}) lapsed 12.5 s ago: agent 'alice''s "
-                               "lease expired; the task went back to the pool")
+        assert err.message == (f"claim on 'build' (token {old}) lapsed 12.5 s ago: the lease of "
+                               "agent 'alice' expired; the task went back to the pool")
     new = h.do("claim", task="build", agent="bob")["token"]
     for op, extra in _HELD_OPS:
         err = h.refused(LeaseExpired, op, task="build", agent="alice", token=old, **extra)

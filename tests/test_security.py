@@ -370,7 +370,7 @@ def test_roles_observer_reads_admin_runs_admin_ops(secure: BrokerProcess, keys: 
     assert admin["op"] == "admin_release" and admin["reason"] == "reassigning"
     assert admin["key"] == fingerprint(load_public(admin_key.with_suffix(".key"), "key"))
     wait_for(lambda: f"observer key {observer_fp}" in secure.log(), what="the refusal in the broker log")
-    assert f"refused op admin_release for a agent key {agent_fp}" in secure.log()
+    assert f"refused op admin_release for an agent key {agent_fp}" in secure.log()
 
 
 def test_allow_list_roles(tmp_path: Path) -> None:

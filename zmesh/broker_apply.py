@@ -58,6 +58,12 @@ class Item:
         self.outcome: str | None = OK  # set by apply: ok, empty, retry, an error code; None: it waits
 
 
+def _a(word: str | None) -> str:
+    """``a agent`` -> ``an agent``: the article a log line puts before a role."""
+    word = word or "unknown"
+    return ("an " if word[:1] in "aeiou" else "a ") + word
+
+
 def lane_of(item: Item) -> int:
     return item.lane
 
@@ -131,8 +137,8 @@ class Applier:
                     item.outcome = exc.code
                     if item.key is not None and audited(exc):  # an operator reads refusals in the log
                         fp = key_fingerprint(item.key.encode())
-                        _limited.warning("refused:" + item.key, "refused op %s for a %s key %s: %s", req.op,
-                                         item.role, fp, exc, extra={"event": "auth.refused", "op": req.op,
+                        _limited.warning("refused:" + item.key, "refused op %s for %s key %s: %s", req.op,
+                                         _a(item.role), fp, exc, extra={"event": "auth.refused", "op": req.op,
                                                                     "role": item.role, "key": fp, "code": exc.code})
                 except StoreError:
                     raise  # the store's trouble, not this request's: StoreFull re-applies

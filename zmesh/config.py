@@ -280,6 +280,12 @@ def known_env() -> frozenset[str]:
     return frozenset(s.env for s in SETTINGS) | frozenset(OTHER_ENV)
 
 
+def env_meant(name: str) -> str | None:
+    """The ZMESH_* variable zmesh reads that ``name`` is closest to (a typo of it), if any."""
+    close = difflib.get_close_matches(name, sorted(known_env()), n=1)
+    return close[0] if close else None
+
+
 def unknown_env(env: Mapping[str, str] | None = None) -> list[str]:
     """ZMESH_* names set in ``env`` (default os.environ) that zmesh does not read, sorted."""
     env = os.environ if env is None else env

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import click
 
 from .. import __version__
-from ..config import DEFAULT_TIMEOUT_S, unknown_env
+from ..config import DEFAULT_TIMEOUT_S, env_meant, unknown_env
 from ..mesh import ENV_MESH
 
 from .._logging import JsonFormatter
@@ -170,7 +170,9 @@ def main(ctx: click.Context, broker: str | None, discover: bool, mesh: str | Non
         discover = True
     ctx.obj = Ctx(broker, discover, bool(ctx.meta.get(JSON_META)), timeout)
     for name in unknown_env(os.environ):
-        log.warning("%s is not a zmesh setting (a typo?); it is ignored", name)
+        meant = env_meant(name)
+        log.warning("%s is not a zmesh setting (a typo?%s); it is ignored", name,
+                    f" did you mean {meant}?" if meant else "")
 
 
 def _register() -> None:

@@ -139,9 +139,21 @@ class EndpointType(click.ParamType):
             self.fail(exc.message, param, ctx)
 
 
+class _IntRange(click.IntRange):
+    """click's IntRange, saying "not an integer" of a value that is not one (click said
+    "'nan' is not a valid integer range")."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if not text.lstrip("+-").isdigit():
+                self.fail(f"{escape_controls(text)[:40]!r} is not an integer", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def _int_range(field: protocol.Field) -> click.IntRange:
-    return click.IntRange(None if field.lo is None else int(field.lo),
-                          None if field.hi is None else int(field.hi))
+    return _IntRange(None if field.lo is None else int(field.lo),
+                     None if field.hi is None else int(field.hi))
 
 
 def field_type(field: protocol.Field) -> click.ParamType:

@@ -87,6 +87,8 @@ def send(ctx: Ctx, subject: str, body: str | None, to: str | None, group: str | 
         raise UsageError("give BODY or --json-body, not both", {"field": "body"})
     if context is not None and not isinstance(context, dict):
         raise UsageError("--context must be a JSON object", {"field": "context"})
+    if sum(1 for given in (to, group, capability, all_) if given) != 1:
+        raise UsageError("give exactly one address: --to AGENT, --group, --capability or --all", {"field": "to"})
     reply = ctx.client().send(subject, json_body if json_body is not None else body, to=to, group=group,
                               capability=capability, all=all_, priority=priority, tags=list(tags),
                               requires_ack=requires_ack, sender=sender, type=type_, category=category,
@@ -228,8 +230,10 @@ def msgstats(ctx: Ctx) -> None:
                  f"awaiting ack: {d['outstanding']}   dead letters: {d['dead']}"]
         for p in protocol.PRIORITIES:
             lat = d.get("latency_ms", {}).get(p, {})
-            lines.append(f"{p:9} pending={d['pending'][p]:<6} delivery p50={lat.get('p50', '-')} ms "
-                         f"p95={lat.get('p95', '-')} ms (n={lat.get('n', 0)})")
+            p50, p95 = (lat.get(q) for q in ("p50", "p95"))
+            lines.append(f"{p:9} pending={d['pending'][p]:<6} delivery "
+                         + (f"p50={p50} ms p95={p95} ms" if p50 is not None else "p50=- p95=-")
+                         + f" (n={lat.get('n', 0)})")
         return lines
     emit(ctx, ctx.client().msgstats(), human)
 

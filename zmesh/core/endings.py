@@ -22,13 +22,13 @@ from .context import Now
 
 #: how a claim ended, as a refusal explains it (history ``event``, plus completion)
 ENDED = {
-    "lease_expired": "agent '{agent}''s lease expired",
+    "lease_expired": "the lease of agent '{agent}' expired",
     "unregistered": "agent '{agent}' unregistered",
     "claim_expired": "the claim's TTL ran out",
     "released": "'{agent}' released it",
     "failed": "'{agent}' reported it failed",
     "completed": "'{agent}' completed the task",
-    "admin_released": "an admin released '{agent}''s claim",
+    "admin_released": "an admin released the claim of '{agent}'",
 }
 #: endings that are a lapse (the agent did not end the claim itself) -> the error to raise
 LAPSED: dict[str, type[RemoteError]] = {
