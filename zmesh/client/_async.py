@@ -127,6 +127,7 @@ class AsyncClient(Api):
     def _socket(self) -> zmq.asyncio.Socket:
         if self._sock is None:
             self._sock = connect_socket(self._ctx, zmq.DEALER, DEALER_OPTIONS + self._curve, self.endpoint)
+            self._core.secure = bool(self._curve)
         return self._sock
 
     async def _call(self, call: Call[Any]) -> Any:  # type: ignore[override]

@@ -104,6 +104,11 @@ def resolve_pub(dialled: str, pubs: Iterable[str]) -> str:
     raise ProtocolError(f"the broker has no PUB endpoint on {scheme}:// (it has {', '.join(pubs)})")
 
 
+#: what an unanswered secure request may also mean (CurveZMQ drops a handshake it refuses)
+SILENT_CURVE = ("; with CurveZMQ a broker also stays silent to a client key it does not admit, or when "
+                "the server key pinned here is not its key")
+
+
 class ClientCore:
     """Per-client protocol state. Not thread-safe by itself; drivers serialise access."""
 
@@ -118,6 +123,9 @@ class ClientCore:
         self._clock = clock
         #: push bodies read from the socket and not yet handed to the inbox
         self.pushed: list[dict[str, Any]] = []
+        #: the socket speaks CurveZMQ (the driver says so): an unanswered request may be a
+        #: refused key, since a CURVE broker answers an unknown key with silence
+        self.secure = False
 
     def take_pushed(self) -> list[dict[str, Any]]:
         pushed, self.pushed = self.pushed, []
@@ -142,8 +150,8 @@ class ClientCore:
             now = self._clock()
             if now - start >= timeout:
                 raise Unreachable(
-                    f"no reply from the broker at {endpoint} within {timeout:g} s (op {op})",
-                    {"endpoint": endpoint, "op": op})
+                    f"no reply from the broker at {endpoint} within {timeout:g} s (op {op})"
+                    + (SILENT_CURVE if self.secure else ""), {"endpoint": endpoint, "op": op})
             if now >= next_send:
                 yield Send(frames)
                 next_send = now + self.retry_interval

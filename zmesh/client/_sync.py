@@ -157,6 +157,7 @@ class Client(EventStreams, Api):
     def _socket(self) -> zmq.Socket:
         if self._sock is None:
             sock = connect_socket(self._ctx, zmq.DEALER, DEALER_OPTIONS + self._curve, self.endpoint)
+            self._core.secure = bool(self._curve)
             self._sock = sock
             self._poller = zmq.Poller()  # kept: Socket.poll would build one per call
             self._poller.register(sock, zmq.POLLIN)
