@@ -107,6 +107,7 @@ def zmesh_wake(endpoint: str, n: int) -> dict[str, Any]:
     from mcp.client.stdio import stdio_client
 
     from zmesh import Client
+    from zmesh.adapters.defaults import MCP_WAIT_MAX_S
 
     ops = Client(endpoint)
     lat: dict[str, Any] = {"task": hist.new(), "message": hist.new()}
@@ -122,8 +123,9 @@ def zmesh_wake(endpoint: str, n: int) -> dict[str, Any]:
                         got: dict[str, Any] = {}
 
                         async def wait() -> None:
-                            res = await s.call_tool("wait_for_work", {"timeout_s": 30})
+                            res = await s.call_tool("wait_for_work", {"timeout_s": MCP_WAIT_MAX_S})
                             got["at"] = time.perf_counter_ns()
+                            assert not res.is_error, res.content
                             got["res"] = res.structured_content
 
                         async with anyio.create_task_group() as tg:

@@ -83,7 +83,9 @@ With `--channel` the server declares Claude Code's `claude/channel` capability. 
 and messages of priority {" or ".join(CHANNEL_PRIORITIES)}, that arrive while no
 `wait_for_work` is waiting are pushed into the session as `{CHANNEL_METHOD}`, with
 `params: {{content, meta: {{kind, task | id, priority, sender}}}}`. They count as seen: a
-later wait does not answer them again. Without the flag, nothing is pushed.
+later wait does not answer them again. Without the flag, nothing is pushed. Pushes need a
+client that connected with the initialize handshake (revisions up to 2025-11-25); a client of
+the stateless revision (2026-07-28) sends no `notifications/initialized` and gets none.
 
 ## Tools
 """

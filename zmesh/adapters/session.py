@@ -129,7 +129,11 @@ class AgentSession:
         """Claims the agent's lease holds that this session does not know (an earlier process
         of the same agent, whose answer or whole life was lost) become grants: the next wait
         hands them out again instead of leaving them on a lease this session keeps alive."""
-        info = await self.client.agent_info()
+        try:
+            info = await self.client.agent_info()
+        except ZmeshError as exc:  # best effort: the session works without it (a later wait finds nothing to adopt)
+            log.warning("could not list the claims on %s's lease at start: %s", self.agent, exc.message)
+            return
         adopted = []
         for task in info.get("claims") or ():
             if task in self.held:
