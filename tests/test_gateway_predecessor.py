@@ -111,7 +111,7 @@ def test_assign_with_the_predecessor_body_creates_and_pushes_the_task(gw: Gatewa
 @pytest.mark.parametrize("raw", [None, b""])
 def test_broadcast_with_the_message_in_the_query(gw: Gateway, raw: bytes | None) -> None:
     for agent in ("q1", "q2"):
-        assert gw.post(f"/agent/idle", {"session_id": agent})["state"] == "idle"
+        assert gw.post("/agent/idle", {"session_id": agent})["state"] == "idle"
     text = "deploy at 5 & freeze"
     status, got = gw.request("POST", "/broadcast?" + urllib.parse.urlencode({"message": text}), raw=raw)
     assert status == 200, got

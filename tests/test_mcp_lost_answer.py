@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import anyio
-import orjson
 import pytest
 from mcp import Client as MCPClient
 from mcp import StdioServerParameters
@@ -29,6 +28,7 @@ from zmesh import Client
 from zmesh.testing import BrokerProcess
 
 from .conftest import until
+from .test_mcp import _initialize, _read_until, _rpc
 
 pytestmark = pytest.mark.timeout(120)
 RELAY = Path(__file__).resolve().parent / "lossy_stdio.py"
@@ -140,37 +140,18 @@ def test_a_grant_whose_claim_went_elsewhere_is_not_answered_again(broker: Broker
 
 
 # ---------------------------------------------------------------- an earlier process of the agent
-def _rpc(proc: subprocess.Popen, msg: dict[str, Any]) -> None:
-    assert proc.stdin is not None
-    proc.stdin.write(orjson.dumps(msg) + b"\n")
-    proc.stdin.flush()
-
-
-def _answer(proc: subprocess.Popen, rid: int) -> dict[str, Any]:
-    assert proc.stdout is not None
-    while True:
-        line = proc.stdout.readline()
-        assert line, "the server closed stdout"
-        msg = orjson.loads(line)
-        if msg.get("id") == rid:
-            return msg  # type: ignore[no-any-return]
-
-
 def _server(broker: BrokerProcess, procs: Any, agent: str) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "zmesh", "--broker", broker.endpoint, "mcp", "--agent", agent],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     procs.procs.append(proc)
-    _rpc(proc, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}})
-    _answer(proc, 1)
-    _rpc(proc, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+    _initialize(proc, [])
     return proc
 
 
 def _wait(proc: subprocess.Popen, rid: int) -> dict[str, Any]:
     _rpc(proc, {"jsonrpc": "2.0", "id": rid, "method": "tools/call",
                 "params": {"name": "wait_for_work", "arguments": {"timeout_s": 20}}})
-    return _answer(proc, rid)["result"]["structuredContent"]  # type: ignore[no-any-return]
+    return _read_until(proc, [], lambda m: m.get("id") == rid)["result"]["structuredContent"]  # type: ignore[no-any-return]
 
 
 def test_a_new_process_of_the_agent_hands_out_the_claim_its_dead_predecessor_held(

@@ -107,21 +107,31 @@ def test_top_shows_agents_changes_within_a_second_and_q_quits(top: tuple[BrokerP
 
 
 def test_top_keeps_working_across_a_broker_restart(top: tuple[BrokerProcess, Any]) -> None:
+    """The broker gone mid-session: the header says so, the stream's warning is on the status
+    line (never a log line over the screen), the last picture stays; back when it is."""
     b, child = top
     child.expect("agents 0", timeout=15)
     with Client(b.endpoint, agent="gamma", ttl=60, heartbeat=False) as gamma:
         gamma.idle()
         within_a_second(child, "idle 1.*gamma")
         b.stop()
-        child.expect("reconnecting.*gamma", timeout=30)  # the last picture stays, marked
+        child.expect("reconnecting.*warning: event stream: broker unreachable.*gamma", timeout=30)
+        assert raw_log_lines(child) == []
         b.start()
         child.expect("connected", timeout=30)
         gamma.busy("after-restart")
         within_a_second(child, "busy 1.*gamma.*after-restart")
+    quit_and_check(child)
+
+
+def quit_and_check(child: Any) -> None:
+    """q quits: exit 0, the terminal back from the alternate screen, no log line written."""
     child.send("q")
-    child.expect(pexpect.EOF, timeout=5)
+    child.expect(pexpect.EOF, timeout=10)
     child.close()
     assert child.exitstatus == 0
+    assert "\x1b[?1049l" in (child.before or "")
+    assert raw_log_lines(child) == []
 
 
 def test_top_without_a_broker_draws_its_dashboard_at_once_and_q_quits(
@@ -134,12 +144,7 @@ def test_top_without_a_broker_draws_its_dashboard_at_once_and_q_quits(
                  "agents -.*agent.*state.*task.*q quits", timeout=15)
     child.expect("warning: watch: broker unreachable", timeout=15)  # the next try: still shown, still no log line
     assert raw_log_lines(child) == []
-    child.send("q")
-    child.expect(pexpect.EOF, timeout=10)
-    child.close()
-    assert child.exitstatus == 0
-    assert "\x1b[?1049l" in (child.before or "")
-    assert raw_log_lines(child) == []  # nor while it stopped
+    quit_and_check(child)  # nor while it stopped
 
 
 def test_top_fills_in_when_the_broker_comes_up(top_before_broker: tuple[BrokerProcess, Any]) -> None:
@@ -152,34 +157,7 @@ def test_top_fills_in_when_the_broker_comes_up(top_before_broker: tuple[BrokerPr
         within_a_second(child, "connected.*agents 1.*idle 1.*epsilon")
         eps.busy("first-job")
         within_a_second(child, "busy 1.*epsilon.*first-job")
-    assert raw_log_lines(child) == []
-    child.send("q")
-    child.expect(pexpect.EOF, timeout=10)
-    child.close()
-    assert child.exitstatus == 0
-    assert raw_log_lines(child) == []
-
-
-def test_top_broker_gone_mid_session_says_so_without_log_lines(top: tuple[BrokerProcess, Any]) -> None:
-    b, child = top
-    child.expect("agents 0", timeout=15)
-    with Client(b.endpoint, agent="zeta", ttl=60, heartbeat=False) as zeta:
-        zeta.idle()
-        within_a_second(child, "idle 1.*zeta")
-        b.stop()
-        child.expect("reconnecting", timeout=30)
-        # the stream's warning is on the status line, the last picture still below it
-        child.expect("reconnecting.*warning: event stream: broker unreachable.*zeta", timeout=30)
-        assert raw_log_lines(child) == []
-        b.start()
-        child.expect("connected", timeout=30)
-        zeta.busy("back-again")
-        within_a_second(child, "busy 1.*zeta.*back-again")
-    child.send("q")
-    child.expect(pexpect.EOF, timeout=10)
-    child.close()
-    assert child.exitstatus == 0
-    assert raw_log_lines(child) == []
+    quit_and_check(child)
 
 
 def test_top_once_without_a_broker_exits_3_with_one_line(tmp_path: Path) -> None:

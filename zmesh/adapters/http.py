@@ -22,33 +22,31 @@ Rules it keeps:
 * With a tokens file every call carries a bearer token, and acts only as the agent its
   token names (zmesh/adapters/http_auth.py): 401 without a known token, 403 as another
   agent.
-* The predecessor's clients are served as they are. Its body fields ``timestamp``,
-  ``tasks_completed`` and ``waiting_since`` are checked and accepted: a time is Unix seconds
-  or ISO 8601, with or without a zone (none: UTC; zmesh/times.py). The broker keeps its own
-  counts and times, and the answer lists these fields under ``ignored``. Its
-  ``POST /broadcast?message=...`` is taken as well as the JSON body.
+* The predecessor's clients are served as they are: its status body on every call
+  (zmesh/adapters/http_bodies.py: checked, what the broker keeps itself listed under
+  ``ignored``), its ``POST /broadcast?message=...`` as well as the JSON body, and an assign
+  that creates the task it hands out.
 """
 
 import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, AsyncIterator, ClassVar, Literal, Optional
+from typing import Annotated, Any, AsyncIterator, Literal, Optional
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from pydantic import BaseModel, ConfigDict, ValidationError
-from pydantic import Field as PydField
 
 from .. import __version__, protocol
 from ..client import AsyncClient
 from ..errors import Conflict, InvalidArgument, ZmeshError
-from ..fields import CONTROL_CHARS, escape_controls
-from .http_auth import CALLER, OPEN_PATHS, Tokens, Unauthorized, allow
+from ..fields import escape_controls
 from . import defaults
-from .schemas import field_arg, time_arg
+from .http_auth import CALLER, OPEN_PATHS, Tokens, Unauthorized, allow
+from .http_bodies import (Ack, Assign, Broadcast, Claim, Complete, Fail, ReleasePaths, Release, Report, Reserve,
+                          Send, broadcast_fields, subject_of)
 from .session import AgentSession, check_address
 
 log = logging.getLogger("zmesh.adapters.http")
@@ -67,195 +65,6 @@ STATUS = {
     "lease_expired": 409, "nothing_to_claim": 404, "unreachable": 503, "no_reply": 504,
     "unauthorized": 401, "forbidden": 403,
 }
-#: longest subject made from a predecessor's free-text message (the whole text goes in the body)
-SUBJECT_CHARS = 120
-
-Agent = field_arg("register", "agent", "the agent (the predecessor's session id)")
-TaskId = field_arg("claim", "task", "task id")
-Text = field_arg("report", "message")
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class _Legacy(_Body):
-    """The fields the predecessor's client sent with every call, whatever the endpoint: each is
-    checked, and those the broker keeps itself (its own clock and counts) are ignored and
-    named in the answer's ``ignored``."""
-
-    IGNORED: ClassVar[tuple[str, ...]] = ("timestamp", "tasks_completed", "waiting_since")
-
-    timestamp: time_arg("when the client sent this; checked, and the broker keeps its own time") = None
-    tasks_completed: Optional[Annotated[int, PydField(ge=0)]] = PydField(
-        None, description="accepted; the broker counts completions itself")
-    waiting_since: time_arg("since when the agent waits; checked, and the broker keeps its own") = None
-
-    def ignored(self) -> list[str]:
-        return [f for f in self.IGNORED if getattr(self, f) is not None]
-
-
-class Report(_Legacy):
-    """The predecessor notifier's body, with zmesh's additions (reason, requires)."""
-
-    session_id: Agent
-    status: Optional[Literal[protocol.REPORTS]] = PydField(  # type: ignore[valid-type]
-        None, description="the state again (the path says it; when given it must match)")
-    last_task: field_arg("report", "task", "the task (required for busy and completed)") = None
-    capabilities: field_arg("register", "capabilities", "the agent's capabilities (registers it with them)") = None
-    cost_spent: field_arg("report", "cost") = None
-    message: Text = None
-    reason: field_arg("report", "reason", "why (blocked, help); default: message") = None
-    requires: field_arg("report", "requires", "help: capabilities wanted of helpers") = None
-
-
-class _Elsewhere(_Legacy):
-    """The predecessor's report fields on a call that is not a report (it sent one body
-    everywhere): checked, and ignored."""
-
-    IGNORED: ClassVar[tuple[str, ...]] = ("status", "timestamp", "capabilities", "cost_spent", "tasks_completed",
-                                          "waiting_since")
-
-    status: Optional[Literal[protocol.REPORTS]] = PydField(  # type: ignore[valid-type]
-        None, description="accepted (the predecessor sent it everywhere); ignored")
-    capabilities: field_arg("register", "capabilities", "accepted; ignored") = None
-    cost_spent: field_arg("report", "cost", "accepted; ignored") = None
-
-
-class Assign(_Elsewhere):
-    session_id: field_arg("assign", "agent", "the agent to assign the task to")
-    task_id: Optional[field_arg("assign", "task")] = None
-    last_task: field_arg("assign", "task", "the predecessor's name for task_id") = None
-    message: field_arg("report", "message", "what the task is (the predecessor's form): the pushed "
-                       "assignment's subject (its first line), and the task's data.description when this "
-                       "call creates the task") = None
-    create: Optional[bool] = PydField(None, description="true: create the task first (refused if it exists); "
-                                      "false: it must exist; not given: create it when it does not exist")
-    data: field_arg("task_create", "data", "the task's data, when this call creates it") = None
-    priority: field_arg("task_create", "priority") = 0
-    requires: field_arg("task_create", "requires") = None
-    ttl: field_arg("assign", "ttl") = None
-    queue: field_arg("assign", "queue") = False
-
-    def task(self) -> str:
-        if self.task_id and self.last_task and self.task_id != self.last_task:
-            raise InvalidArgument("task_id and last_task name two tasks", {"field": "last_task"})
-        task = self.task_id or self.last_task
-        if not task:
-            raise InvalidArgument("field 'task_id': required (or the predecessor's last_task)", {"field": "task_id"})
-        return task
-
-
-class Broadcast(_Elsewhere):
-    message: field_arg("report", "message", "the message; required here unless the query string gives it "
-                       "(the predecessor's POST /broadcast?message=...). Its first line is the subject; "
-                       "a longer or multi-line one is the body as well") = None
-    body: field_arg("send", "body") = None
-    session_id: field_arg("send", "from", "the sender") = None
-    priority: field_arg("send", "priority") = "normal"
-    last_task: field_arg("report", "task", "accepted; ignored") = None
-
-    IGNORED: ClassVar[tuple[str, ...]] = _Elsewhere.IGNORED + ("last_task",)
-
-
-def subject_of(text: str, field: str) -> tuple[str, str | None]:
-    """A message's subject from a free text: the text itself when it is one short line, else
-    its first line shortened (and then the whole text is returned to go in the body)."""
-    try:
-        return protocol.KINDS["name"](field, text), None
-    except ZmeshError:
-        pass
-    line = next((x.strip() for x in text.splitlines() if x.strip()), "")
-    line = CONTROL_CHARS.sub(" ", line).strip()
-    if not line:
-        raise InvalidArgument(f"field '{field}' has no text", {"field": field})
-    return (line if len(line) <= SUBJECT_CHARS else line[:SUBJECT_CHARS - 1] + "\u2026"), text
-
-
-class Claim(_Body):
-    session_id: Agent
-    task_id: Optional[TaskId] = PydField(None, description="the task; without it the best available one")
-    ttl: field_arg("claim", "ttl") = None
-    capabilities: field_arg("register", "capabilities", "the agent's capabilities (registers it with them)") = None
-
-
-class Complete(_Body):
-    session_id: Agent
-    task_id: TaskId
-    result: field_arg("complete", "result", "what the task produced (any JSON)") = None
-
-
-class Fail(_Body):
-    session_id: Agent
-    task_id: TaskId
-    error: field_arg("fail", "error")
-
-
-class Release(_Body):
-    session_id: Agent
-    task_id: TaskId
-
-
-class Send(_Body):
-    session_id: Agent
-    subject: field_arg("send", "subject")
-    body: field_arg("send", "body") = None
-    to: field_arg("send", "to") = None
-    group: field_arg("send", "group") = None
-    capability: field_arg("send", "capability") = None
-    all: bool = PydField(False, description="address: every live agent")
-    priority: field_arg("send", "priority") = "normal"
-    requires_ack: field_arg("send", "requires_ack") = False
-
-
-class Ack(_Body):
-    session_id: Agent
-    message_id: field_arg("ack", "id")
-    note: field_arg("ack", "note") = None
-
-
-class Reserve(_Body):
-    session_id: Agent
-    paths: field_arg("reserve", "paths")
-    shared: bool = PydField(False, description="shared instead of exclusive")
-    ttl: field_arg("reserve", "ttl") = None
-    wait_s: Annotated[float, PydField(ge=0.0, le=DEFAULT_WAIT_MAX_S, allow_inf_nan=False,
-                                      description="seconds to queue for the paths when held")] = 0.0
-
-
-class ReleasePaths(_Body):
-    session_id: Agent
-    paths: field_arg("release_paths", "paths") = None
-
-
-#: the broadcast fields the query string may carry (the predecessor's form)
-BROADCAST_QUERY = ("message", "session_id", "priority")
-
-
-def _broadcast_fields(body: Broadcast | None, query: Any, **given: str | None) -> Broadcast:
-    """The broadcast from its body and its query string, checked as one body would be: an
-    unknown query key, a field given twice with two values, or no message is a 422 naming it."""
-    for key in query.keys():
-        if key not in BROADCAST_QUERY:
-            raise InvalidArgument(f"unknown query parameter '{key}' (the query may give "
-                                  f"{', '.join(BROADCAST_QUERY)})", {"field": key})
-    fields = body.model_dump(exclude_unset=True) if body is not None else {}
-    for key, value in given.items():
-        if value is None:
-            continue
-        if key in fields and fields[key] != value:
-            raise InvalidArgument(f"'{key}' is given in the query and in the body, differently", {"field": key})
-        fields[key] = value
-    if not fields.get("message"):
-        raise InvalidArgument("field 'message': required (in the body or as ?message=)", {"field": "message"})
-    try:
-        return Broadcast.model_validate(fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first.get("loc", ())) or "message"
-        raise InvalidArgument(f"field '{field}': {first.get('msg', 'invalid')}", {"field": field}) from None
-
-
 def _error(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
     body: dict[str, Any] = {"code": code, "message": message}
     if field:
@@ -469,7 +278,7 @@ def build_app(endpoint: str | None, *, ttl: float = DEFAULT_HTTP_TTL_S, timeout:
                         session_id: Annotated[Optional[str], Query(description="the sender")] = None,
                         priority: Annotated[Optional[str], Query(description="the message's priority")] = None
                         ) -> dict[str, Any]:
-        sent = _broadcast_fields(body, request.query_params, message=message, session_id=session_id,
+        sent = broadcast_fields(body, request.query_params, message=message, session_id=session_id,
                                  priority=priority)
         allow(sent.session_id)  # sent as that agent
         subject, text = subject_of(sent.message or "", "message")
