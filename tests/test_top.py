@@ -12,6 +12,7 @@ import io
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -35,17 +36,24 @@ def spawn_top(endpoint: str, *extra: str) -> pexpect.spawn:
                          env=env, encoding="utf-8", dimensions=(40, 160), timeout=15)
 
 
-@pytest.fixture
-def top(broker_factory: Callable[..., BrokerProcess]) -> Iterator[tuple[BrokerProcess, Any]]:
-    b = broker_factory()
+@contextmanager
+def watching(b: BrokerProcess) -> Iterator[pexpect.spawn]:
+    """``zmesh top`` on ``b``'s endpoint, stopped by PID at the end."""
     child = spawn_top(b.endpoint)
     child.logfile_read = io.StringIO()  # all it wrote to the terminal: see raw_log_lines
     try:
-        yield b, child
+        yield child
     finally:
         if child.isalive():
             child.kill(9)
         child.close(force=True)
+
+
+@pytest.fixture
+def top(broker_factory: Callable[..., BrokerProcess]) -> Iterator[tuple[BrokerProcess, Any]]:
+    b = broker_factory()
+    with watching(b) as child:
+        yield b, child
 
 
 @pytest.fixture
@@ -57,14 +65,10 @@ def top_before_broker(tmp_path: Path) -> Iterator[tuple[BrokerProcess, Any]]:
     while pub == port:
         pub = free_port()
     b = BrokerProcess(tmp_path / "data", port=port, pub_port=pub)
-    child = spawn_top(b.endpoint)
-    child.logfile_read = io.StringIO()
     try:
-        yield b, child
+        with watching(b) as child:
+            yield b, child
     finally:
-        if child.isalive():
-            child.kill(9)
-        child.close(force=True)
         b.stop()
         b.kill()
 
