@@ -110,6 +110,10 @@ def test_a_lost_answer_is_answered_again_and_no_second_task_is_claimed(
             nxt = structured(await s.call_tool("wait_for_work", {"timeout_s": 20}))
             assert nxt["kind"] == "task" and nxt["task"]["id"] != first[0]
             assert nxt.get("repeated") is None and nxt["handle"] != again["handle"]
+            # a bad handle is refused naming it, and claims nothing
+            for bad in ("", "a\x1bb", "x" * 201):
+                res = await s.call_tool("wait_for_work", {"timeout_s": 1, "handle": bad})
+                assert res.is_error and "handle" in res.content[0].text, bad  # type: ignore[union-attr]
             # a settled handle is refused, saying why, and claims nothing
             stale = await s.call_tool("wait_for_work", {"timeout_s": 1, "handle": again["handle"]})
             assert stale.is_error and "no task this agent still holds" in stale.content[0].text  # type: ignore[union-attr]
