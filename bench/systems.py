@@ -154,7 +154,7 @@ class ZmeshSystem(System):
         keys: dict[str, str] = {}
         extra = list(self.extra)
         if self.secure:
-            from zmesh.keys import keygen
+            from zmesh.transport.keys import keygen
 
             broker_public, _ = keygen(data / "keys", "broker", force=True)
             client_public, client_secret = keygen(workdir / "client-keys", "bench", force=True)

@@ -27,9 +27,10 @@ from typing import Any, Callable
 import lmdb
 import zmq
 
-from zmesh import Client, protocol
+from zmesh import Client
+from zmesh import protocol
 from zmesh.core import Core, Now
-from zmesh.sockets import NOBLOCK, recv_frames, send_frames
+from zmesh.transport.sockets import NOBLOCK, recv_frames, send_frames
 from zmesh.store import LmdbStore
 from zmesh.testing import run_broker
 

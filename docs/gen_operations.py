@@ -1,5 +1,5 @@
 """Regenerate the generated blocks of docs/OPERATIONS.md (the metric table and the health
-checks) from zmesh/metrics.py: python docs/gen_operations.py
+checks) from zmesh/broker/metrics.py: python docs/gen_operations.py
 
 Only the text between each block's BEGIN and END markers is rewritten; the rest of the file
 is written by hand (tests/test_metrics.py checks the blocks are current)."""
@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from zmesh import metrics
-from zmesh.metrics_http import ANSWER_TIMEOUT_S
+from zmesh.broker import metrics
+from zmesh.broker.metrics_http import ANSWER_TIMEOUT_S
 
 DOC = Path(__file__).with_name("OPERATIONS.md")
 

@@ -1,7 +1,7 @@
-"""Regenerate docs/PROTOCOL.md from zmesh/protocol.py: python docs/gen_protocol.py"""
+"""Regenerate docs/PROTOCOL.md from zmesh/protocol/: python docs/gen_protocol.py"""
 
 from pathlib import Path
 
-from zmesh.protocol_doc import render_markdown
+from zmesh.protocol.doc import render_markdown
 
 Path(__file__).with_name("PROTOCOL.md").write_text(render_markdown())

@@ -17,7 +17,8 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zmesh import Client, Unreachable, protocol
+from zmesh import Client, Unreachable
+from zmesh import protocol
 from zmesh.testing import ping
 
 from .conftest import wait_for

@@ -12,9 +12,9 @@ from typing import Any, Iterator
 import pytest
 
 from zmesh import protocol
-from zmesh.core.identity import ADMIN_OPS, OPERATOR_OPS, READ_OPS, may_run
+from zmesh.protocol.identity import ADMIN_OPS, OPERATOR_OPS, READ_OPS, may_run
 from zmesh.errors import BadRequest, Conflict, Forbidden, NotFound, NotOwner, StaleToken
-from zmesh.keys import fingerprint
+from zmesh.transport.keys import fingerprint
 from zmesh.protocol import Event
 from zmesh.testing import BrokerProcess
 

@@ -16,7 +16,7 @@ import pytest
 
 import zmesh
 from zmesh import Client
-from zmesh.keys import fingerprint, load_public
+from zmesh.transport.keys import fingerprint, load_public
 from zmesh.testing import BrokerProcess, free_port
 
 from .test_cli import Cli, clean_env, run

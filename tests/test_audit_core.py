@@ -21,11 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from zmesh import protocol
 from zmesh.core import DEFERRED, Settings
 from zmesh.core.audit import key_fingerprint
-from zmesh.core.identity import ACTORS
+from zmesh.protocol.identity import ACTORS
 from zmesh.core.eventlog import all_counters
 from zmesh.core.schema import COUNTER, parse_audit_key
 from zmesh.errors import WIRE_ERRORS, BadRequest, Conflict, RemoteError
-from zmesh.ops_audit import AUDIT_SCAN_LIMIT, RESULTS
+from zmesh.protocol.ops.audit import AUDIT_SCAN_LIMIT, RESULTS
 from zmesh.store import MemoryStore
 
 from .test_core import WALL0, Harness

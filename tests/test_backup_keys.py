@@ -15,7 +15,7 @@ import zmq.auth
 
 from zmesh import Client
 from zmesh.errors import Forbidden
-from zmesh.keys import AllowList, fingerprint, load_pair
+from zmesh.transport.keys import AllowList, fingerprint, load_pair
 from zmesh.testing import BrokerProcess
 
 from .test_cli import clean_env, run

@@ -13,7 +13,7 @@ import lmdb
 import pytest
 
 from zmesh import Client, Internal, StoreError
-from zmesh.broker import Broker
+from zmesh.broker.loop import Broker
 from zmesh.config import BrokerConfig
 from zmesh.store import SCHEMA_VERSION, UPGRADES_IN_PLACE, LmdbStore
 from zmesh.testing import free_port

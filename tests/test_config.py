@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from zmesh import protocol
 from zmesh.config import (SETTINGS, BrokerConfig, ConfigError, Setting, known_env,
                           unknown_env)
-from zmesh.endpoint import MAX_IPC_PATH_BYTES
+from zmesh.transport.endpoint import MAX_IPC_PATH_BYTES
 from zmesh.errors import ConfigError as ErrorsConfigError
 from zmesh.errors import InvalidArgument
 from zmesh.protocol import number_text as _num

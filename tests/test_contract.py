@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import zmesh
-from zmesh import AsyncClient, Client, protocol
+from zmesh import AsyncClient, Client
+from zmesh import protocol
 from zmesh.testing import BrokerProcess, free_port
 
 from .conftest import wait_for
@@ -347,7 +348,7 @@ def test_async_api_answers_bad_values_with_zmesh_errors_only(broker) -> None:
 def test_broker_closed_before_it_bound_writes_no_claim_index(tmp_path: Path) -> None:
     """A Broker made and closed without serving knows no claims: writing its (empty) claim
     index would make the next start believe no task is claimed."""
-    from zmesh.broker import Broker
+    from zmesh.broker.loop import Broker
     from zmesh.config import BrokerConfig
 
     config = BrokerConfig.load(data=str(tmp_path / "d"), bind=[f"tcp://127.0.0.1:{free_port()}"],

@@ -28,7 +28,8 @@ from zmesh.errors import (
     StaleToken,
 )
 from zmesh.protocol import Event
-from zmesh.store import TABLE_NAMES, LmdbStore, MemoryStore
+from zmesh.core.schema import TABLE_NAMES
+from zmesh.store import LmdbStore, MemoryStore
 
 T0 = 1000.0  # monotonic start; any value works, deadlines are relative
 #: topics of agent presence and liveness (tests of tasks and leases leave them out)

@@ -33,7 +33,8 @@ import zmq
 from zeroconf import ServiceInfo
 
 import zmesh
-from zmesh import AsyncClient, Client, interfaces
+from zmesh import AsyncClient, Client
+from zmesh.discovery import interfaces
 from zmesh.cli._docs import JSON_SHAPES
 from zmesh.discovery import (
     ENV_KNOWN_HOSTS,
@@ -59,7 +60,7 @@ from zmesh.discovery import (
 from zmesh.discovery import trust as trust_mod
 from zmesh.errors import ConfigError, InvalidArgument, Unreachable, UntrustedBroker, exit_code
 from zmesh.client._finder import Finder
-from zmesh.keys import fingerprint, keygen, load_public
+from zmesh.transport.keys import fingerprint, keygen, load_public
 from zmesh.testing import BrokerProcess
 
 from .conftest import until, wait_for

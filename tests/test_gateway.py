@@ -19,7 +19,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from zmesh import Client, protocol
+from zmesh import Client
+from zmesh import protocol
 from zmesh.testing import BrokerProcess, free_port
 
 from .conftest import wait_for

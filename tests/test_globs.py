@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zmesh.globs import matches, normalize, overlaps, segments_overlap
+from zmesh.protocol.globs import matches, normalize, overlaps, segments_overlap
 
 #: every path of 1-3 segments, each 1-3 characters of "ab": with patterns of at most two
 #: segments of at most two tokens over the same letters, any overlap has a witness here

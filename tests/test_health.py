@@ -12,9 +12,9 @@ from typing import Any, Callable
 import pytest
 
 from zmesh import Client
-from zmesh.broker import USAGE_CHECK_S
+from zmesh.broker.loop import USAGE_CHECK_S
 from zmesh.cli._docs import HEALTH_KEYS, JSON_SHAPES
-from zmesh.metrics import (COMMIT_WINDOW, DISK_FREE_MIN_BYTES, DISK_FREE_MIN_RATIO, MAP_USE_MAX, SLOW_COMMIT_S,
+from zmesh.broker.metrics import (COMMIT_WINDOW, DISK_FREE_MIN_BYTES, DISK_FREE_MIN_RATIO, MAP_USE_MAX, SLOW_COMMIT_S,
                            judge)
 from zmesh.testing import BrokerProcess, free_port
 

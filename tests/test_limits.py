@@ -14,9 +14,10 @@ import orjson
 import pytest
 import zmq
 
-from zmesh import Client, protocol
-from zmesh.broker import PEER_SNDHWM, SUB_SNDHWM
-from zmesh.retries import RetryCache
+from zmesh import Client
+from zmesh import protocol
+from zmesh.broker.loop import PEER_SNDHWM, SUB_SNDHWM
+from zmesh.broker.retries import RetryCache
 from zmesh.testing import BrokerProcess
 
 from .conftest import wait_for

@@ -20,7 +20,8 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPError
 
-from zmesh import Client, protocol
+from zmesh import Client
+from zmesh import protocol
 from zmesh.adapters.session import AgentSession
 from zmesh.adapters.mcp import DEFAULT_WAIT_MAX_S, TOOLS, default_agent
 from zmesh.testing import BrokerProcess

@@ -23,13 +23,14 @@ from typing import Any, Callable, Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from zmesh import Client, protocol
+from zmesh import Client
+from zmesh import protocol
 from zmesh.config import BrokerConfig
 from zmesh.core import Core, Now
 from zmesh.errors import InvalidArgument
-from zmesh.metrics import (BATCH_BUCKETS, COMMIT_MIN_SAMPLES, LATENCY_BUCKETS, METRICS, MSG_TOPICS, BrokerStats,
+from zmesh.broker.metrics import (BATCH_BUCKETS, COMMIT_MIN_SAMPLES, LATENCY_BUCKETS, METRICS, MSG_TOPICS, BrokerStats,
                            families, quantile, take_snapshot)
-from zmesh.metrics_http import ANSWER_TIMEOUT_S, parse_address
+from zmesh.broker.metrics_http import ANSWER_TIMEOUT_S, parse_address
 from zmesh.protocol import Event
 from zmesh.store import MemoryStore
 from zmesh.testing import BrokerProcess, free_port
@@ -405,7 +406,7 @@ def test_health_over_http_and_other_paths(metered: tuple[BrokerProcess, str]) ->
 # ------------------------------------------------------------------ the loop's side, in process
 @pytest.fixture
 def in_process(tmp_path: Path) -> Iterator[Any]:
-    from zmesh.broker import Broker
+    from zmesh.broker.loop import Broker
 
     cfg = BrokerConfig.load(env={}, data=str(tmp_path / "d"), bind=[f"tcp://127.0.0.1:{free_port()}"],
                             pub_bind=[f"tcp://127.0.0.1:{free_port()}"], ipc=False, discovery=False,

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from zmesh import Client
-from zmesh.broker_jobs import Backups
+from zmesh.broker.jobs import Backups
 from zmesh.config import SETTINGS, BrokerConfig
 from zmesh.errors import BadRequest, Conflict, ZmeshError
 from zmesh.testing import BrokerProcess
@@ -365,8 +365,8 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
 
 
 def test_expiry_lines_carry_their_events_and_a_storm_is_one_summary(caplog: pytest.LogCaptureFixture) -> None:
-    from zmesh._logging import JsonFormatter
-    from zmesh.broker_log import EXPIRY_LINES_PER_PASS, log_expiries
+    from zmesh.util.logs import JsonFormatter
+    from zmesh.broker.log import EXPIRY_LINES_PER_PASS, log_expiries
     from zmesh.protocol import Event
 
     events = [Event("agent.expired", i, {"agent": f"a{i}", "released": [f"t{i}"]}) for i in range(25)]
@@ -385,7 +385,7 @@ def test_expiry_lines_carry_their_events_and_a_storm_is_one_summary(caplog: pyte
 def test_json_formatter_keeps_one_line_whatever_the_message_holds() -> None:
     import logging
 
-    from zmesh._logging import JsonFormatter
+    from zmesh.util.logs import JsonFormatter
 
     record = logging.LogRecord("zmesh.x", logging.WARNING, __file__, 1, "bad %s", ("a\nb\x1b",), None)
     record.event, record.peer = "request.refused", object()
@@ -398,9 +398,11 @@ def test_json_formatter_keeps_one_line_whatever_the_message_holds() -> None:
 def test_every_logged_event_is_in_the_table_and_the_docs() -> None:
     import re
 
-    from zmesh.broker_log import LOG_EVENTS
+    from zmesh.broker.log import LOG_EVENTS
 
-    code = "".join(p.read_text() for p in (ROOT / "zmesh").glob("*.py"))
+    # the broker's modules and what they use (what was the flat top level before the packages)
+    code = "".join(p.read_text() for sub in ("broker", "store", "transport", "util", "protocol")
+                   for p in (ROOT / "zmesh" / sub).rglob("*.py"))
     used = set(re.findall(r'"event": "([a-z_]+\.[a-z_.]+)"', code))
     assert used == set(LOG_EVENTS), f"logged but not in LOG_EVENTS: {used - set(LOG_EVENTS)}; " \
                                     f"in LOG_EVENTS but never logged: {set(LOG_EVENTS) - used}"

@@ -7,9 +7,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from zmesh import errors, protocol
+from zmesh import errors
+from zmesh import protocol
 from zmesh.protocol import DecodeError, Event
-from zmesh.protocol_doc import render_markdown
+from zmesh.protocol.doc import render_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 

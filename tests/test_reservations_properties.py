@@ -1,6 +1,6 @@
 """Reservations as a hypothesis state machine: any sequence of reserve (shared or exclusive,
 several patterns), release and lease lapse, against a model that decides conflicts by brute
-force over a universe of paths (not with zmesh/globs.py). Invariants: the broker holds
+force over a universe of paths (not with zmesh/protocol/globs.py). Invariants: the broker holds
 exactly what the model holds, and no two agents ever hold overlapping patterns where one is
 exclusive."""
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from zmesh.errors import Conflict, NotFound
-from zmesh.globs import normalize
+from zmesh.protocol.globs import normalize
 
 from .test_core import Harness
 from .test_globs import UNIVERSE, _brute_matches

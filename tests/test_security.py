@@ -22,7 +22,7 @@ import zmesh
 from zmesh import Client
 from zmesh.cli import main
 from zmesh.errors import ConfigError, InvalidArgument, Unreachable
-from zmesh.keys import ROLE_DIRS, AllowList, fingerprint, keygen, load_pair, load_public
+from zmesh.transport.keys import ROLE_DIRS, AllowList, fingerprint, keygen, load_pair, load_public
 from zmesh.testing import BrokerProcess, free_port
 
 from .conftest import wait_for
@@ -330,7 +330,7 @@ def test_an_agent_belongs_to_the_key_that_registered_it(secure: BrokerProcess, k
 
 def test_every_op_that_names_an_agent_is_classified() -> None:
     from zmesh import protocol
-    from zmesh.core.identity import ACTORS, NOT_ACTING
+    from zmesh.protocol.identity import ACTORS, NOT_ACTING
 
     named = {name for name, op in protocol.OPS.items() if {"agent", "from"} & set(op.by_name)}
     assert named == set(ACTORS) | NOT_ACTING and not set(ACTORS) & NOT_ACTING

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import zmq
 
-from zmesh.sockets import NOBLOCK, recv_frames, send_frames
+from zmesh.transport.sockets import NOBLOCK, recv_frames, send_frames
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""zmesh/times.py: the one reader of wall-clock times (gateway fields, the CLI's --since)."""
+"""zmesh/protocol/times.py: the one reader of wall-clock times (gateway fields, the CLI's --since)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zmesh import times
+from zmesh.protocol import times
 from zmesh.errors import BadRequest
 
 UTC = dt.timezone.utc

@@ -33,11 +33,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .endpoint import MAX_IPC_PATH_BYTES, check_endpoint
+from .transport.endpoint import MAX_IPC_PATH_BYTES, check_endpoint
 from .errors import ConfigError, InvalidArgument
 from .protocol import MAX_TTL_S, MIN_TTL_S, escape_controls, number_text
-from .mesh import DEFAULT_MESH, RULE as MESH_RULE, check_mesh
-from .fields import (AUDIT_MODES, DEFAULT_ACK_WAIT_S, DEFAULT_AUDIT, DEFAULT_AUDIT_RETENTION, DEFAULT_LOW_BATCH_S,
+from .discovery.mesh import DEFAULT_MESH, RULE as MESH_RULE, check_mesh
+from .protocol.fields import (AUDIT_MODES, DEFAULT_ACK_WAIT_S, DEFAULT_AUDIT, DEFAULT_AUDIT_RETENTION, DEFAULT_LOW_BATCH_S,
                      DEFAULT_MESSAGE_MAX_AGE_S, DEFAULT_MESSAGE_RETENTION, MAX_AUDIT_RETENTION)
 from .store import DURABILITY
 
@@ -52,7 +52,7 @@ DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_EVENT_LOG = 100_000
 DEFAULT_DURABILITY = "full"
 DEFAULT_DRAIN_S = 5.0
-#: what `log_format` may be (the CLI's handler formats records so: zmesh/_logging.py)
+#: what `log_format` may be (the CLI's handler formats records so: zmesh/util/logs.py)
 LOG_FORMATS = ("text", "json")
 #: ZMESH_* names read besides the settings': the file to load, the clients' broker, the
 #: committing agent and the mode of `zmesh guard` (ZMESH_AGENT, ZMESH_GUARD),
@@ -85,7 +85,7 @@ def _interface(value: str, name: str) -> None:
 
 
 def _listen(value: str, name: str) -> None:
-    from .metrics_http import parse_address  # imported when a value is given: the check lives with the endpoint
+    from .broker.metrics_http import parse_address  # imported when a value is given: the check lives with the endpoint
 
     parse_address(value)
 

@@ -39,10 +39,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__, protocol
+from .. import __version__
+from .. import protocol
 from ..client import AsyncClient
 from ..errors import Conflict, InvalidArgument, ZmeshError
-from ..fields import escape_controls
+from ..protocol.fields import escape_controls
 from . import defaults
 from .http_auth import CALLER, OPEN_PATHS, Tokens, Unauthorized, allow
 from .http_bodies import (Ack, Assign, Broadcast, Claim, Complete, Fail, ReleasePaths, Release, Report, Reserve,

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from .. import protocol
 from ..errors import ConfigError, Forbidden, RemoteError, ZmeshError
-from ..fields import check_value
-from ..keys import MIN_TOKEN_CHARS, check_private, valid_token
+from ..protocol.fields import check_value
+from ..transport.keys import MIN_TOKEN_CHARS, check_private, valid_token
 #: a token's agent that may act as any agent and make the gateway's own calls
 ANY = "*"
 #: paths served without a token

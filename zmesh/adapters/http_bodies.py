@@ -9,7 +9,7 @@ Rules it keeps:
   call (``session_id, status, timestamp, last_task, capabilities, cost_spent,
   tasks_completed, waiting_since, message``): each body takes those fields, checks them, and
   names the ones the broker keeps itself under ``ignored``. A time is Unix seconds or ISO
-  8601 (zmesh/times.py).
+  8601 (zmesh/protocol/times.py).
 * A free-text message becomes a subject losslessly: its first line (shortened), and the whole
   text in the body when it is more than one short line.
 """
@@ -21,7 +21,7 @@ from pydantic import Field as PydField
 
 from .. import protocol
 from ..errors import InvalidArgument, ZmeshError
-from ..fields import CONTROL_CHARS
+from ..protocol.fields import CONTROL_CHARS
 from . import defaults
 from .schemas import field_arg, time_arg
 

@@ -43,7 +43,8 @@ from pydantic import BaseModel
 from pydantic import Field as PydField
 from typing_extensions import TypedDict
 
-from .. import __version__, protocol
+from .. import __version__
+from .. import protocol
 from ..client._inbox import Message
 from ..errors import ZmeshError
 from . import defaults

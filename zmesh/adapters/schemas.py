@@ -1,6 +1,6 @@
 """Argument types for the adapters, built from the op table: a tool or endpoint argument that
 is a protocol field gets that field's kind, range, length, choices and description, so a
-limit is written once (zmesh/fields.py) and the MCP tool schemas and the gateway's OpenAPI
+limit is written once (zmesh/protocol/fields.py) and the MCP tool schemas and the gateway's OpenAPI
 schema follow it.
 
 Rule: a string or list argument runs the field kind's own validator, so a refusal names the
@@ -13,10 +13,11 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import AfterValidator, BeforeValidator, WithJsonSchema
 from pydantic import Field as PydField
 
-from .. import protocol, times
+from .. import protocol
+from ..protocol import times
 from ..errors import ZmeshError
-from ..fields import MAX_ID_BYTES, MAX_LIST_ITEMS, MAX_NAME_CHARS, MAX_TEXT_CHARS, Field
-from ..globs import MAX_PATTERN_BYTES
+from ..protocol.fields import MAX_ID_BYTES, MAX_LIST_ITEMS, MAX_NAME_CHARS, MAX_TEXT_CHARS, Field
+from ..protocol.globs import MAX_PATTERN_BYTES
 
 
 def _checked(kind: str) -> AfterValidator:
@@ -78,7 +79,7 @@ def _to_seconds(value: Any) -> float | None:
 
 def time_arg(doc: str) -> Any:
     """An optional wall-clock time: Unix seconds or an ISO 8601 string (no zone: UTC), read
-    by zmesh/times.py into Unix seconds."""
+    by zmesh/protocol/times.py into Unix seconds."""
     return Annotated[Optional[float], BeforeValidator(_to_seconds),
                      WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0, "maximum": times.MAX_TIME_S},
                                                {"type": "string", "format": "date-time", "maxLength": 64},

@@ -24,9 +24,9 @@ import click
 
 from .. import __version__
 from ..config import DEFAULT_TIMEOUT_S, env_meant, unknown_env
-from ..mesh import ENV_MESH
+from ..discovery.mesh import ENV_MESH
 
-from .._logging import JsonFormatter
+from ..util.logs import JsonFormatter
 from ..errors import UsageError, ZmeshError, exit_code
 from ._options import EndpointType, MeshName, Seconds
 from ._output import JSON_META, Ctx, error, json_flag
@@ -122,7 +122,7 @@ def _silence_stdout() -> None:
 def setup_logging(verbose: int, *, zmesh_floor: int = logging.WARNING, fmt: str = "text") -> None:
     """Handlers live in the CLI only: one stderr handler; -v INFO, -vv DEBUG. zmesh's own
     loggers log at least at ``zmesh_floor`` (INFO for the broker), other libraries' at WARNING.
-    ``fmt``: "text" or "json" (one object per line, zmesh/_logging.py); called again, it
+    ``fmt``: "text" or "json" (one object per line, zmesh/util/logs.py); called again, it
     changes the format of the handler it made."""
     level = max(logging.DEBUG, logging.WARNING - 10 * verbose)
     root = logging.getLogger()

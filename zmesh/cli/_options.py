@@ -21,9 +21,10 @@ from typing import Any, Callable
 import click
 import orjson
 
-from .. import protocol, times
-from ..fields import escape_controls
-from ..endpoint import check_endpoint
+from .. import protocol
+from ..protocol import times
+from ..protocol.fields import escape_controls
+from ..transport.endpoint import check_endpoint
 from ..errors import UsageError, ZmeshError
 
 
@@ -233,7 +234,7 @@ class SinceTime(click.ParamType):
 
 def _time(kind: click.ParamType, text: str, param: click.Parameter | None, ctx: click.Context | None,
           other: str) -> float:
-    """A duration ago or an ISO 8601 time typed by a person (zmesh/times.py reads both)."""
+    """A duration ago or an ISO 8601 time typed by a person (zmesh/protocol/times.py reads both)."""
     ago = times.duration_ago(text, time.time())
     if ago is not None:
         return ago
@@ -259,12 +260,12 @@ class Pattern(click.ParamType):
 
 
 class MeshName(click.ParamType):
-    """A mesh name (zmesh/mesh.py's rule), checked where it enters."""
+    """A mesh name (zmesh/discovery/mesh.py's rule), checked where it enters."""
 
     name = "MESH"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from ..mesh import RULE, check_mesh
+        from ..discovery.mesh import RULE, check_mesh
 
         try:
             return check_mesh(value)

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from .. import protocol
-from ..ops_audit import DEFAULT_AUDIT_LIMIT
+from ..protocol.ops.audit import DEFAULT_AUDIT_LIMIT
 from . import main
 from ._options import SinceTime, field_option
 from ._output import Ctx, emit, esc, json_flag, pass_ctx

@@ -36,8 +36,8 @@ from ..core.eventlog import read_counter
 from ..errors import Conflict, InvalidArgument, StoreError
 from ..protocol import CONTROL_CHARS, STATUSES, escape_controls
 from ..store import LmdbStore, SCHEMA_VERSION
-from ..broker_jobs import BACKUP_ALLOWED, BACKUP_PAIR, DATA_FILE, KEYS_DIR
-from ..keys import copy_allowed, copy_pair, public_file
+from ..broker.jobs import BACKUP_ALLOWED, BACKUP_PAIR, DATA_FILE, KEYS_DIR
+from ..transport.keys import copy_allowed, copy_pair, public_file
 from . import main
 from ._options import Seconds
 from .security import KeyDir

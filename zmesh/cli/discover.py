@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from ..errors import Unreachable
-from ..mesh import ENV_MESH
+from ..discovery.mesh import ENV_MESH
 from . import _MESH_META, main
 from ._options import Seconds
 from ._output import Ctx, emit, esc, json_flag, note, pass_ctx

@@ -13,7 +13,8 @@ from typing import Any
 import click
 import orjson
 
-from .. import __version__, protocol
+from .. import __version__
+from .. import protocol
 from ..errors import Unreachable
 from . import main
 from ._options import Seconds, field_argument, field_option

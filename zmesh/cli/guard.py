@@ -7,7 +7,7 @@ Rules these keep:
   (``pre-commit.zmesh-chained``) and runs after our check passes. Installing again
   rewrites only our part.
 * It refuses a commit only for an exclusive reservation held by *another* agent whose
-  pattern matches a staged path (zmesh/globs.py). It names the path, the holder, the
+  pattern matches a staged path (zmesh/protocol/globs.py). It names the path, the holder, the
   pattern and when the reservation lapses. The committing agent is ``--agent`` or
   ``$ZMESH_AGENT``.
 * It never blocks a commit on its own trouble, and never hangs. If the broker does not
@@ -27,7 +27,8 @@ from pathlib import Path
 
 import click
 
-from .. import globs, protocol
+from ..protocol import globs
+from .. import protocol
 from ..client import Client
 from ..errors import UsageError, ZmeshError
 from . import main

@@ -4,7 +4,7 @@ Rules: the answer is the broker's ``health`` op, printed as it came (``--json``)
 summary (broker id, uptime, seq, store size, map use, commit p95, free disk). Exit 0
 healthy; exit 1 degraded, each reason on its own line after the summary (stdout: the
 answer is data, not an error); exit 3 when the broker does not answer, like every command.
-The thresholds are the broker's (zmesh/metrics.py) and come in the answer.
+The thresholds are the broker's (zmesh/broker/metrics.py) and come in the answer.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import orjson
 
 from .. import protocol
 from ..errors import UsageError
-from ..fields import DEFAULT_MAX_DELIVER
+from ..protocol.fields import DEFAULT_MAX_DELIVER
 from . import main
 from ._options import IdType, Pattern, Since, field_argument, field_option, field_type
 from ._output import Ctx, emit, esc, json_flag, pass_ctx

@@ -1,4 +1,4 @@
-"""``zmesh keygen``: make a CurveZMQ key pair for a broker or a client (zmesh/keys.py).
+"""``zmesh keygen``: make a CurveZMQ key pair for a broker or a client (zmesh/transport/keys.py).
 
 Rules: NAME is a plain file stem (letters, digits, ``-``, ``_``, ``.``), so the files land
 where they are asked to and nowhere else. An existing pair is never overwritten without
@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from ..fields import CONTROL_CHARS, escape_controls
+from ..protocol.fields import CONTROL_CHARS, escape_controls
 from . import main
 from ._output import Ctx, emit, json_flag, pass_ctx
 
@@ -55,7 +55,7 @@ def keygen(ctx: Ctx, name: str, directory: str, force: bool) -> None:
     """Make a CurveZMQ key pair: NAME.key (the public key, to hand out) and NAME.key_secret
     (mode 0600, to keep). A broker's public key is what clients set as ZMESH_SERVER_KEY; a
     client's public key goes into the broker's authorized_keys directory."""
-    from ..keys import fingerprint, keygen as make, load_pair
+    from ..transport.keys import fingerprint, keygen as make, load_pair
 
     public, secret = make(directory, name, force=force)
     pair = load_pair(secret, "NAME")

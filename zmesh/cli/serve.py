@@ -55,7 +55,7 @@ def broker(ctx: click.Context, data: str | None, bind: tuple[str, ...], pub_bind
            ttl: float | None, log_format: str | None, drain_timeout: float | None, metrics: str | None,
            config_path: str | None, verbose: int) -> None:
     """Run the lease broker until SIGINT/SIGTERM."""
-    from ..broker import Broker, tune_gc
+    from ..broker.loop import Broker, tune_gc
 
     parent_verbose = ctx.parent.params.get("verbose", 0) if ctx.parent is not None else 0
     setup_logging(parent_verbose + verbose, zmesh_floor=logging.INFO)  # the broker tells what it does

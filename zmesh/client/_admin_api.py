@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Any, Generator
 
 from ..errors import BadRequest
-from ..fields import MAX_INT, MAX_LIST_LIMIT
-from ..ops_audit import DEFAULT_AUDIT_LIMIT
+from ..protocol.fields import MAX_INT, MAX_LIST_LIMIT
+from ..protocol.ops.audit import DEFAULT_AUDIT_LIMIT
 from ._protocol import Call, _identity
 
 #: a flow: yields the calls to make, is sent each one's result, returns its own result

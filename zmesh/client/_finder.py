@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..mesh import resolve_mesh
+from ..discovery.mesh import resolve_mesh
 from ._protocol import Curve
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import zmq
 
 from .. import protocol
-from ..endpoint import check_endpoint
+from ..transport.endpoint import check_endpoint
 from ..errors import InvalidArgument, ProtocolError, RemoteError, Unreachable, from_wire
 from ..protocol import Reply
 
@@ -240,7 +240,7 @@ def curve_settings(server_key: str | None, key: str | None) -> Curve:
     """The arguments, else $ZMESH_SERVER_KEY (the broker's public key: a file or Z85) and
     $ZMESH_KEY (this client's .key_secret file), each read and checked; they are not
     required together here (a client that discovers its broker may learn its key)."""
-    from ..keys import load_pair, load_public
+    from ..transport.keys import load_pair, load_public
 
     given = server_key is not None or key is not None  # arguments name arguments, env names env
     server_field = "server_key" if given else "ZMESH_SERVER_KEY"

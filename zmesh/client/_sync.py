@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 import zmq
 
 from ..errors import InvalidArgument, LeaseExpired, NoReply, ProtocolError, Unreachable, ZmeshError
-from ..sockets import NOBLOCK, recv_frames, send_frames
+from ..transport.sockets import NOBLOCK, recv_frames, send_frames
 from ._api import NO_CONNECT_OPS, Api, LeaseState, check_bool, check_timeout
 from ._inbox import Inbox, Message, Receiver
 from ._finder import Finder

@@ -18,7 +18,7 @@ import zmq
 
 from ..errors import SnapshotRequired, Unreachable, ZmeshError
 from ..protocol import Event
-from ..sockets import recv_frames
+from ..transport.sockets import recv_frames
 from ._api import check_bool
 from ._events import Deliver, Poll, Sleep, check_callback, check_flow_args, new_flow
 from ._protocol import SUB_OPTIONS, connect_socket, resolve_pub

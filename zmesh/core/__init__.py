@@ -46,7 +46,7 @@ from .tasks import HISTORY_LIMIT, TRANSITIONS, Tasks
 
 if TYPE_CHECKING:
     from ..protocol import Event
-    from ..store import Txn
+    from ..store.base import Txn
 
 __all__ = ["Batch", "ClaimKind", "Core", "CoreState", "DEFERRED", "HISTORY_LIMIT", "Now", "Push", "Recovery",
            "Settings", "TRANSITIONS"]

@@ -19,7 +19,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import BadRequest, Conflict, NotFound
-from ..keys import fingerprint
+from ..protocol.identity import fingerprint
 from .agents import Agents
 from .claims import Claims
 from .context import Batch
@@ -28,7 +28,7 @@ from .schema import TASK, resource_key, status_key, waiting_key
 from .tasks import Tasks
 
 if TYPE_CHECKING:
-    from ..store import Txn
+    from ..store.base import Txn
 
 Handler = Callable[[Batch, dict[str, Any]], Any]
 

@@ -36,7 +36,7 @@ from .eventlog import EventLog, bump
 from .schema import agent_key, dumps, loads
 
 if TYPE_CHECKING:
-    from ..store import Txn
+    from ..store.base import Txn
 
 Handler = Callable[[Batch, dict[str, Any]], Any]
 

@@ -43,12 +43,12 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import RemoteError
-from ..keys import fingerprint
-from ..ops_audit import AUDIT, AUDIT_SCAN_LIMIT
+from ..protocol.identity import fingerprint
+from ..protocol.ops.audit import AUDIT, AUDIT_SCAN_LIMIT
 from ..protocol import WRITE_OPS
 from .context import Batch, Settings
 from .eventlog import bump, counter
-from .identity import ACTORS, ADMIN_OPS
+from ..protocol.identity import ACTORS, ADMIN_OPS
 from .schema import AUDIT_COUNTER, audit_key, dumps, loads
 
 if TYPE_CHECKING:

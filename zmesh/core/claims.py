@@ -31,7 +31,7 @@ from .eventlog import bump
 from .schema import CLAIM_INDEX, dumps, loads, parse_resource
 
 if TYPE_CHECKING:
-    from ..store import Txn
+    from ..store.base import Txn
 
 
 class ClaimKind:

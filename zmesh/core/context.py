@@ -22,11 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..fields import DEFAULT_ACK_WAIT_S, DEFAULT_AUDIT_RETENTION, DEFAULT_MESSAGE_MAX_AGE_S, DEFAULT_MESSAGE_RETENTION
+from ..protocol.fields import DEFAULT_ACK_WAIT_S, DEFAULT_AUDIT_RETENTION, DEFAULT_MESSAGE_MAX_AGE_S, DEFAULT_MESSAGE_RETENTION
 
 if TYPE_CHECKING:  # the store imports core.schema: no runtime import back
     from ..protocol import Event
-    from ..store import Txn
+    from ..store.base import Txn
 
 
 #: a handler's reply meaning "no answer yet": the request waits, its answer comes later

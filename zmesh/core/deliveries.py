@@ -41,7 +41,7 @@ from .schema import (DELIVERY, dead_key, delivery_key, dumps, inbox_key, loads, 
                      message_number, parse_dead_key, parse_delivery_key, parse_pending_key, pending_key)
 
 if TYPE_CHECKING:
-    from ..store import Txn
+    from ..store.base import Txn
     from .agents import Agents
 
 Handler = Callable[[Batch, dict[str, Any]], Any]

@@ -26,7 +26,7 @@ from .context import Batch, Settings
 from .schema import COUNTER, U64, dumps, event_record, is_counter, loads, parse_seq, seq_key
 
 if TYPE_CHECKING:
-    from ..store import Txn
+    from ..store.base import Txn
 
 
 def read_counter(txn: Txn, name: bytes) -> int:

@@ -5,9 +5,9 @@ Rules it keeps:
 * The authenticated key and its role reach the core through the batch (``Batch.key`` and
   ``Batch.role``, set per request by the broker from the connection's ZAP User-Id), never
   through a request field: a client cannot claim a key or a role it did not prove.
-* Roles (the allow-list directory a key is in, keys.ROLE_DIRS):
+* Roles (the allow-list directory a key is in, protocol/identity.py ROLE_DIRS):
 
-  - ``observer`` runs only :data:`READ_OPS`: ops that neither write nor act as an agent
+  - ``observer`` runs only ``READ_OPS``: ops that neither write nor act as an agent
     (status, lists, gets, replay, snapshot); it reads events like anyone admitted;
   - ``agent`` runs every op but the admin ones (``Op.admin``) and the operator ones
     (``Op.operator``: the audit query, which shows what every key did);
@@ -16,9 +16,9 @@ Rules it keeps:
   An observer runs the operator ops too: they only read.
 
   Anything else is refused (``forbidden``) before the handler runs, so it writes nothing.
-* :data:`ACTORS` names, per op, the field that says which agent acts. A request naming an
+* ``ACTORS`` (protocol/identity.py) names, per op, the field that says which agent acts. A request naming an
   agent that belongs to another key is refused (``not_owner``) before its handler runs.
-  :data:`NOT_ACTING` lists the ops whose ``agent`` field only filters or names a target; a
+  ``NOT_ACTING`` lists the ops whose ``agent`` field only filters or names a target; a
   test keeps the two tables covering every op with an agent field. An admin is bound by
   this too: it acts on other agents' claims through the admin ops, not as them.
 * The key an agent belongs to is stored in its record (``key``), set when the agent is
@@ -36,43 +36,13 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..errors import Forbidden, NotOwner, RemoteError
-from ..keys import fingerprint
-from ..protocol import OPS
+# who may run what is the protocol's fact (docs/PROTOCOL.md renders it); enforced here
+from ..protocol.identity import ACTORS, ADMIN_OPS, OPERATOR_OPS, fingerprint, may_run
 from .context import Batch
 from .eventlog import EventLog
 
-#: op -> the field naming the agent that acts
-ACTORS: dict[str, str] = {
-    "register": "agent", "heartbeat": "agent", "unregister": "agent", "claim": "agent", "claim_next": "agent",
-    "complete": "agent", "fail": "agent", "release": "agent", "renew": "agent", "report": "agent",
-    "publish": "agent", "blocker_raise": "agent", "blocker_resolve": "agent", "send": "from", "assign": "from",
-    "ack": "agent", "mark_read": "agent", "group_join": "agent", "group_leave": "agent", "reserve": "agent",
-    "release_paths": "agent",
-}
-#: ops with an agent field that does not act: a filter, or the target of an assignment or
-#: of an admin op
-NOT_ACTING = frozenset({"agent_get", "message_list", "unacked", "dead_letters", "requeue", "reservations",
-                        "admin_release", "audit"})
-#: what an observer may run: ops that neither change durable state nor act as an agent (and are
-#: not admin ops: a backup writes nothing in the store, yet it is an admin's to ask)
-READ_OPS = frozenset(name for name, op in OPS.items() if not op.writes and not op.admin and name not in ACTORS)
-#: ops only an admin may run (security on)
-ADMIN_OPS = frozenset(name for name, op in OPS.items() if op.admin)
-#: ops observers and admins may run and agents may not (security on): they read what every key did
-OPERATOR_OPS = frozenset(name for name, op in OPS.items() if op.operator)
-assert OPERATOR_OPS <= READ_OPS, "an operator op must only read: observers run it"
-
 #: seconds between two audit.refused events for one key
 AUDIT_EVERY_S = 1.0
-
-
-def may_run(role: str | None, op: str) -> bool:
-    """May a connection of ``role`` run ``op``? (None: security off, everyone may.)"""
-    if role is None or role == "admin":
-        return True
-    if role == "agent":
-        return op not in ADMIN_OPS and op not in OPERATOR_OPS
-    return role == "observer" and op in READ_OPS
 
 
 class Identity:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from ..fields import DEFAULT_MAX_DELIVER
+from ..protocol.fields import DEFAULT_MAX_DELIVER
 from ..errors import BadRequest, Conflict, NotFound, RemoteError
 from .context import Batch, Settings
 from .deliveries import RANK, Deliveries, entry_view, parse_id, view
@@ -30,7 +30,7 @@ from .schema import (dead_key, dumps, inbox_key, loads, message_id, message_key,
                      pending_key, stream_key)
 
 if TYPE_CHECKING:
-    from ..store import Txn
+    from ..store.base import Txn
     from .agents import Agents
     from .tasks import Tasks
 

@@ -23,14 +23,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import BadRequest, Conflict, NotFound
-from ..fields import STATES
+from ..protocol.fields import STATES
 from .agents import Agents
 from .claims import Claims
 from .context import Batch
 from .eventlog import EventLog, bump, counter
 
 if TYPE_CHECKING:
-    from ..store import Txn
+    from ..store.base import Txn
 
 Handler = Callable[[Batch, dict[str, Any]], Any]
 

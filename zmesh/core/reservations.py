@@ -7,7 +7,7 @@ Rules it keeps:
   one record per (pattern, holder), so shared holders of one pattern coexist. Tokens, the
   lease it hangs on, its own TTL, expiry and recovery after a restart are claims.py's, as
   for every kind; nothing here keeps a deadline or a token of its own.
-* The conflict is decided by overlap (zmesh/globs.py), never by string equality: an
+* The conflict is decided by overlap (zmesh/protocol/globs.py), never by string equality: an
   exclusive reservation conflicts with every overlapping reservation of another agent,
   and any reservation conflicts with an overlapping exclusive one of another agent. An
   agent never conflicts with itself.
@@ -33,7 +33,7 @@ import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from .. import globs
+from ..protocol import globs
 from ..errors import BadRequest, Conflict, LeaseExpired, NotFound, RemoteError
 from .claims import ClaimKind, Claims
 from .context import DEFERRED, Batch

@@ -53,7 +53,7 @@ from .schema import (
 )
 
 if TYPE_CHECKING:
-    from ..store import Txn
+    from ..store.base import Txn
 
 Handler = Callable[[Batch, dict[str, Any]], Any]
 

@@ -33,7 +33,7 @@ from typing import Any
 #: name -> the module that defines it; loaded on first use, so a client that never
 #: discovers (or the CLI starting) does not import zeroconf
 _WHERE = {
-    "default_interfaces": "..interfaces",
+    "default_interfaces": ".interfaces",
     **dict.fromkeys(("ENV_KNOWN_HOSTS", "KnownHosts", "Pinned", "default_known_hosts", "known_hosts_file"),
                     ".known_hosts"),
     **dict.fromkeys(("Advertiser", "Browse", "broker_from_service_info", "browse", "collect", "discover"), ".mdns"),

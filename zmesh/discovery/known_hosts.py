@@ -30,9 +30,9 @@ from pathlib import Path
 import zmq.utils.z85
 
 from ..errors import ConfigError, InvalidArgument
-from ..fields import CONTROL_CHARS, escape_controls
-from ..keys import Z85_KEY_CHARS
-from ..mesh import check_mesh
+from ..protocol.fields import CONTROL_CHARS, escape_controls
+from ..transport.keys import Z85_KEY_CHARS
+from .mesh import check_mesh
 
 __all__ = ["ENV_KNOWN_HOSTS", "Pinned", "KnownHosts", "default_known_hosts", "known_hosts_file"]
 

@@ -52,11 +52,11 @@ from zeroconf import (
     Zeroconf,
 )
 
-from .._logging import RateLimited
+from ..util.logs import RateLimited
 from ..errors import InvalidArgument, Unreachable, ZmeshError
-from ..interfaces import ENV_INTERFACES, choose_interfaces, local_networks
-from ..mesh import DEFAULT_MESH, check_mesh, resolve_mesh
-from ..keys import fingerprint
+from .interfaces import ENV_INTERFACES, choose_interfaces, local_networks
+from .mesh import DEFAULT_MESH, check_mesh, resolve_mesh
+from ..transport.keys import fingerprint
 from .record import SERVICE_TYPE, BrokerInfo, check_port, parse_service, pick, txt_properties
 
 __all__ = ["Advertiser", "Browse", "collect", "browse", "discover", "broker_from_service_info"]

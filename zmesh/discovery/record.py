@@ -30,10 +30,10 @@ from typing import Any
 
 import zmq.utils.z85
 
-from .._logging import RateLimited
+from ..util.logs import RateLimited
 from ..errors import InvalidArgument
-from ..keys import Z85_KEY_CHARS, fingerprint
-from ..mesh import DEFAULT_MESH, check_mesh
+from ..transport.keys import Z85_KEY_CHARS, fingerprint
+from .mesh import DEFAULT_MESH, check_mesh
 
 __all__ = ["SERVICE_TYPE", "PROTO", "BrokerInfo", "parse_service", "txt_properties", "pick", "check_port",
            "MAX_ID_CHARS"]

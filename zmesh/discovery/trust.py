@@ -30,9 +30,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .._logging import RateLimited
+from ..util.logs import RateLimited
 from ..errors import ConfigError, UntrustedBroker
-from ..keys import fingerprint
+from ..transport.keys import fingerprint
 from .known_hosts import KnownHosts, Pinned, first_seen_note
 from .mdns import DISCOVER_SETTLE_S, collect, unreachable
 from .record import BrokerInfo, pick
