@@ -69,7 +69,7 @@ def main() -> int:
                        lambda label: print(label, file=sys.stderr))
     finally:
         pool.close()
-    for key, r in results.get("paired", {}).items():
+    for r in results.get("paired", {}).values():
         rounds = ", ".join(f"{g['a']:,.0f}/{g['b']:,.0f}={g['ratio']}" for g in r["rounds"])
         print(f"{r['title']}: median {r['median']} ({rounds})")
     for what, why in results["skipped"].items():

@@ -121,7 +121,7 @@ def push_latency(pool: Any, info: dict[str, Any], count: int, rate: float) -> di
         rnd.go()
         pad = "x" * 150
         start = time.monotonic()
-        for i in _paced(count, rate):
+        for _i in _paced(count, rate):
             sender.send("push", {"t": time.monotonic_ns(), "pad": pad}, to=agent)
         achieved = count / (time.monotonic() - start)
         got = rnd.results()[0]

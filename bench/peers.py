@@ -263,7 +263,7 @@ def _etcd(info: dict[str, Any]) -> Any:
     import etcd3gw
 
     c = etcd3gw.Etcd3Client(host=info["host"], port=info["port"], timeout=30)
-    c.api_path  # discover /v3/ now (one GET /version), not inside the first timed call
+    _ = c.api_path  # discover /v3/ now (one GET /version), not inside the first timed call
     return c
 
 

@@ -278,7 +278,7 @@ def _agents_job(inbox: Any, endpoint: str, names: list[str], ttl: float) -> Iter
 
     ctx = zmq.Context()
     socks = []
-    for name in names:
+    for _name in names:
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.connect(endpoint)

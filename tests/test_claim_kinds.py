@@ -48,7 +48,7 @@ class ZoneKind(ClaimKind):
         return b"zone:" + pattern.encode() + b"\0" + agent.encode()
 
     def conflict(self, b: Batch, key: bytes, agent: str, request: dict[str, Any]) -> RemoteError | None:
-        for other_key, raw in self.records(b.txn):
+        for _other_key, raw in self.records(b.txn):
             other = loads(raw)
             if other["agent"] == agent or not overlap(other["pattern"], request["pattern"]):
                 continue

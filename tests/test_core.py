@@ -894,7 +894,7 @@ def test_heartbeats_do_not_grow_the_deadline_heap(tmp_path) -> None:
 
     for i in range(10):
         call("register", agent=f"a{i}")
-    for step in range(200):
+    for _step in range(200):
         t += 1.0
         for i in range(10):
             call("heartbeat", agent=f"a{i}")

@@ -172,7 +172,7 @@ def test_the_readme_tour_runs_as_written(broker, tmp_path: Path) -> None:
     lines = [x for x in block.splitlines() if x.strip()]
     assert lines[0].startswith("export ZMESH_BROKER=")
     script = ["set -u", "fail() { echo \"FAILED ($1): $2\" >&2; kill $EVENTS 2>/dev/null; exit 1; }"]
-    for n, line in enumerate(lines[1:], 1):
+    for line in lines[1:]:
         command = line.split("  #")[0].strip()
         if command.startswith("zmesh top"):
             continue

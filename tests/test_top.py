@@ -236,7 +236,7 @@ def test_render_before_the_first_snapshot_and_the_status_line() -> None:
     assert "connecting: broker unreachable, retrying" in text
     assert "warning: watch: broker unreachable\\x1b[2J [bold]x" in text  # escaped, no markup
     lines = text.splitlines()
-    assert lines.index(next(l for l in lines if "12:00:00" in l)) == 1  # under the header
+    assert lines.index(next(row for row in lines if "12:00:00" in row)) == 1  # under the header
     console.print(render(_roster(), connected=True, now=1_000_000.0, endpoint="tcp://h:1"))
     text = console.export_text()
     assert "connected" in text and "12:00:00" not in text and "agents 3" in text

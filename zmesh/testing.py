@@ -67,7 +67,7 @@ def free_port() -> int:
 def ping(endpoint: str, timeout: float = 0.5, options: Sequence[tuple[int, Any]] = ()) -> dict | None:
     """hello over a throwaway DEALER (``options``: CURVE client options for a secure
     broker); None if no answer within ``timeout``."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     for option, value in options:
@@ -75,7 +75,7 @@ def ping(endpoint: str, timeout: float = 0.5, options: Sequence[tuple[int, Any]]
     try:
         sock.connect(endpoint)
         sock.send_multipart(protocol.encode_request(b"ping", "hello"))
-        if not sock.poll(timeout * 1000):
+        if not sock.poll(int(timeout * 1000)):
             return None
         reply = protocol.decode_reply(sock.recv_multipart())
         return reply.body if reply.ok else None

@@ -269,7 +269,8 @@ class Broker:
             while self._running and not self._stop_asked:
                 deadline = min(self.core.next_deadline() or self._next_hb, self._next_hb)
                 timeout = 0.0 if self._lanes else max(0.0, deadline - time.monotonic()) * 1000
-                ready = dict(poller.poll(min(timeout, 60_000) + 1))
+                # milliseconds; pyzmq takes a float (its stub says int)
+                ready = dict(poller.poll(min(timeout, 60_000) + 1))  # type: ignore[arg-type]
                 if self._wake_r.fileno() in ready:
                     try:
                         self._wake_r.recv(4096)

@@ -245,7 +245,7 @@ def _check_number(name: str, value: Any) -> float:
     return number
 
 
-def _check_list(name: str, value: Any, item) -> list[str]:
+def _check_list(name: str, value: Any, item: Callable[[str, Any], Any]) -> list[str]:
     if not isinstance(value, list):
         raise BadRequest(f"field '{name}' must be a list of strings", {"field": name})
     if len(value) > MAX_LIST_ITEMS:

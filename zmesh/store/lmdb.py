@@ -55,8 +55,10 @@ class LmdbTxn:
         self.dirty = True
         self.hooks.append(hook)
 
+    # the environment is opened without buffers, so LMDB hands out bytes (its stubs also allow
+    # memoryview): the ignores below say so without a cast call on the hot path
     def get(self, table: str, key: bytes) -> bytes | None:
-        return self._txn.get(_PREFIX[table] + key)
+        return self._txn.get(_PREFIX[table] + key)  # type: ignore[return-value]
 
     def put(self, table: str, key: bytes, value: bytes) -> None:
         self.dirty = True
@@ -81,9 +83,9 @@ class LmdbTxn:
             return
         cut = len(head)
         for key, value in cur:
-            if not key.startswith(within) or (nested is not None and key.startswith(nested)):
+            if not key.startswith(within) or (nested is not None and key.startswith(nested)):  # type: ignore[union-attr]
                 return
-            yield key[cut:], value
+            yield key[cut:], value  # type: ignore[misc]
 
     def scan_back(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         cur = self._txn.cursor()
@@ -99,9 +101,9 @@ class LmdbTxn:
             return
         cut = len(head)
         for key, value in cur.iterprev():
-            if not key.startswith(within):
+            if not key.startswith(within):  # type: ignore[union-attr]
                 return
-            yield key[cut:], value
+            yield key[cut:], value  # type: ignore[misc]
 
 
 def _past(prefix: bytes) -> bytes | None:
@@ -185,7 +187,7 @@ class LmdbStore:
             return None
         version = txn.get(b"schema", db=meta)
         if version is None or int(version) not in UPGRADES_IN_PLACE:
-            return version  # refused by the caller; nothing is written
+            return version  # type: ignore[return-value]  # bytes (no buffers); refused by the caller
         for name in TABLES:
             try:
                 db = self.env.open_db(name.encode(), txn=txn, create=False)
@@ -194,7 +196,7 @@ class LmdbStore:
             for key, value in txn.cursor(db=db):
                 txn.put(_PREFIX[name] + key, value)
             txn.drop(db, delete=True)
-        return version
+        return version  # type: ignore[return-value]
 
     def write(self) -> "_Write":
         """One write transaction: committed (and synced per durability) if the block

@@ -58,6 +58,6 @@ def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[bytes]:
 def peer_address(frame: zmq.Frame) -> str:
     """The peer's address from a received frame (``?`` when the transport has none)."""
     try:
-        return frame.get("Peer-Address")
+        return str(frame.get("Peer-Address"))  # a str property (an int one is an option number)
     except zmq.ZMQError:
         return "?"
