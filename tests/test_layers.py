@@ -29,6 +29,7 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                       "zmesh.config", "zmesh.discovery", "zmesh.__init__", "zmesh.broker"), ()),
     "zmesh.client": (("zmesh.errors", "zmesh.protocol", "zmesh.transport", "zmesh.discovery", "zmesh.client",
                       "zmesh.util"), ("lmdb",)),
+    "zmesh.recipes": (("zmesh.__init__", "zmesh.errors", "zmesh.recipes"), ("zmq", "lmdb")),
 }
 
 

@@ -12,12 +12,13 @@ Rules it keeps:
 * Every broker call is shielded from cancellation. A call the broker answered is always
   seen here, so a claim taken as the caller gives up is known, and it is released. It is
   never left on a lease that the heartbeat keeps alive.
-* ``wait_for_work`` is event-driven, with no polling loop against the broker. A task-event
-  subscription (from the session's start, so none is missed) and the pushes to the agent
-  wake the waiters. A waiter clears its wake-up before it looks for work, so anything that
-  arrives while it looks wakes it again. A waiter that is cancelled releases what it claimed
-  in that call. A message a wait answers with stays unread (``read_messages`` reads it), so
-  an answer that never reached the caller loses nothing.
+* ``wait_for_work`` is the wait-for-work recipe (zmesh/recipes/work.py, the loop ``zmesh
+  wait`` runs too): event-driven, with no polling loop against the broker. The task events
+  and the pushes to the agent (fed in by this session, which keeps their tokens) wake it; it
+  clears its wake-up before it looks for work, so anything that arrives while it looks wakes
+  it again. A wait that is cancelled releases what it claimed in that call. A message a wait
+  answers with stays unread (``read_messages`` reads it), so an answer that never reached the
+  caller loses nothing.
 * A re-issued wait is answered again, never with a second claim (zmesh/adapters/grants.py).
   Every task a wait hands out (claimed, or assigned) carries a ``handle`` and stays a grant
   until its claim ends; the next wait answers the oldest grant again (``repeated: true``),
@@ -38,13 +39,12 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
 import anyio
-import anyio.lowlevel
 
 from .. import protocol
 from ..client import AsyncClient
-from ..client._api import WORK_EVENTS, first_claimable
 from ..client._inbox import Message
-from ..errors import Conflict, InvalidArgument, NotFound, ZmeshError
+from ..errors import InvalidArgument, NotFound, ZmeshError
+from ..recipes import AsyncWorkWaiter, Work
 from . import defaults
 from .grants import Grant, Grants
 
@@ -99,10 +99,9 @@ class AgentSession:
         #: the tasks waits handed out that a re-issued wait answers again
         self.grants = Grants()
         self.delivery_tokens: dict[str, int] = {}
-        self._assigned: deque[Message] = deque()
-        self._pushed: deque[Message] = deque()
-        self._waiters: set[asyncio.Event] = set()
-        self._events: asyncio.Task[None] | None = None
+        #: waits for work; this session feeds it the pushes (it keeps their tokens), and keeps
+        #: what arrived between two waits (work.assigned, work.pushed)
+        self.work = AsyncWorkWaiter(self.client, capabilities=self.capabilities, listen=False, poll=None)
         self._start_lock = asyncio.Lock()
         self.started = False
         self.leases_lost = 0
@@ -117,8 +116,6 @@ class AgentSession:
             if self.started:
                 return
             await self.client.connect()
-            since = (await self.client.hello())["seq"]
-            self._events = self.client.subscribe(self._task_event, WORK_EVENTS, since=since)
             await self.client.on_task(self._arrived_task)
             await self.client.on_message(self._arrived_message)
             await self._adopt()
@@ -153,6 +150,7 @@ class AgentSession:
 
     async def close(self) -> None:
         """Unregister (the broker releases the agent's claims and reservations) and disconnect."""
+        self.work.close()
         with anyio.CancelScope(shield=True):
             await self.client.aclose(unregister=self.started)
         self.started = False
@@ -170,6 +168,7 @@ class AgentSession:
             return
         self.client._lease.capabilities = caps
         self.capabilities = caps
+        self.work.capabilities = caps
         if self.started:
             await self.call(self.client.register, capabilities=caps, ttl=self.client._lease.ttl)
 
@@ -185,33 +184,25 @@ class AgentSession:
             return await fn(*args, **kwargs)
 
     # ------------------------------------------------------------ what arrives
-    def _wake(self) -> None:
-        for event in self._waiters:
-            event.set()
-
-    def _task_event(self, _event: Any) -> None:
-        self._wake()
-
     def _arrived_task(self, msg: Message) -> None:
         claim = msg.claim
         if claim is not None:
             self.held[claim.task_id] = Held(claim.token, claim.expires_at)
-        self._assigned.append(msg)
+        self.work.arrived_task(msg)
         self._delivered(msg, "task")
 
     def _arrived_message(self, msg: Message) -> None:
         if msg.token is not None:
             self.delivery_tokens[msg.id] = msg.token
-        self._pushed.append(msg)
+        self.work.arrived_message(msg)
         self._delivered(msg, "message")
 
     def _delivered(self, msg: Message, kind: str) -> None:
-        if not self._waiters and self.on_idle_push is not None:
+        if not self.work.waiting and self.on_idle_push is not None:
             try:
                 self.on_idle_push(kind, msg)
             except Exception:  # a relay bug must not lose the push: it stays queued for the next wait
                 log.exception("idle push relay failed for %s", msg.id)
-        self._wake()
 
     def _lease_lost(self, _exc: ZmeshError) -> None:
         self.leases_lost += 1
@@ -263,33 +254,26 @@ class AgentSession:
         self._ended(task)
         return {"task": task, "status": record.get("status", "available")}
 
-    async def _claimable(self) -> dict[str, Any] | None:
-        """The first available task this agent's capabilities cover, unclaimed (in the
-        order claim_next takes them: priority, then age)."""
-        tasks = await self.call(self.client.tasks, status="available", limit=protocol.MAX_LIST_LIMIT)
-        first = first_claimable(tasks, self.capabilities)
-        return None if first is None else task_view(first, first["id"], claimed=False)
-
     # ------------------------------------------------------------ waiting
-    async def _look(self, claim: bool, ttl: float | None, taken: list[str]) -> dict[str, Any] | None:
-        if self._assigned:
-            msg = self._assigned.popleft()
-            held = self.held.get(msg.task or "")
+    def _answer(self, work: Work) -> dict[str, Any]:
+        """The surface's answer for what the wait found (no await: nothing can cut it short)."""
+        if work.kind == "timeout":
+            return {"kind": "timeout", "waited_s": work.waited_s}
+        if work.kind == "message":
+            return {"kind": "message", "message": message_view(work.message.raw), "waited_s": work.waited_s}
+        task_id = work.task_id or ""
+        if work.assigned:
+            held = self.held.get(task_id)
             expires = None if held is None or held.expires_at is None else max(0.0, held.expires_at - time.time())
-            found = {"kind": "task", "task": task_view(msg.context.get("task_record"), msg.task or "",
-                                                       claimed=held is not None, expires_in=expires),
-                     "assigned": True}
-            return self._granted(found, self.grants.add(msg.task or "", assigned=True)) if held else found
-        if self._pushed:  # left unread: an answer the caller never saw (cancelled) loses nothing
-            msg = self._pushed.popleft()
-            return {"kind": "message", "message": message_view(msg.raw)}
-        if claim:
-            view = await self.claim_next(ttl, taken)
-            if view is None:
-                return None
-            return self._granted({"kind": "task", "task": view, "assigned": False}, self.grants.add(view["id"]))
-        view = await self._claimable()
-        return None if view is None else {"kind": "task", "task": view, "assigned": False}
+            found = {"kind": "task", "task": task_view(work.record, task_id, claimed=held is not None,
+                                                       expires_in=expires),
+                     "assigned": True, "waited_s": work.waited_s}
+            return self._granted(found, self.grants.add(task_id, assigned=True)) if held else found
+        if work.claim is not None:
+            found = {"kind": "task", "task": self._took(work.claim), "assigned": False, "waited_s": work.waited_s}
+            return self._granted(found, self.grants.add(task_id))
+        return {"kind": "task", "task": task_view(work.record, task_id, claimed=False), "assigned": False,
+                "waited_s": work.waited_s}
 
     @staticmethod
     def _granted(found: dict[str, Any], grant: Grant) -> dict[str, Any]:
@@ -344,59 +328,15 @@ class AgentSession:
         again = await self._again(handle)
         if again is not None:
             return again
-        if not self.held:
-            try:
-                await self.call(self.client.idle, message="waiting for work")
-            except Conflict:  # a claim arrived as the wait began: the agent is busy and the wait goes on
-                pass
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        deadline = start + timeout_s
-        next_progress = start + progress_every
-        wake = asyncio.Event()
-        self._waiters.add(wake)
-        taken: list[str] = []
-        answered = False
-        try:
-            while True:
-                wake.clear()
-                found = await self._look(claim, ttl, taken)
-                if found is not None:
-                    found["waited_s"] = round(loop.time() - start, 3)
-                    await anyio.lowlevel.checkpoint()  # a caller that gave up during the call ends here
-                    answered = True
-                    return found
-                now = loop.time()
-                if now >= deadline:
-                    answered = True
-                    return {"kind": "timeout", "waited_s": round(now - start, 3)}
-                if progress is not None and now >= next_progress:
-                    await progress(now - start, timeout_s)
-                    next_progress = now + progress_every
-                step = min(deadline, next_progress) - now if progress is not None else deadline - now
-                try:
-                    await asyncio.wait_for(wake.wait(), max(step, 0.0))
-                except asyncio.TimeoutError:
-                    pass
-        finally:
-            log.debug("wait of %s ends (answered: %s)", self.agent, answered)
-            self._waiters.discard(wake)
-            if not answered:  # cancelled: what this call claimed goes back
-                for task in taken:
-                    await self._give_back(task)
-
-    async def _give_back(self, task: str) -> None:
-        try:
-            await self.release(task)
-            log.info("wait for %s cancelled after claiming %s: released", self.agent, task)
-        except ZmeshError as exc:
-            log.warning("wait for %s cancelled after claiming %s; release failed (%s): it lapses "
-                        "with the claim", self.agent, task, exc.message)
+        tick = None if progress is None else (lambda done, _total: progress(done, timeout_s))  # a wait with a timeout
+        work = await self.work.wait(timeout_s, claim=claim, ttl=ttl, report_idle=not self.held,
+                                    progress=tick, progress_every=progress_every)
+        return self._answer(work)  # no await after the wait: its checkpoint was the last place to cancel
 
     async def surfaced(self, kind: str, msg: Message) -> None:
         """A push shown by other means (a channel): no wait answers it again; a message is
         marked read (the channel delivered it into the session)."""
-        queue = self._assigned if kind == "task" else self._pushed
+        queue = self.work.assigned if kind == "task" else self.work.pushed
         try:
             queue.remove(msg)
         except ValueError:
@@ -433,7 +373,7 @@ class AgentSession:
         ids = {body["id"] for body in found}
         if not peek and ids:
             await self.call(self.client.mark_read, sorted(ids))
-            self._pushed = deque(m for m in self._pushed if m.id not in ids)
+            self.work.pushed = deque(m for m in self.work.pushed if m.id not in ids)
         return {"messages": [message_view(body) for body in found], "more": more}
 
     async def ack(self, message: str, note: str | None = None) -> dict[str, Any]:
@@ -453,7 +393,7 @@ class AgentSession:
                 "capabilities": self.capabilities, "holding": sorted(self.held),
                 "reservations": [{"pattern": r["pattern"], "mode": r["mode"], "expires_in": r["expires_in"]}
                                  for r in mine],
-                "unread_pushed": len(self._pushed) + len(self._assigned)}
+                "unread_pushed": len(self.work.pushed) + len(self.work.assigned)}
 
 
 def check_address(to: str | None, group: str | None, capability: str | None, everyone: bool) -> dict[str, Any]:

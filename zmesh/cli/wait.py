@@ -21,34 +21,27 @@ report).
 
 from __future__ import annotations
 
-import queue
-import threading
-import time
 from typing import Any
 
 import click
 
 from .. import protocol
-from ..client import Client
-from ..client._api import WORK_EVENTS, first_claimable
-from ..errors import Conflict, ZmeshError
+from ..errors import ZmeshError
+from ..recipes import Work, WorkWaiter
 from . import main
 from ._options import Seconds, field_option
 from ._output import Ctx, emit, esc, json_flag, pass_ctx
 from .tasks import claim_json
 
-def _claimable(client: Client, caps: set[str]) -> dict[str, Any] | None:
-    return first_claimable(client.tasks(status="available", limit=protocol.MAX_LIST_LIMIT), caps)
 
-
-def _work(client: Client, agent: str, caps: set[str], claim: bool, ttl: float | None) -> dict[str, Any] | None:
-    if claim:
-        got = client.claim_next(agent=agent, ttl=ttl)
-        return None if got is None else {"kind": "task", "task": got.task_id, "claimed": True,
-                                         "claim": claim_json(got), "record": got.task}
-    task = _claimable(client, caps)
-    return None if task is None else {"kind": "task", "task": task["id"], "claimed": False, "claim": None,
-                                      "record": task}
+def _answer(work: Work, wait_s: float) -> dict[str, Any]:
+    """The command's JSON answer for what the wait found."""
+    if work.kind == "timeout":
+        return {"kind": "timeout", "waited": wait_s}
+    if work.kind == "message":
+        return {"kind": "message", "message": work.message.to_json()}
+    return {"kind": "task", "task": work.task_id, "claimed": work.claimed,
+            "claim": claim_json(work.claim) if work.claim is not None else None, "record": work.record}
 
 
 @main.command()
@@ -66,59 +59,21 @@ def wait(ctx: Ctx, agent: str, capability: tuple[str, ...], claim: bool, wait_s:
     """Wait until there is work for AGENT: a task it may do (claimed with --claim), a task
     assigned to it, or a message pushed to it; or --timeout. Prints {kind: task|message|timeout,
     ...}. Event-driven: no polling of the broker while it waits."""
-    caps = set(capability)
-    client = ctx.agent_client(agent, sorted(caps), ttl)
-    found: queue.Queue[tuple[str, Any]] = queue.Queue()
-    client.on_task(lambda m: found.put(("assigned", m)))
-    client.on_message(lambda m: found.put(("message", m)))
-    stop = threading.Event()
-    since = client.hello()["seq"]  # every task event after this wakes the wait: none is missed
-
-    def events() -> None:
+    caps = sorted(set(capability))
+    client = ctx.agent_client(agent, caps, ttl)
+    work: Work | None = None
+    # no fallback poll: the wait is the task events and the pushes (zmesh/recipes/work.py)
+    with WorkWaiter(client, capabilities=caps, poll=None) as waiter:
         try:
-            for ev in client.events(WORK_EVENTS, since=since, timeout=None):
-                if stop.is_set():
-                    return
-                found.put(("event", ev.topic))
-        except ZmeshError as exc:  # the broker went away for good: say so to the waiter
-            found.put(("error", exc))
-
-    threading.Thread(target=events, daemon=True, name="zmesh-wait-events").start()
-    try:
-        client.idle(message="waiting for work")
-    except Conflict:  # it holds a task already (one assigned as it connected): busy, and it waits all the same
-        pass
-    deadline = time.monotonic() + wait_s
-    answer: dict[str, Any] | None = None
-    try:
-        answer = _work(client, agent, caps, claim, ttl)  # what was there before `since`
-        while answer is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                answer = {"kind": "timeout", "waited": wait_s}
-                break
-            try:
-                what, item = found.get(timeout=left)
-            except queue.Empty:
-                continue
-            if what == "error":
-                raise item
-            if what == "message":
-                answer = {"kind": "message", "message": item.to_json()}
-            elif what == "assigned":
-                answer = {"kind": "task", "task": item.task, "claimed": True,
-                          "claim": claim_json(item.claim), "record": item.context.get("task_record")}
-            else:
-                answer = _work(client, agent, caps, claim, ttl)
-        emit(ctx, answer, _human)
-        answer = None  # delivered: nothing to undo
-    finally:
-        stop.set()
-        if answer is not None and answer.get("claimed") and answer["claim"]:  # interrupted after a claim
-            try:
-                client.release(answer["task"], token=answer["claim"]["token"], agent=agent)
-            except ZmeshError:
-                pass  # it lapses with the lease
+            work = waiter.wait(wait_s, claim=claim, ttl=ttl)
+            emit(ctx, _answer(work, wait_s), _human)
+            work = None  # delivered: nothing to undo
+        finally:
+            if work is not None and work.claim is not None:  # interrupted after a claim (or an assignment)
+                try:
+                    client.release(work.task_id or "", token=work.token, agent=agent)
+                except ZmeshError:
+                    pass  # it lapses with the lease
 
 
 def _human(d: dict[str, Any]) -> str:
