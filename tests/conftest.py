@@ -16,6 +16,8 @@ from zmesh import Client
 from zmesh.testing import BrokerProcess
 
 from .drivers import Blocking
+# every test fails when it leaves a thread or a file descriptor (a socket) behind
+from .leaks import _session_singletons, no_leaks  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -142,9 +142,9 @@ def _poke(endpoint: str) -> bool:
 def test_an_agent_killed_with_sigkill_is_evasive_then_gone(broker: BrokerProcess, procs: Procs) -> None:
     endpoint = broker.endpoint
     ttl = 1.5
-    with Client(endpoint) as c:
+    with Client(endpoint) as c, Client(endpoint) as watcher:
         c.create_task("held")
-        coord = Coordinator(Client(endpoint))
+        coord = Coordinator(watcher)
         wait_for(lambda: coord.roster is not None or _poke(endpoint), what="the coordinator")
         victim = Agent(procs, endpoint, "victim", "", ttl)
         assert victim.do("claim held")["task"] == "held"

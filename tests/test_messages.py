@@ -153,7 +153,8 @@ class _Proxy:
         self.accepted = 0
         self.open = threading.Event()
         self.open.set()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
 
     def _accept(self) -> None:
         while True:
@@ -168,7 +169,9 @@ class _Proxy:
             self.accepted += 1
             self.conns += [client, upstream]
             for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+                pipe = threading.Thread(target=self._pipe, args=(src, dst), daemon=True)
+                self.threads.append(pipe)
+                pipe.start()
 
     @staticmethod
     def _pipe(src: socket.socket, dst: socket.socket) -> None:
@@ -192,8 +195,19 @@ class _Proxy:
         self.conns = []
 
     def close(self) -> None:
+        """Cut every connection and stop listening; returns once every relay thread ended (a
+        listening socket's close does not wake its accept: its shutdown does)."""
+        conns = list(self.conns)
         self.cut()
+        try:
+            self.server.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        for thread in self.threads:
+            thread.join(10)
         self.server.close()
+        for s in conns:
+            s.close()
 
 
 def test_a_cut_sub_connection_loses_no_event_and_repeats_none(tmp_path: Path,

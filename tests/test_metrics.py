@@ -400,6 +400,7 @@ def test_health_over_http_and_other_paths(metered: tuple[BrokerProcess, str]) ->
     req = urllib.request.Request(url + "/metrics", data=b"x", method="POST")
     with pytest.raises(urllib.error.HTTPError) as exc:
         urllib.request.urlopen(req, timeout=10)
+    exc.value.close()  # the refusal holds the connection
     assert exc.value.code == 405 and exc.value.headers["Allow"] == "GET"
 
 

@@ -50,6 +50,9 @@ def test_of_eight_racing_processes_exactly_one_reserves(broker: BrokerProcess) -
             p.join(10)
             if p.is_alive():
                 p.kill()
+            p.close()
+        out.close()
+        out.join_thread()
     winners = [r for r in results if r[1] == "won"]
     assert len(winners) == 1, results
     assert all(r[2] == winners[0][0] for r in results if r[1] == "lost")  # every loser names the winner
@@ -92,6 +95,8 @@ def test_a_killed_holder_loses_its_reservations_within_its_ttl(broker: BrokerPro
     finally:
         holder.kill()
         holder.wait(10)
+        assert holder.stdout is not None
+        holder.stdout.close()
 
 
 def test_waiting_reserves_are_granted_first_come_first_served(broker: BrokerProcess) -> None:

@@ -140,7 +140,8 @@ class Relay:
         self.seen = bytearray()
         self.listener = socket.create_server(("127.0.0.1", self.port))
         self.stopping = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.accepting = threading.Thread(target=self._accept, daemon=True)
+        self.accepting.start()
 
     def _accept(self) -> None:
         while not self.stopping:
@@ -171,7 +172,14 @@ class Relay:
                     pass
 
     def close(self) -> None:
+        """Stop listening; returns once the accept thread ended (a listening socket's close
+        does not wake its accept: its shutdown does). The pumps end with their connections."""
         self.stopping = True
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.accepting.join(10)
         self.listener.close()
 
 
