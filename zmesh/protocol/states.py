@@ -20,9 +20,10 @@ Rules it keeps:
   machine (core/tasks.py, core/deliveries.py, core/blockers.py); this module only names
   the states.
 * On Python 3.11 a member looked up on its class (``TaskStatus.CLAIMED``) costs ~70 ns
-  more than a literal, measured; the core binds the members it compares to module names
-  once (``CLAIMED = TaskStatus.CLAIMED``), which cost what a literal does, so the claim
-  path pays nothing for the names.
+  more than a literal, measured. Code that compares states on every request (tasks.py,
+  deliveries.py, presence.py, agents.py, reservations.py) binds the members to module
+  names once (``CLAIMED = TaskStatus.CLAIMED``), which cost what a literal does, so the
+  claim path pays nothing for the names; code off that path names them on their class.
 * Pure: no I/O. Python 3.10 has no ``enum.StrEnum``; :class:`_StrEnum` stands in for it.
 """
 
