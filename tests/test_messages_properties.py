@@ -1,8 +1,8 @@
 """Messages under random schedules (hypothesis state machine): sends, connections coming
 and going, pushes the transport refuses, acks (current and stale), ack deadlines, lease
 ends, restarts (clean and crashed), requeues. After every step the stored inbox agrees
-with its indexes, its counters and the claim machinery, and what was pushed respects the
-tokens and the routes."""
+with its indexes, its counters and the claim machinery, every entry moved only along the
+delivery transition table, and what was pushed respects the tokens and the routes."""
 
 from __future__ import annotations
 
@@ -18,13 +18,33 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from zmesh import protocol
 from zmesh.core import Settings
+from zmesh.core.deliveries import TRANSITIONS
 from zmesh.core.schema import DELIVERY, parse_dead_key, parse_inbox_key, parse_pending_key
 from zmesh.errors import RemoteError, StaleToken
+from zmesh.protocol.states import DeliveryState
 
 from .test_messages_core import MsgHarness
 
 AGENTS = ("a", "b")
 RANK = {p: i for i, p in enumerate(protocol.PRIORITIES)}
+
+
+def _reachable() -> dict[str, set[str]]:
+    """state -> the states the delivery table leads to from it in any number of steps
+    (itself included): what an entry may be at the next look, whatever a step did."""
+    reach = {state: {state} for state in protocol.DELIVERY_STATES}
+    grown = True
+    while grown:
+        grown = False
+        for (old, _), news in TRANSITIONS.items():
+            for targets in reach.values():
+                if old in targets and not set(news) <= targets:
+                    targets.update(news)
+                    grown = True
+    return reach
+
+
+REACH = _reachable()
 
 
 class MessagesMachine(RuleBasedStateMachine):
@@ -38,6 +58,7 @@ class MessagesMachine(RuleBasedStateMachine):
         self.tokens: dict[tuple[str, int], int] = {}  # latest token pushed per delivery
         self.acked: set[tuple[str, int]] = set()
         self.sent: list[int] = []
+        self.states: dict[tuple[str, int], str] = {}  # each entry's state at the last look
 
     def teardown(self) -> None:
         self.h.close()
@@ -149,6 +170,18 @@ class MessagesMachine(RuleBasedStateMachine):
             assert exc.code == "not_found"
 
     # ------------------------------------------------------------ invariants
+    @invariant()
+    def every_entry_moves_along_the_delivery_table(self) -> None:
+        with self.h.store.read() as txn:
+            entries = {parse_inbox_key(k): orjson.loads(v) for k, v in txn.scan("inbox")}
+        for key, entry in entries.items():
+            state = entry["state"]
+            assert state in protocol.DELIVERY_STATES, (key, state)
+            assert (entry["acked_at"] is not None) == (state == DeliveryState.ACKED), (key, entry)
+            before = self.states.get(key, DeliveryState.PENDING)  # every entry starts pending
+            assert state in REACH[before], f"{key}: {before} -> {state} is no path of the delivery table"
+            self.states[key] = state
+
     @invariant()
     def the_inbox_agrees_with_its_indexes_counters_and_claims(self) -> None:
         with self.h.store.read() as txn:

@@ -243,7 +243,8 @@ class Core:
     def _snapshot(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:
         """One reply at one seq: the agents, the idle queue, open blockers, task counts."""
         agents = self.presence.agent_list(b, {})
-        blockers = self.blockers.list_op(b, {"status": "open", "after": "", "limit": protocol.MAX_INT})
+        blockers = self.blockers.list_op(b, {"status": protocol.BlockerStatus.OPEN, "after": "",
+                                             "limit": protocol.MAX_INT})
         counts = {s: counter(b, b"count:" + s.encode()) for s in protocol.STATUSES}
         return {"agents": agents["agents"], "idle_queue": agents["idle_queue"],
                 "blockers": blockers["blockers"], "tasks": counts, "seq": counter(b, b"seq")}

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import BadRequest, Conflict, NotFound
 from ..protocol.identity import fingerprint
+from ..protocol.states import TaskStatus
 from .agents import Agents
 from .claims import Claims
 from .context import Batch
@@ -79,7 +80,7 @@ class Admin:
             return {"task": None, "agent": agent, "released": released}
         task = self.tasks.get(b.txn, body["task"])
         key = resource_key(TASK, task["id"])
-        claim = self.claims.get(b.txn, key) if task["status"] == "claimed" else None
+        claim = self.claims.get(b.txn, key) if task["status"] == TaskStatus.CLAIMED else None
         if claim is None:
             raise Conflict(f"task '{task['id']}' is {task['status']}, not claimed: nothing to release",
                            {"task": task["id"], "status": task["status"]})
@@ -96,7 +97,7 @@ class Admin:
 
     def _purgeable(self, txn: Txn, task: dict[str, Any]) -> str | None:
         """Why ``task`` may not be purged, or None."""
-        if task["status"] == "claimed":
+        if task["status"] == TaskStatus.CLAIMED:
             return "claimed: release it first (admin release)"
         waiting = self._dependents(txn, task["id"])
         if waiting:
@@ -146,10 +147,10 @@ class Admin:
     # ------------------------------------------------------------ requeue
     def requeue(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:
         task = self.tasks.get(b.txn, body["task"])
-        if task["status"] != "dead":
+        if task["status"] != TaskStatus.DEAD:
             raise Conflict(f"task '{task['id']}' is {task['status']}, not dead: only a dead task is requeued",
                            {"task": task["id"], "status": task["status"]})
-        old = self.tasks.transition(task, "requeue", "available")
+        old = self.tasks.transition(task, "requeue", TaskStatus.AVAILABLE)
         attempts, task["attempts"] = task["attempts"], 0
         self.tasks.history(task, {"ts": b.now.wall, "event": "requeued", "agent": None, "token": None,
                                   "attempts": attempts})

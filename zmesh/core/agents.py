@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .. import protocol
 from ..errors import LeaseExpired, NotFound
+from ..protocol.states import AgentState, Liveness
 from .claims import Claims
 from .context import Batch, Now, Settings
 from .deadlines import Deadlines, Due
@@ -40,9 +41,13 @@ if TYPE_CHECKING:
 
 Handler = Callable[[Batch, dict[str, Any]], Any]
 
+# the states bound once: every request from an agent asks them (protocol/states.py)
+IDLE, BUSY = AgentState.IDLE, AgentState.BUSY
+ALIVE, EVASIVE, GONE = Liveness.ALIVE, Liveness.EVASIVE, Liveness.GONE
+
 #: presence fields of an agent record and their values for a record written before them
 PRESENCE_DEFAULTS: dict[str, Any] = {
-    "state": "idle", "since": None, "task": None, "last_task": None, "reason": None,
+    "state": IDLE, "since": None, "task": None, "last_task": None, "reason": None,
     "message": None, "cost": 0.0, "idle_order": 0, "last_completed": None, "blocker": None}
 
 
@@ -140,7 +145,7 @@ class Agents:
         return agent in self.deadlines.lease
 
     def liveness(self, agent: str) -> str:
-        return "evasive" if agent in self.evasive else "alive"
+        return EVASIVE if agent in self.evasive else ALIVE
 
     def busy(self, agent: str) -> bool:
         """Does ``agent`` hold a claim that makes it busy (a task)?"""
@@ -148,7 +153,7 @@ class Agents:
 
     def queue(self, record: dict[str, Any]) -> None:
         """Put the agent in the idle queue or take it out, as its record and claims say."""
-        if record["state"] == "idle" and not self.busy(record["id"]):
+        if record["state"] == IDLE and not self.busy(record["id"]):
             self.idle.add(record["id"], record["idle_order"])
         else:
             self.idle.remove(record["id"])
@@ -156,7 +161,7 @@ class Agents:
     def _placed(self, record: dict[str, Any]) -> dict[str, Any]:
         """What a registration event says of presence: the stored state (a registering agent
         holds no task unless it re-registers) and the place in the idle queue."""
-        return {"state": "busy" if record["state"] == "idle" and self.busy(record["id"]) else record["state"],
+        return {"state": BUSY if record["state"] == IDLE and self.busy(record["id"]) else record["state"],
                 "position": self.idle.position(record["id"]), "since": record["since"],
                 "metadata": record["metadata"], "registered": record["registered"]}
 
@@ -168,7 +173,7 @@ class Agents:
         self.deadlines.set(Due.EVASIVE, agent, record["ttl"] * protocol.EVASIVE_AFTER, b.now.mono)
         if agent in self.evasive:
             self.evasive.discard(agent)
-            self.log.emit(b, "agent.alive", {"agent": agent, "liveness": "alive"})
+            self.log.emit(b, "agent.alive", {"agent": agent, "liveness": ALIVE})
 
     def ensure(self, b: Batch, agent: str, ttl: float | None) -> dict[str, Any]:
         """The agent's record; an agent acting without registering gets a lease of its own."""
@@ -197,7 +202,7 @@ class Agents:
         if agent in self.deadlines.lease and agent not in self.evasive:
             self.evasive.add(agent)
             remaining = self.lease_remaining(agent, b.now)
-            self.log.emit(b, "agent.evasive", {"agent": agent, "liveness": "evasive",
+            self.log.emit(b, "agent.evasive", {"agent": agent, "liveness": EVASIVE,
                                                "expires_in": None if remaining is None else round(remaining, 3)})
 
     def end(self, b: Batch, agent: str, reason: str) -> list[str]:
@@ -214,7 +219,7 @@ class Agents:
         topic = "agent.expired" if reason == "lease_expired" else "agent.unregistered"
         body: dict[str, Any] = {"agent": agent, "released": released}
         if reason == "lease_expired":
-            body["liveness"] = "gone"
+            body["liveness"] = GONE
         elif reason != "unregistered":  # an admin ended it (core/admin.py)
             body["reason"] = reason
         self.log.emit(b, topic, body)

@@ -1,5 +1,10 @@
 """Blockers: "gang up on the blocker".
 
+Blocker states (protocol.BlockerStatus) and the only transition (the table is
+:data:`TRANSITIONS`; the change goes through :meth:`Blockers.transition`)::
+
+    (raised) ──> open ──resolve──> resolved        (final: resolving again is a conflict)
+
 Rules it keeps:
 
 * A blocker is raised by an agent (which becomes ``blocked`` by it) or by the broker itself
@@ -17,6 +22,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..errors import Conflict, NotFound
+from ..protocol.states import AgentState, BlockerStatus, Severity
 from .agents import Agents
 from .context import Batch
 from .eventlog import EventLog, bump, counter
@@ -27,6 +33,10 @@ Handler = Callable[[Batch, dict[str, Any]], Any]
 
 #: who raised a blocker the broker found itself
 BROKER = "zmesh"
+
+TRANSITIONS: dict[tuple[str, str], tuple[str, ...]] = {
+    (BlockerStatus.OPEN, "resolve"): (BlockerStatus.RESOLVED,),
+}
 
 
 class Blockers:
@@ -40,6 +50,15 @@ class Blockers:
     def handlers(self) -> dict[str, Handler]:
         return {"blocker_raise": self.raise_op, "blocker_resolve": self.resolve,
                 "blocker_list": self.list_op}
+
+    @staticmethod
+    def transition(record: dict[str, Any], action: str, new: str) -> str:
+        """Move a blocker to ``new`` by ``action``; returns its old status."""
+        old = record["status"]
+        if new not in TRANSITIONS.get((old, action), ()):  # a bug: resolve checks the status first
+            raise AssertionError(f"illegal blocker transition {old} -{action}-> {new}")
+        record["status"] = new
+        return old
 
     def count_open(self, txn: Any) -> int:
         return sum(1 for _ in txn.scan("open_blockers"))
@@ -56,7 +75,7 @@ class Blockers:
         number = bump(b, b"blocker")
         record = {"id": blocker_id(number), "agent": raised_by, "type": body["type"],
                   "description": body["description"], "severity": body["severity"],
-                  "requires": body["requires"], "task": body["task"], "status": "open",
+                  "requires": body["requires"], "task": body["task"], "status": BlockerStatus.OPEN,
                   "raised": b.now.wall, "resolved": None, "resolved_by": None, "resolution": None}
         b.txn.put("blockers", blocker_key(number), dumps(record))
         b.txn.put("open_blockers", blocker_key(number), b"")
@@ -71,9 +90,9 @@ class Blockers:
         record = self.agents.ensure(b, agent, None)
         helpers = self.presence.find(b.txn, body["requires"], body["threshold"], exclude=agent)
         blocker = self._raise(b, agent, body, helpers)
-        if record["state"] != "blocked" or record["blocker"] != blocker["id"]:
+        if record["state"] != AgentState.BLOCKED or record["blocker"] != blocker["id"]:
             record["since"] = b.now.wall
-        record.update(state="blocked", reason=body["description"], blocker=blocker["id"])
+        record.update(state=AgentState.BLOCKED, reason=body["description"], blocker=blocker["id"])
         if body["task"] is not None:
             record.update(task=body["task"], last_task=body["task"])
         self.agents.put(b, record)
@@ -84,7 +103,7 @@ class Blockers:
 
     def dependency_dead(self, b: Batch, waiting: dict[str, Any], dead: dict[str, Any]) -> None:
         """``waiting`` depends on ``dead``: raise the blocker that says so."""
-        body = {"type": "dependency_dead", "severity": "high", "requires": waiting["requires"],
+        body = {"type": "dependency_dead", "severity": Severity.HIGH, "requires": waiting["requires"],
                 "task": waiting["id"],
                 "description": f"task '{waiting['id']}' waits on '{dead['id']}', which is dead "
                                f"after {dead['attempts']} failed attempts: it can never become "
@@ -93,15 +112,15 @@ class Blockers:
 
     def resolve(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:
         number, record = self._get(b.txn, body["blocker"])
-        if record["status"] != "open":
+        if record["status"] != BlockerStatus.OPEN:
             raise Conflict(f"blocker '{record['id']}' was resolved already by "
                            f"'{record['resolved_by']}'", {"blocker": record["id"],
                                                           "resolved_by": record["resolved_by"]})
         resolver = body["agent"]
         if resolver is not None:
             self.agents.ensure(b, resolver, None)
-        record.update(status="resolved", resolved=b.now.wall, resolved_by=resolver,
-                      resolution=body["resolution"])
+        self.transition(record, "resolve", BlockerStatus.RESOLVED)
+        record.update(resolved=b.now.wall, resolved_by=resolver, resolution=body["resolution"])
         b.txn.put("blockers", blocker_key(number), dumps(record))
         b.txn.delete("open_blockers", blocker_key(number))
         self.log.emit(b, "blocker.resolved", {"blocker": record["id"], "agent": record["agent"],
@@ -110,11 +129,11 @@ class Blockers:
         blocked = self.agents.get(b.txn, record["agent"])
         if blocked is not None and blocked["blocker"] == record["id"]:
             blocked["blocker"] = None
-            if blocked["state"] == "blocked":
+            if blocked["state"] == AgentState.BLOCKED:
                 if self.agents.busy(blocked["id"]):
-                    blocked.update(state="busy", reason=None, since=b.now.wall)
+                    blocked.update(state=AgentState.BUSY, reason=None, since=b.now.wall)
                 else:
-                    blocked.update(state="idle", reason=None, task=None, since=b.now.wall,
+                    blocked.update(state=AgentState.IDLE, reason=None, task=None, since=b.now.wall,
                                    idle_order=bump(b, b"idle"))
                 self.agents.put(b, blocked)
                 self.agents.queue(blocked)
@@ -132,12 +151,12 @@ class Blockers:
             if number is None:
                 raise NotFound(f"no blocker '{after}' to page after", {"blocker": after})
             start = blocker_key(number + 1)
-        table = "open_blockers" if status == "open" else "blockers"
+        table = "open_blockers" if status == BlockerStatus.OPEN else "blockers"
         blockers: list[dict[str, Any]] = []
         more = False
         for key, raw in b.txn.scan(table, start=start):
             record = loads(raw if table == "blockers" else b.txn.get("blockers", bytes(key)) or b"{}")
-            if status == "resolved" and record["status"] != "resolved":
+            if status == BlockerStatus.RESOLVED and record["status"] != BlockerStatus.RESOLVED:
                 continue
             if len(blockers) == limit:
                 more = True

@@ -1,11 +1,23 @@
 """Deliveries: each recipient's copy of a message, its pushes, acks, redelivery and the dead letters.
 
+Delivery states (an inbox entry's ``state``, protocol.DeliveryState) and the only
+transitions between them (the table is :data:`TRANSITIONS`; every change goes through
+:meth:`Deliveries.transition`)::
+
+    (a new recipient) ──> pending
+    pending ──deliver (handed to the agent's live connection)──> delivered
+    pending | delivered ──expire (expires_at passed as it would go, or go again)──> expired
+    delivered ──undeliverable (the transport refused the push: attempt not counted)──> pending
+    delivered ──unacked (ack deadline, reconnect, lease end)──> pending  (deliveries < max_deliver)
+    delivered ──unacked──> dead                                         (deliveries == max_deliver)
+    dead ──requeue──> pending                                           (deliveries back to 0)
+    pending | delivered | dead | expired ──ack──> acked                 (final)
+
 Rules it keeps:
 
 * Every recipient of a message has an inbox entry ``{state, deliveries, delivered_at,
-  read_at, acked_at, note}``. ``state`` is ``pending`` (waiting for the agent), then
-  ``delivered``, then ``acked``; or ``dead`` (max_deliver reached) or ``expired``. Reading is
-  beside it (``read_at``): delivery, read and ack are separate facts.
+  read_at, acked_at, note}`` (and ``dead_at`` once it was dead). Reading is beside the
+  state (``read_at``): delivery, read and ack are separate facts.
 * A pending entry is also in the ``pending`` index in priority then arrival order, and is
   pushed in that order as soon as its agent has a live lease and a route.
 * A route is the connection an agent's own client speaks from (its ``register`` and
@@ -34,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .. import protocol
 from ..errors import BadRequest, NotFound, StaleToken
+from ..protocol.states import DeliveryState
 from .claims import ClaimKind, Claims
 from .context import Batch
 from .eventlog import EventLog, bump, counter
@@ -45,6 +58,26 @@ if TYPE_CHECKING:
     from .agents import Agents
 
 Handler = Callable[[Batch, dict[str, Any]], Any]
+
+# the states bound once (a member looked up on its class costs more than a literal: states.py)
+PENDING, DELIVERED, ACKED = DeliveryState.PENDING, DeliveryState.DELIVERED, DeliveryState.ACKED
+DEAD, EXPIRED = DeliveryState.DEAD, DeliveryState.EXPIRED
+#: a requires_ack recipient in these states is not settled yet (its message is ``open``)
+UNSETTLED = (PENDING, DELIVERED)
+
+TRANSITIONS: dict[tuple[str, str], tuple[str, ...]] = {
+    (PENDING, "deliver"): (DELIVERED,),
+    (PENDING, "expire"): (EXPIRED,),
+    (PENDING, "ack"): (ACKED,),
+    (DELIVERED, "expire"): (EXPIRED,),
+    (DELIVERED, "undeliverable"): (PENDING,),
+    (DELIVERED, "unacked"): (PENDING, DEAD),
+    (DELIVERED, "ack"): (ACKED,),
+    (DEAD, "requeue"): (PENDING,),
+    (DEAD, "ack"): (ACKED,),
+    (EXPIRED, "ack"): (ACKED,),
+}
+
 RANK = {p: i for i, p in enumerate(protocol.PRIORITIES)}
 #: message fields a recipient and a reader see (the rest is bookkeeping)
 PUBLIC = ("id", "n", "ts", "from", "to", "type", "category", "priority", "subject", "body", "context",
@@ -151,6 +184,15 @@ class Deliveries:
             msg["open"] = max(0, msg["open"] + delta)
             self.put_message(b, msg)
 
+    @staticmethod
+    def transition(entry: dict[str, Any], action: str, new: str) -> str:
+        """Move an inbox entry to ``new`` by ``action``; returns its old state."""
+        old = entry["state"]
+        if new not in TRANSITIONS.get((old, action), ()):  # a bug: handlers check the state first
+            raise AssertionError(f"illegal delivery transition {old} -{action}-> {new}")
+        entry["state"] = new
+        return old
+
     def token(self, number: int, agent: str, txn: Txn) -> int | None:
         claim = self.claims.get(txn, delivery_key(number, agent))
         return None if claim is None else claim["token"]
@@ -159,7 +201,7 @@ class Deliveries:
     def enqueue(self, b: Batch, agent: str, msg: dict[str, Any]) -> bool:
         """A new recipient: its entry is pending, and goes at once if the agent is connected.
         Returns whether it was pushed."""
-        entry = {"state": "pending", "deliveries": 0, "delivered_at": None, "read_at": None,
+        entry = {"state": PENDING, "deliveries": 0, "delivered_at": None, "read_at": None,
                  "acked_at": None, "note": None}
         if agent not in self.routes or not self.agents.live(agent):
             self._put(b, agent, msg["n"], entry)
@@ -193,7 +235,7 @@ class Deliveries:
         for key in keys:
             number = parse_pending_key(key)[1]
             msg, entry = self.message(b.txn, number), self.entry(b.txn, agent, number)
-            if msg is None or entry is None or entry["state"] != "pending":  # cannot happen: heal
+            if msg is None or entry is None or entry["state"] != PENDING:  # cannot happen: heal
                 b.txn.delete("pending", key)
                 continue
             self.deliver(b, agent, msg, entry)
@@ -213,7 +255,8 @@ class Deliveries:
             record = self.agents.get(b.txn, agent)
             assert record is not None, "deliver() is called for live agents only"
             token = self.claims.grant(b, delivery_key(msg["n"], agent), record, msg["ack_wait"])["token"]
-        entry.update(state="delivered", deliveries=entry["deliveries"] + 1, delivered_at=b.now.wall)
+        self.transition(entry, "deliver", DELIVERED)
+        entry.update(deliveries=entry["deliveries"] + 1, delivered_at=b.now.wall)
         self._put(b, agent, msg["n"], entry)
         body = view(msg)
         if extra:
@@ -223,7 +266,7 @@ class Deliveries:
                              live=not pending, attempt=entry["deliveries"]))
 
     def _expire(self, b: Batch, agent: str, msg: dict[str, Any], entry: dict[str, Any]) -> None:
-        entry["state"] = "expired"
+        self.transition(entry, "expire", EXPIRED)
         self._put(b, agent, msg["n"], entry)
         self._settled(b, msg)
 
@@ -234,7 +277,7 @@ class Deliveries:
             if self.routes.get(push.agent) == push.route:
                 del self.routes[push.agent]
             msg, entry = self.message(b.txn, push.number), self.entry(b.txn, push.agent, push.number)
-            if msg is None or entry is None or entry["state"] != "delivered":
+            if msg is None or entry is None or entry["state"] != DELIVERED:
                 continue
             if msg["requires_ack"]:
                 key = delivery_key(push.number, push.agent)
@@ -242,7 +285,8 @@ class Deliveries:
                 if claim is None or claim["token"] != push.token:
                     continue  # delivered again since: that delivery stands
                 self.claims.end(b, key, push.agent)
-            entry.update(state="pending", deliveries=max(0, entry["deliveries"] - 1))
+            self.transition(entry, "undeliverable", PENDING)
+            entry["deliveries"] = max(0, entry["deliveries"] - 1)
             self._put(b, push.agent, push.number, entry)
             self._pending(b, push.agent, msg, True)
 
@@ -252,12 +296,13 @@ class Deliveries:
         its lease ended): pending again, or a dead letter after max_deliver."""
         number, agent = parse_delivery_key(key)
         msg, entry = self.message(b.txn, number), self.entry(b.txn, agent, number)
-        if msg is None or entry is None or entry["state"] != "delivered":
+        if msg is None or entry is None or entry["state"] != DELIVERED:
             return
         if msg["expires_at"] is not None and msg["expires_at"] <= b.now.wall:
             self._expire(b, agent, msg, entry)
         elif entry["deliveries"] >= msg["max_deliver"]:
-            entry.update(state="dead", dead_at=b.now.wall)
+            self.transition(entry, "unacked", DEAD)
+            entry["dead_at"] = b.now.wall
             self._put(b, agent, number, entry)
             b.txn.put("dead_letters", dead_key(number, agent), b"")
             bump(b, b"dead")
@@ -265,7 +310,7 @@ class Deliveries:
             self.log.emit(b, "message.dead", {"id": msg["id"], "agent": agent, "deliveries": entry["deliveries"],
                                               "from": msg["from"], "reason": reason})
         else:
-            entry["state"] = "pending"
+            self.transition(entry, "unacked", PENDING)
             self._put(b, agent, number, entry)
             self._pending(b, agent, msg, True)
             if reason == "claim_expired":  # the ack deadline: go again now if connected
@@ -290,13 +335,14 @@ class Deliveries:
                               "current": None if current is None else current["token"]})
         if current is not None:
             self.claims.end(b, key, agent)
-        if entry["state"] == "pending":
+        if entry["state"] == PENDING:
             self._pending(b, agent, msg, False)
-        elif entry["state"] == "dead":
+        elif entry["state"] == DEAD:
             b.txn.delete("dead_letters", dead_key(number, agent))
             bump(b, b"dead", -1)
-        unsettled = entry["state"] in ("pending", "delivered")
-        entry.update(state="acked", acked_at=b.now.wall, note=body["note"])
+        unsettled = entry["state"] in UNSETTLED
+        self.transition(entry, "ack", ACKED)
+        entry.update(acked_at=b.now.wall, note=body["note"])
         self._put(b, agent, number, entry)
         if unsettled:
             self._settled(b, msg)
@@ -307,10 +353,10 @@ class Deliveries:
     def _outstanding(self, b: Batch, agent: str | None) -> Iterator[tuple[int, str, str]]:
         """(message number, agent, state) of every requires_ack delivery not settled."""
         held = self.claims.held_of(DELIVERY)
-        found = [(*parse_delivery_key(DELIVERY + b":" + name), "delivered") for name in held]
+        found = [(*parse_delivery_key(DELIVERY + b":" + name), DELIVERED) for name in held]
         for key, _ in b.txn.scan("pending", prefix=b"" if agent is None else pending_key(agent)):
             who, number = parse_pending_key(key)
-            found.append((number, who, "pending"))
+            found.append((number, who, PENDING))
         for number, who, state in sorted(found):
             if agent is None or who == agent:
                 yield number, who, state
@@ -328,7 +374,7 @@ class Deliveries:
             key = delivery_key(number, agent)
             out.append({"id": msg["id"], "agent": agent, "state": state, "deliveries": entry["deliveries"],
                         "token": self.token(number, agent, b.txn),
-                        "expires_in": self.claims.expires_in(key, agent, b.now) if state == "delivered" else None,
+                        "expires_in": self.claims.expires_in(key, agent, b.now) if state == DELIVERED else None,
                         "subject": msg["subject"], "priority": msg["priority"], "from": msg["from"]})
         return {"deliveries": out, "more": more}
 
@@ -360,11 +406,12 @@ class Deliveries:
         requeued = []
         for agent in agents:
             entry = self.entry(b.txn, agent, number)
-            if entry is None or entry["state"] != "dead":
+            if entry is None or entry["state"] != DEAD:
                 continue
             b.txn.delete("dead_letters", dead_key(number, agent))
             bump(b, b"dead", -1)
-            entry.update(state="pending", deliveries=0, dead_at=None)
+            self.transition(entry, "requeue", PENDING)
+            entry.update(deliveries=0, dead_at=None)
             self._put(b, agent, number, entry)
             self._pending(b, agent, msg, True)
             self._settled(b, msg, +1)

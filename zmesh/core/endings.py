@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ClaimExpired, LeaseExpired, NotOwner, RemoteError, StaleToken
+from ..protocol.states import TaskStatus
 from .context import Now
 
 #: how a claim ended, as a refusal explains it (history ``event``, plus completion)
@@ -39,7 +40,7 @@ def ending(task: dict[str, Any], agent: str, token: int | None) -> dict[str, Any
     """How a claim on ``task`` ended, from its history (and its completion): the claim
     with ``token``, or without a token the agent's latest one (tokens only increase)."""
     endings = list(task["history"])
-    if task["status"] == "completed" and task.get("completed_token") is not None:
+    if task["status"] == TaskStatus.COMPLETED and task.get("completed_token") is not None:
         endings.append({"ts": task["updated"], "event": "completed", "agent": task["completed_by"],
                         "token": task["completed_token"]})
     if token is not None:
@@ -75,7 +76,7 @@ def refusal(task: dict[str, Any], claim: dict[str, Any] | None, agent: str, toke
     lapsed = LAPSED.get(reason)
     if lapsed is not None and ended_by == agent:
         after = f"; '{holder}' holds it now (token {current})" if claim else (
-            f"; it is {task['status']} now" if task["status"] != "available" else "")
+            f"; it is {task['status']} now" if task["status"] != TaskStatus.AVAILABLE else "")
         return lapsed(f"claim on '{task_id}' (token {ended_token}) lapsed {ago:.1f} s ago: {how}; "
                       f"the task went back to the pool{after}", details)
     if token is None:  # the agent's own latest claim ended by its own hand (or completion)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from ..protocol.fields import DEFAULT_MAX_DELIVER
 from ..errors import BadRequest, Conflict, NotFound, RemoteError
 from .context import Batch, Settings
-from .deliveries import RANK, Deliveries, entry_view, parse_id, view
+from .deliveries import DEAD, PENDING, RANK, Deliveries, entry_view, parse_id, view
 from .eventlog import EventLog, bump, counter
 from .schema import (dead_key, dumps, inbox_key, loads, message_id, message_key, parse_inbox_key,
                      pending_key, stream_key)
@@ -276,10 +276,10 @@ class Messages:
             entry = self.deliveries.entry(txn, agent, number)
             if entry is None:
                 continue
-            if entry["state"] == "pending":
+            if entry["state"] == PENDING:
                 txn.delete("pending", pending_key(agent, _rank(msg), number))
                 bump(b, b"pending:" + msg["priority"].encode(), -1)
-            elif entry["state"] == "dead":
+            elif entry["state"] == DEAD:
                 txn.delete("dead_letters", dead_key(number, agent))
                 bump(b, b"dead", -1)
             txn.delete("inbox", inbox_key(agent, number))

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import BadRequest, Conflict, NotFound
 from ..protocol.fields import STATES
+from ..protocol.states import AgentState, Report
 from .agents import Agents
 from .claims import Claims
 from .context import Batch
@@ -34,8 +35,15 @@ if TYPE_CHECKING:
 
 Handler = Callable[[Batch, dict[str, Any]], Any]
 
+# the states bound once: the claim path asks state() and claimed() (protocol/states.py)
+IDLE, BUSY, BLOCKED, HELP = AgentState.IDLE, AgentState.BUSY, AgentState.BLOCKED, AgentState.HELP
+#: states a claim ends (claiming makes an agent busy; an idle one is busy by its claim alone)
+_ENDED_BY_CLAIM = (BLOCKED, HELP)
+#: reports refused while the agent holds a task claim
+_NOT_WHILE_HOLDING = (Report.IDLE, Report.COMPLETED)
+
 #: fields a report needs, by state
-_NEEDS = {"busy": "task", "completed": "task", "blocked": "reason", "help": "reason"}
+_NEEDS = {Report.BUSY: "task", Report.COMPLETED: "task", Report.BLOCKED: "reason", Report.HELP: "reason"}
 
 
 class Presence:
@@ -55,8 +63,8 @@ class Presence:
         """The state shown: the stored one, except that a task claim makes an idle agent
         busy."""
         stored = record["state"]
-        if stored == "idle" and self.claims.is_busy(record["id"]):
-            return "busy"
+        if stored == IDLE and self.claims.is_busy(record["id"]):
+            return BUSY
         return stored
 
     def _task(self, txn: Txn, record: dict[str, Any]) -> str | None:
@@ -64,7 +72,7 @@ class Presence:
         key = self.claims.current_busy(record["id"])
         if key is not None:
             return self.claims.kind(key).show(key)
-        return record["task"] if record["state"] != "idle" else None
+        return record["task"] if record["state"] != IDLE else None
 
     def brief(self, txn: Txn, record: dict[str, Any]) -> dict[str, Any]:
         """What an event says of the agent's presence."""
@@ -85,14 +93,14 @@ class Presence:
 
     def _become_idle(self, b: Batch, record: dict[str, Any]) -> None:
         """A new idle spell: the back of the queue (the record is written by the caller)."""
-        record.update(state="idle", since=b.now.wall, task=None, reason=None,
+        record.update(state=IDLE, since=b.now.wall, task=None, reason=None,
                       idle_order=bump(b, b"idle"))
 
     # ------------------------------------------------------------ hooks (tasks)
     def claimed(self, b: Batch, record: dict[str, Any], task_id: str, first: bool) -> None:
         """``record``'s agent claimed ``task_id``; ``first``: it held no task claim before."""
-        if record["state"] in ("blocked", "help"):  # claiming makes an agent busy
-            record.update(state="busy", task=task_id, reason=None, since=b.now.wall)
+        if record["state"] in _ENDED_BY_CLAIM:  # claiming makes an agent busy
+            record.update(state=BUSY, task=task_id, reason=None, since=b.now.wall)
             self.agents.put(b, record)
         elif not first:
             return  # busy already, with another task: nothing changed in what it shows
@@ -120,7 +128,7 @@ class Presence:
         needed = _NEEDS.get(state)
         if needed and body[needed] is None:
             raise BadRequest(f"a '{state}' report needs field '{needed}'", {"field": needed})
-        if state in ("idle", "completed"):
+        if state in _NOT_WHILE_HOLDING:
             held = self.claims.busy_keys(agent)
             if held:
                 shown = ", ".join(self.claims.kind(k).show(k) for k in held)
@@ -135,10 +143,10 @@ class Presence:
             record["last_task"] = body["task"]
         helpers: list[dict[str, Any]] | None = None
         extra: dict[str, Any] = {}
-        if state == "idle":
-            if record["state"] != "idle":
+        if state == Report.IDLE:
+            if record["state"] != IDLE:
                 self._become_idle(b, record)
-        elif state == "completed":
+        elif state == Report.COMPLETED:
             if body["task"] != record["last_completed"]:  # once per task
                 record["completed"] += 1
                 record["last_completed"] = body["task"]
@@ -147,7 +155,7 @@ class Presence:
             if record["state"] != state or record["task"] != body["task"]:
                 record["since"] = b.now.wall
             record.update(state=state, task=body["task"], reason=body["reason"])
-            if state == "help":
+            if state == Report.HELP:
                 helpers = self.find(b.txn, body["requires"], body["threshold"], exclude=agent)
                 extra = {"requires": body["requires"], "helpers": helpers}
         self.agents.put(b, record)
@@ -191,7 +199,7 @@ class Presence:
         remaining = self.agents.lease_remaining(agent, b.now)
         state = self.state(record)
         view.update(self.brief(b.txn, record), id=agent, expires_in=None if remaining is None else round(remaining, 3),
-                    waiting_since=record["since"] if state == "idle" else None,
+                    waiting_since=record["since"] if state == IDLE else None,
                     uptime=round(max(0.0, b.now.wall - record["registered"]), 3),
                     claims=self.claims.shown(agent))
         del view["agent"]

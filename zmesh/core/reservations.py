@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..protocol import globs
+from ..protocol.states import ReservationMode
 from ..errors import BadRequest, Conflict, LeaseExpired, NotFound, RemoteError
 from .claims import ClaimKind, Claims
 from .context import DEFERRED, Batch
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
     from .agents import Agents
 
 Handler = Callable[[Batch, dict[str, Any]], Any]
+# bound once: the conflict check compares it for every reservation held (protocol/states.py)
+EXCLUSIVE = ReservationMode.EXCLUSIVE
+
 
 class PathKind(ClaimKind):
     """Shared or exclusive holds on path patterns."""
@@ -58,7 +62,7 @@ class PathKind(ClaimKind):
         pattern, mode = request["pattern"], request["mode"]
         for other_key, raw in self.records(b.txn):
             other = loads(raw)
-            if other["agent"] == agent or "exclusive" not in (mode, other["mode"]):
+            if other["agent"] == agent or EXCLUSIVE not in (mode, other["mode"]):
                 continue
             if globs.overlaps(pattern, other["pattern"]):
                 expires_in = self.owner.claims.expires_in(other_key, other["agent"], b.now)
@@ -145,7 +149,7 @@ class Reservations:
             if refusal is not None:
                 return refusal
         for waiter in ahead:
-            if waiter.agent == agent or "exclusive" not in (mode, waiter.mode):
+            if waiter.agent == agent or EXCLUSIVE not in (mode, waiter.mode):
                 continue
             for pattern in patterns:
                 other = next((p for p in waiter.patterns if globs.overlaps(pattern, p)), None)

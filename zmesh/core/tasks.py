@@ -1,6 +1,7 @@
 """Tasks: their records, indexes and status counters, and the task ops.
 
-Task states and the only transitions between them (the table is :data:`TRANSITIONS`)::
+Task states (protocol.TaskStatus) and the only transitions between them (the table is
+:data:`TRANSITIONS`)::
 
     waiting ──(last dependency completed)──> available
     available ──claim / claim_next──> claimed
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .. import protocol
 from ..errors import Conflict, LeaseExpired, NotFound, RemoteError
+from ..protocol.states import TaskStatus
 from .agents import Agents
 from .blockers import Blockers
 from .claims import ClaimKind, Claims
@@ -57,13 +59,18 @@ if TYPE_CHECKING:
 
 Handler = Callable[[Batch, dict[str, Any]], Any]
 
+# the statuses bound once: the claim path compares them several times per request, and a
+# member looked up on its class costs more than a literal (protocol/states.py)
+WAITING, AVAILABLE, CLAIMED = TaskStatus.WAITING, TaskStatus.AVAILABLE, TaskStatus.CLAIMED
+COMPLETED, DEAD = TaskStatus.COMPLETED, TaskStatus.DEAD
+
 TRANSITIONS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("waiting", "dependencies_done"): ("available",),
-    ("available", "claim"): ("claimed",),
-    ("claimed", "complete"): ("completed",),
-    ("claimed", "fail"): ("available", "dead"),
-    ("claimed", "release"): ("available",),
-    ("dead", "requeue"): ("available",),
+    (WAITING, "dependencies_done"): (AVAILABLE,),
+    (AVAILABLE, "claim"): (CLAIMED,),
+    (CLAIMED, "complete"): (COMPLETED,),
+    (CLAIMED, "fail"): (AVAILABLE, DEAD),
+    (CLAIMED, "release"): (AVAILABLE,),
+    (DEAD, "requeue"): (AVAILABLE,),
 }
 
 #: entries kept in a task's history (how each claim that did not complete ended: released,
@@ -72,7 +79,9 @@ HISTORY_LIMIT = 50
 
 #: statuses with an index of their own; available tasks are listed from the ready index
 #: and claimed ones from the claim index, so a claim updates two trees less
-BY_STATUS = ("waiting", "completed", "dead")
+BY_STATUS = (WAITING, COMPLETED, DEAD)
+#: statuses that take a task out of the ready index for good
+_DONE = (COMPLETED, DEAD)
 
 
 class TaskKind(ClaimKind):
@@ -99,20 +108,20 @@ class TaskKind(ClaimKind):
         is read only then)."""
         task = request["task"]
         status = task["status"]
-        if status == "available":
+        if status == AVAILABLE:
             return None
         task_id = task["id"]
-        if status == "claimed":
+        if status == CLAIMED:
             raw = b.txn.get(*self.slot(key))
             holder = None if raw is None else loads(raw)["agent"]
             return Conflict(f"task '{task_id}' is held by '{holder}'",
-                            {"task": task_id, "status": "claimed", "holder": holder})
+                            {"task": task_id, "status": CLAIMED, "holder": holder})
         return Conflict(f"task '{task_id}' is {status}, not available", {"task": task_id, "status": status})
 
     def ended(self, b: Batch, key: bytes, claim: dict[str, Any], reason: str) -> None:
         tasks = self.tasks
         task = tasks.get(b.txn, self.show(key))
-        old = tasks.transition(task, "release", "available")
+        old = tasks.transition(task, "release", AVAILABLE)
         # every ending is recorded (the owner's own release too), so a refusal of a later
         # request with this token can say how the claim ended (endings.refusal)
         tasks.history(task, {"ts": b.now.wall, "event": reason, "agent": claim["agent"],
@@ -183,9 +192,9 @@ class Tasks:
             # goes when the task completes or dies, or when claim_next passes it, and a
             # claimed task that returns to available finds its entry in place. So the
             # index holds the available tasks plus at most the claimed ones.
-            if new == "available":
+            if new == AVAILABLE:
                 txn.put("ready", self.ready_key(task), b"")
-            elif new in ("completed", "dead"):
+            elif new in _DONE:
                 txn.delete("ready", self.ready_key(task))
         txn.put("tasks", tid, dumps(task))
 
@@ -193,11 +202,11 @@ class Tasks:
         """Remove a task that is not claimed, with its index entries and its count (an
         admin purge); what waits on it is the caller's to check."""
         txn, status, tid = b.txn, task["status"], task_key(task["id"])
-        assert status != "claimed", "release a claim before deleting its task"
+        assert status != CLAIMED, "release a claim before deleting its task"
         if status in BY_STATUS:
             txn.delete("by_status", status_key(status, tid))
         txn.delete("ready", self.ready_key(task))
-        if status == "waiting":  # it no longer waits on its dependencies
+        if status == WAITING:  # it no longer waits on its dependencies
             for dep in task["depends_on"]:
                 txn.delete("waiting_on", waiting_key(dep, task["id"]))
         self._count(b, status, -1)
@@ -234,7 +243,7 @@ class Tasks:
         view.update(owner=None, token=None, expires_in=None)
         view.setdefault("completed_by", None)  # every view has the same keys (docs/CLI.md)
         view.setdefault("completed_token", None)
-        if task["status"] == "claimed":
+        if task["status"] == CLAIMED:
             key = resource_key(TASK, task["id"])
             claim = self.claims.get(b.txn, key)
             if claim is not None:
@@ -270,7 +279,7 @@ class Tasks:
         key = resource_key(TASK, task["id"])
         first = not self.claims.is_busy(agent["id"])
         claim = self.claims.grant(b, key, agent, ttl, check={"task": task})
-        old = self.transition(task, "claim", "claimed")
+        old = self.transition(task, "claim", CLAIMED)
         task["claims"] += 1
         self.save(b, task, old)
         self.event(b, "task.claimed", task, old, claimed_by=agent["id"], token=claim["token"])
@@ -281,7 +290,7 @@ class Tasks:
         task_id, agent_id = body["task"], body["agent"]
         task = self.get(b.txn, task_id)
         key = resource_key(TASK, task_id)
-        if task["status"] == "claimed":
+        if task["status"] == CLAIMED:
             claim = self.claims.get(b.txn, key) or {}
             if claim.get("agent") == agent_id:  # a retry by the holder: the same claim
                 record = self.agents.ensure(b, agent_id, body["ttl"])
@@ -302,7 +311,7 @@ class Tasks:
         found = None
         for key, _ in txn.scan("ready"):
             task = self.get(txn, key[READY_ID_AT:].decode())
-            if task["status"] != "available":
+            if task["status"] != AVAILABLE:
                 stale.append(bytes(key))  # claimed (see save): drop it as we pass
             elif set(task["requires"]) <= caps:
                 found = task
@@ -318,12 +327,12 @@ class Tasks:
     def complete(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:
         task_id, agent_id = body["task"], body["agent"]
         task = self.get(b.txn, task_id)
-        if task["status"] == "completed" and task.get("completed_by") == agent_id and (
+        if task["status"] == COMPLETED and task.get("completed_by") == agent_id and (
                 body["token"] is None or body["token"] == task.get("completed_token")):
             return self.view(b, task)  # a retry of a complete that succeeded
         key, claim = self._holding(b, task, agent_id, body["token"])
         self.claims.end(b, key, agent_id)
-        old = self.transition(task, "complete", "completed")
+        old = self.transition(task, "complete", COMPLETED)
         task.update(result=body["result"], completed_by=agent_id, completed_token=claim["token"])
         self.save(b, task, old)
         agent = self.agents.ensure(b, agent_id, None)
@@ -341,9 +350,9 @@ class Tasks:
         for k in waiting:
             txn.delete("waiting_on", k)
             task = self.get(txn, k[len(prefix):].decode())
-            if task["status"] == "waiting" and all(self.status_of(txn, d) == "completed"
-                                                   for d in task["depends_on"]):
-                old = self.transition(task, "dependencies_done", "available")
+            if task["status"] == WAITING and all(self.status_of(txn, d) == COMPLETED
+                                                 for d in task["depends_on"]):
+                old = self.transition(task, "dependencies_done", AVAILABLE)
                 self.save(b, task, old)
                 self.event(b, "task.available", task, old, completed_dependency=done)
 
@@ -353,19 +362,19 @@ class Tasks:
         key, claim = self._holding(b, task, agent_id, body["token"])
         self.claims.end(b, key, agent_id)
         task["attempts"] += 1
-        new = "dead" if task["attempts"] >= task["max_attempts"] else "available"
+        new = DEAD if task["attempts"] >= task["max_attempts"] else AVAILABLE
         old = self.transition(task, "fail", new)
         self.history(task, {"ts": b.now.wall, "event": "failed", "agent": agent_id,
                             "token": claim["token"], "error": body["error"]})
         self.save(b, task, old)
         agent = self.agents.ensure(b, agent_id, None)
         agent["failed"] += 1
-        self.event(b, "task.dead" if new == "dead" else "task.failed", task, old,
+        self.event(b, "task.dead" if new == DEAD else "task.failed", task, old,
                    claimed_by=agent_id, token=claim["token"], error=body["error"],
                    attempts=task["attempts"])
         self.presence.finished(b, agent, task_id, completed=False)
         self.agents.put(b, agent)
-        if new == "dead":
+        if new == DEAD:
             self._strand_dependents(b, task)
         return self.view(b, task)
 
@@ -375,7 +384,7 @@ class Tasks:
         prefix = waiting_key(dead["id"])
         for key in [bytes(k) for k, _ in b.txn.scan("waiting_on", prefix=prefix)]:
             waiting = self.get(b.txn, key[len(prefix):].decode())
-            if waiting["status"] == "waiting":
+            if waiting["status"] == WAITING:
                 self.blockers.dependency_dead(b, waiting, dead)
 
     def release(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:
@@ -410,12 +419,12 @@ class Tasks:
             status = self.status_of(txn, dep)
             if status is None:
                 raise NotFound(f"dependency '{dep}' of '{task_id}' does not exist", {"task": dep})
-            if status != "completed":
+            if status != COMPLETED:
                 pending.append(dep)
         task = {
             "id": task_id, "type": body["type"], "data": body["data"], "priority": body["priority"],
             "requires": body["requires"], "max_attempts": body["max_attempts"],
-            "depends_on": body["depends_on"], "status": "waiting" if pending else "available",
+            "depends_on": body["depends_on"], "status": WAITING if pending else AVAILABLE,
             "attempts": 0, "claims": 0, "created": b.now.wall, "updated": b.now.wall,
             "order": bump(b, b"order"), "result": None, "history": [],
         }
@@ -434,7 +443,7 @@ class Tasks:
         limit, after = body["limit"], body["after"].encode()
         status = body["status"]
         ids: Iterator[bytes]
-        if status == "available":  # the ready index: claim order (priority, then age)
+        if status == AVAILABLE:  # the ready index: claim order (priority, then age)
             start = b""
             if after:
                 raw = txn.get("tasks", after)
@@ -442,7 +451,7 @@ class Tasks:
                     raise NotFound(f"no task '{body['after']}' to page after", {"task": body["after"]})
                 start = self.ready_key(loads(raw)) + b"\0"
             ids = (k[READY_ID_AT:] for k, _ in txn.scan("ready", start=start))
-        elif status == "claimed":  # the volatile claim index mirrors the claim records
+        elif status == CLAIMED:  # the volatile claim index mirrors the claim records
             claimed = self.claims.held_of(TASK)
             ids = iter(claimed[bisect_right(claimed, after):] if after else claimed)
         elif status:
@@ -456,7 +465,7 @@ class Tasks:
         more = False
         for tid in ids:
             task = self.get(txn, tid.decode())
-            if status == "available" and task["status"] != "available":
+            if status == AVAILABLE and task["status"] != AVAILABLE:
                 continue  # a claimed task's ready entry, left for lazy cleanup
             if len(tasks) == limit:
                 more = True

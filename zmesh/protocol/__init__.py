@@ -6,6 +6,9 @@ checks it is current. No zmq, no clock, no I/O: pure encode/decode/validate, so 
 to fuzz. ``zmesh.protocol.X`` names every public name of its modules:
 
 * fields.py: field kinds, their validators, every limit;
+* states.py: the state sets as StrEnums (task status, presence, liveness, delivery state,
+  blocker status, priority, severity, reservation mode); the tuples in fields.py and ops/
+  are their values;
 * ops/: the op table's entries, one module per resource (agents, tasks, presence, broker
   views, messages, reservations, admin, audit), and their event topics;
 * table.py: the table assembled in order, the one validator, the topics;
@@ -73,6 +76,7 @@ from .codec import (  # noqa: F401
 )
 from .fields import (  # noqa: F401
     CONTROL_CHARS,
+    DELIVERY_STATES,
     KIND_RULES,
     KINDS,
     MAX_ATTEMPTS,
@@ -110,4 +114,16 @@ from .fields import (  # noqa: F401
 from .ops.agents import EVASIVE_AFTER, HEARTBEAT_EVERY, LIVENESS  # noqa: F401
 from .ops.broker import HEARTBEAT_TOPIC, PUB_HEARTBEAT_S  # noqa: F401
 from .ops.presence import BLOCKER_STATUSES  # noqa: F401
+from .states import (  # noqa: F401
+    AgentState,
+    BlockerStatus,
+    DeliveryState,
+    Liveness,
+    Priority,
+    Report,
+    ReservationMode,
+    Severity,
+    StrEnum,
+    TaskStatus,
+)
 from .table import OPS, TOPICS, WRITE_OPS, validate  # noqa: F401

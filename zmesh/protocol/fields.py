@@ -21,8 +21,17 @@ from typing import Any, Callable
 
 import orjson
 
-from . import globs
 from ..errors import BadRequest, TooLarge
+from . import globs
+from .states import (
+    AgentState,
+    DeliveryState,
+    Priority,
+    Report,
+    Severity,
+    TaskStatus,
+    values,
+)
 
 # ---------------------------------------------------------------- limits (one place)
 #: largest inbound message the broker accepts, all frames together (also set as
@@ -58,24 +67,26 @@ MAX_MESSAGE_DATA_BYTES = 64 * 1024
 #: published messages are events under this prefix, apart from the broker's own topics
 MESSAGE_PREFIX = "msg."
 
-STATUSES = ("waiting", "available", "claimed", "completed", "dead")
+#: a task's status. These tuples are the enums of protocol/states.py as plain strings, in
+#: member order: the wire values, the CLI choices and the docs are built from them
+STATUSES = values(TaskStatus)
 #: what an agent may report (``completed`` is a moment: the agent is idle again after it)
-REPORTS = ("idle", "busy", "blocked", "completed", "help")
+REPORTS = values(Report)
 #: an agent's presence state as shown (``report`` sets it; claiming makes an agent busy)
-STATES = ("idle", "busy", "blocked", "help")
+STATES = values(AgentState)
 #: how bad a blocker is
-SEVERITIES = ("low", "medium", "high", "critical")
+SEVERITIES = values(Severity)
 #: largest cost an agent may report (a running total, in whatever unit the agents use)
 MAX_COST = 1e15
 
 # ---------------------------------------------------------------- messages
 #: message priorities, most urgent first (a delivery lane each; pending ones go in this order)
-PRIORITIES = ("critical", "high", "normal", "low")
+PRIORITIES = values(Priority)
 #: where a message goes: one agent, every live member of a group, every live agent with a
 #: capability, every live agent
 ADDRESSES = ("to", "group", "capability", "all")
 #: a recipient's delivery state (read and ack times are kept beside it)
-DELIVERY_STATES = ("pending", "delivered", "acked", "dead", "expired")
+DELIVERY_STATES = values(DeliveryState)
 #: a requires_ack delivery not acked within ack_wait seconds is delivered again
 DEFAULT_ACK_WAIT_S = 30.0
 #: deliveries of a requires_ack message before it goes to the dead letters

@@ -13,6 +13,7 @@ Rules it keeps:
 from __future__ import annotations
 
 from ..fields import MAX_INT, MAX_TTL_S, MIN_TTL_S, Field, Op
+from ..states import Liveness
 
 _AGENT = Field("agent", "id", True, doc="agent id")
 
@@ -55,7 +56,8 @@ HEARTBEAT_EVERY = 1 / 3
 #: liveness: an agent silent for EVASIVE_AFTER of its TTL (one whole heartbeat period
 #: missed) is `evasive`; silent for its whole TTL it is `gone` (the lease lapses)
 EVASIVE_AFTER = 2 / 3
-LIVENESS = ("alive", "evasive")
+#: the liveness an agent's record shows (`gone` is only said by `agent.expired`: no record is left)
+LIVENESS = (Liveness.ALIVE.value, Liveness.EVASIVE.value)
 
 AGENT_TOPICS: dict[str, str] = {
     "agent.registered": "an agent registered (or re-registered); state and position in the idle queue",

@@ -13,11 +13,13 @@ Rules it keeps:
 from __future__ import annotations
 
 from ..fields import MAX_COST, MAX_LIST_LIMIT, REPORTS, SEVERITIES, Field, Op
+from ..states import BlockerStatus, values
 
 _AGENT = Field("agent", "id", True, doc="agent id")
 _THRESHOLD = Field("threshold", "number", default=0.5, lo=0.0, hi=1.0,
                    doc="share of `requires` a helper's capabilities must cover (0..1)")
-BLOCKER_STATUSES = ("open", "resolved", "all")
+#: what blocker_list lists: a blocker status, or every blocker
+BLOCKER_STATUSES = (*values(BlockerStatus), "all")
 
 PRESENCE_OPS: tuple[Op, ...] = (
     Op(

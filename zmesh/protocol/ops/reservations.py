@@ -12,9 +12,10 @@ Rules it keeps:
 from __future__ import annotations
 
 from ..fields import MAX_TTL_S, MAX_WAIT_S, MIN_TTL_S, Field, Op
+from ..states import ReservationMode, values
 
 #: how a reservation is held
-MODES = ("exclusive", "shared")
+MODES = values(ReservationMode)
 
 _AGENT = Field("agent", "id", True, doc="agent id (its lease holds the reservations)")
 _RESERVATION = "{pattern, agent, mode, token, since, ttl, expires_in}"
