@@ -420,6 +420,31 @@ def test_claim_next_priority_then_age(h: Harness) -> None:
     assert [h.do("claim_next", agent="v")["task"] for _ in range(3)] == ["mid1", "mid2", "mid0"]
 
 
+def test_task_next_names_what_claim_next_would_take_and_claims_nothing(h: Harness) -> None:
+    """The claim order is the broker's alone: task_next reads it, claim_next takes from it."""
+    for tid, prio, req in (("low", -5, []), ("gpu", 9, ["gpu"]), ("mid1", 3, []), ("hi", 7, []), ("mid2", 3, []),
+                           ("both", 8, ["gpu", "linux"])):
+        h.do("task_create", id=tid, priority=prio, requires=req)
+    h.do("register", agent="g", capabilities=["gpu"])
+    assert h.do("task_next", agent="g")["id"] == "gpu"  # the registered capabilities count
+    assert h.do("task_next")["id"] == "hi"  # no agent: no capabilities
+    assert h.do("task_next", capabilities=["gpu", "linux"])["id"] == "gpu"
+    assert h.do("task_next", agent="g", capabilities=[])["id"] == "hi"  # given ones replace the registered
+    assert h.do("task_next", agent="nobody")["id"] == "hi"  # an unknown agent has none, and is not made
+    assert "nobody" not in [a["id"] for a in h.do("agent_list")["agents"]]
+    for caps in ([], ["gpu"], ["gpu", "linux"]):
+        order = []
+        while (named := h.do("task_next", capabilities=caps)) is not None:
+            assert named["status"] == "available"
+            taken = h.do("claim_next", agent="w", capabilities=caps)
+            assert taken["task"] == named["id"], caps  # the same task, in the same order
+            order.append(named["id"])
+        assert h.do("claim_next", agent="w", capabilities=caps) is None
+        for tid in order:
+            h.do("release", task=tid, agent="w")
+    assert h.do("task_get", task="hi")["status"] == "available"  # naming claimed nothing
+
+
 def test_claim_next_capability_filter(h: Harness) -> None:
     h.do("task_create", id="gpu", requires=["gpu"], priority=9)
     h.do("task_create", id="both", requires=["gpu", "linux"], priority=8)

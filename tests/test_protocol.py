@@ -30,6 +30,7 @@ VALID = {
     "renew": {"task": "t1", "agent": "a1", "token": 7, "ttl": 3},
     "task_get": {"task": "t1"},
     "task_list": {"status": "claimed", "after": "t0", "limit": 10},
+    "task_next": {"agent": "w1", "capabilities": ["py"]},
     "agent_list": {},
     "status": {},
     "health": {},

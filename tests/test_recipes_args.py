@@ -175,7 +175,7 @@ def test_the_recipes_surface_is_pinned_and_the_twins_match() -> None:
     assert set(recipes.__all__) == {
         "Claimed", "AsyncClaimed", "Lock", "AsyncLock", "Semaphore", "AsyncSemaphore", "Election", "AsyncElection",
         "Watching", "Barrier", "AsyncBarrier", "WorkWaiter", "AsyncWorkWaiter", "Work", "wait_for_work",
-        "first_claimable", "WORK_EVENTS", "Holder", "RECIPE_CAPABILITY", "FALLBACK_POLL_S"}
+        "WORK_EVENTS", "Holder", "RECIPE_CAPABILITY", "FALLBACK_POLL_S"}
     for name in recipes.__all__:
         assert hasattr(recipes, name)
     for sync in (recipes.Claimed, recipes.Lock, recipes.Semaphore, recipes.Election, recipes.Barrier,

@@ -134,6 +134,13 @@ class Api(MessagesApi, AdminApi):
             "agent": self._agent(agent), "ttl": ttl,
             "capabilities": names("capabilities", capabilities)}, _to_claim))
 
+    def next_task(self, *, agent: str | None = None, capabilities: Iterable[str] | None = None) -> Any:
+        """The task claim_next would take now, without claiming it (a task record), or None.
+        ``capabilities`` default to the agent's registered ones (the client's agent unless
+        named; none for a client without one)."""
+        return self._call(Call("task_next", {"agent": self.agent if agent is None else agent,
+                                             "capabilities": names("capabilities", capabilities)}, _identity))
+
     def complete(self, task_id: str, *, token: int | None = None, result: Any = None,
                  agent: str | None = None) -> Any:
         return self._call(Call("complete", {"task": task_id, "agent": self._agent(agent),

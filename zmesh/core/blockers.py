@@ -66,9 +66,9 @@ class Blockers:
     def _get(self, txn: Any, blocker: str) -> tuple[int, dict[str, Any]]:
         number = blocker_number(blocker)
         raw = None if number is None else txn.get("blockers", blocker_key(number))
-        if raw is None:
+        if number is None or raw is None:
             raise NotFound(f"no blocker '{blocker}'", {"blocker": blocker})
-        return number, loads(raw)  # type: ignore[arg-type]
+        return number, loads(raw)
 
     def _raise(self, b: Batch, raised_by: str, body: dict[str, Any], helpers: list[dict[str, Any]]
                ) -> dict[str, Any]:

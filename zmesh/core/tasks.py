@@ -154,7 +154,8 @@ class Tasks:
     def handlers(self) -> dict[str, Handler]:
         return {"task_create": self.create, "claim": self.claim, "claim_next": self.claim_next,
                 "complete": self.complete, "fail": self.fail, "release": self.release,
-                "renew": self.renew, "task_get": self.task_get, "task_list": self.task_list}
+                "renew": self.renew, "task_get": self.task_get, "task_list": self.task_list,
+                "task_next": self.task_next}
 
     # ------------------------------------------------------------ records and indexes
     @staticmethod
@@ -307,15 +308,8 @@ class Tasks:
         txn = b.txn
         agent = self.agents.ensure(b, body["agent"], body["ttl"])
         caps = set(body["capabilities"] if body["capabilities"] is not None else agent["capabilities"])
-        stale = []
-        found = None
-        for key, _ in txn.scan("ready"):
-            task = self.get(txn, key[READY_ID_AT:].decode())
-            if task["status"] != AVAILABLE:
-                stale.append(bytes(key))  # claimed (see save): drop it as we pass
-            elif set(task["requires"]) <= caps:
-                found = task
-                break
+        stale: list[bytes] = []
+        found = self._first_ready(txn, caps, stale)
         for key in stale:
             txn.delete("ready", key)
         if found is None:
@@ -323,6 +317,26 @@ class Tasks:
         txn.delete("ready", self.ready_key(found))
         reply = self._take(b, found, agent, body["ttl"])
         return reply | {"task_record": self.view(b, found)}
+
+    def _first_ready(self, txn: Txn, caps: set[str], stale: list[bytes]) -> dict[str, Any] | None:
+        """The claim order, once: the first available task of the ready index (priority, then
+        age) whose ``requires`` ``caps`` cover. Index entries of tasks no longer available
+        (claimed: see save) go to ``stale`` for a writer to drop."""
+        for key, _ in txn.scan("ready"):
+            task = self.get(txn, key[READY_ID_AT:].decode())
+            if task["status"] != AVAILABLE:
+                stale.append(bytes(key))
+            elif set(task["requires"]) <= caps:
+                return task
+        return None
+
+    def task_next(self, b: Batch, body: dict[str, Any]) -> dict[str, Any] | None:
+        caps = body["capabilities"]
+        if caps is None:
+            agent = None if body["agent"] is None else self.agents.get(b.txn, body["agent"])
+            caps = [] if agent is None else agent["capabilities"]
+        found = self._first_ready(b.txn, set(caps), [])  # a read: stale entries stay for the next claim
+        return None if found is None else self.view(b, found)
 
     def complete(self, b: Batch, body: dict[str, Any]) -> dict[str, Any]:
         task_id, agent_id = body["task"], body["agent"]

@@ -37,7 +37,7 @@ ACTORS: dict[str, str] = {
 #: ops with an agent field that does not act: a filter, or the target of an assignment or
 #: of an admin op
 NOT_ACTING = frozenset({"agent_get", "message_list", "unacked", "dead_letters", "requeue", "reservations",
-                        "admin_release", "audit"})
+                        "admin_release", "audit", "task_next"})
 #: what an observer may run: ops that neither change durable state nor act as an agent (and are
 #: not admin ops: a backup writes nothing in the store, yet it is an admin's to ask)
 READ_OPS = frozenset(name for name, op in OPS.items() if not op.writes and not op.admin and name not in ACTORS)

@@ -15,7 +15,7 @@ from .lock import AsyncLock, Lock
 from .semaphore import AsyncSemaphore, Semaphore
 from ._flow import FALLBACK_POLL_S, RECIPE_CAPABILITY
 from ._watch import Holder
-from .work import WORK_EVENTS, AsyncWorkWaiter, Work, WorkWaiter, first_claimable, wait_for_work
+from .work import WORK_EVENTS, AsyncWorkWaiter, Work, WorkWaiter, wait_for_work
 
 __all__ = [
     "Claimed",
@@ -33,7 +33,6 @@ __all__ = [
     "AsyncWorkWaiter",
     "Work",
     "wait_for_work",
-    "first_claimable",
     "WORK_EVENTS",
     "Holder",
     "RECIPE_CAPABILITY",

@@ -53,16 +53,6 @@ log = logging.getLogger("zmesh.recipes")
 WORK_EVENTS = ("task.created", "task.available", "task.released", "task.failed", "task.requeued")
 #: seconds between progress callbacks while a wait waits (the adapters' keepalives)
 PROGRESS_EVERY_S = 10.0
-#: tasks read per page when a wait looks for a task without claiming it
-PAGE = 1000
-
-
-def first_claimable(tasks: Iterable[dict[str, Any]], capabilities: Iterable[str]) -> dict[str, Any] | None:
-    """Of these task records, the available one claim_next would take first for an agent
-    with these capabilities (priority, then age), without claiming it; None if none."""
-    caps = set(capabilities)
-    fit = [t for t in tasks if t["status"] == "available" and set(t["requires"]) <= caps]
-    return min(fit, key=lambda t: (-t["priority"], t["created"])) if fit else None
 
 
 @dataclass(frozen=True)
@@ -238,18 +228,9 @@ class _WorkCore:
             if got is None:
                 return None
             return Work("task", task_id=got.task_id, claim=got, record=got.task)
-        caps = self.capabilities
-        if caps is None:
-            caps = list((yield call("agent_info"))["capabilities"])
-        after = ""
-        while True:
-            page = yield call("task_page", status="available", after=after, limit=PAGE)
-            task = first_claimable(page["tasks"], caps)
-            if task is not None:
-                return Work("task", task_id=task["id"], record=task)
-            if not page["more"] or not page["tasks"]:
-                return None
-            after = page["tasks"][-1]["id"]
+        # the broker names it: the claim order is its alone (None: the registered capabilities)
+        task = yield call("next_task", capabilities=self.capabilities)
+        return None if task is None else Work("task", task_id=task["id"], record=task)
 
 
 class WorkWaiter(_WorkCore):

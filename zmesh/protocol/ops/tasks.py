@@ -111,6 +111,18 @@ TASK_READ_OPS: tuple[Op, ...] = (
         ),
         returns="{tasks: [task], seq, more}",
     ),
+    Op(
+        "task_next",
+        "The task claim_next would take now (highest priority, then oldest, `requires` covered), "
+        "without claiming it; null when there is none. A wait that only names its work reads "
+        "this, so the claim order is the broker's alone.",
+        (
+            Field("agent", "id", doc="whose registered capabilities count when `capabilities` is not given"),
+            Field("capabilities", "namelist", default=None, doc="capabilities to match (default: the agent's "
+                  "registered ones; none when no agent is named)"),
+        ),
+        returns="task | null",
+    ),
 )
 
 TASK_TOPICS: dict[str, str] = {
