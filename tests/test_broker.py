@@ -300,3 +300,30 @@ def test_a_stop_before_the_loop_starts_is_not_lost(tmp_path: Path) -> None:
     t.start()
     t.join(30)
     assert not t.is_alive(), "serve() ignored a stop asked before its loop began"
+
+
+def test_the_broker_serves_from_the_store_it_is_given(tmp_path: Path) -> None:
+    """The store is injected (Broker(config, store=...)): a memory store serves the same claims,
+    and nothing is written under the data directory (no LMDB file is made)."""
+    from zmesh.store import MemoryStore
+
+    store = MemoryStore()
+    cfg = BrokerConfig.load(env={}, data=str(tmp_path / "d"), bind=[f"tcp://127.0.0.1:{free_port()}"],
+                            pub_bind=[f"tcp://127.0.0.1:{free_port()}"], ipc=False, discovery=False)
+    b = Broker(cfg, store=store)
+    assert b.store is store
+    loop = threading.Thread(target=b.serve, kwargs={"install_signals": False})
+    loop.start()
+    try:
+        with Client(cfg.bind[0], agent="w") as c:
+            c.create_task("t")
+            claim = c.claim("t")
+            assert claim is not None and claim.token >= 1
+            assert c.hello()["broker_id"] == store.broker_id
+        with store.read() as txn:  # the claim is in the store the broker was given
+            assert txn.get("tasks", b"t") is not None
+    finally:
+        b.stop()
+        loop.join(30)
+    assert not loop.is_alive()
+    assert not list((tmp_path / "d").glob("*.mdb"))
