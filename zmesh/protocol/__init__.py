@@ -15,6 +15,8 @@ to fuzz. ``zmesh.protocol.X`` names every public name of its modules:
 * codec.py: the frames below, encoded and decoded;
 * identity.py, globs.py, times.py: values the wire carries (key fingerprints and roles,
   path patterns, wall-clock times);
+* records.py: the shape of every reply body (TypedDicts: Task, Agent, Blocker, ...) and
+  ``REPLIES``, op -> reply type;
 * doc.py: docs/PROTOCOL.md rendered from the table.
 
 Request (client DEALER -> broker ROUTER), two frames::
@@ -126,4 +128,5 @@ from .states import (  # noqa: F401
     StrEnum,
     TaskStatus,
 )
+from .records import *  # noqa: F403  (the reply shapes: records.__all__, pinned by tests/test_records.py)
 from .table import OPS, TOPICS, WRITE_OPS, validate  # noqa: F401
