@@ -29,18 +29,6 @@ MIN_TIMEOUT_S = 0.01
 MAX_TIMEOUT_S = 3600.0
 
 
-#: task events after which a task may be claimable by an agent waiting for work
-WORK_EVENTS = ("task.created", "task.available", "task.released", "task.failed", "task.requeued")
-
-
-def first_claimable(tasks: Iterable[dict[str, Any]], capabilities: Iterable[str]) -> dict[str, Any] | None:
-    """Of these task records, the available one claim_next would take first for an agent
-    with these capabilities (priority, then age), without claiming it; None if none."""
-    caps = set(capabilities)
-    fit = [t for t in tasks if t["status"] == "available" and set(t["requires"]) <= caps]
-    return min(fit, key=lambda t: (-t["priority"], t["created"])) if fit else None
-
-
 def names(field: str, value: Any) -> list[str] | None:
     """A list of names from any iterable of strings; None stays None; a str is refused."""
     if value is None:

@@ -59,13 +59,13 @@ class Roster:
             self.agents.pop(body["agent"], None)
             self._place(body["agent"], None)
         elif topic in ("agent.evasive", "agent.alive"):
-            row = self.agents.get(body["agent"])
-            if row is not None:
-                row["liveness"] = body["liveness"]
+            seen = self.agents.get(body["agent"])
+            if seen is not None:
+                seen["liveness"] = body["liveness"]
         elif topic.startswith("agent."):
-            row = self.agents.get(body["agent"])
-            if row is not None:
-                row.update({k: body[k] for k in _PRESENCE if k in body})
+            seen = self.agents.get(body["agent"])
+            if seen is not None:
+                seen.update({k: body[k] for k in _PRESENCE if k in body})
                 self._place(body["agent"], body.get("position"))
         elif topic == "blocker.raised":
             self.blockers[body["blocker"]] = {"id": body["blocker"], **{k: v for k, v in body.items()

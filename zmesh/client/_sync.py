@@ -228,7 +228,7 @@ class Client(EventStreams, Api):
                         action = flow.send(None)
                     else:
                         assert isinstance(action, Recv)
-                        got = recv_frames(sock) if self._poller.poll(action.timeout * 1000) else None
+                        got = recv_frames(sock) if self._poller.poll(action.timeout * 1000) else None  # type: ignore[arg-type]  # ms, a float
                         action = flow.send(got)
             except StopIteration as stop:
                 reply = stop.value

@@ -69,7 +69,7 @@ class EventStreams:
                     return
                 answer, error = None, None
                 if isinstance(action, Poll):
-                    answer = recv_frames(sub) if poller.poll(action.timeout * 1000) else None
+                    answer = recv_frames(sub) if poller.poll(action.timeout * 1000) else None  # type: ignore[arg-type]  # ms, a float
                 elif isinstance(action, Deliver):
                     yield action.event
                 elif isinstance(action, Sleep):
