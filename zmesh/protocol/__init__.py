@@ -12,6 +12,8 @@ to fuzz. ``zmesh.protocol.X`` names every public name of its modules:
 * codec.py: the frames below, encoded and decoded;
 * identity.py, globs.py, times.py: values the wire carries (key fingerprints and roles,
   path patterns, wall-clock times);
+* records.py: the shape of every reply body (TypedDicts: Task, Agent, Blocker, ...) and
+  ``REPLIES``, op -> reply type;
 * doc.py: docs/PROTOCOL.md rendered from the table.
 
 Request (client DEALER -> broker ROUTER), two frames::
@@ -110,4 +112,5 @@ from .fields import (  # noqa: F401
 from .ops.agents import EVASIVE_AFTER, HEARTBEAT_EVERY, LIVENESS  # noqa: F401
 from .ops.broker import HEARTBEAT_TOPIC, PUB_HEARTBEAT_S  # noqa: F401
 from .ops.presence import BLOCKER_STATUSES  # noqa: F401
+from .records import *  # the reply shapes: records.__all__
 from .table import OPS, TOPICS, WRITE_OPS, validate  # noqa: F401
