@@ -388,7 +388,9 @@ class Client(LiveApi):
         client was closed meanwhile."""
         with self._lock:
             sock = self._sock
-            if sock is None:
+            # closing: close() wakes a wait it finds, but a wait begun after that wake-up,
+            # before the socket is gone, would sleep its whole timeout
+            if sock is None or self._stop.is_set():
                 return False
             pushed = self._take_pushes(sock)
             if not pushed:
