@@ -1,5 +1,6 @@
-"""The public surface is pinned: what `import zmesh` offers, and that the sync and async
-clients are twins with the same names (only close/aclose differ)."""
+"""The public surface is pinned: what `import zmesh` offers (the clients, Claim, Roster, the
+main record types of the wire, the errors), and that the sync and async clients are twins
+with the same names (only close/aclose differ)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from zmesh import AsyncClient, Client, errors
 
 
 def test_exported_members() -> None:
-    expected = {"__version__", "Client", "AsyncClient", "Claim", "Roster", "ZmeshError", "RemoteError", "BadRequest",
+    records = {"Task", "Agent", "Blocker", "Reservation", "StoredMessage", "Delivery"}  # TypedDicts of the wire
+    expected = records | {"__version__", "Client", "AsyncClient", "Claim", "Roster", "ZmeshError", "RemoteError", "BadRequest",
                 "UnknownOp", "UnsupportedVersion", "TooLarge", "NotFound", "Conflict", "NotOwner", "Forbidden",
                 "StaleToken", "LeaseExpired", "SnapshotRequired", "Internal", "Unreachable",
                 "ProtocolError", "StoreError", "InvalidArgument", "ConfigError", "UsageError",

@@ -5,6 +5,10 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .client import AsyncClient, Claim, Client, Roster  # noqa: E402
+
+# the wire's main records (TypedDicts: the results stay plain dicts); every reply shape is
+# in zmesh.protocol.records
+from .protocol.records import Agent, Blocker, Delivery, Reservation, StoredMessage, Task  # noqa: E402
 from .errors import (  # noqa: E402
     BadRequest,
     ClaimExpired,
@@ -36,6 +40,12 @@ __all__ = [
     "AsyncClient",
     "Claim",
     "Roster",
+    "Task",
+    "Agent",
+    "Blocker",
+    "Reservation",
+    "StoredMessage",
+    "Delivery",
     "ZmeshError",
     "InvalidArgument",
     "ConfigError",

@@ -242,7 +242,7 @@ def build_app(endpoint: str | None, *, ttl: float = DEFAULT_HTTP_TTL_S, timeout:
 
     @app.get("/status", summary="Every agent, the idle queue, open blockers and task counts")
     async def status() -> dict[str, Any]:
-        return await ops.status()  # type: ignore[no-any-return]
+        return dict(await ops.status())
 
     @app.post("/task/assign", summary="Assign a task to one agent (pushed to it at once)",
               description="Claims the task on the agent's lease and pushes it to the agent. The task is "
@@ -263,11 +263,12 @@ def build_app(endpoint: str | None, *, ttl: float = DEFAULT_HTTP_TTL_S, timeout:
             except Conflict as exc:
                 if body.create or (exc.details or {}).get("reason") != "exists":
                     raise
-        got = await ops.assign(body.session_id, task, ttl=body.ttl, queue=body.queue, subject=subject)
+        got: dict[str, Any] = dict(await ops.assign(body.session_id, task, ttl=body.ttl, queue=body.queue,
+                                                    subject=subject))
         got.pop("token", None)  # the assignee's: its session holds it
         got["created"] = created
         got["ignored"] = body.ignored()
-        return got  # type: ignore[no-any-return]
+        return got
 
     @app.post("/broadcast", summary="Send a message to every live agent",
               description="The message comes in the JSON body or, as the predecessor sent it, in the query "

@@ -139,9 +139,10 @@ class AgentSession:
                 record = await self.client.task(task)
             except ZmeshError:  # not a task (a reservation, a delivery): nothing to hand out
                 continue
-            if record.get("owner") == self.agent and record.get("token"):
+            token = record.get("token")
+            if record.get("owner") == self.agent and token:
                 expires = record.get("expires_in")
-                self.held[task] = Held(record["token"], None if expires is None else time.time() + expires)
+                self.held[task] = Held(token, None if expires is None else time.time() + expires)
                 self.grants.add(task, adopted=True)
                 adopted.append(task)
         if adopted:

@@ -68,7 +68,7 @@ def purge(ctx: Ctx, task_ids: tuple[str, ...], status: str | None, limit: int | 
         raise UsageError("--limit goes with --status", {"field": "limit"})
     client = ctx.client()
     purged: list[str] = []
-    kept: list[dict[str, str]] = []
+    kept: list[Any] = []
     if task_ids:
         for task in task_ids:
             purged += client.admin_purge(task=task)["purged"]

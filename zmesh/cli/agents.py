@@ -253,7 +253,7 @@ def blocker_ls(ctx: Ctx, status: str, limit: int, after: str, all_: bool) -> Non
     """List blockers, oldest first (open ones by default). When more follow, says so on
     stderr with the --after to use."""
     client = ctx.client()
-    found: list[dict[str, Any]] = []
+    found: list[Any] = []
     while True:
         page = client.blocker_page(status=status, after=after, limit=limit)
         found += page["blockers"]

@@ -28,7 +28,7 @@ def status(ctx: Ctx) -> None:
     """Broker summary: tasks by status, agents by state and liveness, the idle queue, claims,
     open blockers, event sequence (`zmesh agents` and `zmesh top` show the agents in full)."""
     c = ctx.client()
-    data = c.status()
+    data: dict[str, Any] = dict(c.status())
     data["agent_list"] = c.agents()
 
     def human(d: dict[str, Any]) -> list[str]:

@@ -118,7 +118,7 @@ def hook_stop(ctx: Ctx, agent: str, ttl: float | None, max_blocks: int, timeout_
         return
     counter.parent.mkdir(parents=True, exist_ok=True)
     counter.write_text(str(blocks + 1))
-    task = claim.task or {}
+    task: Any = claim.task or {}
     data = "" if task.get("data") is None else " Data: " + orjson.dumps(task["data"]).decode()[:2000]
     reason = (f"zmesh: task '{claim.task_id}' is claimed for you (agent {agent}, token {claim.token}).{data} "
               f"Work on it now; when it is done run `zmesh task done {claim.task_id} --agent {agent} --token "

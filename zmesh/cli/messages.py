@@ -143,7 +143,7 @@ def read(ctx: Ctx, agent: str | None, group: str | None, tag: str | None, priori
     if unread and agent is None:
         raise UsageError("--unread needs --agent (whose reading it is)", {"field": "unread"})
     client = ctx.client()
-    found: list[dict[str, Any]] = []
+    found: list[Any] = []
     cursor = since_n
     while True:  # without --filter the broker applies every filter (and --tail) itself
         page = client.message_page(agent=agent, group=group, tag=tag, priority=priority, since=cursor,

@@ -176,7 +176,7 @@ def task_ls(ctx: Ctx, status: str | None, limit: int, after: str, all_: bool) ->
     """List tasks in id order (available ones in claim order). When more follow, says so on
     stderr with the --after to use."""
     client = ctx.client()
-    tasks: list[dict[str, Any]] = []
+    tasks: list[Any] = []
     while True:
         page = client.task_page(status=status, after=after, limit=limit)
         tasks += page["tasks"]

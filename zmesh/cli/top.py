@@ -44,6 +44,7 @@ from rich.text import Text
 from ..client import Client, Roster
 from ..errors import UsageError
 from ..protocol import STATUSES, escape_controls
+from ..protocol.records import Snapshot
 from . import main
 from ._output import Ctx, pass_ctx
 
@@ -53,7 +54,7 @@ EVASIVE_STYLE = "bold magenta"
 #: redraw at least this often (seconds), for the clocks
 TICK_S = 1.0
 #: the picture before the first snapshot: no agents, no tasks (the counts are shown as "-")
-_NOTHING_YET: dict[str, Any] = {"seq": 0, "agents": [], "idle_queue": [], "blockers": [],
+_NOTHING_YET: Snapshot = {"seq": 0, "agents": [], "idle_queue": [], "blockers": [],
                                 "tasks": {s: 0 for s in STATUSES}}
 
 

@@ -5,4 +5,4 @@ from ._protocol import Claim
 from ._roster import Roster
 from ._sync import Client
 
-__all__ = ["Client", "AsyncClient", "Claim", "Roster"]
+__all__ = ["AsyncClient", "Claim", "Client", "Roster"]

@@ -11,17 +11,24 @@ Rules it keeps:
   stays followable only by brokers with security off.
 * A find returns the endpoint and the socket options for it (CURVE with the pinned key,
   or none).
+* Following (:meth:`Finder.follow`, after a request went unanswered): the broker is
+  followed only to a different endpoint; finding it where it was, or finding none, leaves
+  the client where it is (said in the log).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from ..discovery.mesh import resolve_mesh
+from ..errors import Unreachable
 from ._protocol import Curve
 
 if TYPE_CHECKING:
     from ..discovery.record import BrokerInfo
+
+log = logging.getLogger("zmesh.client")
 
 #: a discovery never takes longer than this, whatever the client's timeout
 MAX_DISCOVERY_S = 3.0
@@ -33,7 +40,10 @@ class Finder:
     def __init__(self, mesh: str | None, curve: Curve, known_hosts: str | None = None,
                  interfaces: list[str] | None = None) -> None:
         from ..discovery.known_hosts import known_hosts_file
-        from ..discovery.trust import Pin, Trust  # zeroconf: loaded by the clients that discover
+        from ..discovery.trust import (  # zeroconf: loaded by the clients that discover
+            Pin,
+            Trust,
+        )
 
         self.mesh = resolve_mesh(mesh)
         self._curve = curve
@@ -61,3 +71,18 @@ class Finder:
         self.broker = broker
         options = self._curve.options(pin.key.encode("ascii")) if pin is not None else ()
         return broker.endpoint, options
+
+    def follow(self, dialled: str, timeout: float) -> tuple[str, tuple[tuple[int, Any], ...]] | None:
+        """The broker at ``dialled`` went silent: look for the mesh again. Where it is now
+        and the socket options for it, if that is elsewhere; else None."""
+        try:
+            endpoint, options = self.find(timeout)
+        except Unreachable as exc:
+            log.info("broker at %s silent and no broker of mesh '%s' answered discovery: %s", dialled,
+                     self.mesh, exc.message)
+            return None
+        if endpoint == dialled:
+            return None
+        log.info("broker of mesh '%s' moved from %s to %s (broker %s); following it", self.mesh, dialled,
+                 endpoint, self.broker.broker_id if self.broker else "?")
+        return endpoint, options

@@ -16,6 +16,9 @@ Rules it keeps:
 * Filters are checked when the receiver is added: a dict of message field -> value or
   list of accepted values (``tags``: the message has that tag; ``task``: its context's
   task), or a callable taking the :class:`Message`.
+* A request waiting for its reply (:meth:`Inbox.expect`) is registered before the request is
+  sent and forgotten when the wait ends, whatever ended it: a reply after that is routed as
+  any other push.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ import itertools
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import InvalidArgument
+from ..protocol.records import ClaimGrant
 from ._protocol import Claim, _to_claim
 
 log = logging.getLogger("zmesh.client")
@@ -66,7 +71,7 @@ class Message:
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     @classmethod
-    def from_wire(cls, body: dict[str, Any]) -> "Message":
+    def from_wire(cls, body: dict[str, Any]) -> Message:
         delivery = body.get("delivery") or {}
         return cls(body["id"], body.get("from"), body.get("to") or {}, body.get("type", "message"),
                    body.get("category", "general"), body.get("priority", "normal"), body.get("subject", ""),
@@ -85,9 +90,10 @@ class Message:
         """An assignment's claim (the broker took it on this agent's lease), else None."""
         if self.type != ASSIGN or self.context.get("token") is None:
             return None
-        return _to_claim({"task": self.context["task"], "token": self.context["token"], "agent": self.agent,
-                          "lease": self.context.get("lease", 0), "expires_in": self.context.get("expires_in"),
-                          "task_record": self.context.get("task_record")})
+        grant: ClaimGrant = {"task": self.context["task"], "token": self.context["token"], "agent": self.agent,
+                             "lease": self.context.get("lease", 0), "expires_in": self.context.get("expires_in"),
+                             "task_record": self.context.get("task_record")}  # type: ignore[typeddict-item]  # None: none sent
+        return _to_claim(grant)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.raw)
@@ -129,12 +135,30 @@ def check_filter(spec: Any) -> Callable[[Message], bool]:
     return match
 
 
+class Pending:
+    """The reply a request waits for: ``message`` once it came. ``wake`` is the driver's
+    (set before it waits, called when the message comes)."""
+
+    __slots__ = ("message", "wake")
+
+    def __init__(self) -> None:
+        self.message: Message | None = None
+        self.wake: Callable[[], None] | None = None
+
+    def arrived(self, msg: Message) -> None:
+        if self.message is None:
+            self.message = msg
+            wake = self.wake
+            if wake is not None:
+                wake()
+
+
 class Receiver:
     """A registered callback; ``cancel()`` stops it."""
 
     _ids = itertools.count(1)
 
-    def __init__(self, inbox: "Inbox", callback: Callable[[Message], Any], match: Callable[[Message], bool],
+    def __init__(self, inbox: Inbox, callback: Callable[[Message], Any], match: Callable[[Message], bool],
                  tasks: bool) -> None:
         self.id = next(self._ids)
         self.callback = callback
@@ -218,6 +242,17 @@ class Inbox:
             except (KeyError, TypeError) as exc:
                 log.warning("malformed push dropped: %s", exc)
         return targets
+
+    def expect(self, correlation_id: str) -> Pending:
+        """A reply with this correlation id goes to the returned Pending (until forgotten)."""
+        pending = Pending()
+        with self.lock:
+            self.waiters[correlation_id] = pending.arrived
+        return pending
+
+    def forget(self, correlation_id: str) -> None:
+        with self.lock:
+            self.waiters.pop(correlation_id, None)
 
     def take(self) -> Message | None:
         with self.lock:

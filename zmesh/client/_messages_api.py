@@ -1,34 +1,46 @@
 """The message ops of the public client API, defined once for both drivers (Api includes them).
 
 Rules: as _api.py's. A method turns its arguments into one request body (checked by the
-broker's own validation before it is sent); flows that wait (``request``, ``read``) live in
-the drivers. The sender of a message is the client's agent unless ``sender`` is given.
+broker's own validation before it is sent); ``read`` (list, then mark read) is a flow. The
+sender of a message is the client's agent unless ``sender`` is given.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from collections.abc import Iterable
+from typing import Any
 
-from .. import protocol
 from ..errors import InvalidArgument
+from ..protocol.records import (
+    Acked,
+    Assignment,
+    DeadLetter,
+    Groups,
+    Marked,
+    MessageDetail,
+    MessagePage,
+    MessageStats,
+    Requeued,
+    Sent,
+    StoredMessage,
+    Unacked,
+)
+from ._checks import names
+from ._dual import op
+from ._flows import DriverHooks, Flow, Invoke
 from ._inbox import Message
 from ._protocol import Call, _identity
 
-if TYPE_CHECKING:
-    from ..protocol import Event
-
 
 def _names(field: str, value: Any) -> list[str]:
-    from ._api import names
-
     return names(field, value) or []
 
 
-def _messages(body: Any) -> Any:
+def _messages(body: MessagePage) -> list[StoredMessage]:
     return body["messages"]
 
 
-def message_ref(message: "Message | str") -> tuple[str, int | None, str | None]:
+def message_ref(message: Message | str) -> tuple[str, int | None, str | None]:
     """(id, token, recipient) of a Message, or (id, None, None) of an id."""
     if isinstance(message, Message):
         return message.id, message.token, message.agent or None
@@ -38,16 +50,17 @@ def message_ref(message: "Message | str") -> tuple[str, int | None, str | None]:
     return message, None, None
 
 
-class MessagesApi:
+def read_flow(api: MessagesApi, peek: bool, filters: dict[str, Any]) -> Flow[list[StoredMessage]]:
+    """This agent's messages, then (unless ``peek``) marked read."""
+    filters.setdefault("agent", api._agent(None))
+    found: list[StoredMessage] = yield Invoke(api.messages, (), filters)
+    if not peek and found:
+        yield Invoke(api.mark_read, ([m["id"] for m in found],), {"agent": filters["agent"]})
+    return found
+
+
+class MessagesApi(DriverHooks):
     """send, assign, ack, read and the dead letters."""
-
-    agent: str | None
-
-    def _call(self, call: Call[Any]) -> Any:  # pragma: no cover - drivers override
-        raise NotImplementedError
-
-    def _agent(self, agent: str | None) -> str:  # pragma: no cover - Api defines it
-        raise NotImplementedError
 
     def _send_call(self, subject: str, body: Any, to: str | None, group: str | None, capability: str | None,
                    all: bool, priority: str, type: str, category: str, context: dict[str, Any] | None,
@@ -61,11 +74,12 @@ class MessagesApi:
                              "expires_in": expires_in, "ack_wait": ack_wait, "max_deliver": max_deliver},
                     _identity)
 
+    @op
     def send(self, subject: str, body: Any = None, *, to: str | None = None, group: str | None = None,
              capability: str | None = None, all: bool = False, priority: str = "normal", type: str = "message",
              category: str = "general", context: dict[str, Any] | None = None, tags: Iterable[str] = (),
              requires_ack: bool = False, correlation_id: str | None = None, expires_in: float | None = None,
-             ack_wait: float | None = None, max_deliver: int = 5, sender: str | None = None) -> Any:
+             ack_wait: float | None = None, max_deliver: int = 5, sender: str | None = None) -> Sent:
         """Send a message to one agent (``to``), a ``group``, a ``capability`` or ``all``
         (exactly one). Returns ``{id, addressed, online, queued, seq}``: how many live agents
         it was addressed to and how many had it pushed at once (the rest get it when they
@@ -74,12 +88,14 @@ class MessagesApi:
                                           context, tags, requires_ack, correlation_id, expires_in, ack_wait,
                                           max_deliver, sender))
 
-    def broadcast(self, subject: str, body: Any = None, **options: Any) -> Any:
+    @op
+    def broadcast(self, subject: str, body: Any = None, **options: Any) -> Sent:
         """``send`` to every live agent; the answer says how many it was addressed to."""
         return self.send(subject, body, all=True, **options)
 
+    @op
     def reply(self, message: Message, body: Any = None, *, subject: str | None = None,
-              priority: str | None = None) -> Any:
+              priority: str | None = None) -> Sent:
         """Answer a message (a ``request``): sent to its sender with its correlation id."""
         if not isinstance(message, Message):
             raise InvalidArgument("reply needs the Message it answers", {"field": "message"})
@@ -89,13 +105,15 @@ class MessagesApi:
                          correlation_id=message.correlation_id or message.id,
                          priority=priority or message.priority)
 
-    def notify_task(self, task: str, subject: str, body: Any = None, **options: Any) -> Any:
+    @op
+    def notify_task(self, task: str, subject: str, body: Any = None, **options: Any) -> Sent:
         """Stream a notification about ``task`` to every receiver watching it (watch_task)."""
         context = dict(options.pop("context", None) or {}, task=task)
         return self.send(subject, body, group=f"task:{task}", context=context, **options)
 
+    @op
     def assign(self, agent: str, task: str, *, ttl: float | None = None, queue: bool = False,
-               priority: str = "high", subject: str | None = None) -> Any:
+               priority: str = "high", subject: str | None = None) -> Assignment:
         """Claim ``task`` on ``agent``'s lease and push it to the agent's task callbacks.
         Returns the claim (token included) and the message id; with ``queue`` an agent that
         is not connected gets it (and the claim) when it connects."""
@@ -103,8 +121,9 @@ class MessagesApi:
                                           "priority": priority, "subject": subject, "from": self.agent},
                                _identity))
 
-    def ack(self, message: "Message | str", *, note: str | None = None, token: int | None = None,
-            agent: str | None = None) -> Any:
+    @op
+    def ack(self, message: Message | str, *, note: str | None = None, token: int | None = None,
+            agent: str | None = None) -> Acked:
         """Acknowledge a message (a Message carries its delivery token: an ack of a delivery
         that was superseded is refused with stale_token)."""
         mid, mtoken, recipient = message_ref(message)
@@ -116,26 +135,30 @@ class MessagesApi:
         return {"agent": agent, "group": group, "tag": tag, "priority": priority, "since": since,
                 "since_ts": since_ts, "unread": unread, "tail": tail, "limit": limit}
 
+    @op
     def message_page(self, *, agent: str | None = None, group: str | None = None, tag: str | None = None,
                      priority: str | None = None, since: int = 0, since_ts: float | None = None,
-                     unread: bool = False, tail: int | None = None, limit: int = 1000) -> Any:
+                     unread: bool = False, tail: int | None = None, limit: int = 1000) -> MessagePage:
         """One page of stored messages (``{messages, more, last}``); reading changes nothing."""
         return self._call(Call("message_list", self._list_body(agent, group, tag, priority, since, since_ts,
                                                                unread, tail, limit), _identity))
 
+    @op
     def messages(self, *, agent: str | None = None, group: str | None = None, tag: str | None = None,
                  priority: str | None = None, since: int = 0, since_ts: float | None = None,
-                 unread: bool = False, tail: int | None = None, limit: int = 1000) -> Any:
+                 unread: bool = False, tail: int | None = None, limit: int = 1000) -> list[StoredMessage]:
         """Stored messages (an agent's inbox with delivery state, a group's, or all), oldest
         first; a peek: nothing is marked read (mark_read does)."""
         return self._call(Call("message_list", self._list_body(agent, group, tag, priority, since, since_ts,
                                                                unread, tail, limit), _messages))
 
-    def message(self, message: "Message | str") -> Any:
+    @op
+    def message(self, message: Message | str) -> MessageDetail:
         """One message with every recipient's delivery, read and ack state."""
         return self._call(Call("message_get", {"id": message_ref(message)[0]}, _identity))
 
-    def mark_read(self, messages: Iterable["Message | str"], *, agent: str | None = None) -> Any:
+    @op
+    def mark_read(self, messages: Iterable[Message | str], *, agent: str | None = None) -> Marked:
         if isinstance(messages, (str, Message)):
             messages = [messages]
         try:
@@ -146,41 +169,32 @@ class MessagesApi:
         ids = [message_ref(m)[0] for m in refs]
         return self._call(Call("mark_read", {"agent": self._agent(agent), "ids": ids}, _identity))
 
-    def unacked(self, *, agent: str | None = None, limit: int = 1000) -> Any:
+    @op
+    def unacked(self, *, agent: str | None = None, limit: int = 1000) -> list[Unacked]:
         return self._call(Call("unacked", {"agent": agent, "limit": limit}, lambda b: b["deliveries"]))
 
-    def dead_letters(self, *, agent: str | None = None, limit: int = 1000) -> Any:
+    @op
+    def dead_letters(self, *, agent: str | None = None, limit: int = 1000) -> list[DeadLetter]:
         return self._call(Call("dead_letters", {"agent": agent, "limit": limit}, lambda b: b["dead"]))
 
-    def requeue(self, message: "Message | str", *, agent: str | None = None) -> Any:
+    @op
+    def requeue(self, message: Message | str, *, agent: str | None = None) -> Requeued:
         return self._call(Call("requeue", {"id": message_ref(message)[0], "agent": agent}, _identity))
 
-    def msgstats(self) -> Any:
+    @op
+    def msgstats(self) -> MessageStats:
         return self._call(Call("msgstats", {}, _identity))
 
-    def join(self, group: str, *, agent: str | None = None) -> Any:
+    @op
+    def join(self, group: str, *, agent: str | None = None) -> Groups:
         """Become a member of ``group`` (messages to it reach its live members)."""
         return self._call(Call("group_join", {"agent": self._agent(agent), "group": group}, _identity))
 
-    def leave(self, group: str, *, agent: str | None = None) -> Any:
+    @op
+    def leave(self, group: str, *, agent: str | None = None) -> Groups:
         return self._call(Call("group_leave", {"agent": self._agent(agent), "group": group}, _identity))
 
-    def subscribe_task_updates(self, callback: Callable[[dict[str, Any]], Any], task: str | None = None, *,
-                               since: int | None = None) -> Any:
-        """Call ``callback({task_id, old_status, new_status, claimed_by, timestamp})`` for
-        every task change (of ``task`` only, when given), at least once, in order: the
-        changes after event ``since`` (a seq from ``hello()`` or a snapshot), else those after
-        the background subscription starts, which may be a moment after this call."""
-        if not callable(callback):
-            raise InvalidArgument("callback must be callable", {"field": "callback"})
-        if task is not None:
-            task = protocol.check_value(protocol.OPS["task_get"].by_name["task"], task)
-
-        def on_event(event: "Event") -> Any:
-            body = event.body
-            if task is not None and body.get("task_id") != task:
-                return None
-            return callback({"task_id": body.get("task_id"), "old_status": body.get("old_status"),
-                             "new_status": body.get("new_status"), "claimed_by": body.get("claimed_by"),
-                             "timestamp": body.get("ts"), "topic": event.topic, "seq": event.seq})
-        return self.subscribe(on_event, topics=["task."], since=since)  # type: ignore[attr-defined]
+    @op
+    def read(self, *, peek: bool = False, **filters: Any) -> list[StoredMessage]:
+        """This agent's messages (filters as ``messages``), marked read unless ``peek``."""
+        return self._flow(read_flow(self, peek, filters))

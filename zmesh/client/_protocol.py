@@ -1,16 +1,25 @@
 """The client's request logic with no I/O: request ids, checks before sending, retries,
 reply matching, endpoint resolution. ``Client`` and ``AsyncClient`` only drive it.
 
-A request is a generator (:meth:`ClientCore.exchange`) that yields :class:`Send` and
-:class:`Recv` actions and returns the reply; the sync driver runs it with blocking
-``poll``, the async driver with ``await``. So retry and matching rules exist once.
+A request is a generator (:meth:`ClientCore.exchange`) that yields :class:`Send`,
+:class:`Recv` and :class:`Follow` actions and returns the reply; the sync driver runs it
+with blocking ``poll``, the async driver with ``await``. So retry, matching and following
+rules exist once.
 
 Rules: a request is checked with the broker's own validation before anything is sent
 (a bad field or an oversized message is refused at once with the broker's code, not after
 a timeout); a retry reuses the request id (the broker answers it with the original reply);
 a reply to another request is never taken for ours, nor is a push (a message the broker
 pushed to this agent: kept in ``pushed`` for the inbox, whatever the call was waiting
-for); a transport failure is ``Unreachable``.
+for); a transport failure is ``Unreachable``. A client that found its broker by discovery
+(``follows``) asks its driver once per request, when the broker went silent or its socket
+failed, to look for the broker again (:class:`Follow`); if the broker moved, the same
+request (same id) is sent to where it is now, with a fresh timeout.
+
+How a driver answers: Send by sending the frames (a full queue drops them: the retry
+comes), Recv with the frames that arrived within its timeout or None, Follow with the
+endpoint the client's socket now dials (None: the broker did not move), and a socket
+error by throwing ``Unreachable`` into the flow.
 """
 
 from __future__ import annotations
@@ -19,16 +28,18 @@ import itertools
 import os
 import time
 import uuid
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Generic, Iterable, TypeVar
+from typing import Any, Generic, TypeVar, overload
 from urllib.parse import urlsplit
 
 import zmq
 
 from .. import protocol
-from ..transport.endpoint import check_endpoint
 from ..errors import InvalidArgument, ProtocolError, RemoteError, Unreachable, from_wire
 from ..protocol import Reply
+from ..protocol.records import ClaimGrant, Task
+from ..transport.endpoint import check_endpoint
 
 T = TypeVar("T")
 
@@ -43,7 +54,7 @@ class Claim:
     expires_at: float | None
     agent: str = ""
     lease: int = 0
-    task: dict[str, Any] | None = None
+    task: Task | None = None
     #: seconds the broker gave the claim when it answered (what expires_at is computed from)
     expires_in: float | None = None
 
@@ -56,6 +67,14 @@ class Send:
 @dataclass(slots=True)  # one per request: a frozen one costs a setattr call per field
 class Recv:
     timeout: float  # seconds
+
+
+@dataclass(slots=True)
+class Follow:
+    """The broker at ``dialled`` did not answer: look for it again (discovery) and, if it
+    moved, point the client's socket there (answer: the new endpoint, or None)."""
+
+    dialled: str
 
 
 @dataclass(slots=True)  # one per request: a frozen one costs a setattr call per field
@@ -76,7 +95,12 @@ def _identity(body: Any) -> Any:
     return body
 
 
-def _to_claim(body: Any) -> Claim | None:
+@overload
+def _to_claim(body: ClaimGrant) -> Claim: ...
+@overload
+def _to_claim(body: ClaimGrant | None) -> Claim | None: ...
+def _to_claim(body: ClaimGrant | None) -> Claim | None:
+    """The Claim of a claim, claim_next or renew reply (claim_next's null: None)."""
     if body is None:
         return None
     expires = body.get("expires_in")
@@ -126,6 +150,9 @@ class ClientCore:
         #: the socket speaks CurveZMQ (the driver says so): an unanswered request may be a
         #: refused key, since a CURVE broker answers an unknown key with silence
         self.secure = False
+        #: the broker was found by discovery (the driver says so): an unanswered request
+        #: makes the client look for it again (Follow)
+        self.follows = False
 
     def take_pushed(self) -> list[dict[str, Any]]:
         pushed, self.pushed = self.pushed, []
@@ -135,35 +162,44 @@ class ClientCore:
         return self._prefix + next(self._counter).to_bytes(8, "big")
 
     def exchange(self, op: str, body: dict[str, Any], endpoint: str, wait: float = 0.0,
-                 req_id: bytes | None = None) -> Generator[Send | Recv, list[bytes] | None, Reply]:
+                 req_id: bytes | None = None) -> Generator[Send | Recv | Follow, Any, Reply]:
         """One request until its reply: resent with the same id every retry_interval (the
         broker answers a retry from memory, and a waiting request keeps its place), given
-        up after the client's timeout plus ``wait``. ``req_id``: the id of an earlier try
-        of the same request (sent again after the client followed its broker)."""
+        up after the client's timeout plus ``wait``. A client that ``follows`` its broker
+        asks once (Follow) where the broker is now, and sends the same request there with
+        the timeout started again. ``req_id``: the id of an earlier try of this request."""
         req_id = req_id or self.new_req_id()
         frames = protocol.prepare_request(req_id, op, body)  # raises before anything is sent
-        start = self._clock()
         timeout = self.timeout + wait
-        yield Send(frames)
-        next_send = start + self.retry_interval
+        follow = self.follows
+        start = now = next_send = self._clock()
         while True:
+            try:
+                if now - start >= timeout:
+                    raise Unreachable(
+                        f"no reply from the broker at {endpoint} within {timeout:g} s (op {op})"
+                        + (SILENT_CURVE if self.secure else ""), {"endpoint": endpoint, "op": op})
+                if now >= next_send:
+                    yield Send(frames)
+                    next_send = now + self.retry_interval
+                else:
+                    got = yield Recv(min(next_send, start + timeout) - now)
+                    if got is not None:
+                        reply = self.accept(got)
+                        if reply is not None and reply.req_id == req_id:
+                            return reply
+                        # else a push (kept in ``pushed``) or a late reply to an earlier
+                        # request that timed out (not ours: dropped)
+            except Unreachable:  # silent, or the driver's socket failed
+                if not follow:
+                    raise
+                follow = False
+                moved = yield Follow(endpoint)
+                if moved is None:
+                    raise
+                endpoint = moved
+                start = next_send = self._clock()
             now = self._clock()
-            if now - start >= timeout:
-                raise Unreachable(
-                    f"no reply from the broker at {endpoint} within {timeout:g} s (op {op})"
-                    + (SILENT_CURVE if self.secure else ""), {"endpoint": endpoint, "op": op})
-            if now >= next_send:
-                yield Send(frames)
-                next_send = now + self.retry_interval
-                continue
-            got = yield Recv(min(next_send, start + timeout) - now)
-            if got is None:
-                continue
-            reply = self.accept(got)
-            if reply is not None and reply.req_id == req_id:
-                return reply
-            # a push (kept in ``pushed``) or a late reply to an earlier request that timed
-            # out (not ours: dropped)
 
     def accept(self, frames: list[bytes]) -> Reply | None:
         """What arrived on the DEALER: a push is kept in ``pushed`` for the driver to hand

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..protocol import STATUSES, Event
+from ..protocol.records import Snapshot
 
 #: presence fields an event body carries, copied onto the agent's row
 _PRESENCE = ("state", "task", "last_task", "reason", "message", "cost", "completed", "failed",
@@ -26,7 +27,7 @@ _PRESENCE = ("state", "task", "last_task", "reason", "message", "cost", "complet
 class Roster:
     """Agents, idle queue, open blockers and task counts as of ``seq``."""
 
-    def __init__(self, snapshot: dict[str, Any]) -> None:
+    def __init__(self, snapshot: Snapshot) -> None:
         self.seq: int = snapshot["seq"]
         self.agents: dict[str, dict[str, Any]] = {a["id"]: dict(a) for a in snapshot["agents"]}
         self.idle_queue: list[str] = list(snapshot["idle_queue"])

@@ -1,14 +1,16 @@
-"""``Client``: the blocking driver of ClientCore (one DEALER guarded by a lock, a heartbeat
-thread, SUB sockets owned by the thread that iterates them; for an agent that registers
-message callbacks, a push thread that reads what the broker pushes while no call is reading,
-and a dispatch thread that runs the callbacks outside the lock, so a callback may call the
-client; an agent that only calls ``receive()`` reads its pushes in that call's own thread,
-one thread hand-over less per message).
+"""``Client``: the blocking driver. Every op and flow is defined once (_api.py and the
+modules it includes); this module only does their I/O: one DEALER guarded by a lock, a
+heartbeat thread, SUB sockets owned by the thread that iterates them; for an agent that
+registers message callbacks, a push thread that reads what the broker pushes while no call
+is reading, and a dispatch thread that runs the callbacks outside the lock, so a callback
+may call the client; an agent that only calls ``receive()`` reads its pushes in that call's
+own thread, one thread hand-over less per message.
 
 Rules: a client given an agent registers it (with its own TTL, capabilities and metadata)
 and starts the heartbeat before its first other request, whether or not ``connect()`` or
 ``with`` was used; ``zmq.ZMQError`` never leaves this module (a socket failure is
-``Unreachable``, an endpoint libzmq refuses is ``InvalidArgument``).
+``Unreachable``, an endpoint libzmq refuses is ``InvalidArgument``); ``close()`` ends every
+wait of a flow at once (a Sleep answers True) and every stream at its next step.
 """
 
 from __future__ import annotations
@@ -18,25 +20,42 @@ import queue
 import select
 import socket
 import threading
-import time
-import uuid
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import zmq
 
-from ..errors import InvalidArgument, LeaseExpired, NoReply, ProtocolError, Unreachable, ZmeshError
+from ..errors import ProtocolError, Unreachable, ZmeshError
+from ..protocol.records import Hello
 from ..transport.sockets import NOBLOCK, recv_frames, send_frames
-from ._api import NO_CONNECT_OPS, Api, LeaseState, check_bool, check_timeout
-from ._inbox import Inbox, Message, Receiver
+from ._api import NO_CONNECT_OPS, LeaseState
+from ._checks import check_bool, check_receiver, check_timeout
+from ._events import Deliver, Poll, Subscribe
 from ._finder import Finder
-from ._sync_events import EventStreams
-from ._protocol import (DEALER_OPTIONS, Call, ClientCore, Recv, Send, connect_socket,
-                        curve_settings, default_endpoint)
+from ._flows import AwaitPush, Flow, Invoke, Sleep, WaitFor
+from ._inbox import Inbox, Message, Pending
+from ._live_api import LiveApi
+from ._protocol import (
+    DEALER_OPTIONS,
+    SUB_OPTIONS,
+    Call,
+    ClientCore,
+    Recv,
+    Send,
+    connect_socket,
+    curve_settings,
+    default_endpoint,
+)
+
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 log = logging.getLogger("zmesh.client")
 
 
-class Client(EventStreams, Api):
+class Client(LiveApi):
     """A blocking zmesh client. With ``agent`` it registers on connect (or on its first
     request) and a background thread heartbeats every ttl/3 so the lease (and every claim
     on it) stays alive.
@@ -73,6 +92,7 @@ class Client(EventStreams, Api):
         self.endpoint: str = endpoint
         self.agent = agent
         self._core = ClientCore(timeout=timeout)
+        self._core.follows = self._finder is not None
         self._ctx = context or zmq.Context.instance()
         self._lock = threading.RLock()
         self._connect_lock = threading.RLock()
@@ -84,7 +104,7 @@ class Client(EventStreams, Api):
         self._on_lease_lost = on_lease_lost
         self._on_hb_error = on_heartbeat_error
         self._subs: list[threading.Thread] = []
-        self.info: dict[str, Any] = {}
+        self.info: Hello = cast(Hello, {})
         self.connected = False
         self._inbox = Inbox()
         self._dispatch_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -96,30 +116,29 @@ class Client(EventStreams, Api):
         self._direct_wake: tuple[socket.socket, socket.socket] | None = None
 
     # ------------------------------------------------------------ lifecycle
-    def connect(self) -> "Client":
+    def connect(self) -> Self:
         """hello (+ register and heartbeat thread when an agent is set). Idempotent."""
         with self._connect_lock:
             if self.connected:
                 return self
             self._stop.clear()
-            self.info = self.hello()
-            if self.agent:
-                self._lease.registered(self._call(self._lease.register_call()))
-                if self._heartbeat:
-                    self._hb_thread = threading.Thread(target=self._heartbeat_loop, daemon=True,
-                                                       name=f"zmesh-heartbeat-{self.agent}")
-                    self._hb_thread.start()
+            self._flow(self._lease.connect_flow(self))
+            if self.agent and self._heartbeat:
+                beats = self._lease.heartbeat_flow(self.keepalive, self._on_hb_error)
+                self._hb_thread = threading.Thread(target=self._flow, args=(beats,), daemon=True,
+                                                   name=f"zmesh-heartbeat-{self.agent}")
+                self._hb_thread.start()
             self.connected = True
             return self
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Self:
         try:
             return self.connect()
         except BaseException:
             self.close()
             raise
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self, *, unregister: bool = True) -> None:
@@ -153,6 +172,9 @@ class Client(EventStreams, Api):
     def lease(self) -> int | None:
         return self._lease.lease
 
+    def _is_closing(self) -> bool:
+        return self._stop.is_set()
+
     # ------------------------------------------------------------ the driver
     def _socket(self) -> zmq.Socket:
         if self._sock is None:
@@ -163,83 +185,145 @@ class Client(EventStreams, Api):
             self._poller.register(sock, zmq.POLLIN)
         return self._sock
 
-    def _call(self, call: Call[Any]) -> Any:
+    def _call(self, call: Call[T]) -> T:
+        """One request (ClientCore.exchange) on the DEALER, under the lock."""
         if not self.connected and self.agent and call.op not in NO_CONNECT_OPS:
             self.connect()  # the agent's own lease, not an implicit one with the broker's TTL
-        req_id = self._core.new_req_id()
-        dialled = self.endpoint
-        try:
-            return self._exchange(call, req_id)
-        except Unreachable:
-            if not self._moved(dialled):
-                raise
-        return self._exchange(call, req_id)  # the same request, to where the broker is now
-
-    def _flow(self, flow: Any) -> Any:
-        """Run a flow of calls (see _admin_api.Flow) to its result."""
-        try:
-            call = next(flow)
-            while True:
-                call = flow.send(self._call(call))
-        except StopIteration as done:
-            return done.value
-
-    def _moved(self, dialled: str) -> bool:
-        """After a request to ``dialled`` went unanswered: look for this client's mesh again;
-        if its broker is elsewhere now, switch the socket there and say so. False when the
-        client was given its endpoint, is closing, or the broker is where it was (or nowhere)."""
-        if self._finder is None or self._stop.is_set():
-            return False
-        with self._lock:
-            old = self.endpoint
-            if old != dialled:
-                return True  # another thread followed the broker meanwhile
-            try:
-                endpoint, curve = self._finder.find(self._core.timeout)
-            except Unreachable as exc:
-                log.info("broker at %s silent and no broker of mesh '%s' answered discovery: %s", old,
-                         self._finder.mesh, exc.message)
-                return False
-            if endpoint == old:
-                return False
-            if self._sock is not None:
-                self._sock.close(linger=0)
-                self._sock = None
-            self.endpoint, self._curve = endpoint, curve
-            self._socket()
-            log.info("broker of mesh '%s' moved from %s to %s (broker %s); following it", self._finder.mesh, old,
-                     endpoint, self._finder.broker.broker_id if self._finder.broker else "?")
-        self._wake_pump()
-        self._wake_direct()
-        return True
-
-    def _exchange(self, call: Call[Any], req_id: bytes) -> Any:
         with self._lock:
             sock = self._socket()
-            flow = self._core.exchange(call.op, call.body, self.endpoint, call.wait, req_id)
+            flow = self._core.exchange(call.op, call.body, self.endpoint, call.wait)
             try:
                 action = next(flow)
                 while True:
-                    if isinstance(action, Send):
-                        try:
-                            send_frames(sock, action.frames, NOBLOCK)
-                        except zmq.Again:
-                            pass  # queue full while disconnected: the flow times out
-                        action = flow.send(None)
-                    else:
-                        assert isinstance(action, Recv)
-                        got = recv_frames(sock) if self._poller.poll(action.timeout * 1000) else None  # type: ignore[arg-type]  # ms, a float
-                        action = flow.send(got)
+                    try:
+                        if isinstance(action, Send):
+                            try:
+                                send_frames(sock, action.frames, NOBLOCK)
+                            except zmq.Again:
+                                pass  # queue full while disconnected: the flow times out
+                            action = flow.send(None)
+                        elif isinstance(action, Recv):
+                            action = flow.send(recv_frames(sock) if self._poller.poll(int(action.timeout * 1000))
+                                               else None)
+                        else:  # Follow
+                            moved = self._follow(action.dialled)
+                            sock = self._socket()
+                            action = flow.send(moved)
+                    except zmq.ZMQError as exc:
+                        action = flow.throw(Unreachable(f"socket error talking to {self.endpoint}: {exc} (op {call.op})",
+                                                        {"endpoint": self.endpoint, "op": call.op}))
             except StopIteration as stop:
                 reply = stop.value
-            except zmq.ZMQError as exc:
-                raise Unreachable(f"socket error talking to {self.endpoint}: {exc} (op {call.op})",
-                                  {"endpoint": self.endpoint, "op": call.op}) from None
             finally:
                 pushed = self._take_pushes(sock) if self._push_threads or self._direct else self._core.take_pushed()
         if pushed:
             self._route(pushed)
         return self._core.result(call, reply)
+
+    def _follow(self, dialled: str) -> str | None:
+        """(Under the lock.) The broker at ``dialled`` went silent: if discovery finds it
+        elsewhere, the socket moves there (the push reader and a waiting receive() are told);
+        the endpoint it dials now, or None."""
+        if self._finder is None or self._stop.is_set():
+            return None
+        found = self._finder.follow(dialled, self._core.timeout)
+        if found is None:
+            return None
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        self.endpoint, self._curve = found
+        self._socket()
+        self._wake_pump()
+        self._wake_direct()
+        return self.endpoint
+
+    def _flow(self, flow: Flow[T]) -> T:
+        """Run a flow (_flows.py) to its result: each action answered, each failure thrown in."""
+        answer: Any = None
+        error: Exception | None = None
+        try:
+            while True:
+                try:
+                    action = flow.send(answer) if error is None else flow.throw(error)
+                except StopIteration as done:
+                    return done.value
+                answer, error = None, None
+                try:
+                    answer = self._act(action)
+                except Exception as exc:  # noqa: BLE001 - thrown into the flow: its to handle, or to raise
+                    error = exc
+        finally:
+            flow.close()
+
+    def _act(self, action: Any) -> Any:
+        if isinstance(action, Call):
+            return self._call(action)
+        if isinstance(action, Invoke):
+            return action.fn(*action.args, **action.kwargs)
+        if isinstance(action, Sleep):
+            return self._stop.wait(action.seconds)
+        if isinstance(action, WaitFor):
+            return self._wait_for(action.pending, action.timeout)
+        if isinstance(action, AwaitPush):
+            return self._await_push(action.seconds)
+        raise TypeError(f"not an action: {action!r}")
+
+    def _stream(self, flow: Generator[Any, Any, None]) -> Iterator[Any]:
+        """Run a stream (_events.py): what it delivers is yielded; its SUB socket is this
+        generator's, closed when it ends."""
+        sub: zmq.Socket[bytes] | None = None
+        poller = zmq.Poller()  # kept: Socket.poll would build one per event
+        answer: Any = None
+        error: Exception | None = None
+        try:
+            while True:
+                try:
+                    action = flow.send(answer) if error is None else flow.throw(error)
+                except StopIteration:
+                    return
+                answer, error = None, None
+                if isinstance(action, Deliver):
+                    yield action.event
+                    continue
+                try:
+                    if isinstance(action, Poll):
+                        assert sub is not None
+                        answer = recv_frames(sub) if poller.poll(int(action.timeout * 1000)) else None
+                    elif isinstance(action, Subscribe):
+                        if sub is not None:
+                            sub.close(linger=0)
+                        sub, poller = None, zmq.Poller()
+                        if action.endpoint is not None:
+                            sub = connect_socket(self._ctx, zmq.SUB, SUB_OPTIONS + self._curve, action.endpoint)
+                            poller.register(sub, zmq.POLLIN)
+                    else:
+                        answer = self._act(action)
+                except zmq.ZMQError as exc:
+                    error = Unreachable(f"event socket error: {exc}", {"endpoint": self.endpoint})
+                except Exception as exc:  # noqa: BLE001 - thrown into the flow
+                    error = exc
+        finally:
+            flow.close()
+            if sub is not None:
+                sub.close(linger=0)
+
+    def _background(self, flow: Generator[Any, Any, None], name: str) -> threading.Thread:
+        """A thread running a subscription (its callbacks are Invoked) until close()."""
+        def run() -> None:
+            for _ in self._stream(flow):
+                pass
+        thread = threading.Thread(target=run, daemon=True, name=name)
+        thread.start()
+        self._subs.append(thread)
+        return thread
+
+    def _wait_for(self, pending: Pending, timeout: float) -> Message | None:
+        done = threading.Event()
+        pending.wake = done.set
+        if pending.message is None:
+            done.wait(timeout)
+        return pending.message
 
     # ------------------------------------------------------------ pushes
     def _start_pushes(self) -> None:
@@ -282,10 +366,13 @@ class Client(EventStreams, Api):
         return self._core.take_pushed()
 
     def _route(self, pushed: list[dict[str, Any]]) -> None:
-        for target in self._inbox.route_all(pushed):
-            self._dispatch_q.put(target)
+        self._dispatch_all(self._inbox.route_all(pushed))
         if pushed and self._direct:  # a receive() waits on the socket, not on the inbox
             self._wake_direct()
+
+    def _dispatch_all(self, targets: list[tuple[Callable[[Message], Any], Message]]) -> None:
+        for target in targets:
+            self._dispatch_q.put(target)
 
     def _wake_direct(self) -> None:
         pair = self._direct_wake
@@ -301,7 +388,9 @@ class Client(EventStreams, Api):
         client was closed meanwhile."""
         with self._lock:
             sock = self._sock
-            if sock is None:
+            # closing: close() wakes a wait it finds, but a wait begun after that wake-up,
+            # before the socket is gone, would sleep its whole timeout
+            if sock is None or self._stop.is_set():
                 return False
             pushed = self._take_pushes(sock)
             if not pushed:
@@ -375,120 +464,21 @@ class Client(EventStreams, Api):
             except Exception:  # a callback bug must not stop the others
                 log.exception("message callback failed for %s", msg.id)
 
-    def _receiving(self, what: str, *, pump: bool = True) -> None:
+    def _receiving(self, what: str, pump: bool = True) -> None:
         """Pushes are read while idle only once the client asks for messages: a client that
         never does pays nothing per call (pushes that reach it wait in its buffer). Only
         callbacks need the push thread (``pump``); receive() reads in its own thread."""
-        if not self.agent:
-            raise InvalidArgument(f"{what} needs an agent: messages are pushed to an agent's connection",
-                                  {"field": "agent"})
+        check_receiver(self.agent, what)
         self.connect()
         if pump:
             with self._connect_lock:
                 self._start_pushes()
 
-    def on_message(self, callback: Callable[[Message], Any], filter: Any = None) -> Receiver:
-        """Call ``callback(message)`` for every message pushed to this agent that matches
-        ``filter`` (a dict of field -> value(s), or a callable); several receivers each get
-        their copy. Callbacks run one at a time on the client's callback thread."""
-        self._receiving("on_message")
-        receiver, backlog = self._inbox.add(callback, filter, tasks=False)
-        for msg in backlog:
-            self._dispatch_q.put((callback, msg))
-        return receiver
-
-    def on_task(self, callback: Callable[[Message], Any], filter: Any = None) -> Receiver:
-        """Call ``callback(message)`` for every task assigned to this agent (``assign``):
-        ``message.claim`` is the claim the broker took on this agent's lease."""
-        self._receiving("on_task")
-        receiver, backlog = self._inbox.add(callback, filter, tasks=True)
-        for msg in backlog:
-            self._dispatch_q.put((callback, msg))
-        return receiver
-
-    def receive(self, timeout: float | None = None) -> Message | None:
-        """The next pushed message no receiver took, waiting up to ``timeout`` seconds
-        (None: until one comes); None when none came."""
-        timeout = check_timeout("timeout", timeout, allow_none=True)
-        self._receiving("receive", pump=False)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            msg = self._inbox.take()
-            if msg is not None:
-                return msg
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return None
-            if self._push_threads:  # callbacks run: the push thread reads, this one waits
-                with self._inbox.arrived:
-                    if not self._inbox.buffer:
-                        self._inbox.arrived.wait(left)
-            elif not self._read_here(left):
-                return None
-
-    def request(self, agent: str, subject: str, body: Any = None, *, timeout: float = 5.0,
-                **options: Any) -> Message:
-        """Send a ``request`` to ``agent`` and wait for its ``reply`` (the message carrying
-        this request's correlation id). No reply within ``timeout``: NoReply; a reply that
-        comes later is not lost (it goes to the receivers, or receive())."""
-        timeout = check_timeout("timeout", timeout)  # type: ignore[assignment]
-        self._receiving("request")
-        cid = uuid.uuid4().hex
-        done = threading.Event()
-        box: list[Message] = []
-        def arrived(msg: Message) -> None:
-            box.append(msg)
-            done.set()
-
-        with self._inbox.lock:
-            self._inbox.waiters[cid] = arrived
-        try:
-            sent = self.send(subject, body, to=agent, type="request", correlation_id=cid, **options)
-            if not done.wait(timeout):
-                raise NoReply(f"no reply from agent '{agent}' within {timeout:g} s (request {sent['id']}, "
-                              f"correlation id {cid})", {"agent": agent, "id": sent["id"], "correlation_id": cid})
-            return box[0]
-        finally:
-            with self._inbox.lock:
-                self._inbox.waiters.pop(cid, None)
-
-    def read(self, *, peek: bool = False, **filters: Any) -> list[dict[str, Any]]:
-        """This agent's messages (filters as ``messages``), marked read unless ``peek``."""
-        filters.setdefault("agent", self._agent(None))
-        found = self.messages(**filters)
-        if not peek and found:
-            self.mark_read([m["id"] for m in found], agent=filters["agent"])
-        return found  # type: ignore[no-any-return]
-
-    def watch_task(self, task: str, callback: Callable[[Message], Any]) -> Receiver:
-        """Receive the notifications streamed for ``task`` (notify_task) in ``callback``."""
-        self._receiving("watch_task")
-        receiver = self.on_message(callback, {"group": f"task:{task}"})
-        self.join(f"task:{task}")
-        return receiver
-
-    # ------------------------------------------------------------ heartbeat
-    def keepalive(self) -> None:
-        """Renew this client's own lease now, as the heartbeat thread does: for a client made
-        with ``heartbeat=False`` whose owner renews it. A lapsed lease is registered again and
-        ``on_lease_lost`` is told; its claims are gone. Raises what the broker answered."""
-        if not self.connected:
-            self.connect()
-            return
-        try:
-            self._call(self._lease.heartbeat_call())
-        except LeaseExpired as exc:
-            self._lease.lost += 1
-            log.warning("lease of %s lapsed; its claims were released; registering again", self.agent)
-            if self._on_lease_lost:
-                self._on_lease_lost(exc)
-            self._lease.registered(self._call(self._lease.register_call()))
-
-    def _heartbeat_loop(self) -> None:
-        while not self._stop.wait(self._lease.interval):
-            try:
-                self.keepalive()
-            except ZmeshError as exc:
-                log.warning("heartbeat of %s failed: %s", self.agent, exc)
-                if self._on_hb_error:
-                    self._on_hb_error(exc)
+    def _await_push(self, left: float | None) -> bool:
+        """receive()'s wait: on the inbox when the push thread reads, else on the socket."""
+        if self._push_threads:  # callbacks run: the push thread reads, this one waits
+            with self._inbox.arrived:
+                if not self._inbox.buffer:
+                    self._inbox.arrived.wait(left)
+            return True
+        return self._read_here(left)
