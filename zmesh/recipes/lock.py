@@ -37,7 +37,6 @@ What a lost lease means for the holder (kazoo ``protocol/states.py`` style):
 from __future__ import annotations
 
 import time
-from types import TracebackType
 from typing import Any
 
 from zmesh import AsyncClient, Client, NotFound
@@ -45,6 +44,7 @@ from zmesh import AsyncClient, Client, NotFound
 from ._drive import Site, arun, async_site, run, sync_site
 from ._flow import (FALLBACK_POLL_S, Flow, agent_of, call, check_bool, check_client, check_name, check_seconds,
                     check_timeout)
+from ._held import AsyncHeld, Held
 from ._slots import SlotSet, ensure_task, recipe_task
 from ._watch import Holder
 
@@ -102,7 +102,7 @@ class _LockCore:
         return f"<{type(self).__name__} {self.name!r} agent={self.agent!r} {state}>"
 
 
-class Lock(_LockCore):
+class Lock(Held, _LockCore):
     """A named lock held by this client's agent (see the module docstring for the rules and
     for what a lost lease means). ``with Lock(client, "db-migrate") as lock: ... lock.token``."""
 
@@ -115,28 +115,12 @@ class Lock(_LockCore):
         (seconds, None: no limit) bounds the wait. True at once if this object holds it."""
         return run(self.client, self._site, self._acquire(blocking, timeout))
 
-    def release(self) -> bool:
-        """Give the lock back: True if released, False if not held or its claim had ended."""
-        return run(self.client, self._site, self._slots.release_flow())
-
-    def check(self) -> bool:
-        """Ask the broker whether this object's claim is still the lock's current one."""
-        return run(self.client, self._site, self._slots.check_flow())
-
     def holder(self) -> Holder | None:
         """Who holds the lock now (agent and token), by the broker; None if nobody."""
         return run(self.client, self._site, self._holder_flow())
 
-    def __enter__(self) -> "Lock":
-        self.acquire()
-        return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        run(self.client, self._site, self._slots.exit_flow(exc))
-
-
-class AsyncLock(_LockCore):
+class AsyncLock(AsyncHeld, _LockCore):
     """:class:`Lock` for an AsyncClient: the same methods, awaited; ``async with``."""
 
     def __init__(self, client: AsyncClient, name: str, *, poll: float = FALLBACK_POLL_S) -> None:
@@ -146,19 +130,5 @@ class AsyncLock(_LockCore):
     async def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         return await arun(self.client, self._site, self._acquire(blocking, timeout))
 
-    async def release(self) -> bool:
-        return await arun(self.client, self._site, self._slots.release_flow())
-
-    async def check(self) -> bool:
-        return await arun(self.client, self._site, self._slots.check_flow())
-
     async def holder(self) -> Holder | None:
         return await arun(self.client, self._site, self._holder_flow())
-
-    async def __aenter__(self) -> "AsyncLock":
-        await self.acquire()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await arun(self.client, self._site, self._slots.exit_flow(exc))

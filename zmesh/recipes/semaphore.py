@@ -32,7 +32,6 @@ What a lost lease means for a holder:
 from __future__ import annotations
 
 import time
-from types import TracebackType
 from typing import Any
 
 from zmesh import AsyncClient, Client, InvalidArgument
@@ -40,6 +39,7 @@ from zmesh import AsyncClient, Client, InvalidArgument
 from ._drive import Site, arun, async_site, run, sync_site
 from ._flow import (FALLBACK_POLL_S, Flow, agent_of, check_bool, check_client, check_count, check_name,
                     check_seconds, check_timeout)
+from ._held import AsyncHeld, Held
 from ._slots import SlotSet, ensure_task, holders_of, recipe_task
 from ._watch import Holder
 
@@ -113,7 +113,7 @@ class _SemaphoreCore:
         return f"<{type(self).__name__} {self.name!r} max_leases={self.max_leases} agent={self.agent!r} {state}>"
 
 
-class Semaphore(_SemaphoreCore):
+class Semaphore(Held, _SemaphoreCore):
     """At most ``max_leases`` holders of ``name`` at once (see the module docstring)."""
 
     def __init__(self, client: Client, name: str, max_leases: int = 1, *, poll: float = FALLBACK_POLL_S) -> None:
@@ -124,28 +124,12 @@ class Semaphore(_SemaphoreCore):
         """Take a slot: True once held (at once if this object holds one)."""
         return run(self.client, self._site, self._acquire(blocking, timeout))
 
-    def release(self) -> bool:
-        """Give the slot back: True if released, False if none held or its claim had ended."""
-        return run(self.client, self._site, self._slots.release_flow())
-
-    def check(self) -> bool:
-        """Ask the broker whether this object's slot claim is still current."""
-        return run(self.client, self._site, self._slots.check_flow())
-
     def holders(self) -> list[Holder]:
         """Who holds a slot now, by the broker, oldest claim first."""
         return run(self.client, self._site, self._holders_flow())
 
-    def __enter__(self) -> "Semaphore":
-        self.acquire()
-        return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        run(self.client, self._site, self._slots.exit_flow(exc))
-
-
-class AsyncSemaphore(_SemaphoreCore):
+class AsyncSemaphore(AsyncHeld, _SemaphoreCore):
     """:class:`Semaphore` for an AsyncClient."""
 
     def __init__(self, client: AsyncClient, name: str, max_leases: int = 1, *,
@@ -156,19 +140,5 @@ class AsyncSemaphore(_SemaphoreCore):
     async def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         return await arun(self.client, self._site, self._acquire(blocking, timeout))
 
-    async def release(self) -> bool:
-        return await arun(self.client, self._site, self._slots.release_flow())
-
-    async def check(self) -> bool:
-        return await arun(self.client, self._site, self._slots.check_flow())
-
     async def holders(self) -> list[Holder]:
         return await arun(self.client, self._site, self._holders_flow())
-
-    async def __aenter__(self) -> "AsyncSemaphore":
-        await self.acquire()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await arun(self.client, self._site, self._slots.exit_flow(exc))
