@@ -43,7 +43,7 @@ def _imports(path: Path) -> set[str]:
     """Absolute names of what ``path`` imports (relative imports resolved; ``from . import x``
     counted as the module ``pkg.x`` when it is one)."""
     name = _module_name(path)
-    package = name.rsplit(".", 1)[0] if not name.endswith("__init__") else name.rsplit(".", 1)[0]
+    package = name.rsplit(".", 1)[0]  # a module's package; an __init__'s is its own
     out: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
