@@ -28,7 +28,7 @@ from zmesh.errors import (
     StaleToken,
 )
 from zmesh.protocol import Event
-from zmesh.core.schema import TABLE_NAMES
+from zmesh.core.schema import JOURNAL_SEQ, TABLE_NAMES
 from zmesh.store import LmdbStore, MemoryStore
 
 T0 = 1000.0  # monotonic start; any value works, deadlines are relative
@@ -117,8 +117,10 @@ class Harness:
 
     # ---------------------------------------------------------------- inspection
     def raw(self) -> dict[str, list[tuple[bytes, bytes]]]:
+        """The core's state as stored (the store's own bookkeeping, the journal seq, left out)."""
         with self.store.read() as txn:
-            return {t: [(bytes(k), bytes(v)) for k, v in txn.scan(t)] for t in TABLE_NAMES}
+            return {t: [(bytes(k), bytes(v)) for k, v in txn.scan(t) if (t, k) != ("meta", JOURNAL_SEQ)]
+                    for t in TABLE_NAMES}
 
     def state(self) -> tuple[Any, ...]:
         return (self.raw(), self.do("task_list", limit=10_000)["tasks"],

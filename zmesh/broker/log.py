@@ -42,6 +42,19 @@ LOG_EVENTS: dict[str, str] = {
     "backup.done": "a backup finished: its size and how long it took",
     "backup.failed": "a backup could not be written: why",
     "metrics.refused": "a scrape of /metrics without the metrics_token's bearer token (rate-limited per peer)",
+    "store.opened": "the store was opened: whether its LMDB file was trusted and why, journal records replayed, "
+                    "where the journal ended, how long it took",
+    "store.rebuilt": "the LMDB file was not trusted (an OS crash or an unclean stop across a reboot): it was "
+                     "rebuilt from the last snapshot, then the journal replayed",
+    "store.checkpoint": "a snapshot was taken at a journal seq (the journal's older segments are retired)",
+    "store.checkpoint_failed": "a snapshot could not be written: why (the journal keeps every record meanwhile)",
+    "journal.cut": "recovery found a torn or corrupt record or a missing segment: the seq recovered to, what "
+                   "was not replayed and where it was kept",
+    "journal.restarted": "the journal could not continue from LMDB's state (a gap, or LMDB ahead of it): it "
+                         "starts over after a snapshot",
+    "journal.sync_failed": "an fdatasync of the journal failed: the broker takes no more writes",
+    "journal.slow_spare": "a writer waited for the next preallocated segment (the disk is slow or busy)",
+    "journal.spare_failed": "the next segment could not be prepared: why (retried)",
 }
 
 #: lease/claim expiries logged one line each per pass; more become one summary line

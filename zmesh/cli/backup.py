@@ -35,6 +35,7 @@ from ..config import BrokerConfig
 from ..core.eventlog import read_counter
 from ..errors import Conflict, InvalidArgument, StoreError
 from ..protocol import CONTROL_CHARS, STATUSES, escape_controls
+from ..store.checkpoints import History
 from ..store import LmdbStore, SCHEMA_VERSION
 from ..broker.jobs import BACKUP_ALLOWED, BACKUP_PAIR, DATA_FILE, KEYS_DIR
 from ..transport.keys import copy_allowed, copy_pair, public_file
@@ -208,6 +209,8 @@ def _put_in_place(source: str, target: str, force: bool) -> str | None:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, there)
+        # the journal and snapshots there belong to the data that was there (kept with it)
+        History(target, "").set_aside(f".before-restore-{time.strftime('%Y%m%dT%H%M%S')}")
         try:
             os.unlink(os.path.join(target, "lock.mdb"))  # the reader table of the data that was there
         except FileNotFoundError:

@@ -25,7 +25,7 @@ import orjson
 
 #: table -> key prefix byte in the LMDB layout (schema 4: one tree, no named databases)
 TABLES: dict[str, int] = {
-    "meta": 0x10,        # b"schema", b"broker_id", b"claim_index" (left by a clean shutdown)
+    "meta": 0x10,        # b"schema", b"broker_id", b"claim_index" (left by a clean shutdown), b"journal_seq"
     "tasks": 0x11,       # task id -> task record; task id + NUL -> its claim record
     "claims": 0x12,      # resource key -> claim record, for kinds without a slot of their own
     "agents": 0x13,      # agent id -> agent record
@@ -69,6 +69,9 @@ SCHEMA = b"schema"
 BROKER_ID = b"broker_id"
 #: the resource keys claimed at a clean shutdown, NUL-separated (claims.Claims.checkpoint)
 CLAIM_INDEX = b"claim_index"
+#: the seq of the last journal record applied, written in the same transaction as its changes
+#: (store/lmdb.py): a restart replays the journal past it
+JOURNAL_SEQ = b"journal_seq"
 
 
 def seq_key(seq: int) -> bytes:

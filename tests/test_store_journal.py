@@ -1,0 +1,180 @@
+"""The LMDB store over its journal (zmesh/store/lmdb.py, checkpoints.py): a process killed at
+each point of a commit or a checkpoint loses nothing the journal took, and after an OS crash
+(the machine's boot id changed, the stop not clean) the store is rebuilt from the last
+snapshot plus the journal. Children are real processes that die by ``os._exit`` at the
+named point, the way a kill -9 would find them."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zmesh.store import LmdbStore
+from zmesh.store.checkpoints import BOOT_FILE, CLEAN_FILE, DATA_FILE, SNAPSHOT
+
+CHILD = r"""
+import os, sys
+from zmesh.store import LmdbStore, redo
+import zmesh.store.checkpoints as checkpoints
+
+path, point, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+store = LmdbStore(path, durability="full", segment_bytes=4096)
+for i in range(n):
+    with store.write() as txn:
+        txn.put("tasks", b"t%d" % i, b"v%d" % i)
+if point == "between-journal-and-lmdb":
+    journal = store.journal
+    def dying(txn, changes):  # the record is flushed; LMDB never commits it
+        journal.append(redo.encode(changes))
+        journal.sync()
+        os._exit(9)
+    store._commit = dying
+    with store.write() as txn:
+        txn.put("tasks", b"last", b"only in the journal")
+elif point.startswith("checkpoint-"):
+    where = point[len("checkpoint-"):]
+    real_replace, real_fsync = os.replace, checkpoints._fsync_tree
+    def replace(src, dst):
+        if os.path.basename(dst) == where:
+            os._exit(9)
+        return real_replace(src, dst)
+    def fsync_tree(p):
+        if where == "copying":
+            os._exit(9)
+        return real_fsync(p)
+    checkpoints.os.replace = replace
+    checkpoints._fsync_tree = fsync_tree
+    store.checkpoint()
+elif point == "clean":
+    store.close()
+    sys.exit(0)
+os._exit(9)
+"""
+
+
+def child(path: Path, point: str, n: int = 30) -> None:
+    done = subprocess.run([sys.executable, "-c", CHILD, str(path), point, str(n)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == (0 if point == "clean" else 9), done.stderr
+
+
+def stored(path: Path, **kw: object) -> dict[bytes, bytes]:
+    store = LmdbStore(path, durability="full", segment_bytes=4096, **kw)  # type: ignore[arg-type]
+    try:
+        with store.read() as txn:
+            return {k: v for k, v in txn.scan("tasks")}
+    finally:
+        store.close()
+
+
+def expected(n: int) -> dict[bytes, bytes]:
+    return {b"t%d" % i: b"v%d" % i for i in range(n)}
+
+
+def as_after_an_os_crash(path: Path) -> None:
+    """What an OS crash may leave: another boot, and an LMDB file that cannot be trusted
+    (here: garbage, so a store that used it would be caught)."""
+    (path / BOOT_FILE).write_text("another-boot\n")
+    (path / DATA_FILE).write_bytes(b"\x5a" * 8192)
+
+
+def test_a_crash_between_the_journal_flush_and_the_lmdb_commit_replays_the_record(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    child(tmp_path, "between-journal-and-lmdb")
+    with caplog.at_level(logging.INFO, logger="zmesh.store"):
+        assert stored(tmp_path) == {**expected(30), b"last": b"only in the journal"}
+    opened = [r for r in caplog.records if getattr(r, "event", None) == "store.opened"]
+    assert opened and opened[0].replayed == 1 and "same boot" in opened[0].why  # type: ignore[attr-defined]
+
+
+def test_after_an_os_crash_the_store_is_rebuilt_from_the_snapshot_and_the_journal(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    child(tmp_path, "kill")
+    as_after_an_os_crash(tmp_path)
+    with caplog.at_level(logging.INFO, logger="zmesh.store"):
+        assert stored(tmp_path) == expected(30)
+    rebuilt = [r for r in caplog.records if getattr(r, "event", None) == "store.rebuilt"]
+    assert rebuilt and "machine restarted" in rebuilt[0].getMessage()
+    assert (tmp_path / (DATA_FILE + ".suspect")).exists()  # the untrusted file is kept, not deleted
+    assert stored(tmp_path) == expected(30)  # and what was rebuilt stays
+
+
+def test_a_clean_stop_is_trusted_across_a_reboot(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    child(tmp_path, "clean")
+    assert (tmp_path / CLEAN_FILE).exists()
+    (tmp_path / BOOT_FILE).write_text("another-boot\n")
+    with caplog.at_level(logging.INFO, logger="zmesh.store"):
+        assert stored(tmp_path) == expected(30)
+    assert not [r for r in caplog.records if getattr(r, "event", None) == "store.rebuilt"]
+    assert (tmp_path / CLEAN_FILE).exists()  # written again by that store's own clean stop
+
+
+@pytest.mark.parametrize("where", ["copying", SNAPSHOT + ".old", SNAPSHOT])
+def test_a_checkpoint_killed_at_any_step_recovers(tmp_path: Path, where: str) -> None:
+    child(tmp_path, "checkpoint-" + where)
+    assert stored(tmp_path) == expected(30)  # same boot: LMDB's file and the journal
+    as_after_an_os_crash(tmp_path)  # and from the snapshot that is whole, plus the journal
+    assert stored(tmp_path) == expected(30)
+
+
+def test_checkpoints_retire_the_segments_they_cover(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path, durability="full", segment_bytes=4096)
+    try:
+        for i in range(300):
+            with store.write() as txn:
+                txn.put("tasks", b"t%d" % i, b"v%d" % i)
+        journal = store.journal
+        assert journal is not None
+        before = len(journal.segments)
+        assert before >= 3
+        seq = store.checkpoint()
+        assert seq == store.applied
+        assert len(journal.segments) == 1  # only the active one is left
+    finally:
+        store.close()
+    as_after_an_os_crash(tmp_path)
+    assert stored(tmp_path) == expected(300)
+
+
+def test_a_store_whose_journal_is_gone_starts_it_over_from_lmdb(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    child(tmp_path, "kill")
+    for f in (tmp_path / "journal").glob("*.wal"):
+        f.unlink()
+    with caplog.at_level(logging.INFO, logger="zmesh.store"):
+        assert stored(tmp_path) == expected(30)  # same boot: LMDB holds it all
+    assert [r for r in caplog.records if getattr(r, "event", None) == "journal.restarted"]
+    as_after_an_os_crash(tmp_path)  # the new start was checkpointed: a rebuild finds everything
+    assert stored(tmp_path) == expected(30)
+
+
+def test_a_commit_that_fails_takes_its_journal_record_back(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path, durability="full", segment_bytes=4096)
+    try:
+        with store.write() as txn:
+            txn.put("tasks", b"kept", b"1")
+        journal = store.journal
+        assert journal is not None
+        seq = journal.last_seq
+
+        class Boom(Exception):
+            pass
+
+        def failing() -> None:
+            raise Boom()
+
+        with pytest.raises(Boom):
+            with store.write() as txn:
+                txn.put("tasks", b"lost", b"2")
+                txn.before_commit(failing)
+        assert journal.last_seq == seq  # a hook failed: nothing was journaled
+        with store.write() as txn:
+            txn.put("tasks", b"after", b"3")
+    finally:
+        store.close()
+    as_after_an_os_crash(tmp_path)
+    assert stored(tmp_path) == {b"kept": b"1", b"after": b"3"}
