@@ -6,7 +6,7 @@ with it on PYTHONPATH); the clients are this tree's. Rounds alternate A B / B A,
 bench/paired.py does, so a change in machine load lands on both sides; the median ratio
 A / B is printed per workload: ``thr`` (16-client durable claims/s, higher is better),
 ``bc`` (broadcast p95 to 10 subscribers, durability none, lower is better) and ``cf``
-(1-client claim p95 at durability fast, lower is better). What
+(1-client claim p95 at durability fast, lower is better), ``cl`` (the same at full). What
 bench/ANALYSIS.md quotes as "paired against" a commit was measured with this.
 """
 
@@ -58,6 +58,8 @@ def main() -> int:
                          "throughput16", 1.0, False),
              paired.Pair("bc", "broadcast p95 A / B", _tree(a, "none"), _tree(b, "none"), "broadcast", 1.0, True),
              paired.Pair("cf", "claim p95 at durability fast A / B", _tree(a, "fast"), _tree(b, "fast"), "latency",
+                         1.0, True),
+             paired.Pair("cl", "claim p95 at durability full A / B", _tree(a, "full"), _tree(b, "full"), "latency",
                          1.0, True)]
     chosen = [p for p in every if p.key in args.pairs.split(",")]
     pool = workloads.Pool(16)

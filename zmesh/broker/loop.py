@@ -5,8 +5,10 @@ One pass of the loop::
     poll (until a request arrives or the next lease/claim deadline)
     drain every waiting request from every ROUTER socket (up to MAX_BATCH)
     one LMDB write txn: decode + apply each request in arrival order, then expire due leases
-    commit: ONE sync for the whole batch (group commit)
-    send the replies, then publish the events (never before the commit)
+    commit: ONE journal record for the whole batch (group commit), LMDB unsynced
+    flush: ONE fdatasync of the journal (``full``): here when nothing else waits, else in the
+      store's thread while the next batch is applied (one flush then covers several batches)
+    send the replies, then publish the events (never before the flush covers their batch)
     between passes: a snapshot for the metrics endpoint when it asked (zmesh/broker/metrics.py)
 
 A batch is applied by broker_apply.py (one transaction, the retry cache, ``internal`` for a
@@ -110,6 +112,18 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLD)
 
 
+class _Out:
+    """What one transaction produced, waiting for the journal seq ``need`` to be on disk."""
+
+    __slots__ = ("need", "items", "replies", "events", "expired", "pushes", "answered", "started")
+
+    def __init__(self, need: int, items: list[Item], replies: list[tuple[zmq.Socket, list[bytes]]],
+                 events: list[Event], expired: list[Event], pushes: list[Push],
+                 answered: list[tuple[Item, str]], started: float) -> None:
+        self.need, self.items, self.replies, self.events = need, items, replies, events
+        self.expired, self.pushes, self.answered, self.started = expired, pushes, answered, started
+
+
 class Broker:
     """Owns the sockets and the store; ``serve()`` runs until ``stop()`` (or a signal)."""
 
@@ -163,6 +177,11 @@ class Broker:
         self._asks = Asks(self._wake)
         self._http: MetricsServer | None = None
         self.metrics_url: str | None = None  # http://HOST:PORT as bound (port 0 resolved), None: off
+        #: outputs of committed transactions waiting for their journal record's flush, in order
+        self._outbox: deque[_Out] = deque()
+        self._flush_pending = False  # a flush was asked of the store's thread
+        self._flushed = False  # the store's thread finished one (set from that thread)
+        self.store.pipeline(self._on_durable)
 
     # ------------------------------------------------------------ setup
     def bind(self) -> None:
@@ -188,16 +207,20 @@ class Broker:
             self._seq = self.core.last_seq(txn)
         self._recovered = True
         took = time.monotonic() - started
+        opened = self.store.recovery  # the store's own part: trusted or rebuilt, the journal replayed
         log.info("recovered in %.3f s: %d agent lease(s) restarted with a full TTL, %d claim(s) held, "
-                 "%s, %d old event(s) trimmed, %d audit record(s) past audit_retention trimmed, event seq %d", took,
+                 "%s, %d old event(s) trimmed, %d audit record(s) past audit_retention trimmed, event seq %d%s", took,
                  recovery.agents, recovery.claims,
                  "claims read from the clean-shutdown index" if recovery.claim_index else
                  "every task scanned for claims (no clean-shutdown index: first start or after a crash)",
                  recovery.trimmed_events, recovery.trimmed_audit, self._seq,
+                 "" if not opened else f"; store: {opened['why']}"
+                 f"{', ' + opened['rebuilt'] if opened.get('rebuilt') else ''}, {opened['replayed']} journal "
+                 f"record(s) replayed to seq {opened['seq']} in {opened['seconds']:.3f} s",
                  extra={"event": "broker.recovered", "seconds": round(took, 3), "agents": recovery.agents,
                         "claims": recovery.claims, "claim_index": recovery.claim_index,
                         "trimmed_events": recovery.trimmed_events, "trimmed_audit": recovery.trimmed_audit,
-                        "seq": self._seq})
+                        "seq": self._seq, "store": opened})
 
     def _advertise(self) -> None:
         if not self.config.discovery:
@@ -277,6 +300,7 @@ class Broker:
                     except BlockingIOError:
                         pass
                 self._pass([r for r in self._routers if r in ready])
+                self._settle()
                 for router, frames in self._backups.replies():
                     self._send(router, frames)
                 if self._asks.waiting:  # the metrics endpoint asked (and woke the poll)
@@ -311,8 +335,10 @@ class Broker:
                 break
             if self._pass(readable) < MAX_BATCH:
                 break
+            self._settle()
         while self._lanes and time.monotonic() < deadline and self._stops < 2:
             self._commit(self._lanes.take(MAX_BATCH))
+        self._flush_all()
         left = len(self._lanes)
         log.info("drained in %.3f s: answered %d request(s) received before the stop%s", time.monotonic() - started,
                  self.requests - before, f"; {left} low-priority request(s) left unanswered (their clients resend)"
@@ -389,8 +415,8 @@ class Broker:
         return len(drained)
 
     def _commit(self, items: list[Item]) -> None:
-        """Apply ``items`` (and expiry) in one transaction, then send what it produced:
-        replies, pushes, events. Nothing leaves before the commit."""
+        """Apply ``items`` (and expiry) in one transaction; what it produced (replies,
+        pushes, events) waits in the outbox until the journal has it on disk (_settle)."""
         poisoned: set[int] = set()
         started = time.monotonic()
         while True:
@@ -403,16 +429,56 @@ class Broker:
                 poisoned.add(exc.index)
                 with self.store.read() as txn:  # the rolled-back batch may have touched it
                     self.core.resync(txn, self._now())
-        if pushes:  # first: a push is someone's latency, a reply only its sender's
-            self._push(pushes)
-        for router, frames in replies:
+        # a read's reply waits too: it may tell of writes not yet on disk
+        self._outbox.append(_Out(self.store.applied, items, replies, events, expired, pushes, answered, started))
+
+    def _on_durable(self) -> None:
+        """From the store's flush thread: the disk has more of the journal."""
+        self._flushed = True
+        self._wake()
+
+    def _settle(self) -> None:
+        """Send what the journal now covers. The flush is done here when the loop has
+        nothing else to read (a lone request pays no thread hand-over), or asked of the
+        store's thread when requests wait: the loop applies them while the disk flushes,
+        and one flush then covers several batches (group commit across passes)."""
+        if self._flushed:
+            self._flushed = self._flush_pending = False
+        if not self._outbox:
+            return
+        durable = self.store.durable()
+        if self._outbox[-1].need > durable:
+            if self._input_waiting():
+                if not self._flush_pending:
+                    self._flush_pending = True
+                    self.store.sync_soon()
+            else:
+                durable = self.store.sync()
+        while self._outbox and self._outbox[0].need <= durable:
+            self._emit(self._outbox.popleft())
+
+    def _input_waiting(self) -> bool:
+        return bool(self._lanes) or any(int(_get(r, EVENTS)) & POLLIN for r in self._routers)
+
+    def _flush_all(self) -> None:
+        """Every output sent, after one flush (a stop)."""
+        if self._outbox:
+            durable = self.store.sync()
+            while self._outbox and self._outbox[0].need <= durable:
+                self._emit(self._outbox.popleft())
+
+    def _emit(self, out: "_Out") -> None:
+        items, events, answered = out.items, out.events, out.answered
+        if out.pushes:  # first: a push is someone's latency, a reply only its sender's
+            self._push(out.pushes)
+        for router, frames in out.replies:
             self._send(router, frames)
         for event in events:
             self._publish(event)
         self.batches += 1
         self.requests += len(items)
         sent = time.monotonic()
-        elapsed = sent - started
+        elapsed = sent - out.started
         self.stats.replied(items, sent)
         if answered:
             self.stats.answered(answered, sent)
@@ -423,9 +489,9 @@ class Broker:
                              elapsed * 1000, self.store.durability,
                              extra={"event": "commit.slow", "requests": len(items), "ms": round(elapsed * 1000, 1),
                                     "durability": self.store.durability})
-        if expired:
-            self.stats.expired(expired)
-            log_expiries(expired)
+        if out.expired:
+            self.stats.expired(out.expired)
+            log_expiries(out.expired)
 
     @staticmethod
     def _send(router: zmq.Socket, frames: list[bytes]) -> None:
@@ -516,6 +582,12 @@ class Broker:
             self._http.close()
             self._http = None
         self._withdraw()
+        if self._outbox and self._routers:  # committed before the stop: flushed, then answered
+            try:
+                self._flush_all()
+            except Exception as exc:
+                log.warning("%d batch(es) of replies not sent at the stop (%s); their clients resend",
+                            len(self._outbox), exc)
         for router in self._routers:
             router.close()
         self._routers = []

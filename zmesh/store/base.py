@@ -18,7 +18,7 @@ Rules it keeps:
 
 from __future__ import annotations
 
-from typing import Callable, ContextManager, Iterator, Protocol
+from typing import Any, Callable, ContextManager, Iterator, Protocol
 
 from ..errors import StoreError
 
@@ -56,6 +56,30 @@ class Store(Protocol):
 
     durability: str
     broker_id: str
+    #: the journal seq of the last write committed (0: a store without a journal)
+    applied: int
+    #: what opening the store found and did, for the broker's recovery line ({}: nothing to tell)
+    recovery: dict[str, Any]
+
+    def durable(self) -> int:
+        """The seq up to which a reply may leave: at ``full`` what the disk has (fdatasynced),
+        at ``fast`` and ``none`` every write committed (their replies wait for no flush)."""
+        ...
+
+    def sync(self) -> int:
+        """Flush now, in the caller's thread; returns :meth:`durable`."""
+        ...
+
+    def pipeline(self, on_durable: Callable[[], None]) -> None:
+        """From now on a ``full`` write returns before its flush: the caller holds its
+        replies until :meth:`durable` covers them, asks for the flush with :meth:`sync_soon`
+        (or does it with :meth:`sync`), and ``on_durable`` is called (from another thread)
+        after each background flush."""
+        ...
+
+    def sync_soon(self) -> None:
+        """A flush in the store's own thread (``on_durable`` says when it is done)."""
+        ...
 
     def write(self) -> ContextManager[Txn]: ...
 

@@ -236,8 +236,9 @@ class LmdbStore:
         # a rebuild needs the snapshot and the journal to meet: take one now when they do not
         covered = self.history.snapshot_seq
         first = journal.first_seq
+        # and after a rebuild that replayed records: a second OS crash soon after would replay them again
         snapshot_now = (self._schema_written or covered is None or first is None or covered + 1 < first
-                        or covered > applied)
+                        or covered > applied or bool(rebuilt and replayed))
         if not end.clean:
             log.error("journal: %s: recovered to seq %d; %d byte(s) and %d later segment(s) not replayed, kept in %s",
                       end.reason, end.seq, end.lost_bytes, end.lost_segments, end.moved_to,
@@ -252,10 +253,11 @@ class LmdbStore:
         self._retire_upto: int | None = None
         self._since_checkpoint = 0
         self._flusher: threading.Thread | None = None
+        self._flush_asked = threading.Event()
+        self._defer_sync = False  # full: the caller flushes (pipeline())
+        self._on_durable: Callable[[], None] | None = None
         if self.durability == "fast":
-            self._flush_asked = threading.Event()
-            self._flusher = threading.Thread(target=self._flush, name="zmesh-journal-flush", daemon=True)
-            self._flusher.start()
+            self._start_flusher()
         self._checkpointer = Checkpointer(self.history, self.env, self._checkpointed)
         took = time.monotonic() - started
         self.recovery = {"trusted": trusted, "why": why, "rebuilt": rebuilt, "replayed": replayed,
@@ -290,17 +292,20 @@ class LmdbStore:
                 if seq != expected:
                     gap = f"the journal has no records {expected}..{seq - 1} (LMDB holds seq {applied})"
                     continue
+                put, delete = txn.put, txn.delete
                 for key, value in redo.parse(payload):
                     if value is None:
-                        txn.delete(key)
+                        delete(key)
                     else:
-                        txn.put(key, value)
-                txn.put(_SEQ_KEY, U64.pack(seq))
+                        put(key, value)
                 count += 1
                 expected = seq + 1
-                if count % REPLAY_BATCH == 0:
+                if count % REPLAY_BATCH == 0:  # the applied seq once per transaction, with its records
+                    txn.put(_SEQ_KEY, U64.pack(seq))
                     txn.commit()
                     txn = self.env.begin(write=True)
+            if count % REPLAY_BATCH:
+                txn.put(_SEQ_KEY, U64.pack(expected - 1))
             txn.commit()
         except lmdb.MapFullError:
             txn.abort()
@@ -404,13 +409,8 @@ class LmdbStore:
             raise
         self.applied = seq
         if self.durability == "full":
-            try:
-                journal.sync()
-            except OSError as exc:
-                self._broken = (f"the journal in {journal.path} could not be flushed ({exc.strerror}): this "
-                                "broker takes no more writes; restart it (the journal replays what it has)")
-                log.critical("%s", self._broken, extra={"event": "journal.sync_failed", "error": str(exc)})
-                raise StoreError(self._broken) from None
+            if not self._defer_sync:
+                self.sync()
         elif self.durability == "fast":
             self._flush_asked.set()
         self._since_checkpoint += len(payload)
@@ -425,23 +425,56 @@ class LmdbStore:
         """From the checkpoint thread: the writer retires the covered segments next time."""
         self._retire_upto = seq
 
-    def _flush(self) -> None:
-        """``fast``: fdatasync after each commit, off the writer's path (the flushes it
-        cannot keep up with merge into one)."""
+    # ------------------------------------------------------------ flushes
+    def durable(self) -> int:
+        if self.durability != "full":
+            return self.applied
+        assert self.journal is not None
+        return self.journal.synced
+
+    def sync(self) -> int:
+        """fdatasync the journal now; a failure stops every later write (a broker must not
+        go on answering writes it cannot make durable)."""
         journal = self.journal
         assert journal is not None
+        try:
+            journal.sync()
+        except OSError as exc:
+            self._broken = (f"the journal in {journal.path} could not be flushed ({exc.strerror}): this "
+                            "broker takes no more writes; restart it (the journal replays what it has)")
+            log.critical("%s", self._broken, extra={"event": "journal.sync_failed", "error": str(exc)})
+            raise StoreError(self._broken) from None
+        return self.durable()
+
+    def pipeline(self, on_durable: Callable[[], None]) -> None:
+        self._on_durable = on_durable
+        if self.durability == "full":
+            self._defer_sync = True
+            if self._flusher is None:
+                self._start_flusher()
+
+    def sync_soon(self) -> None:
+        self._flush_asked.set()
+
+    def _start_flusher(self) -> None:
+        self._flusher = threading.Thread(target=self._flush, name="zmesh-journal-flush", daemon=True)
+        self._flusher.start()
+
+    def _flush(self) -> None:
+        """The flush thread: ``fast`` after each commit, ``full`` when the broker asks
+        (pipeline()); the flushes it cannot keep up with merge into one."""
         while True:
             self._flush_asked.wait()
             self._flush_asked.clear()
             if self._flusher is None:
                 return
             try:
-                journal.sync()
-            except OSError as exc:
-                self._broken = (f"the journal in {journal.path} could not be flushed ({exc.strerror}): this "
-                                "broker takes no more writes; restart it (the journal replays what it has)")
-                log.critical("%s", self._broken, extra={"event": "journal.sync_failed", "error": str(exc)})
+                self.sync()
+            except StoreError:
                 return
+            finally:
+                if self._on_durable is not None:
+                    self._on_durable()
 
     def checkpoint(self) -> int:
         """A snapshot now, in the caller's thread, and the segments it covers retired;

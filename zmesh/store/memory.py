@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from ..core.schema import TABLE_NAMES
 from ..errors import StoreError
@@ -70,6 +70,20 @@ class MemoryStore:
     """Same semantics as LmdbStore without a disk: for core tests and the core benchmark."""
 
     durability = "none"
+    applied = 0  # no journal: nothing ever waits for a flush
+    recovery: dict[str, Any] = {}
+
+    def durable(self) -> int:
+        return 0
+
+    def sync(self) -> int:
+        return 0
+
+    def pipeline(self, on_durable: Callable[[], None]) -> None:
+        pass
+
+    def sync_soon(self) -> None:
+        pass
 
     def __init__(self) -> None:
         self.tables: dict[str, dict[bytes, bytes]] = {name: {} for name in TABLE_NAMES}

@@ -69,34 +69,35 @@ def decode(record: bytes) -> Iterator[tuple[bytes, bytes | None]]:
 
 def parse(record: bytes) -> list[tuple[bytes, bytes | None]]:
     """:func:`decode` as a list (the whole record checked first)."""
-    view = memoryview(record)
-    if len(view) < _HEAD.size:
-        raise RedoError(f"redo record of {len(view)} bytes is shorter than its header")
-    version, count = _HEAD.unpack_from(view, 0)
+    end = len(record)
+    if end < _HEAD.size:
+        raise RedoError(f"redo record of {end} bytes is shorter than its header")
+    version, count = _HEAD.unpack_from(record, 0)
     if version != VERSION:
         raise RedoError(f"redo record version {version}: this zmesh reads version {VERSION}")
     out: list[tuple[bytes, bytes | None]] = []
+    append = out.append
     at = _HEAD.size
-    end = len(view)
     unpack_key, unpack_u32 = _KEY.unpack_from, _U32.unpack_from
     try:
         for _ in range(count):
-            kind, klen = unpack_key(view, at)
+            kind, klen = unpack_key(record, at)
             at += 3
-            key = bytes(view[at:at + klen])
-            if len(key) != klen:
+            key_end = at + klen
+            if key_end > end:
                 raise RedoError("redo record ends inside a key")
-            at += klen
+            key = record[at:key_end]
+            at = key_end
             if kind == PUT:
-                (vlen,) = unpack_u32(view, at)
+                (vlen,) = unpack_u32(record, at)
                 at += 4
-                value = bytes(view[at:at + vlen])
-                if len(value) != vlen:
+                value_end = at + vlen
+                if value_end > end:
                     raise RedoError("redo record ends inside a value")
-                at += vlen
-                out.append((key, value))
+                append((key, record[at:value_end]))
+                at = value_end
             elif kind == DELETE:
-                out.append((key, None))
+                append((key, None))
             else:
                 raise RedoError(f"redo record has a change of unknown kind {kind}")
     except struct.error:
