@@ -73,8 +73,11 @@ def test_quick_bench_writes_markdown_json_and_plot(tmp_path: Path) -> None:
     assert "mcp-agent-mail" in agentic["race"] or "mcp-agent-mail" in data["skipped"]
     for peer, why in data["skipped"].items():  # a missing peer is reported, with its reason
         assert why, peer
+    rc = data["recovery"]  # the journal's recovery, rebuilt and replayed (bench/recovery.py)
+    assert rc["records"] == rc["rebuild"]["replayed"] == rc["rebuild"]["tasks"] == 20_000
+    assert any(n.startswith("recovery of a 20,000-record journal") for n in names)
     md = (out / "RESULTS.md").read_text()
-    for heading in ("## Targets", "## Targets measured in alternation", "## Claim latency", "## Contended claims", "## Throughput", "## Broadcast", "## Scale",
+    for heading in ("## Targets", "## Journal recovery", "## Targets measured in alternation", "## Claim latency", "## Contended claims", "## Throughput", "## Broadcast", "## Scale",
                     "## State change -> coordinator", "## Reading the mesh", "## Push to a live agent",
                     "## Delivery per priority", "## Path reservations", "## 8 agents race", "## Waking an idle MCP agent"):
         assert heading in md
@@ -91,3 +94,82 @@ def test_ab_runs_two_trees_brokers_in_alternation() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = proc.stdout.strip().splitlines()[0]
     assert line.startswith("broadcast p95 A / B: median ") and line.count("=") == 2, line
+
+
+
+def test_journal_recovery_replays_every_record_and_counts_them(tmp_path: Path) -> None:
+    """bench.recovery with a small journal: the rebuild after an "OS crash" replays every
+    record, the trusted open after a "broker crash" none, and both find every task."""
+    from bench import recovery
+
+    n = 2000
+    r = recovery.measure(n, tmp_path)
+    assert r["records"] == n and r["durability"] == "none" and r["checkpoint_bytes"] == 1 << 62
+    assert 600 < r["bytes_per_record"] < 1200 and abs(r["journal_bytes"] / n - r["bytes_per_record"]) <= 0.05
+    assert r["segments"] >= 1 and r["segment_bytes"] >= r["journal_bytes"]
+    for rb in (r["rebuild"], r["rebuild_warm"]):
+        assert rb["replayed"] == n and rb["trusted"] is False and rb["rebuilt"].startswith("rebuilt from snapshot/")
+        assert rb["tasks"] == rb["claims"] == rb["audit"] == rb["events"] == n
+        assert rb["seconds"] > 0 and rb["store_seconds"] > 0 and rb["records_per_s"] > 0 and rb["mb_per_s"] > 0
+    tr = r["trusted"]
+    assert tr["trusted"] is True and tr["replayed"] == 0 and tr["tasks"] == tr["claims"] == n and tr["seconds"] > 0
+    assert list(tmp_path.iterdir()) == []  # its temp dir is gone
+    line = recovery.summary(r)
+    assert line.startswith(f"journal recovery: {n:,} records") and "trusted open" in line
+
+
+def test_journal_recovery_records_have_a_real_claims_shape(tmp_path: Path) -> None:
+    """The records written are the captured claims' change sets: the same tables, key and
+    value sizes, each with a task id of its own."""
+    from bench import recovery
+    from zmesh.store import LmdbStore, redo
+    from zmesh.store.journal import Journal
+
+    templates = recovery.capture(tmp_path)
+    store = LmdbStore(tmp_path / "data", durability="none")
+    try:
+        recovery.write_records(store, recovery.plan(templates), 2 * len(templates), event_log=100_000,
+                               audit_keep=1_000_000)
+    finally:
+        store.close()
+    records = list(Journal(str(tmp_path / "data" / "journal")).recover())
+    assert [seq for seq, _ in records] == list(range(1, 2 * len(templates) + 1))
+    for seq, payload in records:
+        changes = redo.parse(payload)
+        got = sorted((*recovery._split(key), None if value is None else len(value)) for key, value in changes)
+        template = templates[(seq - 1) % len(templates)]  # its trims apply only in a full log: not here
+        want = sorted((table, key, len(value)) for table, key, value in template if value is not None)
+        assert [(t, len(k), v) for t, k, v in got] == [(t, len(k), v) for t, k, v in want], seq
+        tid = (recovery._TASK_ID % (seq - 1)).encode()
+        assert sorted(k for t, k, _ in got if t == "tasks") == [tid, tid + b"\0"]
+
+
+def test_journal_recovery_fails_when_a_record_is_lost(tmp_path: Path) -> None:
+    """The measurement can fail: a journal with a corrupt record in the middle is replayed
+    up to it only, and the check refuses the recovery, saying so."""
+    import os
+    import struct
+
+    from bench import recovery
+    from zmesh.store.checkpoints import BOOT_FILE
+
+    n = 500
+    steps = recovery.plan(recovery.capture(tmp_path))
+    path = str(tmp_path / "data")
+    recovery._run("build", path=path, n=n, steps_list=steps, event_log=100_000, audit_keep=1_000_000)
+    journal = os.path.join(path, "journal")
+    first = os.path.join(journal, sorted(e for e in os.listdir(journal) if e.endswith(".wal"))[0])
+    with open(first, "r+b") as f:  # flip a byte of record 251's payload: its CRC no longer matches
+        at = 32
+        for _ in range(250):
+            f.seek(at)
+            at += 16 + struct.unpack("<I", f.read(4))[0]
+        f.seek(at + 16 + 10)
+        byte = f.read(1)
+        f.seek(at + 16 + 10)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with open(os.path.join(path, BOOT_FILE), "w") as f:
+        f.write(recovery.FOREIGN_BOOT + "\n")
+    with pytest.raises(RuntimeError, match=r"500 record\(s\) replayed, got .*'replayed': 250"):
+        recovery._run("open", path=path, n=n, expect="rebuild", last_task=recovery.expected_task(steps, n - 1),
+                      events_kept=n, audits=n)
