@@ -178,3 +178,29 @@ def test_a_commit_that_fails_takes_its_journal_record_back(tmp_path: Path) -> No
         store.close()
     as_after_an_os_crash(tmp_path)
     assert stored(tmp_path) == {b"kept": b"1", b"after": b"3"}
+
+
+def test_a_damaged_journal_is_cut_at_the_last_good_record_with_one_clear_error(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An OS crash (the LMDB file rebuilt) over a journal with a flipped byte: the store holds
+    exactly the records before the damage and says so in one error line naming the seq it
+    recovered to and where the rest was kept."""
+    child(tmp_path, "kill", n=60)
+    segments = sorted((tmp_path / "journal").glob("*.wal"))
+    data = bytearray(segments[0].read_bytes())
+    # the first segment's records: t0.. ; flip a byte inside the 11th record's payload
+    at, seq = 32, 0
+    while seq < 10:
+        length = int.from_bytes(data[at:at + 4], "little")
+        at += 16 + length
+        seq += 1
+    data[at + 16 + 5] ^= 0x40
+    segments[0].write_bytes(bytes(data))
+    as_after_an_os_crash(tmp_path)
+    with caplog.at_level(logging.INFO, logger="zmesh.store"):
+        got = stored(tmp_path)
+    assert got == expected(10)  # records 1..10: t0..t9; t10 was the damaged one
+    cut = [r for r in caplog.records if getattr(r, "event", None) == "journal.cut"]
+    assert len(cut) == 1 and cut[0].levelno == logging.ERROR
+    line = cut[0].getMessage()
+    assert "CRC mismatch" in line and "recovered to seq 10" in line and "lost-" in line

@@ -142,7 +142,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pub_bind", list, (f"tcp://*:{DEFAULT_PUB_PORT}",), "PUB endpoints events are published on",
             lo=1, hi=16, unit="endpoints", item=_endpoint, example=f'["tcp://*:{DEFAULT_PUB_PORT}"]'),
     Setting("ipc", bool, True, "also bind ipc:// endpoints in the data directory, for clients on this host"),
-    Setting("durability", str, DEFAULT_DURABILITY, "full: synced; fast: one flush per commit; none: no sync",
+    Setting("durability", str, DEFAULT_DURABILITY, "full: journal flushed before each reply; fast: flushed right after; none: not flushed",
             choices=DURABILITY),
     Setting("default_ttl", float, DEFAULT_TTL_S, "lease TTL for agents that do not ask for one",
             lo=MIN_TTL_S, hi=MAX_TTL_S, unit="seconds"),

@@ -35,7 +35,8 @@ from ._options import EndpointType, MeshName, Seconds
               help="CurveZMQ on every endpoint; only clients whose key is in authorized_keys get in (env "
                    "ZMESH_SECURE=1; keys: see `zmesh keygen`).")
 @click.option("--durability", type=click.Choice(DURABILITY),
-              help="full: synced, survives power loss (default); fast: one flush per commit; none: no sync.")
+              help="full: each batch's journal record flushed before its replies, survives power loss (default); "
+                   "fast: flushed right after the replies; none: not flushed (docs/JOURNAL.md).")
 @click.option("--ttl", type=Seconds(protocol.MIN_TTL_S, protocol.MAX_TTL_S),
               help="Lease TTL in seconds for agents that do not ask for one (env ZMESH_DEFAULT_TTL; default 30).")
 @click.option("--log-format", type=click.Choice(LOG_FORMATS),
