@@ -7,6 +7,7 @@ named point, the way a kill -9 would find them."""
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -204,3 +205,44 @@ def test_a_damaged_journal_is_cut_at_the_last_good_record_with_one_clear_error(
     assert len(cut) == 1 and cut[0].levelno == logging.ERROR
     line = cut[0].getMessage()
     assert "CRC mismatch" in line and "recovered to seq 10" in line and "lost-" in line
+
+
+DIE_AT_JOURNAL_START = r"""
+import os, sys
+import zmesh.store.lmdb as lmdb_store
+real = lmdb_store.Journal.start
+def dying(self, *a, **kw):
+    real(self, *a, **kw)
+    os._exit(9)
+lmdb_store.Journal.start = dying
+lmdb_store.LmdbStore(sys.argv[1], durability="full", segment_bytes=4096)
+"""
+
+
+def test_a_store_from_before_the_journal_survives_a_crash_in_its_first_open(tmp_path: Path) -> None:
+    """The first open of a directory without a journal records the boot and takes its
+    snapshot before the journal exists: a crash right after the journal starts, then a
+    reboot, still finds the data (it used to be rebuilt from nothing)."""
+    child(tmp_path, "clean")
+    for name in ("journal", SNAPSHOT, BOOT_FILE, CLEAN_FILE):  # as a zmesh before the journal left it
+        target = tmp_path / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    done = subprocess.run([sys.executable, "-c", DIE_AT_JOURNAL_START, str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 9, done.stderr
+    (tmp_path / BOOT_FILE).write_text("another-boot\n")  # and the machine restarted
+    assert stored(tmp_path) == expected(30)
+
+
+@pytest.mark.parametrize("field, value", [("segment_bytes", 0), ("segment_bytes", -1), ("segment_bytes", 10),
+                                          ("segment_bytes", 1.5), ("checkpoint_bytes", 0),
+                                          ("checkpoint_bytes", float("nan")), ("checkpoint_bytes", True)])
+def test_store_sizes_are_refused_naming_the_field(tmp_path: Path, field: str, value: object) -> None:
+    from zmesh.errors import StoreError
+
+    with pytest.raises(StoreError, match="segment" if field == "segment_bytes" else field):
+        LmdbStore(tmp_path, **{field: value})  # type: ignore[arg-type]
+    LmdbStore(tmp_path).close()  # and the directory is free again

@@ -119,7 +119,7 @@ class Journal:
     then ``append`` / ``sync`` from one writer thread; ``sync`` may run in another."""
 
     def __init__(self, path: str, *, segment_bytes: int = SEGMENT_BYTES) -> None:
-        if segment_bytes < HEADER + RECORD_HEAD + 64:
+        if isinstance(segment_bytes, bool) or not isinstance(segment_bytes, int) or segment_bytes < HEADER + RECORD_HEAD + 64:
             raise StoreError(f"journal segment size {segment_bytes} is too small")
         self.path = path
         self.segment_bytes = segment_bytes

@@ -161,6 +161,9 @@ class LmdbStore:
             raise StoreError(f"unknown durability '{durability}' (choose {', '.join(DURABILITY)})")
         self.path = os.fspath(path)
         self.durability = durability
+        for name, value in (("segment_bytes", segment_bytes), ("checkpoint_bytes", checkpoint_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise StoreError(f"{name} must be a positive number of bytes, not {value!r}")
         self.checkpoint_bytes = checkpoint_bytes
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise StoreError(f"data directory {self.path} is not a directory")
@@ -213,6 +216,11 @@ class LmdbStore:
                 continue
         else:  # pragma: no cover - 20 doublings of the map
             raise StoreError(f"cannot upgrade {self.path}: the LMDB map keeps filling up")
+        if not self.history.journaled_before:  # data a zmesh before the journal synced itself, or none
+            self.env.sync(True)  # the schema check's writes too: then the basis a rebuild needs,
+            self.history.snapshot_now(self.env)  # before anything is written unsynced
+            self._schema_written = False
+        self.history.running()  # from here on a crash of this boot trusts the LMDB file
         self.journal = journal = Journal(os.path.join(self.path, JOURNAL_DIR), segment_bytes=segment_bytes)
         with self.env.begin() as txn:
             applied = applied_seq(txn)
@@ -246,7 +254,6 @@ class LmdbStore:
                              "lost_bytes": end.lost_bytes, "lost_segments": end.lost_segments,
                              "moved_to": end.moved_to})
         self.applied = applied
-        self.history.running()
         if snapshot_now:  # a rebuild after an OS crash needs one: before the first write
             self.history.snapshot_now(self.env)
             journal.retire(applied)
