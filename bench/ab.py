@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from . import paired, workloads
+from . import paired
 from .systems import Server, System, ZmeshSystem, free_port, ping
 
 
@@ -62,22 +61,7 @@ def main() -> int:
              paired.Pair("cl", "claim p95 at durability full A / B", _tree(a, "full"), _tree(b, "full"), "latency",
                          1.0, True)]
     chosen = [p for p in every if p.key in args.pairs.split(",")]
-    pool = workloads.Pool(16)
-    results: dict[str, Any] = {"skipped": {}}
-    try:
-        with tempfile.TemporaryDirectory(prefix="zmesh-ab-") as tmp:
-            paired.run(pool, Path(tmp), results, chosen, args.rounds,
-                       {"latency": 2000, "throughput": 10_000, "broadcast": 2000, "push": 2000}, 1000,
-                       lambda label: print(label, file=sys.stderr))
-    finally:
-        pool.close()
-    for r in results.get("paired", {}).values():
-        rounds = ", ".join(f"{g['a']:,.0f}/{g['b']:,.0f}={g['ratio']}" for g in r["rounds"])
-        print(f"{r['title']}: median {r['median']} ({rounds})")
-    for what, why in results["skipped"].items():
-        print(f"skipped {what}: {why}")
-    return 0 if results.get("paired") else 1
-
+    return paired.run_alone(chosen, args.rounds)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -193,8 +193,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m bench.paired KEY[,KEY...] [--rounds N]``: chosen target pairs alone, with
     the full run's sizes (the store and agent pairs need the full run's set-up: not here)."""
     import argparse
-    import sys
-    import tempfile
 
     ap = argparse.ArgumentParser(prog="python -m bench.paired", description=main.__doc__)
     ap.add_argument("keys", help="comma-separated target keys: " + ", ".join(GOALS))
@@ -204,22 +202,32 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [p for p in pairs(not args.no_peers, None, 1000, 0) if p.key in args.keys.split(",")]
     if not chosen:
         ap.error(f"no such target among: {', '.join(GOALS)}")
+    return run_alone(chosen, args.rounds)
+
+
+#: the pairs' sizes in a full run (bench/__main__.py), used when pairs run alone
+FULL_SIZES = {"latency": 2000, "throughput": 10_000, "broadcast": 2000, "push": 2000}
+
+
+def run_alone(chosen: list[Pair], rounds: int) -> int:
+    """Measure ``chosen`` outside a full run (bench.paired, bench.ab) and print each median
+    with its rounds; 1 when none could be measured."""
+    import sys
+    import tempfile
+
     pool = workloads.Pool(16)
     results: dict[str, Any] = {"skipped": {}}
     try:
         with tempfile.TemporaryDirectory(prefix="zmesh-paired-") as tmp:
-            run(pool, Path(tmp), results, chosen, args.rounds,
-                {"latency": 2000, "throughput": 10_000, "broadcast": 2000, "push": 2000}, 1000,
-                lambda label: print(label, file=sys.stderr))
+            run(pool, Path(tmp), results, chosen, rounds, FULL_SIZES, 1000, lambda label: print(label, file=sys.stderr))
     finally:
         pool.close()
     for r in results.get("paired", {}).values():
-        rounds = ", ".join(f"{g['a']:,.0f}/{g['b']:,.0f}={g['ratio']}" for g in r["rounds"])
-        print(f"{r['title']}: median {r['median']} (goal {'<=' if r['below'] else '>='} {r['limit']}; {rounds})")
+        shown = ", ".join(f"{g['a']:,.0f}/{g['b']:,.0f}={g['ratio']}" for g in r["rounds"])
+        print(f"{r['title']}: median {r['median']} (goal {'<=' if r['below'] else '>='} {r['limit']}; {shown})")
     for what, why in results["skipped"].items():
         print(f"skipped {what}: {why}")
     return 0 if results.get("paired") else 1
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -454,8 +454,7 @@ class Broker:
                     self.store.sync_soon()
             else:
                 durable = self.store.sync()
-        while self._outbox and self._outbox[0].need <= durable:
-            self._emit(self._outbox.popleft())
+        self._send_covered(durable)
 
     def _input_waiting(self) -> bool:
         return bool(self._lanes) or any(int(_get(r, EVENTS)) & POLLIN for r in self._routers)
@@ -463,9 +462,12 @@ class Broker:
     def _flush_all(self) -> None:
         """Every output sent, after one flush (a stop)."""
         if self._outbox:
-            durable = self.store.sync()
-            while self._outbox and self._outbox[0].need <= durable:
-                self._emit(self._outbox.popleft())
+            self._send_covered(self.store.sync())
+
+    def _send_covered(self, durable: int) -> None:
+        """The outbox's outputs, in order, as far as the journal seq ``durable`` covers them."""
+        while self._outbox and self._outbox[0].need <= durable:
+            self._emit(self._outbox.popleft())
 
     def _emit(self, out: "_Out") -> None:
         items, events, answered = out.items, out.events, out.answered

@@ -152,11 +152,10 @@ class History:
         suspect = data + ".suspect"
         if os.path.exists(data):
             os.replace(data, suspect)
-        for extra in ("lock.mdb",):
-            try:
-                os.unlink(self._p(extra))
-            except FileNotFoundError:
-                pass
+        try:  # the reader table of the file set aside
+            os.unlink(self._p("lock.mdb"))
+        except FileNotFoundError:
+            pass
         snap = self.snapshot
         if snap is None:
             fsync_dir(self.path)

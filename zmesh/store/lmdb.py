@@ -383,10 +383,14 @@ class LmdbStore:
         except BaseException as exc:
             txn.abort()
             if isinstance(exc, (lmdb.MapFullError, StoreFull)):
-                size = self.env.info()["map_size"] * 2
-                self.env.set_mapsize(size)
-                raise StoreFull(f"LMDB map was full; grown to {size} bytes: apply again") from None
+                raise self._grown() from None
             raise
+
+    def _grown(self) -> StoreFull:
+        """The map doubled after a transaction did not fit: what to raise (apply again)."""
+        size = self.env.info()["map_size"] * 2
+        self.env.set_mapsize(size)
+        return StoreFull(f"LMDB map was full; grown to {size} bytes: apply again")
 
     def write(self) -> "_Write":
         """One write transaction: journaled and committed (and synced per durability) if
@@ -579,9 +583,7 @@ class _Write:
     def _translate(self, exc: BaseException | None) -> None:
         """LMDB's failures as the store's: a full map grows and says apply again."""
         if isinstance(exc, (lmdb.MapFullError, StoreFull)):
-            size = self._store.env.info()["map_size"] * 2
-            self._store.env.set_mapsize(size)
-            raise StoreFull(f"LMDB map was full; grown to {size} bytes: apply again") from None
+            raise self._store._grown() from None
         if isinstance(exc, lmdb.Error):
             raise StoreError(f"LMDB write failed in {self._store.path}: {exc}") from exc
 
