@@ -209,9 +209,10 @@ def main(argv: list[str] | None = None) -> int:
 FULL_SIZES = {"latency": 2000, "throughput": 10_000, "broadcast": 2000, "push": 2000}
 
 
-def run_alone(chosen: list[Pair], rounds: int) -> int:
+def run_alone(chosen: list[Pair], rounds: int, goals: bool = True) -> int:
     """Measure ``chosen`` outside a full run (bench.paired, bench.ab) and print each median
-    with its rounds; 1 when none could be measured."""
+    with its rounds (and its goal, when ``goals``: an A / B pairing has none); 1 when none
+    could be measured."""
     import sys
     import tempfile
 
@@ -224,7 +225,8 @@ def run_alone(chosen: list[Pair], rounds: int) -> int:
         pool.close()
     for r in results.get("paired", {}).values():
         shown = ", ".join(f"{g['a']:,.0f}/{g['b']:,.0f}={g['ratio']}" for g in r["rounds"])
-        print(f"{r['title']}: median {r['median']} (goal {'<=' if r['below'] else '>='} {r['limit']}; {shown})")
+        goal = f"goal {'<=' if r['below'] else '>='} {r['limit']}; " if goals else ""
+        print(f"{r['title']}: median {r['median']} ({goal}{shown})")
     for what, why in results["skipped"].items():
         print(f"skipped {what}: {why}")
     return 0 if results.get("paired") else 1
