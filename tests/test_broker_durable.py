@@ -148,3 +148,70 @@ def test_under_load_every_output_is_covered_by_a_flush(durable_broker: tuple[Bro
     assert len(set(tokens)) == 8 * 150  # every claim won, each its own fencing token
     assert journal.last_seq >= 1  # the claims went through the journal
     assert journal.synced == store.applied  # and every one of them is on disk now
+
+
+def test_urgent_outputs_never_wait_behind_low_work(durable_broker: tuple[Broker, LmdbStore]) -> None:
+    """A flood of low messages and claims at once: a low transaction is never applied, and a
+    flush never handed to the store's thread, while an urgent batch's outputs wait in the
+    outbox (they would wait for that low batch's apply, or for the GIL behind it)."""
+    from zmesh import protocol
+    from zmesh.broker.lanes import LOW_LANE
+
+    b, store = durable_broker
+    seen = {"urgent_behind_low": 0, "checked": 0}
+    bad: list[str] = []
+
+    def urgent_waiting() -> bool:
+        durable = store.durable()
+        return any(out.items and out.items[0].lane < LOW_LANE and out.need > durable for out in b._outbox)
+
+    real_apply = b._applier.apply
+
+    def checked_apply(items: Any, *args: Any) -> Any:
+        if items and items[0].lane == LOW_LANE:
+            seen["checked"] += 1
+            if urgent_waiting():
+                bad.append("a low transaction was applied while urgent outputs waited")
+        elif items and b._lanes:
+            seen["urgent_behind_low"] += 1
+        return real_apply(items, *args)
+
+    b._applier.apply = checked_apply  # type: ignore[method-assign]
+    real_soon = store.sync_soon
+
+    def checked_soon() -> None:
+        if b._lanes and urgent_waiting():
+            bad.append("an urgent flush was handed to the flush thread while low work waited")
+        real_soon()
+
+    store.sync_soon = checked_soon  # type: ignore[method-assign]
+    serve(b)
+    ctx = zmq.Context.instance()
+    flood = ctx.socket(zmq.DEALER)
+    flood.setsockopt(zmq.LINGER, 0)
+    flood.connect(b.endpoints[0])
+    try:
+        with Client(b.endpoints[0], agent="inbox", heartbeat=False) as inbox, \
+                Client(b.endpoints[0], agent="claimer", heartbeat=False) as c:
+            for i in range(300):
+                c.create_task(f"f{i}")
+            total, window, sent, answered, claimed = 3000, 500, 0, 0, 0
+            while answered < total:
+                while sent < total and sent - answered < window:
+                    body = {"to": "inbox", "subject": "flood", "priority": "low", "body": {"i": sent}}
+                    flood.send_multipart(protocol.encode_request(b"r%d" % sent, "send", body))
+                    sent += 1
+                if claimed < 300:  # a claim between the flood's reads
+                    assert c.claim(f"f{claimed}") is not None
+                    claimed += 1
+                while flood.poll(0 if claimed < 300 else 10_000):
+                    reply = protocol.decode_reply(flood.recv_multipart())
+                    assert reply.ok, reply
+                    answered += 1
+                    if answered == total:
+                        break
+    finally:
+        flood.close(0)
+    assert not bad, bad[:3]
+    assert seen["checked"] > 0, "no low transaction was applied"
+    assert seen["urgent_behind_low"] > 0, f"no urgent batch met deferred low work: {seen}"

@@ -76,7 +76,7 @@ from .sockets import PEER_RCVHWM, PEER_SNDHWM, SUB_SNDHWM, open_sockets, remove_
 from ..protocol.identity import split_user_id
 from ..transport.keys import load_token
 from .apply import Applier, Item, Poison
-from .lanes import LOW_BACKLOG_BYTES, Lanes, lane  # noqa: F401  (named in the docstring)
+from .lanes import LOW_BACKLOG_BYTES, LOW_DRAIN, Lanes, lane  # noqa: F401  (named in the docstring)
 from .jobs import Backups
 # SLOW_COMMIT_S: a batch slower than this is logged as a warning (a health threshold too)
 from .metrics import MAP_USE_MAX, SLOW_COMMIT_S, BrokerStats, health, take_snapshot, unresponsive
@@ -170,6 +170,7 @@ class Broker:
         self._recovered = False  # the core holds the store's state: a checkpoint may be written
         #: low-priority requests waiting for a pass with nothing more urgent (with arrival time)
         self._lanes: Lanes[Item] = Lanes(config.low_batch, MAX_BATCH)  # the deferred low work
+        self._urgent_need = 0  # the journal seq the latest urgent transaction needs on disk
         #: seconds from send to push, per priority: the last LATENCY_SAMPLES (msgstats)
         self.latency: dict[str, deque[float]] = {p: deque(maxlen=LATENCY_SAMPLES) for p in protocol.PRIORITIES}
         self.stats = BrokerStats()  # what the loop counts (zmesh/broker/metrics.py)
@@ -333,7 +334,7 @@ class Broker:
             readable = [r for r in self._routers if int(_get(r, EVENTS)) & POLLIN]
             if not readable:
                 break
-            if self._pass(readable) < MAX_BATCH:
+            if self._pass(readable, MAX_BATCH) < MAX_BATCH:
                 break
             self._settle()
         while self._lanes and time.monotonic() < deadline and self._stops < 2:
@@ -345,8 +346,8 @@ class Broker:
                  if left else "", extra={"event": "broker.drained", "seconds": round(time.monotonic() - started, 3),
                                           "answered": self.requests - before, "unanswered": left})
 
-    def _drain(self, routers: list[zmq.Socket]) -> list[tuple[zmq.Socket, list[bytes], zmq.Frame]]:
-        """Every waiting request (up to MAX_BATCH) from the routers poll found readable:
+    def _drain(self, routers: list[zmq.Socket], most: int) -> list[tuple[zmq.Socket, list[bytes], zmq.Frame]]:
+        """Every waiting request (up to ``most``) from the routers poll found readable:
         an idle router (the IPC one, for TCP clients) costs no failed read per pass. Each
         comes with its first frame, whose Peer-Address names a misbehaving peer in the log."""
         batch: list[tuple[zmq.Socket, list[bytes], zmq.Frame]] = []
@@ -362,7 +363,7 @@ class Broker:
             batch.append((router, frames, first))
             if not int(_get(router, EVENTS)) & POLLIN:
                 continue
-            while len(batch) < MAX_BATCH:
+            while len(batch) < most:
                 try:
                     frames, first = recv_message(router, NOBLOCK)
                 except zmq.Again:
@@ -398,9 +399,10 @@ class Broker:
                 items.append(Item(router, ident, request[1], req, lane_, now))
         return items, refused
 
-    def _pass(self, readable: list[zmq.Socket]) -> int:
-        """One pass over what ``readable`` routers hold; returns how many requests it read."""
-        drained = self._drain(readable)
+    def _pass(self, readable: list[zmq.Socket], most: int = 0) -> int:
+        """One pass over what ``readable`` routers hold (up to ``most`` requests; by default
+        a full batch, or LOW_DRAIN while low work waits); returns how many it read."""
+        drained = self._drain(readable, most or (LOW_DRAIN if self._lanes else MAX_BATCH))
         now = time.monotonic()  # the pass's one clock read: when its requests were read
         items, refused = self._decode(drained, now)
         for router, frames in refused:
@@ -411,10 +413,12 @@ class Broker:
             self._commit(urgent)
         due = self._lanes.due(bool(urgent), now)  # low work, in a transaction of its own
         if due:
-            self._commit(self._lanes.take(due))
+            if urgent:  # the urgent outputs leave first: never behind the low batch's apply and flush
+                self._send_covered(self._durable_now())
+            self._commit(self._lanes.take(due), urgent=False)
         return len(drained)
 
-    def _commit(self, items: list[Item]) -> None:
+    def _commit(self, items: list[Item], urgent: bool = True) -> None:
         """Apply ``items`` (and expiry) in one transaction; what it produced (replies,
         pushes, events) waits in the outbox until the journal has it on disk (_settle)."""
         poisoned: set[int] = set()
@@ -430,6 +434,8 @@ class Broker:
                 with self.store.read() as txn:  # the rolled-back batch may have touched it
                     self.core.resync(txn, self._now())
         # a read's reply waits too: it may tell of writes not yet on disk
+        if urgent:
+            self._urgent_need = self.store.applied
         self._outbox.append(_Out(self.store.applied, items, replies, events, expired, pushes, answered, started))
 
     def _on_durable(self) -> None:
@@ -441,20 +447,31 @@ class Broker:
         """Send what the journal now covers. The flush is done here when the loop has
         nothing else to read (a lone request pays no thread hand-over), or asked of the
         store's thread when requests wait: the loop applies them while the disk flushes,
-        and one flush then covers several batches (group commit across passes)."""
+        and one flush then covers several batches (group commit across passes). Urgent
+        outputs are flushed here, not handed over, while low work is deferred: the next
+        passes would apply it and the flush thread would wait for the GIL behind them."""
         if self._flushed:
             self._flushed = self._flush_pending = False
         if not self._outbox:
             return
         durable = self.store.durable()
         if self._outbox[-1].need > durable:
-            if self._input_waiting():
+            # urgent outputs never wait for a hand-over while low work is queued for the
+            # next passes: the flush thread would need the GIL back from those passes
+            if self._input_waiting() and not (self._lanes and self._urgent_need > durable):
                 if not self._flush_pending:
                     self._flush_pending = True
                     self.store.sync_soon()
             else:
                 durable = self.store.sync()
         self._send_covered(durable)
+
+    def _durable_now(self) -> int:
+        """The journal seq on disk, after an inline flush if the outbox needs one."""
+        durable = self.store.durable()
+        if self._outbox and self._outbox[-1].need > durable:
+            durable = self.store.sync()
+        return durable
 
     def _input_waiting(self) -> bool:
         return bool(self._lanes) or any(int(_get(r, EVENTS)) & POLLIN for r in self._routers)
