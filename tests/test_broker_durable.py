@@ -191,7 +191,7 @@ def test_urgent_outputs_never_wait_behind_low_work(durable_broker: tuple[Broker,
     flood.setsockopt(zmq.LINGER, 0)
     flood.connect(b.endpoints[0])
     try:
-        with Client(b.endpoints[0], agent="inbox", heartbeat=False) as inbox, \
+        with Client(b.endpoints[0], agent="inbox", heartbeat=False) as _inbox, \
                 Client(b.endpoints[0], agent="claimer", heartbeat=False) as c:
             for i in range(300):
                 c.create_task(f"f{i}")
