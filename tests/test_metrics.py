@@ -314,6 +314,19 @@ def test_scrapes_during_a_claim_load_match_what_the_clients_saw(metered: tuple[B
     assert value(samples, "zmesh_commit_batch_size_count") == value(samples, "zmesh_commit_duration_seconds_count") > 0
     assert value(samples, "zmesh_healthy") == 1 and value(samples, "zmesh_uptime_seconds") > 0
     assert 0 < value(samples, "zmesh_store_used_bytes") <= value(samples, "zmesh_store_map_bytes")
+    # the journal (durability full): a batch that wrote is a record, on disk before its reply
+    # (a batch of reads and refusals writes none)
+    written = value(samples, "zmesh_journal_seq", state="written")
+    assert 0 < written <= value(samples, "zmesh_commit_duration_seconds_count")
+    assert value(samples, "zmesh_journal_seq", state="synced") == written
+    flushes = value(samples, "zmesh_journal_flushes_total")
+    assert 0 < flushes <= written and value(samples, "zmesh_journal_flush_seconds_total") > 0
+    assert value(samples, "zmesh_journal_written_bytes_total") >= written * 16  # a record head is 16 bytes
+    wal = sorted((broker.data / "journal").glob("*.wal"))
+    assert value(samples, "zmesh_journal_segments") == len(wal) >= 1
+    assert value(samples, "zmesh_journal_disk_bytes") == sum(p.stat().st_size for p in wal)
+    assert value(samples, "zmesh_checkpoint_seq") <= written
+    assert value(samples, "zmesh_journal_since_checkpoint_bytes") > 0
     admin.close()
 
 

@@ -133,6 +133,21 @@ METRICS: tuple[Metric, ...] = (
     Metric("zmesh_store_map_bytes", "gauge", (), "the LMDB map size: what the data may grow to before LMDB "
            "grows the map"),
     Metric("zmesh_store_map_use_ratio", "gauge", (), f"used bytes / map size (degraded at {MAP_USE_MAX:g})"),
+    Metric("zmesh_journal_seq", "gauge", ("state",), "the journal's last record seq: written (appended, "
+           "in the page cache) and synced (fdatasynced: what a full reply may rely on)"),
+    Metric("zmesh_journal_flushes_total", "counter", (), "journal fdatasyncs that flushed records (one covers "
+           "every batch written before it: group commit)"),
+    Metric("zmesh_journal_flush_seconds_total", "counter", (), "time spent in those fdatasyncs (over "
+           "zmesh_journal_flushes_total: the disk's flush latency)"),
+    Metric("zmesh_journal_written_bytes_total", "counter", (), "journal record bytes appended"),
+    Metric("zmesh_journal_segments", "gauge", (), "journal segment files kept (the checkpoint retires older ones)"),
+    Metric("zmesh_journal_disk_bytes", "gauge", (), "bytes of the journal's segment files, preallocated space "
+           "included"),
+    Metric("zmesh_checkpoint_seq", "gauge", (), "the journal seq the latest snapshot holds (a rebuild after "
+           "an OS crash replays from there)"),
+    Metric("zmesh_checkpoints_total", "counter", (), "checkpoints (snapshots) taken"),
+    Metric("zmesh_journal_since_checkpoint_bytes", "gauge", (), "journal bytes written since the last "
+           "checkpoint (one is taken at checkpoint_bytes)"),
     Metric("zmesh_disk_free_bytes", "gauge", (), "free space on the data directory's file system"),
     Metric("zmesh_disk_size_bytes", "gauge", (), "size of the data directory's file system"),
 )
@@ -342,6 +357,7 @@ class Snapshot:
     held: dict[str, int]  #: claims held by kind (CLAIM_KINDS' labels)
     low_requests: int
     health: dict[str, Any]  #: the health report (with the store's figures)
+    journal: dict[str, int | float]  #: Store.journal_figures ({}: no journal)
 
 
 def take_snapshot(core: Core, store: Store, stats: BrokerStats, now: Now, *, started: float,
@@ -359,7 +375,7 @@ def take_snapshot(core: Core, store: Store, stats: BrokerStats, now: Now, *, sta
                 held[label] = held.get(label, 0) + 1
     report = health(store, stats, now, started, status["seq"])
     return Snapshot(stats=stats.copy(), status=status, messages=messages, held=held, low_requests=low_requests,
-                    health=report)
+                    health=report, journal=store.journal_figures())
 
 
 # ---------------------------------------------------------------- exposition
@@ -426,10 +442,29 @@ def families(s: Snapshot) -> Iterator[Any]:
     yield _one(family("zmesh_low_backlog_requests"), s.low_requests)
     figures = dict(h, map_use=h["used_bytes"] / h["map_size"] if h["map_size"] else None)  # unrounded
     for name, key in (("zmesh_store_file_bytes", "store_bytes"), ("zmesh_store_used_bytes", "used_bytes"),
-                      ("zmesh_store_map_bytes", "map_size"), ("zmesh_store_map_use_ratio", "map_use"),
-                      ("zmesh_disk_free_bytes", "disk_free_bytes"), ("zmesh_disk_size_bytes", "disk_size_bytes")):
+                      ("zmesh_store_map_bytes", "map_size"), ("zmesh_store_map_use_ratio", "map_use")):
         f = family(name)
         if figures[key] is not None:  # a store that is not LMDB has none
+            f.add_metric([], figures[key])
+        yield f
+    j = s.journal  # empty for a store without a journal: the families come without samples
+    f = family("zmesh_journal_seq")
+    if j:
+        f.add_metric(["written"], j["written_seq"])
+        f.add_metric(["synced"], j["synced_seq"])
+    yield f
+    for name, key in (("zmesh_journal_flushes_total", "flushes"), ("zmesh_journal_flush_seconds_total", "flush_seconds"),
+                      ("zmesh_journal_written_bytes_total", "written_bytes"), ("zmesh_journal_segments", "segments"),
+                      ("zmesh_journal_disk_bytes", "disk_bytes"), ("zmesh_checkpoint_seq", "checkpoint_seq"),
+                      ("zmesh_checkpoints_total", "checkpoints"),
+                      ("zmesh_journal_since_checkpoint_bytes", "since_checkpoint_bytes")):
+        f = family(name)
+        if j:
+            f.add_metric([], j[key])
+        yield f
+    for name, key in (("zmesh_disk_free_bytes", "disk_free_bytes"), ("zmesh_disk_size_bytes", "disk_size_bytes")):
+        f = family(name)
+        if figures[key] is not None:
             f.add_metric([], figures[key])
         yield f
 

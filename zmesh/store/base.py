@@ -89,6 +89,10 @@ class Store(Protocol):
         """(bytes in use, the map's size): what health and the near-full warning read."""
         ...
 
+    def journal_figures(self) -> dict[str, int | float]:
+        """The journal's figures for the metrics ({}: a store without a journal)."""
+        ...
+
     def backup(self, dest: str) -> None:
         """A consistent, compacted copy of the data into the directory ``dest`` (safe from
         another thread while transactions run)."""

@@ -135,6 +135,9 @@ class Journal:
         self._next = 1
         self._last_at: int | None = None  # where the last append went (rewind)
         self.synced = 0  # every record up to this seq is on disk
+        self.flushes = 0  # fdatasyncs that flushed records, since open (metrics)
+        self.flush_seconds = 0.0  # the time they took
+        self.written_bytes = 0  # record bytes appended since open
         self._sync_lock = threading.Lock()  # sync() against a segment switch
         self._spare_cond = threading.Condition()
         self._spare_ready = os.path.exists(os.path.join(path, SPARE))
@@ -307,6 +310,7 @@ class Journal:
         os.pwritev(self._fd, [_REC.pack(len(payload), _crc(seq, payload), seq), payload], self._pos)
         self._last_at = self._pos
         self._pos += size
+        self.written_bytes += size
         self._next = seq + 1
         if self._pos > self._ahead_at:
             self._ask_ahead()
@@ -337,9 +341,16 @@ class Journal:
         with self._sync_lock:
             upto = self._next - 1
             if upto > self.synced:
+                started = time.perf_counter()
                 os.fdatasync(self._fd)
+                self.flush_seconds += time.perf_counter() - started
+                self.flushes += 1
                 self.synced = upto
             return self.synced
+
+    def disk_bytes(self) -> tuple[int, int]:
+        """(segments on disk, their bytes, preallocated space included)."""
+        return len(self.segments), sum(seg.size for seg in self.segments)
 
     def _switch(self) -> None:
         """The active segment is full: sync and close it, put the spare in its place."""

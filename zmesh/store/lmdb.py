@@ -259,6 +259,8 @@ class LmdbStore:
             journal.retire(applied)
         self._retire_upto: int | None = None
         self._since_checkpoint = 0
+        self.checkpoints = 0  # taken since open (metrics)
+        self.checkpoint_seq = self.history.snapshot_seq or 0  # the journal seq the latest snapshot holds
         self._flusher: threading.Thread | None = None
         self._flush_asked = threading.Event()
         self._defer_sync = False  # full: the caller flushes (pipeline())
@@ -435,6 +437,8 @@ class LmdbStore:
     def _checkpointed(self, seq: int) -> None:
         """From the checkpoint thread: the writer retires the covered segments next time."""
         self._retire_upto = seq
+        self.checkpoints += 1
+        self.checkpoint_seq = seq
 
     # ------------------------------------------------------------ flushes
     def durable(self) -> int:
@@ -494,6 +498,8 @@ class LmdbStore:
         seq = self.history.snapshot_now(self.env)
         self.journal.retire(seq)
         self._since_checkpoint = 0
+        self.checkpoints += 1
+        self.checkpoint_seq = seq
         return seq
 
     @contextmanager
@@ -503,6 +509,17 @@ class LmdbStore:
             yield LmdbTxn(txn)
         finally:
             txn.abort()
+
+    def journal_figures(self) -> dict[str, int | float]:
+        """The journal's and the checkpoints' figures for the metrics (read between passes;
+        the counters are since open)."""
+        journal = self.journal
+        assert journal is not None
+        segments, disk = journal.disk_bytes()
+        return {"written_seq": journal.last_seq, "synced_seq": journal.synced, "flushes": journal.flushes,
+                "flush_seconds": journal.flush_seconds, "written_bytes": journal.written_bytes,
+                "segments": segments, "disk_bytes": disk, "checkpoint_seq": self.checkpoint_seq,
+                "checkpoints": self.checkpoints, "since_checkpoint_bytes": self._since_checkpoint}
 
     def usage(self) -> tuple[int, int]:
         """(bytes the data uses, up to the last page written, free pages included; the map's

@@ -108,6 +108,10 @@ class MemoryStore:
         """(bytes of keys and values held, 0: a memory store has no map)."""
         return sum(len(k) + len(v) for t in self.tables.values() for k, v in t.items()), 0
 
+    def journal_figures(self) -> dict[str, int | float]:
+        """None: a memory store keeps no journal."""
+        return {}
+
     def backup(self, dest: str) -> None:
         raise StoreError("a memory store has nothing on disk to back up")
 
