@@ -338,7 +338,7 @@ class Broker:
                 break
             self._settle()
         while self._lanes and time.monotonic() < deadline and self._stops < 2:
-            self._commit(self._lanes.take(MAX_BATCH))
+            self._commit(self._lanes.take(MAX_BATCH), urgent=False)
         self._flush_all()
         left = len(self._lanes)
         log.info("drained in %.3f s: answered %d request(s) received before the stop%s", time.monotonic() - started,
@@ -413,8 +413,8 @@ class Broker:
             self._commit(urgent)
         due = self._lanes.due(bool(urgent), now)  # low work, in a transaction of its own
         if due:
-            if urgent:  # the urgent outputs leave first: never behind the low batch's apply and flush
-                self._send_covered(self._durable_now())
+            if urgent:  # the urgent outputs leave first (_settle flushes them inline while low work waits)
+                self._settle()
             self._commit(self._lanes.take(due), urgent=False)
         return len(drained)
 
@@ -465,13 +465,6 @@ class Broker:
             else:
                 durable = self.store.sync()
         self._send_covered(durable)
-
-    def _durable_now(self) -> int:
-        """The journal seq on disk, after an inline flush if the outbox needs one."""
-        durable = self.store.durable()
-        if self._outbox and self._outbox[-1].need > durable:
-            durable = self.store.sync()
-        return durable
 
     def _input_waiting(self) -> bool:
         return bool(self._lanes) or any(int(_get(r, EVENTS)) & POLLIN for r in self._routers)

@@ -440,33 +440,30 @@ def families(s: Snapshot) -> Iterator[Any]:
     yield _one(family("zmesh_dead_letters"), s.messages["dead"])
     yield _one(family("zmesh_messages_stored"), s.messages["messages"])
     yield _one(family("zmesh_low_backlog_requests"), s.low_requests)
+    def plain(values: dict[str, Any], pairs: tuple[tuple[str, str], ...]) -> Iterator[Any]:
+        """Unlabelled families, each with its value when ``values`` has one (a store that is
+        not LMDB has no figures, one without a journal no journal: the family comes empty)."""
+        for name, key in pairs:
+            f = family(name)
+            if values.get(key) is not None:
+                f.add_metric([], values[key])
+            yield f
+
     figures = dict(h, map_use=h["used_bytes"] / h["map_size"] if h["map_size"] else None)  # unrounded
-    for name, key in (("zmesh_store_file_bytes", "store_bytes"), ("zmesh_store_used_bytes", "used_bytes"),
-                      ("zmesh_store_map_bytes", "map_size"), ("zmesh_store_map_use_ratio", "map_use")):
-        f = family(name)
-        if figures[key] is not None:  # a store that is not LMDB has none
-            f.add_metric([], figures[key])
-        yield f
-    j = s.journal  # empty for a store without a journal: the families come without samples
+    yield from plain(figures, (("zmesh_store_file_bytes", "store_bytes"), ("zmesh_store_used_bytes", "used_bytes"),
+                               ("zmesh_store_map_bytes", "map_size"), ("zmesh_store_map_use_ratio", "map_use")))
+    j = s.journal
     f = family("zmesh_journal_seq")
     if j:
         f.add_metric(["written"], j["written_seq"])
         f.add_metric(["synced"], j["synced_seq"])
     yield f
-    for name, key in (("zmesh_journal_flushes_total", "flushes"), ("zmesh_journal_flush_seconds_total", "flush_seconds"),
-                      ("zmesh_journal_written_bytes_total", "written_bytes"), ("zmesh_journal_segments", "segments"),
-                      ("zmesh_journal_disk_bytes", "disk_bytes"), ("zmesh_checkpoint_seq", "checkpoint_seq"),
-                      ("zmesh_checkpoints_total", "checkpoints"),
-                      ("zmesh_journal_since_checkpoint_bytes", "since_checkpoint_bytes")):
-        f = family(name)
-        if j:
-            f.add_metric([], j[key])
-        yield f
-    for name, key in (("zmesh_disk_free_bytes", "disk_free_bytes"), ("zmesh_disk_size_bytes", "disk_size_bytes")):
-        f = family(name)
-        if figures[key] is not None:
-            f.add_metric([], figures[key])
-        yield f
+    yield from plain(j, (("zmesh_journal_flushes_total", "flushes"), ("zmesh_journal_flush_seconds_total", "flush_seconds"),
+                         ("zmesh_journal_written_bytes_total", "written_bytes"), ("zmesh_journal_segments", "segments"),
+                         ("zmesh_journal_disk_bytes", "disk_bytes"), ("zmesh_checkpoint_seq", "checkpoint_seq"),
+                         ("zmesh_checkpoints_total", "checkpoints"),
+                         ("zmesh_journal_since_checkpoint_bytes", "since_checkpoint_bytes")))
+    yield from plain(figures, (("zmesh_disk_free_bytes", "disk_free_bytes"), ("zmesh_disk_size_bytes", "disk_size_bytes")))
 
 
 def _one(family: Any, value: float) -> Any:

@@ -348,7 +348,7 @@ class Journal:
                 self.synced = upto
             return self.synced
 
-    def disk_bytes(self) -> tuple[int, int]:
+    def on_disk(self) -> tuple[int, int]:
         """(segments on disk, their bytes, preallocated space included)."""
         return len(self.segments), sum(seg.size for seg in self.segments)
 

@@ -515,7 +515,7 @@ class LmdbStore:
         the counters are since open)."""
         journal = self.journal
         assert journal is not None
-        segments, disk = journal.disk_bytes()
+        segments, disk = journal.on_disk()
         return {"written_seq": journal.last_seq, "synced_seq": journal.synced, "flushes": journal.flushes,
                 "flush_seconds": journal.flush_seconds, "written_bytes": journal.written_bytes,
                 "segments": segments, "disk_bytes": disk, "checkpoint_seq": self.checkpoint_seq,

@@ -109,7 +109,7 @@ class MemoryStore:
         return sum(len(k) + len(v) for t in self.tables.values() for k, v in t.items()), 0
 
     def journal_figures(self) -> dict[str, int | float]:
-        """None: a memory store keeps no journal."""
+        """{}: a memory store keeps no journal."""
         return {}
 
     def backup(self, dest: str) -> None:
