@@ -97,6 +97,23 @@ def test_ab_runs_two_trees_brokers_in_alternation() -> None:
 
 
 
+def test_phases_splits_the_broker_threads_cpu_by_phase(tmp_path: Path) -> None:
+    """bench.phases (what ANALYSIS.md quotes for the main thread's CPU by phase): a real
+    broker in a thread, real clients; the phases are inside the thread's whole CPU, the
+    core's work and the commit inside apply, and a claim costs the core while a hello
+    (the broker's own answer) does not."""
+    from bench import phases
+
+    claim = phases.measure("claim", 2, 200, tmp_path)
+    hello = phases.measure("hello", 1, 200, tmp_path)
+    for row in (claim, hello):
+        inner = row["poll"] + row["drain"] + row["decode"] + row["apply"] + row["settle"]
+        assert 0 < inner <= row["main thread, all"] * 1.5 + 5, row  # /proc's clock ticks are coarse
+        assert row["handle"] + row["commit"] <= row["apply"] + 0.2, row
+    assert claim["handle"] > 0 and claim["commit"] > 0, claim
+    assert hello["handle"] == 0, hello
+
+
 def test_journal_recovery_replays_every_record_and_counts_them(tmp_path: Path) -> None:
     """bench.recovery with a small journal: the rebuild after an "OS crash" replays every
     record, the trusted open after a "broker crash" none, and both find every task."""
