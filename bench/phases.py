@@ -109,13 +109,12 @@ def measure(op: str, procs: int, n: int, tmp: Path) -> dict[str, float]:
         restore = [_wrap(owner, name, phase, sums, only) for phase, (owner, name) in PHASES.items()]
         ctx = mp.get_context("spawn")
         clients = [ctx.Process(target=_raw_client, args=(endpoint, k, n, op)) for k in range(procs)]
-        # the thread's whole CPU, from /proc (the phases are inside it)
-        stat = Path(f"/proc/self/task/{serving.native_id}/stat")
-        tick = 1 / __import__("os").sysconf("SC_CLK_TCK")
+        # the thread's whole CPU, from its own CPU clock (the phases are inside it)
+        assert ident is not None
+        clock = time.pthread_getcpuclockid(ident)
 
         def cpu() -> float:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) * tick
+            return time.clock_gettime(clock)
 
         before = cpu()
         sums.clear()

@@ -108,7 +108,7 @@ def test_phases_splits_the_broker_threads_cpu_by_phase(tmp_path: Path) -> None:
     hello = phases.measure("hello", 1, 200, tmp_path)
     for row in (claim, hello):
         inner = row["poll"] + row["drain"] + row["decode"] + row["apply"] + row["settle"]
-        assert 0 < inner <= row["main thread, all"] * 1.5 + 5, row  # /proc's clock ticks are coarse
+        assert 0 < inner <= row["main thread, all"], row
         assert row["handle"] + row["commit"] <= row["apply"] + 0.2, row
     assert claim["handle"] > 0 and claim["commit"] > 0, claim
     assert hello["handle"] == 0, hello
