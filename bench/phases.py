@@ -84,16 +84,17 @@ def _seed(data: Path, keys: list[str]) -> None:
     store.close()
 
 
-def measure(op: str, procs: int, n: int, tmp: Path) -> dict[str, float]:
-    """µs of the broker thread's CPU per request, by phase, for ``procs`` clients x ``n``."""
-    data = tmp / f"{op}-{procs}"
+def measure(op: str, procs: int, n: int, tmp: Path, **settings: Any) -> dict[str, float]:
+    """µs of the broker thread's CPU per request, by phase, for ``procs`` clients x ``n``
+    (``settings``: broker settings by name, e.g. ``audit="off"``)."""
+    data = tmp / f"{op}-{procs}-{len(list(tmp.iterdir()))}"
     _seed(data, [f"w{k}-{i}" for k in range(procs) for i in range(n)])
     port, pub = free_port(), free_port()
     while pub == port:
         pub = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     config = BrokerConfig.load(None, env={}, data=str(data), bind=[endpoint], pub_bind=[f"tcp://127.0.0.1:{pub}"],
-                               discovery=False, ipc=False, durability="none")
+                               discovery=False, ipc=False, **{"durability": "none", **settings})
     broker = Broker(config)
     broker.bind()
     tune_gc()  # as `zmesh broker` does
