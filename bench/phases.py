@@ -36,7 +36,7 @@ from zmesh.broker.loop import Broker, tune_gc
 from zmesh.config import BrokerConfig
 from zmesh.core import Core, Now
 from zmesh.store import LmdbStore
-from zmesh.store.lmdb import _Write
+from zmesh.store.lmdb_txn import _Write
 from zmesh.testing import free_port, ping
 
 from .where import _raw_client

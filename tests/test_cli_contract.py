@@ -155,6 +155,8 @@ def bad_values(param: click.Parameter) -> list[str]:
         return ["", "/dev/null", "a\nb"]
     if t is click.STRING and param.name == "metrics":  # broker --metrics HOST:PORT, checked as the config key
         return ["", "7702", "127.0.0.1", "127.0.0.1:99999", "bad host!:80", "a\nb:80", "::1:80"]
+    if t is click.STRING and param.name == "store":  # broker --store etcd://..., checked as the config key
+        return ["", "lmdb", "etcd://", "etcd://h", "etcd://h:99999", "http://h:2379", "etcd://h:1,", "a\nb"]
     raise AssertionError(f"no bad values for {param.name} of type {t!r}: add them to bad_values")
 
 

@@ -70,6 +70,9 @@ BAD_FILE: dict[str, list[str]] = {
                 '"[::g]:7702"', '"999.1.1.1:80"', '"a\\u0001b:1"', '"a\\nb:1"', '"127.0.0.1:\\u0661"'],
     "mesh": ['""', '"Lab"', '"a b"', '"-x"', '".x"', '"x/y"', '"' + "x" * 64 + '"', "3", "true", '["lab"]',
              '"l\\u0001b"', '"la\\nb"', '"caf\\u00e9"'],
+    "store": ['""', '"lmdb"', '"etcd://"', '"etcd://h"', '"etcd://h:0"', '"etcd://h:99999"', '"http://h:2379"',
+              '"etcd://h:1,"', "3", "true", '["etcd://h:1"]', '"etcd://a\\u0001:1"'],
+    "leader_ttl": ["1", "0", "61", "2.5", '"5"', "true", "nan", "[5]"],
 }
 _BAD_ENV_BOOLS = ["", "  ", "maybe", "2", "truee", "y", "t", "\x01", "nan", "-1", "0.0"]
 _BAD_ENV_ENDPOINTS = ["", ",", " , ", "tcp://*:x", "udp://*:1", "tcp://*:7700 tcp://*:7701",
@@ -87,6 +90,9 @@ BAD_ENV: dict[str, list[str]] = {
     "discovery": _BAD_ENV_BOOLS,
     "interfaces": ["", "a b", "eth\x010", ",".join(f"10.0.0.{i}" for i in range(65))],
     "map_size": ["", "0", "1024", "8GiB", "nan", "1e12", "2199023255552", "\x01"],
+    "store": ["", "   ", "lmdb", "etcd://", "etcd://h", "etcd://h:0", "etcd://h:99999", "http://h:2379",
+              "etcd://h:1,", "etcd://h:x", "etcd://a\x01:1"],
+    "leader_ttl": ["", "1", "0", "61", "2.5", "nan", "5s", "\x01"],
     "ack_wait": ["", "0", "-1", "nan", "inf", "30s", "\x01"],
     "message_retention": ["", "0", "1.5", "1e3", "-1", "ten", "\x01"],
     "message_max_age": ["", "0", "-1", "nan", "7d", "\x01"],
@@ -268,6 +274,8 @@ secure = true
 key_file = "{tmp_path}/k/broker.key_secret"
 authorized_keys = "{tmp_path}/k/allowed"
 mesh = "lab-2.east_1"
+store = "etcd://127.0.0.1:2379,10.0.0.2:2380"
+leader_ttl = 7
 log_format = "json"
 drain_timeout = 0
 metrics = "[::1]:0"
@@ -281,7 +289,7 @@ metrics_token = "{tmp_path}/metrics.token"
                                low_batch=0.0, audit="all", audit_retention=5, secure=True,
                                key_file=f"{tmp_path}/k/broker.key_secret",
                                authorized_keys=f"{tmp_path}/k/allowed", mesh="lab-2.east_1",
-                               log_format="json", drain_timeout=0.0, metrics="[::1]:0",
+                               store="etcd://127.0.0.1:2379,10.0.0.2:2380", leader_ttl=7, log_format="json", drain_timeout=0.0, metrics="[::1]:0",
                                metrics_token=f"{tmp_path}/metrics.token")
     assert type(cfg.ack_wait) is float and type(cfg.message_retention) is int
     assert type(cfg.default_ttl) is float and type(cfg.event_log_size) is int
@@ -298,7 +306,8 @@ def test_good_env_values_load_with_their_types(tmp_path: Path) -> None:
         "ZMESH_AUDIT": " off ", "ZMESH_AUDIT_RETENTION": "2_000",
         "ZMESH_SECURE": "on", "ZMESH_KEY_FILE": "/k/b.key_secret", "ZMESH_AUTHORIZED_KEYS": "/k/allowed",
         "ZMESH_MESH": " lab ", "ZMESH_LOG_FORMAT": "json", "ZMESH_DRAIN_TIMEOUT": "12.5",
-        "ZMESH_METRICS": "localhost:7702", "ZMESH_METRICS_TOKEN": "/k/metrics.token"})
+        "ZMESH_METRICS": "localhost:7702", "ZMESH_METRICS_TOKEN": "/k/metrics.token",
+        "ZMESH_STORE": "etcd://h1:2379", "ZMESH_LEADER_TTL": "9"})
     assert (cfg.bind, cfg.pub_bind) == (["tcp://127.0.0.1:7800", "ipc:///tmp/z.ipc"], ["tcp://*:7801"])
     assert (cfg.ipc, cfg.discovery, cfg.durability, cfg.interfaces) == (False, True, "none", ["lo"])
     assert (cfg.default_ttl, cfg.event_log_size, cfg.map_size) == (2.5, 1000, 1 << 40)
@@ -307,6 +316,7 @@ def test_good_env_values_load_with_their_types(tmp_path: Path) -> None:
     assert (cfg.secure, cfg.key_file, cfg.authorized_keys) == (True, "/k/b.key_secret", "/k/allowed")
     assert (cfg.mesh, cfg.log_format, cfg.drain_timeout, cfg.metrics) == ("lab", "json", 12.5, "localhost:7702")
     assert cfg.metrics_token == "/k/metrics.token"
+    assert (cfg.store, cfg.leader_ttl) == ("etcd://h1:2379", 9)
     assert cfg.sources == {s.name: f"env {s.env}" for s in SETTINGS}
 
 

@@ -55,6 +55,10 @@ LOG_EVENTS: dict[str, str] = {
     "journal.sync_failed": "an fdatasync of the journal failed: the broker takes no more writes",
     "journal.slow_spare": "a writer waited for the next preallocated segment (the disk is slow or busy)",
     "journal.spare_failed": "the next segment could not be prepared: why (retried)",
+    "cluster.active": "with an etcd store: this broker leads its mesh: the epoch, the log's seq, how many entries "
+                      "it applied from the log first",
+    "cluster.deposed": "with an etcd store: this broker's term is over (its lease gone, an append refused, etcd "
+                       "out of reach past the leader TTL): it takes no more writes and stops",
 }
 
 #: lease/claim expiries logged one line each per pass; more become one summary line

@@ -67,6 +67,7 @@ from .. import __version__
 from .. import protocol
 from ..util.logs import RateLimited
 from ..config import BrokerConfig
+from ..errors import StoreError
 from ..core import Core, Now, Push, Settings
 from ..protocol import DecodeError, Event
 from ..transport.sockets import EVENTS, NOBLOCK, POLLIN, get_option as _get, peer_address, recv_message, send_frames
@@ -82,7 +83,7 @@ from .jobs import Backups
 from .metrics import MAP_USE_MAX, SLOW_COMMIT_S, BrokerStats, health, take_snapshot, unresponsive
 from .metrics_http import ANSWER_TIMEOUT_S, Asks, MetricsServer
 from .sd_notify import notify
-from ..store import LmdbStore, Store, StoreFull
+from ..store import Store, StoreFull, open_store
 
 log = logging.getLogger("zmesh.broker")
 #: warnings about peers and slow commits: at most one line per key per interval
@@ -129,9 +130,10 @@ class Broker:
 
     def __init__(self, config: BrokerConfig, *, store: Store | None = None, context: zmq.Context | None = None) -> None:
         self.config = config
-        #: the store is given (tests, a later store on a distributed engine); LMDB by default
-        self.store: Store = store if store is not None else LmdbStore(
-            config.data, durability=config.durability, map_size=config.map_size)
+        #: the store is given (tests), or opened per config: LMDB, or a replica of the mesh's log on etcd
+        self.store: Store = store if store is not None else open_store(
+            config.data, durability=config.durability, map_size=config.map_size, url=config.store,
+            mesh=config.mesh, leader_ttl=config.leader_ttl)
         self.core = Core(Settings(default_ttl=config.default_ttl, event_log_size=config.event_log_size,
                                   ack_wait=config.ack_wait, message_retention=config.message_retention,
                                   message_max_age=config.message_max_age, audit=config.audit,
@@ -291,6 +293,8 @@ class Broker:
         notify("READY=1", f"STATUS=serving {','.join(self.endpoints)}", f"MAINPID={os.getpid()}")
         try:
             while self._running and not self._stop_asked:
+                if self.store.broken is not None:  # a flush failed, or the replica was deposed
+                    raise StoreError(self.store.broken)
                 deadline = min(self.core.next_deadline() or self._next_hb, self._next_hb)
                 timeout = 0.0 if self._lanes else max(0.0, deadline - time.monotonic()) * 1000
                 # milliseconds; pyzmq takes a float (its stub says int)

@@ -31,6 +31,13 @@ from ._options import EndpointType, MeshName, Seconds
               help="Do not advertise on the LAN with zeroconf (env ZMESH_DISCOVERY=0).")
 @click.option("--mesh", type=MeshName(), help="The mesh this broker serves, in its discovery record: clients join "
               "the brokers of their mesh (env ZMESH_MESH; default 'default').")
+@click.option("--store", metavar="etcd://HOST:PORT[,...]",
+              help="Replicate the mesh's state through this etcd cluster: this broker's LMDB is one replica and a "
+                   "write is acknowledged when etcd has it (env ZMESH_STORE; default: this broker's own LMDB; "
+                   "docs/CLUSTER.md).")
+@click.option("--leader-ttl", type=click.IntRange(2, 60),
+              help="With --store: seconds the active broker's leader key outlives it (env ZMESH_LEADER_TTL; "
+                   "default 5).")
 @click.option("--secure", is_flag=True, default=None,
               help="CurveZMQ on every endpoint; only clients whose key is in authorized_keys get in (env "
                    "ZMESH_SECURE=1; keys: see `zmesh keygen`).")
@@ -52,7 +59,8 @@ from ._options import EndpointType, MeshName, Seconds
 @click.option("-v", "--verbose", count=True, help="Debug logging (also accepted before `broker`).")
 @click.pass_context
 def broker(ctx: click.Context, data: str | None, bind: tuple[str, ...], pub_bind: tuple[str, ...],
-           no_ipc: bool | None, no_discovery: bool | None, mesh: str | None, secure: bool | None, durability: str | None,
+           no_ipc: bool | None, no_discovery: bool | None, mesh: str | None, store: str | None,
+           leader_ttl: int | None, secure: bool | None, durability: str | None,
            ttl: float | None, log_format: str | None, drain_timeout: float | None, metrics: str | None,
            config_path: str | None, verbose: int) -> None:
     """Run the lease broker until SIGINT/SIGTERM."""
@@ -64,7 +72,8 @@ def broker(ctx: click.Context, data: str | None, bind: tuple[str, ...], pub_bind
         config_path, data=data, bind=list(bind), pub_bind=list(pub_bind),
         ipc=None if no_ipc is None else not no_ipc,
         discovery=None if no_discovery is None else not no_discovery,
-        durability=durability, default_ttl=ttl, secure=secure, mesh=mesh, log_format=log_format,
+        durability=durability, default_ttl=ttl, secure=secure, mesh=mesh, store=store, leader_ttl=leader_ttl,
+        log_format=log_format,
         drain_timeout=drain_timeout, metrics=metrics)
     if config.log_format != "text":
         setup_logging(parent_verbose + verbose, zmesh_floor=logging.INFO, fmt=config.log_format)

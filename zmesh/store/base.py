@@ -56,10 +56,18 @@ class Store(Protocol):
 
     durability: str
     broker_id: str
-    #: the journal seq of the last write committed (0: a store without a journal)
-    applied: int
+    @property
+    def applied(self) -> int:
+        """The journal seq of the last write committed (0: a store without a journal)."""
+        ...
     #: what opening the store found and did, for the broker's recovery line ({}: nothing to tell)
     recovery: dict[str, Any]
+
+    @property
+    def broken(self) -> str | None:
+        """Why the store takes no more writes (a failed flush; a replica deposed), or None:
+        the broker stops when it is set."""
+        ...
 
     def durable(self) -> int:
         """The seq up to which a reply may leave: at ``full`` what the disk has (fdatasynced),

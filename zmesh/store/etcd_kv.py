@@ -161,9 +161,12 @@ class EtcdKV:
     """A connection to an etcd cluster (every member in one channel)."""
 
     def __init__(self, endpoints: Sequence[tuple[str, int]], timeout: float = 2.0) -> None:
-        import grpc
-        from pyetcd import etcdrpc
-        from pyetcd.etcdrpc import kv_pb2
+        try:
+            import grpc
+            from pyetcd import etcdrpc
+            from pyetcd.etcdrpc import kv_pb2
+        except ImportError as exc:
+            raise EtcdError(f"an etcd store needs the etcd extra: pip install 'zmesh[etcd]' ({exc})") from None
 
         self._grpc, self._rpc, self._kv_pb2 = grpc, etcdrpc, kv_pb2
         self.endpoints = list(endpoints)

@@ -45,10 +45,11 @@ from typing import Callable, Iterator
 
 import lmdb
 
-from ..core.schema import JOURNAL_SEQ, NESTED, PREFIXES, TABLES, U64
+from ..core.schema import JOURNAL_SEQ, PREFIXES, TABLES, U64
 from ..errors import StoreError
 from . import redo
 from .base import DURABILITY, StoreFull, Txn  # noqa: F401  (Txn: the interface LmdbTxn keeps)
+from .lmdb_txn import _PREFIX, LmdbTxn, _Write
 from .checkpoints import JOURNAL_DIR, Checkpointer, History, applied_seq, current_boot_id
 from .journal import SEGMENT_BYTES, Journal
 
@@ -64,92 +65,6 @@ SCHEMA_VERSION = 4
 #: older versions this zmesh upgrades on open: their data is copied into the current layout
 #: (2 and 3 kept a named LMDB database per table; 2 -> 3 changed no records)
 UPGRADES_IN_PLACE = frozenset({2, 3})
-
-#: the tables and their fixed key prefixes: the layout is owned by core/schema.py
-_PREFIX = PREFIXES
-#: table -> where a scan of it ends: the first key of a table nested in its range (which
-#: sorts after every key of its own)
-_NESTED_AT = {outer: PREFIXES[name] for name, (outer, _sub) in NESTED.items()}
-
-
-class LmdbTxn:
-    __slots__ = ("_txn", "dirty", "hooks", "changes")
-
-    def __init__(self, txn: lmdb.Transaction) -> None:
-        self._txn = txn
-        self.dirty = False
-        self.hooks: list[Callable[[], None]] = []
-        #: whole key -> its value now, None: deleted (the journal record's change set)
-        self.changes: dict[bytes, bytes | None] = {}
-
-    def before_commit(self, hook: Callable[[], None]) -> None:
-        self.dirty = True
-        self.hooks.append(hook)
-
-    # the environment is opened without buffers, so LMDB hands out bytes (its stubs also allow
-    # memoryview): the ignores below say so without a cast call on the hot path
-    def get(self, table: str, key: bytes) -> bytes | None:
-        return self._txn.get(_PREFIX[table] + key)  # type: ignore[return-value]
-
-    def put(self, table: str, key: bytes, value: bytes) -> None:
-        self.dirty = True
-        full = _PREFIX[table] + key
-        try:
-            self._txn.put(full, value)
-        except lmdb.MapFullError:
-            raise StoreFull("LMDB map is full") from None
-        self.changes[full] = value
-
-    def delete(self, table: str, key: bytes) -> bool:
-        self.dirty = True
-        full = _PREFIX[table] + key
-        try:
-            gone = self._txn.delete(full)
-        except lmdb.MapFullError:
-            raise StoreFull("LMDB map is full") from None
-        if gone:
-            self.changes[full] = None
-        return gone
-
-    def scan(self, table: str, start: bytes = b"", prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-        cur = self._txn.cursor()
-        head = _PREFIX[table]
-        within = head + prefix
-        nested = _NESTED_AT.get(table)
-        if not cur.set_range(head + max(start, prefix)):
-            return
-        cut = len(head)
-        for key, value in cur:
-            if not key.startswith(within) or (nested is not None and key.startswith(nested)):  # type: ignore[union-attr]
-                return
-            yield key[cut:], value  # type: ignore[misc]
-
-    def scan_back(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-        cur = self._txn.cursor()
-        head = _PREFIX[table]
-        within = head + prefix
-        nested = _NESTED_AT.get(table)
-        # a nested table is the end of its outer one's range: start before it
-        past = nested if nested is not None and nested.startswith(within) else _past(within)
-        if past is None or not cur.set_range(past):  # nothing after the range: start at the end
-            if not cur.last():
-                return
-        elif not cur.prev():
-            return
-        cut = len(head)
-        for key, value in cur.iterprev():
-            if not key.startswith(within):  # type: ignore[union-attr]
-                return
-            yield key[cut:], value  # type: ignore[misc]
-
-
-def _past(prefix: bytes) -> bytes | None:
-    """The first key after every key that begins with ``prefix`` (None: there is none)."""
-    stripped = prefix.rstrip(b"\xff")
-    if not stripped:
-        return None
-    return stripped[:-1] + bytes((stripped[-1] + 1,))
-
 
 class LmdbStore:
     """The embedded default. One process owns a data directory (an flock says so)."""
@@ -265,6 +180,8 @@ class LmdbStore:
         self._flush_asked = threading.Event()
         self._defer_sync = False  # full: the caller flushes (pipeline())
         self._on_durable: Callable[[], None] | None = None
+        #: (seq, record) after each commit: what a replicated store ships (replicated.py)
+        self.on_record: Callable[[int, bytes], None] | None = None
         if self.durability == "fast":
             self._start_flusher()
         self._checkpointer = Checkpointer(self.history, self.env, self._checkpointed)
@@ -421,18 +338,73 @@ class LmdbStore:
             journal.rewind(seq)
             raise
         self.applied = seq
+        if self.on_record is not None:  # a replicated store ships the record (replicated.py)
+            self.on_record(seq, payload)
+        self._flush_per_durability()
+        self._after_append(len(payload))
+
+    def _flush_per_durability(self) -> None:
         if self.durability == "full":
             if not self._defer_sync:
                 self.sync()
         elif self.durability == "fast":
             self._flush_asked.set()
-        self._since_checkpoint += len(payload)
+
+    def _after_append(self, size: int) -> None:
+        """Checkpoint bookkeeping after ``size`` bytes of journal (a commit's, or an applied
+        batch's)."""
+        journal = self.journal
+        assert journal is not None
+        self._since_checkpoint += size
         if self._retire_upto is not None:
             upto, self._retire_upto = self._retire_upto, None
             journal.retire(upto)
         if self._since_checkpoint >= self.checkpoint_bytes and self._checkpointer is not None:
             self._since_checkpoint = 0
             self._checkpointer.request()
+
+    def apply_records(self, records: list[tuple[int, bytes]]) -> int:
+        """Apply redo records another broker wrote (a replica following the mesh's log), in
+        one transaction, each journaled at its own seq: they must follow :attr:`applied`
+        without a gap. Returns the seq applied last. The flush is the durability level's."""
+        journal = self.journal
+        assert journal is not None
+        if self._broken is not None:
+            raise StoreError(self._broken)
+        if not records:
+            return self.applied
+        expected = self.applied + 1
+        txn = self.env.begin(write=True)
+        first = journal.next_seq
+        try:
+            size = 0
+            for seq, payload in records:
+                if seq != expected or journal.next_seq != seq:
+                    raise StoreError(f"replicated record {seq} does not follow this store's seq {expected - 1}")
+                put, delete = txn.put, txn.delete
+                for key, value in redo.parse(payload):
+                    if value is None:
+                        delete(key)
+                    else:
+                        put(key, value)
+                journal.append(payload)
+                size += len(payload)
+                expected += 1
+            txn.put(_SEQ_KEY, U64.pack(expected - 1))
+            txn.commit()
+        except lmdb.MapFullError:
+            txn.abort()
+            journal.rewind(first)
+            raise self._grown() from None
+        except BaseException:
+            txn.abort()
+            if journal.next_seq != first:
+                journal.rewind(first)
+            raise
+        self.applied = expected - 1
+        self._flush_per_durability()
+        self._after_append(size)
+        return self.applied
 
     def _checkpointed(self, seq: int) -> None:
         """From the checkpoint thread: the writer retires the covered segments next time."""
@@ -441,6 +413,11 @@ class LmdbStore:
         self.checkpoint_seq = seq
 
     # ------------------------------------------------------------ flushes
+    @property
+    def broken(self) -> str | None:
+        """Why this store takes no more writes (a flush failed), or None."""
+        return self._broken
+
     def durable(self) -> int:
         if self.durability != "full":
             return self.applied
@@ -554,54 +531,3 @@ class LmdbStore:
             self.history.stopped_cleanly(self.applied)
         self.env.close()
         self._lock.close()
-
-
-class _Write:
-    """``with store.write() as txn``: a plain class, not a generator context manager (the
-    broker opens one per pass; contextlib's machinery cost a few µs each)."""
-
-    __slots__ = ("_store", "_txn", "_wrapped")
-
-    def __init__(self, store: LmdbStore) -> None:
-        self._store = store
-
-    def __enter__(self) -> LmdbTxn:
-        self._txn = self._store.env.begin(write=True)
-        self._wrapped = LmdbTxn(self._txn)
-        return self._wrapped
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        try:
-            self._finish(kind, exc)
-        finally:
-            # a hook usually holds the batch that holds this transaction: without this the
-            # batch (its events, its replies) waits for the cyclic GC, many batches at once
-            # under load (measured: 180 MB of events alive during an 8 KB publish flood)
-            self._wrapped.hooks.clear()
-
-    def _finish(self, kind: type[BaseException] | None, exc: BaseException | None) -> None:
-        txn, wrapped = self._txn, self._wrapped
-        if kind is None:
-            try:
-                for hook in wrapped.hooks:
-                    hook()
-                if wrapped.dirty:
-                    self._store._commit(txn, wrapped.changes)
-                else:
-                    txn.abort()
-            except BaseException as error:  # a hook or the commit failed
-                txn.abort()
-                self._translate(error)
-                raise
-            return
-        txn.abort()
-        self._translate(exc)  # else the block's own exception goes on as it is
-
-    def _translate(self, exc: BaseException | None) -> None:
-        """LMDB's failures as the store's: a full map grows and says apply again."""
-        if isinstance(exc, (lmdb.MapFullError, StoreFull)):
-            raise self._store._grown() from None
-        if isinstance(exc, lmdb.Error):
-            raise StoreError(f"LMDB write failed in {self._store.path}: {exc}") from exc
-
-

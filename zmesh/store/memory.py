@@ -71,6 +71,7 @@ class MemoryStore:
 
     durability = "none"
     applied = 0  # no journal: nothing ever waits for a flush
+    broken: str | None = None  # nothing on disk: nothing to fail
     recovery: dict[str, Any] = {}
 
     def durable(self) -> int:
