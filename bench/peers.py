@@ -27,7 +27,6 @@ import asyncio
 import importlib
 import importlib.metadata
 import importlib.util
-import json
 import math
 import platform
 import queue
@@ -35,13 +34,12 @@ import re
 import shutil
 import subprocess
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Coroutine, TypeVar
 
-from zmesh.testing import free_port
+from zmesh.testing import etcd_healthy, free_port
 
 from .systems import Server, System, port_open
 
@@ -247,16 +245,8 @@ class EtcdSystem(System):
         env = None
         if platform.machine().lower() not in _ETCD_ARCHES:  # etcd refuses to start elsewhere
             env = dict(os.environ, ETCD_UNSUPPORTED_ARCH=platform.machine())
-        self.servers.append(Server(cmd, workdir / "etcd.log", env=env).start(lambda: _etcd_healthy(port)))
+        self.servers.append(Server(cmd, workdir / "etcd.log", env=env).start(lambda: etcd_healthy(f"http://{HOST}:{port}")))
         return {"kind": "etcd", "host": HOST, "port": port}
-
-
-def _etcd_healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=0.5) as resp:
-            return json.loads(resp.read()).get("health") == "true"
-    except (OSError, ValueError):
-        return False
 
 
 def _etcd(info: dict[str, Any]) -> Any:

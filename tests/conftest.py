@@ -13,13 +13,23 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from zmesh import Client
-from zmesh.testing import BrokerProcess
+from zmesh.testing import BrokerProcess, EtcdCluster, etcd_binary
 
 from .drivers import Blocking
 # every test fails when it leaves a thread or a file descriptor (a socket) behind
 from .leaks import _session_singletons, no_leaks  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """A real 3-member etcd cluster on loopback for a test module (zmesh.testing.EtcdCluster),
+    every member stopped by PID at its end; skipped, saying why, where etcd is not installed."""
+    if etcd_binary() is None:
+        pytest.skip("etcd is not installed (tests/setup_etcd.sh)")
+    with EtcdCluster(tmp_path_factory.mktemp("etcd"), size=3) as c:
+        yield c
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import signal
 import uuid
 from pathlib import Path
-from typing import Iterator
 
 import orjson
 import pytest
@@ -18,7 +17,7 @@ import pytest
 from zmesh import Client
 from zmesh.core.schema import PREFIXES, task_key
 from zmesh.store import LmdbStore, redo
-from zmesh.testing import BrokerProcess, EtcdCluster, etcd_binary
+from zmesh.testing import BrokerProcess, EtcdCluster
 
 from .conftest import wait_for
 
@@ -29,14 +28,7 @@ from zmesh.store.etcd_log import EtcdLog  # noqa: E402
 
 TASKS = PREFIXES["tasks"]
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(etcd_binary() is None, reason="etcd is not installed (tests/setup_etcd.sh)")]
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    with EtcdCluster(tmp_path_factory.mktemp("etcd"), size=3) as c:
-        yield c
+pytestmark = pytest.mark.slow  # the cluster fixture (conftest.py) skips without etcd
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from zmesh.testing import EtcdCluster, etcd_binary
+from zmesh.testing import EtcdCluster
 
 pyetcd = pytest.importorskip("pyetcd", reason="the etcd extra is not installed (pip install '.[etcd]')")
 
@@ -21,14 +21,7 @@ from zmesh.store.etcd_kv import (MAX_TXN_OPS, PAGE, Compare, EtcdCompacted, Etcd
                                  EtcdUnavailable, Get, Put, parse_endpoints)
 from zmesh.store.etcd_log import CHUNK, Deposed, Entry, EtcdLog, Head, LogGap, Term  # noqa: E402
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(etcd_binary() is None, reason="etcd is not installed (tests/setup_etcd.sh)")]
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    with EtcdCluster(tmp_path_factory.mktemp("etcd"), size=3) as c:
-        yield c
+pytestmark = pytest.mark.slow  # the cluster fixture (conftest.py) skips without etcd
 
 
 @pytest.fixture

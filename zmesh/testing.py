@@ -315,7 +315,7 @@ class EtcdCluster:
             for m in chosen:
                 if m.proc is not None and m.proc.poll() is not None:
                     raise RuntimeError(f"etcd member {m.name} exited with {m.proc.returncode}:\n{self.log(m)}")
-            if all(_etcd_healthy(m.url) for m in chosen if m.running()) and self.leader() is not None:
+            if all(etcd_healthy(m.url) for m in chosen if m.running()) and self.leader() is not None:
                 return
             time.sleep(0.05)  # a poll of a condition, not a wait that hides a race
         raise RuntimeError("etcd cluster not ready within %.0f s:\n%s" % (
@@ -406,7 +406,8 @@ class EtcdCluster:
         raise RuntimeError("no etcd member answered")
 
 
-def _etcd_healthy(url: str) -> bool:
+def etcd_healthy(url: str) -> bool:
+    """Does the etcd member at ``url`` (http://host:port) answer healthy on /health?"""
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=0.5) as resp:
             return json.loads(resp.read()).get("health") == "true"

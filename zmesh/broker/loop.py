@@ -8,7 +8,8 @@ One pass of the loop::
     commit: ONE journal record for the whole batch (group commit), LMDB unsynced
     flush: ONE fdatasync of the journal (``full``): here when nothing else waits, else in the
       store's thread while the next batch is applied (one flush then covers several batches)
-    send the replies, then publish the events (never before the flush covers their batch)
+    send the replies, then publish the events (never before the flush covers their batch:
+      the outbox, outbox.py)
     between passes: a snapshot for the metrics endpoint when it asked (zmesh/broker/metrics.py)
 
 A batch is applied by broker_apply.py (one transaction, the retry cache, ``internal`` for a
@@ -68,10 +69,9 @@ from .. import protocol
 from ..util.logs import RateLimited
 from ..config import BrokerConfig
 from ..errors import StoreError
-from ..core import Core, Now, Push, Settings
+from ..core import Core, Now, Settings
 from ..protocol import DecodeError, Event
-from ..transport.sockets import EVENTS, NOBLOCK, POLLIN, get_option as _get, peer_address, recv_message, send_frames
-from .log import log_expiries
+from ..transport.sockets import EVENTS, NOBLOCK, POLLIN, get_option as _get, peer_address, recv_message
 # the per-connection queue limits (see above) are named here too: tests and docs read them
 from .sockets import PEER_RCVHWM, PEER_SNDHWM, SUB_SNDHWM, open_sockets, remove_ipc_files  # noqa: F401
 from ..protocol.identity import split_user_id
@@ -80,9 +80,10 @@ from .apply import Applier, Item, Poison
 from .lanes import LOW_BACKLOG_BYTES, LOW_DRAIN, Lanes, lane  # noqa: F401  (named in the docstring)
 from .jobs import Backups
 # SLOW_COMMIT_S: a batch slower than this is logged as a warning (a health threshold too)
-from .metrics import MAP_USE_MAX, SLOW_COMMIT_S, BrokerStats, health, take_snapshot, unresponsive
+from .metrics import MAP_USE_MAX, BrokerStats, health, take_snapshot, unresponsive
 from .metrics_http import ANSWER_TIMEOUT_S, Asks, MetricsServer
 from .sd_notify import notify
+from .outbox import Out, Outputs
 from ..store import Store, StoreFull, open_store
 
 log = logging.getLogger("zmesh.broker")
@@ -113,19 +114,7 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLD)
 
 
-class _Out:
-    """What one transaction produced, waiting for the journal seq ``need`` to be on disk."""
-
-    __slots__ = ("need", "items", "replies", "events", "expired", "pushes", "answered", "started")
-
-    def __init__(self, need: int, items: list[Item], replies: list[tuple[zmq.Socket, list[bytes]]],
-                 events: list[Event], expired: list[Event], pushes: list[Push],
-                 answered: list[tuple[Item, str]], started: float) -> None:
-        self.need, self.items, self.replies, self.events = need, items, replies, events
-        self.expired, self.pushes, self.answered, self.started = expired, pushes, answered, started
-
-
-class Broker:
+class Broker(Outputs):
     """Owns the sockets and the store; ``serve()`` runs until ``stop()`` (or a signal)."""
 
     def __init__(self, config: BrokerConfig, *, store: Store | None = None, context: zmq.Context | None = None) -> None:
@@ -181,7 +170,7 @@ class Broker:
         self._http: MetricsServer | None = None
         self.metrics_url: str | None = None  # http://HOST:PORT as bound (port 0 resolved), None: off
         #: outputs of committed transactions waiting for their journal record's flush, in order
-        self._outbox: deque[_Out] = deque()
+        self._outbox: deque[Out] = deque()
         self._flush_pending = False  # a flush was asked of the store's thread
         self._flushed = False  # the store's thread finished one (set from that thread)
         self.store.pipeline(self._on_durable)
@@ -440,108 +429,7 @@ class Broker:
         # a read's reply waits too: it may tell of writes not yet on disk
         if urgent:
             self._urgent_need = self.store.applied
-        self._outbox.append(_Out(self.store.applied, items, replies, events, expired, pushes, answered, started))
-
-    def _on_durable(self) -> None:
-        """From the store's flush thread: the disk has more of the journal."""
-        self._flushed = True
-        self._wake()
-
-    def _settle(self) -> None:
-        """Send what the journal now covers. The flush is done here when the loop has
-        nothing else to read (a lone request pays no thread hand-over), or asked of the
-        store's thread when requests wait: the loop applies them while the disk flushes,
-        and one flush then covers several batches (group commit across passes). Urgent
-        outputs are flushed here, not handed over, while low work is deferred: the next
-        passes would apply it and the flush thread would wait for the GIL behind them."""
-        if self._flushed:
-            self._flushed = self._flush_pending = False
-        if not self._outbox:
-            return
-        durable = self.store.durable()
-        if self._outbox[-1].need > durable:
-            # urgent outputs never wait for a hand-over while low work is queued for the
-            # next passes: the flush thread would need the GIL back from those passes
-            if self._input_waiting() and not (self._lanes and self._urgent_need > durable):
-                if not self._flush_pending:
-                    self._flush_pending = True
-                    self.store.sync_soon()
-            else:
-                durable = self.store.sync()
-        self._send_covered(durable)
-
-    def _input_waiting(self) -> bool:
-        return bool(self._lanes) or any(int(_get(r, EVENTS)) & POLLIN for r in self._routers)
-
-    def _flush_all(self) -> None:
-        """Every output sent, after one flush (a stop)."""
-        if self._outbox:
-            self._send_covered(self.store.sync())
-
-    def _send_covered(self, durable: int) -> None:
-        """The outbox's outputs, in order, as far as the journal seq ``durable`` covers them."""
-        while self._outbox and self._outbox[0].need <= durable:
-            self._emit(self._outbox.popleft())
-
-    def _emit(self, out: "_Out") -> None:
-        items, events, answered = out.items, out.events, out.answered
-        if out.pushes:  # first: a push is someone's latency, a reply only its sender's
-            self._push(out.pushes)
-        for router, frames in out.replies:
-            self._send(router, frames)
-        for event in events:
-            self._publish(event)
-        self.batches += 1
-        self.requests += len(items)
-        sent = time.monotonic()
-        elapsed = sent - out.started
-        self.stats.replied(items, sent)
-        if answered:
-            self.stats.answered(answered, sent)
-        self.stats.committed(len(items), elapsed, events)
-        if elapsed > SLOW_COMMIT_S:
-            _limited.warning("slow", "slow commit: %d request(s) took %.0f ms to apply, commit and sync "
-                             "(durability %s; the disk or the machine is busy)", len(items),
-                             elapsed * 1000, self.store.durability,
-                             extra={"event": "commit.slow", "requests": len(items), "ms": round(elapsed * 1000, 1),
-                                    "durability": self.store.durability})
-        if out.expired:
-            self.stats.expired(out.expired)
-            log_expiries(out.expired)
-
-    @staticmethod
-    def _send(router: zmq.Socket, frames: list[bytes]) -> None:
-        try:
-            send_frames(router, frames, NOBLOCK)
-        except zmq.ZMQError as exc:  # client gone (ROUTER_MANDATORY) or its queue full
-            log.debug("reply dropped: %s", exc)
-
-    def _push(self, pushes: list[Push]) -> None:
-        """Send each push to its agent's connection; one the transport refuses (the
-        connection is gone, or its queue is full) goes back to the core as pending."""
-        router = self._routers[0]
-        failed = []
-        sent = time.time()
-        for push in pushes:
-            try:
-                send_frames(router, [push.route, *protocol.encode_push(push.raw)], NOBLOCK)
-            except zmq.ZMQError as exc:
-                failed.append(push)
-                _limited.log(logging.INFO, "push:" + push.agent, "push to agent %r failed (%s): it stays pending until "
-                              "its client speaks again", push.agent, exc)
-                continue
-            if push.live:
-                self.latency[push.priority].append(sent - push.ts)
-        self.stats.pushed(pushes, failed)
-        if failed:
-            with self.store.write() as txn:
-                self.core.undeliverable(self.core.batch(txn, self._now()), failed)
-
-    def _publish(self, event: Event) -> None:
-        send_frames(self._pub, protocol.encode_event(event))  # type: ignore[arg-type]
-        if event.topic != protocol.HEARTBEAT_TOPIC:
-            self._seq = event.seq
-        self._next_hb = time.monotonic() + protocol.PUB_HEARTBEAT_S
+        self._outbox.append(Out(self.store.applied, items, replies, events, expired, pushes, answered, started))
 
     def _snapshot(self) -> Any:
         """For the metrics endpoint, in the loop's thread (zmesh/broker/metrics.py)."""

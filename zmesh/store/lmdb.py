@@ -218,12 +218,7 @@ class LmdbStore:
                 if seq != expected:
                     gap = f"the journal has no records {expected}..{seq - 1} (LMDB holds seq {applied})"
                     continue
-                put, delete = txn.put, txn.delete
-                for key, value in redo.parse(payload):
-                    if value is None:
-                        delete(key)
-                    else:
-                        put(key, value)
+                _apply(txn, payload)
                 count += 1
                 expected = seq + 1
                 if count % REPLAY_BATCH == 0:  # the applied seq once per transaction, with its records
@@ -381,12 +376,7 @@ class LmdbStore:
             for seq, payload in records:
                 if seq != expected or journal.next_seq != seq:
                     raise StoreError(f"replicated record {seq} does not follow this store's seq {expected - 1}")
-                put, delete = txn.put, txn.delete
-                for key, value in redo.parse(payload):
-                    if value is None:
-                        delete(key)
-                    else:
-                        put(key, value)
+                _apply(txn, payload)
                 journal.append(payload)
                 size += len(payload)
                 expected += 1
@@ -531,3 +521,13 @@ class LmdbStore:
             self.history.stopped_cleanly(self.applied)
         self.env.close()
         self._lock.close()
+
+
+def _apply(txn: lmdb.Transaction, payload: bytes) -> None:
+    """A redo record's changes, in an LMDB transaction (the journal's replay, a replica's apply)."""
+    put, delete = txn.put, txn.delete
+    for key, value in redo.parse(payload):
+        if value is None:
+            delete(key)
+        else:
+            put(key, value)
