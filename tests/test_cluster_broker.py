@@ -143,6 +143,7 @@ def test_a_deposed_broker_stops_and_acknowledges_nothing_more(tmp_path: Path, cl
                      what="the deposed broker to stop")
         assert b.proc is not None and b.proc.returncode != 0
         assert "term is over" in b.log() or "is gone" in b.log(), b.log()[-3000:]
+        assert "store: store:" not in b.log()  # the reason once, not wrapped in its own code again
         assert elog.head() == before  # nothing appended after the deposition (the close's unregister neither)
     finally:
         kv.close()
@@ -195,6 +196,7 @@ def test_a_paused_broker_is_deposed_and_refused_when_it_resumes(tmp_path: Path, 
                          what="the resumed broker to stop")
                 assert old.proc.returncode != 0
                 assert "term is over" in old.log() or "is gone" in old.log(), old.log()[-3000:]
+                assert "store: store:" not in old.log()
                 assert c.task("p")["owner"] == "w2"
         finally:
             assert new.stop() == 0
@@ -204,3 +206,26 @@ def test_a_paused_broker_is_deposed_and_refused_when_it_resumes(tmp_path: Path, 
             old.proc.send_signal(signal.SIGCONT)
         old.stop()
         old.kill()
+
+
+def test_a_broker_whose_etcd_does_not_answer_exits_in_one_line(tmp_path: Path) -> None:
+    """No etcd at the store's address: the broker does not start, and says so in one line
+    naming the address, within the etcd deadline (no traceback, no hang)."""
+    import subprocess
+    import sys
+    import time
+
+    from zmesh.testing import free_port
+
+    port = free_port()  # nothing listens there
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "zmesh", "broker", "--data", str(tmp_path / "d"),
+                           "--store", f"etcd://127.0.0.1:{port}", "--bind", f"tcp://127.0.0.1:{free_port()}",
+                           "--pub-bind", f"tcp://127.0.0.1:{free_port()}", "--no-discovery"],
+                          capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - started
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("zmesh: ")]
+    assert len(errors) == 1 and f"etcd at 127.0.0.1:{port}" in errors[0] and "did not answer" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and "store: store:" not in proc.stderr
+    assert took < 30, took

@@ -232,7 +232,7 @@ class EtcdKV:
                 reply = self._call(self._kv.Range, rpc.RangeRequest(key=start, range_end=end, limit=page,
                                                                     revision=revision))
             except EtcdCompacted as exc:
-                raise EtcdCompacted(f"{exc} (reading at revision {revision})", revision) from None
+                raise EtcdCompacted(f"{exc.message} (reading at revision {revision})", revision) from None
             kvs = self._kvs(reply.kvs)
             yield from kvs
             revision = revision or int(reply.header.revision)

@@ -76,7 +76,7 @@ class ReplicatedStore:
             caught_up += self._catch_up()  # what was appended between the first catch-up and the win
         except EtcdError as exc:
             self._close_quietly()
-            raise StoreError(f"etcd at {_names(endpoints)}: {exc}") from None
+            raise StoreError(f"etcd at {_names(endpoints)}: {exc.message}") from None
         except BaseException:
             self._close_quietly()
             raise
@@ -141,7 +141,7 @@ class ReplicatedStore:
             try:
                 head = self._append(records)
             except StoreError as exc:
-                self._break(str(exc))
+                self._break(exc.message)
                 return
             with self._lock:
                 self.head, self.acked = head, head.seq
@@ -159,25 +159,25 @@ class ReplicatedStore:
             try:
                 return self.log.append(self.term, head, payloads)
             except Deposed as exc:
-                raise StoreError(f"{exc}; this broker takes no more writes") from None
+                raise StoreError(f"{exc.message}; this broker takes no more writes") from None
             except EtcdUnavailable as exc:
                 outcome = self._settle(head, payloads, deadline, exc)
                 if outcome is not None:
                     return outcome
             except EtcdError as exc:
-                raise StoreError(f"etcd refused the log append: {exc}") from None
+                raise StoreError(f"etcd refused the log append: {exc.message}") from None
 
     def _settle(self, head: Head, payloads: list[bytes], deadline: float, first: EtcdError) -> Head | None:
         """After an append without an answer: wait for etcd, then learn whether it took."""
         delay = 0.02
         while True:
             if time.monotonic() > deadline or self._broken is not None:
-                raise StoreError(f"etcd did not answer for {self.leader_ttl} s ({first}): this broker's term is over; "
+                raise StoreError(f"etcd did not answer for {self.leader_ttl} s ({first.message}): this broker's term is over; "
                                  "it takes no more writes")
             try:
                 return self.log.settle(self.term, head, payloads)
             except Deposed as exc:
-                raise StoreError(f"{exc}; this broker takes no more writes") from None
+                raise StoreError(f"{exc.message}; this broker takes no more writes") from None
             except EtcdUnavailable:
                 time.sleep(delay)  # etcd is electing or out of reach: try again shortly
                 delay = min(0.25, delay * 2)
@@ -198,7 +198,7 @@ class ReplicatedStore:
                 last_ok = time.monotonic()
             except EtcdError as exc:
                 if time.monotonic() - last_ok > self.leader_ttl:
-                    self._break(f"etcd did not answer for {self.leader_ttl} s ({exc}): this broker's term is over; "
+                    self._break(f"etcd did not answer for {self.leader_ttl} s ({exc.message}): this broker's term is over; "
                                 "it takes no more writes")
                     return
 
