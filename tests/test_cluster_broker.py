@@ -96,6 +96,17 @@ def test_every_acknowledged_claim_is_in_etcds_log(tmp_path: Path, cluster: EtcdC
 def test_one_broker_is_active_per_mesh(tmp_path: Path, cluster: EtcdCluster, mesh: str) -> None:
     first = _broker(tmp_path, cluster, mesh).start()
     try:
+        kv = EtcdKV(parse_endpoints(cluster.store_url), timeout=3.0)
+        try:  # the leader key names the active broker and where it serves
+            found = EtcdLog(kv, mesh).leader()
+        finally:
+            kv.close()
+        assert found is not None
+        with Client(first.endpoint) as c:
+            hello = c.hello()
+        leader = orjson.loads(found[1])
+        assert leader["broker_id"] == hello["broker_id"] and leader["endpoints"] == hello["endpoints"], leader
+        assert leader["pub"] == hello["pub"] and leader["pid"] == first.pid
         second = _broker(tmp_path, cluster, mesh, "b2")
         with pytest.raises(RuntimeError, match="another broker .* is active for mesh"):
             second.start(timeout=20)

@@ -188,6 +188,7 @@ class Broker(Outputs):
         self.endpoints, self.pub_endpoints, self._ipc_paths = bound.endpoints, bound.pub_endpoints, bound.ipc_paths
         self._pub = bound.pub
         self._routers = [bound.router]
+        self.store.advertise(self.endpoints, self.pub_endpoints)  # with an etcd store: in the leader key
         if self.config.metrics:  # raises OSError naming the address, as a taken ROUTER port does
             self._http = MetricsServer(self.config.metrics, self._asks,
                                        lambda: unresponsive(self.store.broker_id, ANSWER_TIMEOUT_S), token)

@@ -118,6 +118,14 @@ class EtcdLog:
         found = self.leader()
         return found is not None and found[0] == term.epoch
 
+    def set_leader(self, term: Term, ident: bytes) -> None:
+        """Replace the leader key's value while the term holds it (its lease kept); raises
+        :class:`Deposed` when the term is over."""
+        result = self.kv.txn([Compare(self.leader_key, "create", "==", term.epoch)],
+                             [Put(self.leader_key, ident, term.lease)])
+        if not result.succeeded:
+            raise Deposed(f"the leader key of {self.root.decode()} is no longer this broker's (epoch {term.epoch})")
+
     def resign(self, term: Term) -> None:
         """End the term now (a clean stop): another broker may campaign at once."""
         self.kv.txn([Compare(self.leader_key, "create", "==", term.epoch)], [Delete(self.leader_key)])

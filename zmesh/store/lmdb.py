@@ -403,6 +403,9 @@ class LmdbStore:
         self.checkpoint_seq = seq
 
     # ------------------------------------------------------------ flushes
+    def advertise(self, endpoints: list[str], pub: list[str]) -> None:
+        """Nothing to tell: one broker, its own data."""
+
     @property
     def broken(self) -> str | None:
         """Why this store takes no more writes (a flush failed), or None."""

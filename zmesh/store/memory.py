@@ -86,6 +86,9 @@ class MemoryStore:
     def sync_soon(self) -> None:
         pass
 
+    def advertise(self, endpoints: list[str], pub: list[str]) -> None:
+        pass
+
     def __init__(self) -> None:
         self.tables: dict[str, dict[bytes, bytes]] = {name: {} for name in TABLE_NAMES}
         self.broker_id = uuid.uuid4().hex

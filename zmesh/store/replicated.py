@@ -19,6 +19,8 @@ Rules it keeps:
   the campaign, and again after it is won. A replica ahead of the log holds writes the
   cluster never took (its broker was deposed with batches in flight): it is refused, with
   what to do.
+* Once bound, the broker's endpoints are put in the leader key (:meth:`ReplicatedStore.advertise`),
+  guarded by the epoch, so whoever reads the key can name the active broker.
 * Another broker active: refused at open, naming it. Standby brokers that follow the log and
   take over come next (docs/CLUSTER.md).
 """
@@ -246,6 +248,17 @@ class ReplicatedStore:
     def sync_soon(self) -> None:
         if self.durability == "full":
             self.local.sync_soon()
+
+    def advertise(self, endpoints: list[str], pub: list[str]) -> None:
+        """The leader key names where this broker serves (a standby's or a client's redirect)."""
+        ident = orjson.dumps({"broker_id": self.broker_id, "pid": os.getpid(), "endpoints": endpoints, "pub": pub})
+        try:
+            self.log.set_leader(self.term, ident)
+        except Deposed as exc:
+            self._break(f"{exc.message}; this broker takes no more writes")
+            raise StoreError(self._broken or exc.message) from None
+        except EtcdError as exc:
+            raise StoreError(f"etcd did not take this broker's endpoints: {exc.message}") from None
 
     def write(self) -> ContextManager[Txn]:
         if self._broken is not None:
