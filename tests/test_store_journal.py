@@ -246,3 +246,46 @@ def test_store_sizes_are_refused_naming_the_field(tmp_path: Path, field: str, va
     with pytest.raises(StoreError, match="segment" if field == "segment_bytes" else field):
         LmdbStore(tmp_path, **{field: value})  # type: ignore[arg-type]
     LmdbStore(tmp_path).close()  # and the directory is free again
+
+
+def test_records_of_another_store_apply_in_order_journaled_and_survive_a_restart(tmp_path: Path) -> None:
+    """A replica's apply (LmdbStore.apply_records): the records another store wrote, at their
+    own seqs, in one transaction; journaled, so a kill after it replays them; a gap, a
+    repeat or a record that does not parse is refused whole, and the store is unchanged."""
+    from zmesh.errors import StoreError
+    from zmesh.store import redo
+
+    source = LmdbStore(tmp_path / "source", durability="none")
+    shipped: list[tuple[int, bytes]] = []
+    source.on_record = lambda seq, payload: shipped.append((seq, payload))
+    for i in range(5):
+        with source.write() as txn:
+            txn.put("tasks", b"t%d" % i, b"v%d" % i)
+            if i == 3:
+                txn.delete("tasks", b"t1")
+    source.close()
+    assert [seq for seq, _ in shipped] == [1, 2, 3, 4, 5]
+
+    replica = LmdbStore(tmp_path / "replica", durability="full")
+    assert replica.apply_records(shipped[:2]) == 2
+    for bad in ([shipped[3]], [shipped[1]], [(3, b"\x09not a record")]):  # a gap, a repeat, garbage
+        with pytest.raises((StoreError, redo.RedoError)):
+            replica.apply_records(bad)
+        assert replica.applied == 2
+    assert replica.apply_records(shipped[2:]) == 5
+    with replica.read() as txn:
+        assert [k for k, _ in txn.scan("tasks")] == [b"t0", b"t2", b"t3", b"t4"]
+    shutil.copytree(tmp_path / "replica", tmp_path / "killed")  # the files as a kill -9 leaves them
+    replica.close()
+    # then an OS crash: another boot, no clean stop: LMDB is rebuilt from its snapshot and the journal
+    again = LmdbStore(tmp_path / "killed", durability="full", boot_id="another-boot")
+    try:
+        assert again.recovery["rebuilt"] and again.recovery["replayed"] == 5, again.recovery
+        assert again.applied == 5
+        with again.read() as txn:
+            assert txn.get("tasks", b"t4") == b"v4" and txn.get("tasks", b"t1") is None
+        with again.write() as txn:  # and it goes on from there as its own journal
+            txn.put("tasks", b"next", b"x")
+        assert again.applied == 6
+    finally:
+        again.close()
