@@ -240,3 +240,13 @@ def test_a_broker_whose_etcd_does_not_answer_exits_in_one_line(tmp_path: Path) -
     assert len(errors) == 1 and f"etcd at 127.0.0.1:{port}" in errors[0] and "did not answer" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr and "store: store:" not in proc.stderr
     assert took < 30, took
+
+
+@pytest.mark.parametrize("ttl", [0, 1, -5, 61, 2.5, True, float("nan"), "5"])
+def test_the_python_api_refuses_a_bad_leader_ttl_naming_it(tmp_path: Path, ttl: object) -> None:
+    from zmesh.errors import StoreError
+    from zmesh.store.replicated import ReplicatedStore
+
+    with pytest.raises(StoreError, match="leader_ttl must be a whole number of seconds in 2..60"):
+        ReplicatedStore(tmp_path / "d", endpoints=[("127.0.0.1", 1)], mesh="m", leader_ttl=ttl)  # type: ignore[arg-type]
+    assert not (tmp_path / "d").exists()  # refused before anything is opened

@@ -133,11 +133,7 @@ class EtcdLog:
 
     # ------------------------------------------------------------------ head
     def head(self) -> Head:
-        kv = self.kv.get(self.head_key)
-        if kv is None:
-            return Head(0, 0, 0)
-        seq, epoch = _HEAD.unpack(kv.value)
-        return Head(seq, epoch, kv.mod_revision)
+        return _head_of(self.kv.get(self.head_key))
 
     # ------------------------------------------------------------------ append
     def _guards(self, term: Term, expect: Head) -> list[Compare]:
@@ -228,14 +224,20 @@ class EtcdLog:
         return self.kv.delete_range(self.log_prefix, self.entry_prefix(upto + 1))
 
 
+def _head_of(kv: KV | None) -> Head:
+    """The head a head key's value says (no key: the empty log)."""
+    if kv is None:
+        return Head(0, 0, 0)
+    seq, epoch = _HEAD.unpack(kv.value)
+    return Head(seq, epoch, kv.mod_revision)
+
+
 class _Assembler:
     """Parts in key order -> whole entries, for entries after ``after`` up to ``head``."""
 
     def __init__(self, after: int, head: Head) -> None:
         self.next = after + 1
         self.head = head
-        self._parts: list[bytes] = []
-        self._epoch = 0
         self._pending: dict[int, dict[int, tuple[int, int, bytes]]] = {}
 
     @property
@@ -288,10 +290,7 @@ class Follower:
 
     def _head_at(self, revision: int) -> Head:
         found = list(self.elog.kv.scan(self.elog.head_key, self.elog.head_key + b"\x00", revision=revision))
-        if not found:
-            return Head(0, 0, 0)
-        seq, epoch = _HEAD.unpack(found[0].value)
-        return Head(seq, epoch, found[0].mod_revision)
+        return _head_of(found[0] if found else None)
 
     def _events(self, batch: list[tuple[str, KV]]) -> None:
         elog = self.elog
@@ -306,8 +305,7 @@ class Follower:
                     else:
                         self._buffer.pop(kv.key, None)
                 elif kv.key == elog.head_key and kind == "put":
-                    seq, epoch = _HEAD.unpack(kv.value)
-                    heads.append(Head(seq, epoch, kv.mod_revision))
+                    heads.append(_head_of(kv))
             for head in heads:
                 if head.seq <= self.applied:
                     continue

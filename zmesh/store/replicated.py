@@ -53,6 +53,8 @@ class ReplicatedStore:
     def __init__(self, path: str | os.PathLike[str], *, endpoints: Sequence[tuple[str, int]], mesh: str,
                  durability: str = "full", leader_ttl: int = 5, timeout: float = 2.0,
                  map_size: int = 1 << 33) -> None:
+        if isinstance(leader_ttl, bool) or not isinstance(leader_ttl, int) or not 2 <= leader_ttl <= 60:
+            raise StoreError(f"leader_ttl must be a whole number of seconds in 2..60, not {leader_ttl!r}")
         self.local = LmdbStore(path, durability=durability, map_size=map_size)
         self.durability = durability
         self.broker_id = self.local.broker_id
